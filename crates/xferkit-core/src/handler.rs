@@ -1,0 +1,117 @@
+//! The `FileTransferHandler` trait: what every storage backend implements.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use crate::url::ObjectUrl;
+use crate::{
+    ByteRange, ByteStream, Capabilities, PendingUpload, PresignMethod, PresignedUrl, PutOptions,
+    RemoteObject, Result, TransferCtx, UploadSource,
+};
+
+/// A store that files move to and from.
+///
+/// Object-safe: stores are used as `Arc<dyn FileTransferHandler>`.
+/// Conveniences built on these methods (atomic download to a path) live in
+/// [`crate::FileTransferExt`], implemented once for every handler.
+///
+/// # Contract
+///
+/// Every implementation must honour all of the following; the
+/// `xferkit-conformance` suite checks each point against every backend.
+///
+/// **Keys.** `key` arguments are keys *within the store* (the store's
+/// configured prefix is added by the handler). Every method first checks the
+/// key with [`crate::validate_key`] and fails with `InvalidKey` without
+/// touching the store. A handler may refuse more (e.g. a store length limit),
+/// also with `InvalidKey`.
+///
+/// **URLs.** [`url_for`](Self::url_for) gives the canonical URL of a key and
+/// [`key_for_url`](Self::key_for_url) is its inverse: it returns `Some(key)`
+/// exactly for URLs that address an object of this store (same bucket or
+/// root, under its prefix), `None` otherwise.
+///
+/// **Upload.** `upload` makes the object visible only when all its bytes are
+/// stored: a failed or cancelled upload leaves no object under the key (and
+/// an earlier version, if any, intact) and no pending multipart upload. With
+/// `if_not_exists` the create is atomic and an existing key yields
+/// `AlreadyExists`. The returned [`RemoteObject`] carries the canonical URL,
+/// size, etag and content type (`PutOptions::content_type_for`) and, where
+/// [`Capabilities::metadata`], the user metadata. Progress is reported through
+/// `ctx` as bytes are acknowledged: monotonic, summing to the size.
+///
+/// **Download.** `download_stream` returns the object's record and its bytes
+/// (only `range`, when given; see [`ByteRange::resolve`] for the semantics:
+/// a range starting at or past the end is `InvalidRange`).
+///
+/// **Cancellation.** When `ctx` is cancelled the handler stops within a
+/// second, cleans up (aborts multipart uploads, removes temp files) and
+/// returns `Cancelled`.
+///
+/// **Missing objects.** `stat`, `download_stream`, `copy` (source) and
+/// `presign(Get)` on a missing key are `NotFound`; `delete` of a missing key
+/// is `Ok` (idempotent); `list` of an empty prefix is an empty stream.
+///
+/// **List.** `list(prefix)` yields every object whose key starts with
+/// `prefix` (a plain string prefix, not only whole segments), each exactly
+/// once, paging through the store transparently, keys relative to the store.
+///
+/// **Errors.** Failures map to [`crate::Error`] kinds; retryable ones
+/// (throttling, 5xx, timeouts, resets) are `Transient`. No error, log line or
+/// `Debug` output contains a secret.
+#[async_trait]
+pub trait FileTransferHandler: Send + Sync + std::fmt::Debug {
+    /// The store's configured name.
+    fn name(&self) -> &str;
+
+    /// What this store supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Canonical URL of `key`.
+    fn url_for(&self, key: &str) -> String;
+
+    /// The key that `url` addresses in this store, if this store owns it.
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<String>;
+
+    /// Upload `source` to `key`.
+    async fn upload(
+        &self,
+        key: &str,
+        source: UploadSource,
+        opts: &PutOptions,
+        ctx: &TransferCtx,
+    ) -> Result<RemoteObject>;
+
+    /// Open `key` (or a range of it) for reading.
+    async fn download_stream(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<(RemoteObject, ByteStream)>;
+
+    /// Metadata of `key`.
+    async fn stat(&self, key: &str) -> Result<RemoteObject>;
+
+    /// Every object whose key starts with `prefix`.
+    fn list(&self, prefix: &str) -> BoxStream<'static, Result<RemoteObject>>;
+
+    /// Delete `key`; deleting a missing key succeeds.
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Server-side copy of `from` to `to` (content type and metadata kept).
+    async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject>;
+
+    /// A URL for `method` on `key`, valid for `expires_in`.
+    async fn presign(
+        &self,
+        key: &str,
+        method: PresignMethod,
+        expires_in: Duration,
+    ) -> Result<PresignedUrl>;
+
+    /// Incomplete multipart uploads under `prefix`, where
+    /// [`Capabilities::list_pending_uploads`]; otherwise `NotSupported`.
+    async fn list_pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>>;
+}

@@ -1,0 +1,32 @@
+#![doc = include_str!("../README.md")]
+
+mod ctx;
+mod error;
+mod ext;
+mod handler;
+pub mod key;
+pub mod manager;
+mod registry;
+mod secret;
+mod types;
+pub mod url;
+
+pub use ctx::{ProgressSink, TransferCtx};
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use ext::{FileTransferExt, write_stream_atomically};
+pub use handler::FileTransferHandler;
+pub use key::{MAX_KEY_LEN, validate_key};
+pub use manager::{
+    Direction, FileInfo, FileTransferListener, Transfer, TransferManager, TransferRequest,
+    TransferStatus,
+};
+pub use registry::{DynHandler, Registry};
+pub use secret::Secret;
+pub use types::{
+    ByteRange, ByteStream, Capabilities, PendingUpload, PresignMethod, PresignedUrl, PutOptions,
+    RemoteObject, UploadSource,
+};
+
+/// Re-exported so backends and callers use the same versions.
+pub use async_trait::async_trait;
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,93 @@
+//! Named stores, and resolving a URL to the store that owns it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::url::ObjectUrl;
+use crate::{Error, FileTransferHandler, Result};
+
+/// A shared handler.
+pub type DynHandler = Arc<dyn FileTransferHandler>;
+
+/// The configured stores of one application.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    stores: BTreeMap<String, DynHandler>,
+    default_store: Option<String>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a store under its [`FileTransferHandler::name`]; the first one
+    /// added becomes the default unless [`set_default`](Self::set_default) says otherwise.
+    pub fn register(&mut self, handler: DynHandler) -> &mut Self {
+        let name = handler.name().to_string();
+        if self.default_store.is_none() {
+            self.default_store = Some(name.clone());
+        }
+        self.stores.insert(name, handler);
+        self
+    }
+
+    /// Make `name` the default store.
+    pub fn set_default(&mut self, name: &str) -> Result<()> {
+        if !self.stores.contains_key(name) {
+            return Err(Error::invalid_config(format!(
+                "default_store = {name:?} names no configured store (have: {})",
+                self.names().join(", ")
+            )));
+        }
+        self.default_store = Some(name.to_string());
+        Ok(())
+    }
+
+    /// The store called `name`.
+    pub fn get(&self, name: &str) -> Result<DynHandler> {
+        self.stores.get(name).cloned().ok_or_else(|| {
+            Error::invalid_config(format!(
+                "no store named {name:?} is configured (have: {})",
+                self.names().join(", ")
+            ))
+        })
+    }
+
+    /// The default store.
+    pub fn default_store(&self) -> Result<DynHandler> {
+        match &self.default_store {
+            Some(n) => self.get(n),
+            None => Err(Error::invalid_config("no store is configured")),
+        }
+    }
+
+    /// Names of all stores, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.stores.keys().cloned().collect()
+    }
+
+    /// The store owning `url` and the key it addresses there.
+    pub fn resolve(&self, url: &str) -> Result<(DynHandler, String)> {
+        let parsed = ObjectUrl::parse(url)?;
+        // Several stores may share a bucket with different prefixes: the
+        // one with the longest canonical prefix (shortest key) wins.
+        let mut best: Option<(DynHandler, String)> = None;
+        for h in self.stores.values() {
+            if let Some(key) = h.key_for_url(&parsed)
+                && best.as_ref().is_none_or(|(_, k)| key.len() < k.len())
+            {
+                best = Some((h.clone(), key));
+            }
+        }
+        best.ok_or_else(|| {
+            Error::invalid_url(
+                url,
+                format!(
+                    "no configured store owns this URL (stores: {})",
+                    self.names().join(", ")
+                ),
+            )
+        })
+    }
+}
