@@ -1,0 +1,27 @@
+# Convenience wrappers around `cargo xtask` (the source of truth; `just` is optional).
+
+# Run the whole test suite against freshly started emulators (extra args go to cargo test).
+test *ARGS:
+    cargo xtask test {{ARGS}}
+
+# What CI runs: fmt check, clippy -D warnings, tests with emulators, cargo package.
+ci:
+    cargo xtask ci
+
+# Install the emulators into the cache ($XFERKIT_EMULATOR_CACHE or ~/.cache/xferkit-emulators).
+emulators-install:
+    cargo xtask emulators install
+
+# Start the emulators in the background; endpoints are written to target/emulators.env.
+emulators-start:
+    cargo xtask emulators start
+
+# Stop the emulators started by emulators-start.
+emulators-stop:
+    cargo xtask emulators stop
+
+fmt:
+    cargo fmt --all
+
+clippy:
+    cargo clippy --workspace --all-targets --all-features -- -D warnings
