@@ -1,0 +1,307 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ```no_run
+//! use xferkit_conformance::{Target, run};
+//! fn main() -> std::process::ExitCode {
+//!     run(vec![Target::from_env("s3@moto", &["XFERKIT_MOTO_ENDPOINT"], |vars, prefix| async move {
+//!         # let _ = (vars, prefix);
+//!         todo!("build a store rooted at `prefix`")
+//!     })])
+//! }
+//! ```
+//!
+//! Each target gets a fresh random prefix, so runs never see each other's
+//! objects; everything under it is deleted when the target's cases finish.
+//! Cases a target's capabilities exclude are reported as ignored, with the
+//! reason printed. A target whose emulator is missing fails under `CI=true`
+//! or `XFERKIT_REQUIRE_EMULATORS=1`, and is skipped (loudly) otherwise.
+//! After each target one line goes to stdout and to
+//! `target/conformance/LABEL.txt`:
+//! `conformance: s3@moto 38 passed, 0 failed, 2 skipped`.
+
+mod cases;
+mod support;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use libtest_mimic::{Arguments, Trial};
+use xferkit_core::{Capabilities, DynHandler, Result};
+
+pub use cases::case_names;
+
+type Factory = Box<dyn FnOnce(String) -> BoxFuture<'static, Result<DynHandler>> + Send>;
+
+/// A capability switched off for one target, and why.
+struct Limit {
+    apply: Box<dyn Fn(&mut Capabilities) + Send>,
+    reason: String,
+}
+
+/// One store to run the suite against (a backend on one emulator).
+pub struct Target {
+    label: String,
+    factory: std::result::Result<Factory, String>,
+    multipart_size: u64,
+    limits: Vec<Limit>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("label", &self.label)
+            .finish()
+    }
+}
+
+impl Target {
+    /// A target built by `factory`, which receives a fresh prefix to root
+    /// the store at.
+    pub fn new<F, Fut>(label: &str, factory: F) -> Self
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<DynHandler>> + Send + 'static,
+    {
+        Target {
+            label: label.to_string(),
+            factory: Ok(Box::new(move |p| Box::pin(factory(p)))),
+            multipart_size: 16 * 1024 * 1024,
+            limits: Vec::new(),
+        }
+    }
+
+    /// A target needing environment variables `vars` (emulator endpoints,
+    /// credentials); the factory gets their values in order. Missing
+    /// variables make it unavailable.
+    pub fn from_env<F, Fut>(label: &str, vars: &[&str], factory: F) -> Self
+    where
+        F: FnOnce(Vec<String>, String) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<DynHandler>> + Send + 'static,
+    {
+        let mut values = Vec::new();
+        let mut missing = Vec::new();
+        for v in vars {
+            match std::env::var(v) {
+                Ok(val) if !val.is_empty() => values.push(val),
+                _ => missing.push(*v),
+            }
+        }
+        if missing.is_empty() {
+            Target::new(label, move |p| factory(values, p))
+        } else {
+            Target::unavailable(
+                label,
+                format!(
+                    "environment variable(s) {} not set (start the emulators: cargo xtask emulators start)",
+                    missing.join(", ")
+                ),
+            )
+        }
+    }
+
+    /// A target that cannot run here (say why).
+    pub fn unavailable(label: &str, reason: impl Into<String>) -> Self {
+        Target {
+            label: label.to_string(),
+            factory: Err(reason.into()),
+            multipart_size: 0,
+            limits: Vec::new(),
+        }
+    }
+
+    /// An object size that the store uploads in at least three parts.
+    pub fn multipart_size(mut self, bytes: u64) -> Self {
+        self.multipart_size = bytes;
+        self
+    }
+
+    /// Switch capabilities off for a gap of this emulator; `reason` is
+    /// printed for every case that is skipped because of it.
+    pub fn limit(
+        mut self,
+        apply: impl Fn(&mut Capabilities) + Send + 'static,
+        reason: &str,
+    ) -> Self {
+        self.limits.push(Limit {
+            apply: Box::new(apply),
+            reason: reason.to_string(),
+        });
+        self
+    }
+}
+
+fn emulators_required() -> bool {
+    let on = |v: &str| {
+        std::env::var(v)
+            .map(|s| !s.is_empty() && s != "0" && s != "false")
+            .unwrap_or(false)
+    };
+    on("CI") || on("XFERKIT_REQUIRE_EMULATORS")
+}
+
+fn summary_dir() -> PathBuf {
+    std::env::var_os("XFERKIT_CONFORMANCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/conformance")
+        })
+}
+
+fn write_summary(label: &str, line: &str) {
+    let dir = summary_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("{label}.txt")), format!("{line}\n"));
+}
+
+/// Run the suite for every target; the process exit code says whether all
+/// cases passed.
+pub fn run(targets: Vec<Target>) -> ExitCode {
+    let args = Arguments::from_args();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Arc::new(rt),
+        Err(e) => {
+            eprintln!("conformance: cannot start a Tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    let mut summaries = Vec::new();
+    for target in targets {
+        let label = target.label.clone();
+        let factory = match target.factory {
+            Ok(f) => f,
+            Err(reason) => {
+                if emulators_required() {
+                    eprintln!(
+                        "conformance: {label} UNAVAILABLE and emulators are required: {reason}"
+                    );
+                    let line = format!(
+                        "conformance: {label} 0 passed, 1 failed, 0 skipped (unavailable: {reason})"
+                    );
+                    write_summary(&label, &line);
+                    summaries.push(line);
+                    failed = true;
+                } else {
+                    let line = format!(
+                        "conformance: {label} 0 passed, 0 failed, {} skipped (unavailable: {reason})",
+                        cases::CASES.len()
+                    );
+                    eprintln!("{line}");
+                    write_summary(&label, &line);
+                    summaries.push(line);
+                }
+                continue;
+            }
+        };
+        let prefix = format!("xk-{:016x}", rand::random::<u64>());
+        let handler = match rt.block_on(factory(prefix.clone())) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("conformance: {label}: setup failed: {}", e.chain());
+                let line =
+                    format!("conformance: {label} 0 passed, 1 failed, 0 skipped (setup failed)");
+                write_summary(&label, &line);
+                summaries.push(line);
+                failed = true;
+                continue;
+            }
+        };
+        let mut caps = handler.capabilities();
+        let base = caps;
+        let mut gaps: Vec<(Capabilities, String)> = Vec::new();
+        for l in &target.limits {
+            let before = caps;
+            (l.apply)(&mut caps);
+            gaps.push((before, l.reason.clone()));
+        }
+        let env = Arc::new(cases::Env {
+            handler: handler.clone(),
+            caps,
+            multipart_size: target.multipart_size,
+            rt: rt.clone(),
+        });
+        let mut trials = Vec::new();
+        let mut skipped = Vec::new();
+        for case in cases::CASES {
+            let name = format!("{label}::{}", case.name);
+            match (case.requires)(&caps) {
+                Ok(()) => {
+                    let env = env.clone();
+                    let run = case.run;
+                    trials.push(Trial::test(name, move || {
+                        let env2 = env.clone();
+                        env.rt.block_on(run(env2, case.name)).map_err(|e| e.into())
+                    }));
+                }
+                Err(missing) => {
+                    // Why is it off: the store itself, or an emulator gap?
+                    let reason = if (case.requires)(&base).is_ok() {
+                        gaps.iter()
+                            .find(|(before, _)| (case.requires)(before).is_ok())
+                            .map(|(_, r)| format!("emulator gap: {r}"))
+                            .unwrap_or_else(|| format!("needs {missing}"))
+                    } else {
+                        format!("store lacks capability {missing}")
+                    };
+                    skipped.push((name.clone(), reason));
+                    trials.push(Trial::test(name, || Ok(())).with_ignored_flag(true));
+                }
+            }
+        }
+        for (name, reason) in &skipped {
+            println!("skipped: {name}: {reason}");
+        }
+        let conclusion = libtest_mimic::run(&args, trials);
+        // Clean up everything this run created under its prefix.
+        let cleanup = rt.block_on(async {
+            let mut keys = Vec::new();
+            let mut s = handler.list("");
+            while let Some(o) = s.next().await {
+                keys.push(o?.key);
+            }
+            futures::stream::iter(keys)
+                .map(|k| {
+                    let h = handler.clone();
+                    async move { h.delete(&k).await }
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>>>()
+        });
+        if let Err(e) = cleanup {
+            eprintln!(
+                "conformance: {label}: cleanup under {prefix} failed: {}",
+                e.chain()
+            );
+        }
+        let skipped_n = conclusion.num_ignored + conclusion.num_filtered_out;
+        let line = format!(
+            "conformance: {label} {} passed, {} failed, {} skipped",
+            conclusion.num_passed, conclusion.num_failed, skipped_n
+        );
+        write_summary(&label, &line);
+        summaries.push(line);
+        if conclusion.has_failed() {
+            failed = true;
+        }
+    }
+    println!();
+    for s in &summaries {
+        println!("{s}");
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

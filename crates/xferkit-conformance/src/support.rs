@@ -1,0 +1,122 @@
+//! Helpers for the cases: data, digests, a counting wrapper store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use sha2::{Digest, Sha256};
+use xferkit_core::url::ObjectUrl;
+use xferkit_core::{
+    ByteRange, ByteStream, Capabilities, DynHandler, FileTransferHandler, PendingUpload,
+    PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx, UploadSource,
+    async_trait,
+};
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn sha256(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+pub fn sha256_file(p: &std::path::Path) -> String {
+    sha256(&std::fs::read(p).unwrap_or_default())
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// Wraps a store and counts `download_stream` and `upload` calls.
+#[derive(Debug)]
+pub struct Counting {
+    pub inner: DynHandler,
+    pub downloads: AtomicUsize,
+    pub uploads: AtomicUsize,
+}
+
+impl Counting {
+    pub fn new(inner: DynHandler) -> Arc<Self> {
+        Arc::new(Counting {
+            inner,
+            downloads: AtomicUsize::new(0),
+            uploads: AtomicUsize::new(0),
+        })
+    }
+    pub fn downloads(&self) -> usize {
+        self.downloads.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl FileTransferHandler for Counting {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn url_for(&self, key: &str) -> String {
+        self.inner.url_for(key)
+    }
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
+        self.inner.key_for_url(url)
+    }
+    async fn upload(
+        &self,
+        key: &str,
+        source: UploadSource,
+        opts: &PutOptions,
+        ctx: &TransferCtx,
+    ) -> Result<RemoteObject> {
+        self.uploads.fetch_add(1, Ordering::SeqCst);
+        self.inner.upload(key, source, opts, ctx).await
+    }
+    async fn download_stream(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<(RemoteObject, ByteStream)> {
+        self.downloads.fetch_add(1, Ordering::SeqCst);
+        self.inner.download_stream(key, range).await
+    }
+    async fn stat(&self, key: &str) -> Result<RemoteObject> {
+        self.inner.stat(key).await
+    }
+    fn list(&self, prefix: &str) -> BoxStream<'static, Result<RemoteObject>> {
+        self.inner.list(prefix)
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
+        self.inner.copy(from, to).await
+    }
+    async fn presign(
+        &self,
+        key: &str,
+        method: PresignMethod,
+        expires_in: Duration,
+    ) -> Result<PresignedUrl> {
+        self.inner.presign(key, method, expires_in).await
+    }
+    async fn list_pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
+        self.inner.list_pending_uploads(prefix).await
+    }
+}

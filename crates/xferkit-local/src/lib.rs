@@ -1,0 +1,10 @@
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod store;
+
+pub use config::LocalConfig;
+pub use store::LocalStore;
+
+/// URL scheme of this backend.
+pub const SCHEME: &str = "file";

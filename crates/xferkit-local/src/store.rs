@@ -1,0 +1,491 @@
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use sha2::{Digest, Sha256};
+use xferkit_core::url::{ObjectUrl, file_url};
+use xferkit_core::{
+    ByteRange, ByteStream, Capabilities, Error, FileTransferHandler, PendingUpload, PresignMethod,
+    PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx, UploadSource, async_trait,
+    validate_key,
+};
+
+use crate::LocalConfig;
+
+/// Name of the reserved directory under the root.
+const RESERVED: &str = ".xferkit";
+const CHUNK: usize = 1 << 20;
+
+/// A store rooted at a local directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    name: String,
+    root: PathBuf,
+    root_str: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Sidecar {
+    content_type: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    sha256: Option<String>,
+    size: u64,
+    mtime_ns: u128,
+}
+
+fn mtime_ns(m: &std::fs::Metadata) -> u128 {
+    m.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+impl LocalStore {
+    /// Open (creating if needed) the store rooted at `config.root`.
+    pub async fn new(name: &str, config: LocalConfig) -> Result<Self> {
+        let root = config
+            .root
+            .ok_or_else(|| Error::invalid_config(format!("stores.{name}.root is missing")))?;
+        let shown = root.display().to_string();
+        tokio::fs::create_dir_all(root.join(RESERVED).join("tmp"))
+            .await
+            .map_err(|e| Error::InvalidConfig {
+                message: format!("stores.{name}.root = {shown:?} cannot be created"),
+                source: Some(e.into()),
+            })?;
+        let root = tokio::fs::canonicalize(&root)
+            .await
+            .map_err(|e| Error::from_io(&shown, e))?;
+        let root_str = root
+            .to_str()
+            .ok_or_else(|| {
+                Error::invalid_config(format!("stores.{name}.root = {shown:?} is not valid UTF-8"))
+            })?
+            .trim_end_matches('/')
+            .to_string();
+        Ok(LocalStore {
+            name: name.to_string(),
+            root,
+            root_str,
+        })
+    }
+
+    /// The canonical root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn url(&self, key: &str) -> String {
+        file_url(&format!("{}/{key}", self.root_str))
+    }
+
+    /// Check `key` and map it to a path under the root, refusing any path
+    /// that goes through a symlink.
+    fn path_for(&self, key: &str) -> Result<PathBuf> {
+        validate_key(key)?;
+        if key == RESERVED || key.starts_with(&format!("{RESERVED}/")) {
+            return Err(Error::invalid_key(
+                key,
+                "'.xferkit/' is reserved for the store's own files",
+            ));
+        }
+        let mut p = self.root.clone();
+        let mut exists = true;
+        for seg in key.split('/') {
+            p.push(seg);
+            if !exists {
+                continue; // below a missing directory: nothing to follow
+            }
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(Error::invalid_key(key, "path goes through a symlink"));
+                }
+                Ok(_) => {}
+                Err(_) => exists = false,
+            }
+        }
+        Ok(p)
+    }
+
+    fn sidecar_path(&self, key: &str) -> PathBuf {
+        self.root
+            .join(RESERVED)
+            .join("meta")
+            .join(format!("{key}.json"))
+    }
+
+    fn record(&self, key: &str, m: &std::fs::Metadata) -> RemoteObject {
+        let side: Option<Sidecar> = std::fs::read(self.sidecar_path(key))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let mut obj = RemoteObject::new(self.url(key), key, m.len());
+        obj.last_modified = m.modified().ok();
+        let fresh = side
+            .as_ref()
+            .is_some_and(|s| s.size == m.len() && s.mtime_ns == mtime_ns(m));
+        match side {
+            Some(s) if fresh => {
+                obj.etag = s.sha256.as_ref().map(|h| h[..32.min(h.len())].to_string());
+                obj.checksum = s.sha256.map(|h| format!("sha256:{h}"));
+                obj.content_type = s.content_type;
+                obj.metadata = s.metadata;
+            }
+            _ => {
+                // Written by something else: derive what we can.
+                obj.etag = Some(format!("{:x}-{:x}", mtime_ns(m), m.len()));
+                obj.content_type = Some(PutOptions::default().content_type_for(key));
+            }
+        }
+        obj
+    }
+
+    fn stat_sync(&self, key: &str) -> Result<RemoteObject> {
+        let path = self.path_for(key)?;
+        let m = std::fs::metadata(&path).map_err(|e| Error::from_io(self.url(key), e))?;
+        if !m.is_file() {
+            return Err(Error::not_found(self.url(key)));
+        }
+        Ok(self.record(key, &m))
+    }
+
+    /// Create parent directories of `path` (below the root), refusing symlinks.
+    fn make_parents(&self, key: &str, path: &Path) -> Result<()> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::from_io(self.url(key), e))?;
+        }
+        // Re-check after creation: a concurrent writer could have raced a symlink in.
+        self.path_for(key).map(|_| ())
+    }
+
+    fn new_temp(&self) -> Result<tempfile::NamedTempFile> {
+        tempfile::Builder::new()
+            .prefix("up.")
+            .tempfile_in(self.root.join(RESERVED).join("tmp"))
+            .map_err(|e| Error::from_io(self.root_str.clone(), e))
+    }
+
+    /// Move a complete temp file into place and write its sidecar.
+    fn commit(
+        &self,
+        key: &str,
+        tmp: tempfile::NamedTempFile,
+        sha: String,
+        opts: &PutOptions,
+    ) -> Result<RemoteObject> {
+        let url = self.url(key);
+        let path = self.path_for(key)?;
+        self.make_parents(key, &path)?;
+        if path.is_dir() {
+            return Err(Error::backend(
+                &url,
+                "a directory exists under this key",
+                "is a directory",
+            ));
+        }
+        let m = tmp
+            .as_file()
+            .metadata()
+            .map_err(|e| Error::from_io(&url, e))?;
+        let side = Sidecar {
+            content_type: Some(opts.content_type_for(key)),
+            metadata: opts.metadata.clone(),
+            sha256: Some(sha),
+            size: m.len(),
+            mtime_ns: mtime_ns(&m),
+        };
+        let side_path = self.sidecar_path(key);
+        if let Some(p) = side_path.parent() {
+            std::fs::create_dir_all(p).map_err(|e| Error::from_io(&url, e))?;
+        }
+        let json = serde_json::to_vec(&side).map_err(|e| Error::backend(&url, "sidecar", e))?;
+        let mut side_tmp = self.new_temp()?;
+        side_tmp
+            .write_all(&json)
+            .map_err(|e| Error::from_io(&url, e))?;
+        if opts.if_not_exists {
+            // A hard link fails atomically if the name is taken.
+            std::fs::hard_link(tmp.path(), &path).map_err(|e| Error::from_io(&url, e))?;
+            drop(tmp);
+        } else {
+            tmp.persist(&path)
+                .map_err(|e| Error::from_io(&url, e.error))?;
+        }
+        side_tmp
+            .persist(&side_path)
+            .map_err(|e| Error::from_io(&url, e.error))?;
+        self.stat_sync(key)
+    }
+
+    fn list_sync(&self, prefix: &str) -> Result<Vec<RemoteObject>> {
+        // Start from the deepest existing directory the prefix names.
+        let dir_part = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let mut start = self.root.clone();
+        if !dir_part.is_empty() {
+            if validate_key(dir_part).is_err() {
+                return Ok(Vec::new());
+            }
+            start.push(dir_part);
+        }
+        let mut out = Vec::new();
+        let mut stack = vec![(start, dir_part.to_string())];
+        while let Some((dir, rel)) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => continue,
+                Err(e) => return Err(Error::from_io(dir.display().to_string(), e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::from_io(dir.display().to_string(), e))?;
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue; // not a valid key: invisible to the store
+                };
+                let key = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                if key == RESERVED {
+                    continue;
+                }
+                let ft = entry.file_type().map_err(|e| Error::from_io(&key, e))?;
+                if ft.is_dir() {
+                    if prefix.starts_with(&format!("{key}/"))
+                        || key.starts_with(prefix)
+                        || prefix.starts_with(&key)
+                    {
+                        stack.push((entry.path(), key));
+                    }
+                } else if ft.is_file() && key.starts_with(prefix) && validate_key(&key).is_ok() {
+                    let m = entry.metadata().map_err(|e| Error::from_io(&key, e))?;
+                    out.push(self.record(&key, &m));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(LocalStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(me))
+            .await
+            .map_err(|e| Error::backend("local store", "worker task failed", e))?
+    }
+}
+
+#[async_trait]
+impl FileTransferHandler for LocalStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.range = true;
+        c.conditional_create = true;
+        c.copy = true;
+        c.metadata = true;
+        c
+    }
+
+    fn url_for(&self, key: &str) -> String {
+        self.url(key)
+    }
+
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
+        if url.scheme != "file" {
+            return None;
+        }
+        let key = url.path.strip_prefix(&self.root_str)?.strip_prefix('/')?;
+        validate_key(key).ok()?;
+        Some(key.to_string())
+    }
+
+    async fn upload(
+        &self,
+        key: &str,
+        source: UploadSource,
+        opts: &PutOptions,
+        ctx: &TransferCtx,
+    ) -> Result<RemoteObject> {
+        let url = self.url(key);
+        self.path_for(key)?;
+        let tmp = self.new_temp()?;
+        let mut file = tmp
+            .as_file()
+            .try_clone()
+            .map_err(|e| Error::from_io(&url, e))?;
+        let mut hasher = Sha256::new();
+        match source {
+            UploadSource::Path(src) => {
+                let src_s = src.display().to_string();
+                let mut input = std::fs::File::open(&src).map_err(|e| Error::from_io(&src_s, e))?;
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    ctx.check(&url)?;
+                    let (n, b, i, h, f) = tokio::task::spawn_blocking(move || {
+                        let n = input.read(&mut buf)?;
+                        file.write_all(&buf[..n])?;
+                        hasher.update(&buf[..n]);
+                        Ok::<_, std::io::Error>((n, buf, input, hasher, file))
+                    })
+                    .await
+                    .map_err(|e| Error::backend(&url, "worker task failed", e))?
+                    .map_err(|e| Error::from_io(&src_s, e))?;
+                    (buf, input, hasher, file) = (b, i, h, f);
+                    if n == 0 {
+                        break;
+                    }
+                    ctx.add_progress(n as u64);
+                }
+                file.sync_all().map_err(|e| Error::from_io(&url, e))?;
+            }
+            UploadSource::Stream { mut stream, .. } => {
+                while let Some(chunk) = ctx
+                    .cancellable(&url, async { Ok(stream.next().await) })
+                    .await?
+                {
+                    let chunk = chunk?;
+                    file.write_all(&chunk)
+                        .map_err(|e| Error::from_io(&url, e))?;
+                    hasher.update(&chunk);
+                    ctx.add_progress(chunk.len() as u64);
+                }
+                file.sync_all().map_err(|e| Error::from_io(&url, e))?;
+            }
+        }
+        ctx.check(&url)?;
+        let sha = hex::encode(hasher.finalize());
+        let key = key.to_string();
+        let opts = opts.clone();
+        self.blocking(move |s| s.commit(&key, tmp, sha, &opts))
+            .await
+    }
+
+    async fn download_stream(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<(RemoteObject, ByteStream)> {
+        let url = self.url(key);
+        let path = self.path_for(key)?;
+        let key_owned = key.to_string();
+        let (obj, mut file) = self
+            .blocking(move |s| {
+                let file =
+                    std::fs::File::open(&path).map_err(|e| Error::from_io(s.url(&key_owned), e))?;
+                let m = file
+                    .metadata()
+                    .map_err(|e| Error::from_io(s.url(&key_owned), e))?;
+                if !m.is_file() {
+                    return Err(Error::not_found(s.url(&key_owned)));
+                }
+                Ok((s.record(&key_owned, &m), file))
+            })
+            .await?;
+        let span = match range {
+            Some(r) => r.resolve(obj.size, &url)?,
+            None => 0..obj.size,
+        };
+        file.seek(SeekFrom::Start(span.start))
+            .map_err(|e| Error::from_io(&url, e))?;
+        let reader = tokio::fs::File::from_std(file);
+        use tokio::io::AsyncReadExt;
+        let limited = reader.take(span.end - span.start);
+        let stream = tokio_util::io::ReaderStream::with_capacity(limited, 256 * 1024)
+            .map(move |r: std::io::Result<Bytes>| r.map_err(|e| Error::from_io(&url, e)));
+        Ok((obj, Box::pin(stream)))
+    }
+
+    async fn stat(&self, key: &str) -> Result<RemoteObject> {
+        let key = key.to_string();
+        self.blocking(move |s| s.stat_sync(&key)).await
+    }
+
+    fn list(&self, prefix: &str) -> BoxStream<'static, Result<RemoteObject>> {
+        let me = self.clone();
+        let prefix = prefix.to_string();
+        futures::stream::once(async move { me.blocking(move |s| s.list_sync(&prefix)).await })
+            .flat_map(|r| match r {
+                Ok(v) => futures::stream::iter(v.into_iter().map(Ok)).boxed(),
+                Err(e) => futures::stream::iter([Err(e)]).boxed(),
+            })
+            .boxed()
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path_for(key)?;
+        let key = key.to_string();
+        self.blocking(move |s| {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::from_io(s.url(&key), e)),
+            }
+            let _ = std::fs::remove_file(s.sidecar_path(&key));
+            // Prune now-empty parent directories, never the root.
+            let mut dir = path.parent().map(Path::to_path_buf);
+            while let Some(d) = dir {
+                if d == s.root || std::fs::remove_dir(&d).is_err() {
+                    break;
+                }
+                dir = d.parent().map(Path::to_path_buf);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
+        let src = self.stat(from).await?;
+        let src_path = self.path_for(from)?;
+        self.path_for(to)?;
+        let mut opts = PutOptions::default();
+        opts.content_type = src.content_type.clone();
+        opts.metadata = src.metadata.clone();
+        self.upload(
+            to,
+            UploadSource::Path(src_path),
+            &opts,
+            &TransferCtx::none(),
+        )
+        .await
+    }
+
+    async fn presign(
+        &self,
+        key: &str,
+        _method: PresignMethod,
+        _expires_in: Duration,
+    ) -> Result<PresignedUrl> {
+        self.path_for(key)?;
+        Err(Error::not_supported(
+            &self.name,
+            "presign (local files have no shareable URL yet)",
+        ))
+    }
+
+    async fn list_pending_uploads(&self, _prefix: &str) -> Result<Vec<PendingUpload>> {
+        Err(Error::not_supported(&self.name, "listing pending uploads"))
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<LocalStore>();
+    let _ = SystemTime::now();
+}
