@@ -53,6 +53,11 @@ impl LocalStore {
             .root
             .ok_or_else(|| Error::invalid_config(format!("stores.{name}.root is missing")))?;
         let shown = root.display().to_string();
+        if shown.is_empty() {
+            return Err(Error::invalid_config(format!(
+                "stores.{name}.root is empty"
+            )));
+        }
         tokio::fs::create_dir_all(root.join(RESERVED).join("tmp"))
             .await
             .map_err(|e| Error::InvalidConfig {

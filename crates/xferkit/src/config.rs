@@ -1,0 +1,320 @@
+//! Configuration: which stores exist and how each is reached.
+//!
+//! Layers, later ones overriding earlier ones (figment):
+//! 1. embedded defaults: `default_store = "local"`, `concurrency = 4`, and a
+//!    store `local` (`backend = "local"`) under the user data directory
+//!    (`~/.local/share/xferkit/files` on Linux), so a first run needs nothing;
+//! 2. one TOML file: `--config FILE`, else `$XFERKIT_CONFIG`, else
+//!    `./xferkit.toml`, else `CONFIG_DIR/xferkit/config.toml` (the first that
+//!    applies; an explicitly named file must exist);
+//! 3. environment variables `XFERKIT_…`, `__` separating levels:
+//!    `XFERKIT_DEFAULT_STORE=media`, `XFERKIT_STORES__MEDIA__BUCKET=photos`.
+//!
+//! Errors name the key and where its value came from.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::{Figment, Provider};
+use xferkit_core::{Error, Registry, Result};
+
+/// Top-level keys (anything else in the file is an error).
+pub const TOP_KEYS: &[&str] = &["default_store", "concurrency", "stores"];
+
+/// Backends this build knows of, compiled in or not.
+pub const ALL_BACKENDS: &[&str] = &["local", "s3", "gcs", "azure"];
+
+/// Global settings.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[non_exhaustive]
+pub struct Settings {
+    /// Store used when a command names none.
+    pub default_store: String,
+    /// Transfers the manager runs at once.
+    pub concurrency: usize,
+    /// Store names, in order.
+    #[serde(skip)]
+    pub store_names: Vec<String>,
+}
+
+/// Where the embedded local store keeps files by default.
+pub fn default_local_root() -> PathBuf {
+    dirs::data_local_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("xferkit")
+        .join("files")
+}
+
+/// The config file that applies, if any.
+pub fn config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>> {
+    if let Some(p) = explicit {
+        if !p.is_file() {
+            return Err(Error::invalid_config(format!(
+                "config file {} (from --config) does not exist or is not a file",
+                p.display()
+            )));
+        }
+        return Ok(Some(p.to_path_buf()));
+    }
+    if let Some(p) = std::env::var_os("XFERKIT_CONFIG").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            return Err(Error::invalid_config(format!(
+                "config file {} (from XFERKIT_CONFIG) does not exist or is not a file",
+                p.display()
+            )));
+        }
+        return Ok(Some(p));
+    }
+    let local = PathBuf::from("xferkit.toml");
+    if local.is_file() {
+        return Ok(Some(local));
+    }
+    Ok(dirs::config_dir()
+        .map(|d| d.join("xferkit").join("config.toml"))
+        .filter(|p| p.is_file()))
+}
+
+/// Assemble the layered configuration.
+pub fn figment_for(explicit: Option<&Path>) -> Result<Figment> {
+    let mut f = defaults();
+    if let Some(file) = config_file(explicit)? {
+        check_toml(&file)?;
+        f = f.merge(Toml::file_exact(file));
+    }
+    Ok(f.merge(env()))
+}
+
+/// Read and parse `file` up front, so a malformed file is reported with its
+/// path and position on one line.
+fn check_toml(file: &Path) -> Result<()> {
+    let shown = file.display();
+    let text = std::fs::read_to_string(file).map_err(|e| Error::InvalidConfig {
+        message: format!("cannot read config file {shown}"),
+        source: Some(e.into()),
+    })?;
+    if let Err(e) = text.parse::<toml::Table>() {
+        let detail = e.message().to_string();
+        let at = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                format!(" at line {line}")
+            })
+            .unwrap_or_default();
+        return Err(Error::invalid_config(format!(
+            "config file {shown} is not valid TOML{at}: {detail}"
+        )));
+    }
+    Ok(())
+}
+
+/// The embedded defaults alone.
+pub fn defaults() -> Figment {
+    Figment::new()
+        .merge(Serialized::default("default_store", "local"))
+        .merge(Serialized::default(
+            "concurrency",
+            xferkit_core::manager::DEFAULT_CONCURRENCY,
+        ))
+        .merge(Serialized::default("stores.local.backend", "local"))
+        .merge(Serialized::default(
+            "stores.local.root",
+            default_local_root().to_string_lossy().into_owned(),
+        ))
+}
+
+/// `XFERKIT_*` variables that address config keys (others, like
+/// `XFERKIT_CONFIG`, are ignored here).
+pub fn env() -> Env {
+    Env::prefixed("XFERKIT_").split("__").filter(|k| {
+        let k = k.as_str().to_ascii_lowercase();
+        let top = k.split(['.']).next().unwrap_or("");
+        let top = top.split("__").next().unwrap_or("");
+        TOP_KEYS.contains(&top)
+    })
+}
+
+/// Where the value at `key` came from, for error messages.
+pub fn origin(figment: &Figment, key: &str) -> String {
+    match figment.find_metadata(key) {
+        Some(m) => match &m.source {
+            Some(src) => format!("{} {src}", m.name),
+            None => m.name.to_string(),
+        },
+        None => "the configuration".to_string(),
+    }
+}
+
+fn figment_err(e: figment::Error) -> Error {
+    // figment's message names the key and the file or variable it came from.
+    // Parse errors span several lines (a source excerpt): keep one line.
+    let msg = e
+        .into_iter()
+        .map(|e| {
+            let text = e.to_string();
+            let mut line = text
+                .lines()
+                .filter(|l| !l.contains('|') && !l.trim().is_empty())
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(": ");
+            if let Some(src) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                let src = src.to_string();
+                if !line.contains(&src) {
+                    line = format!("{line} (in {src})");
+                }
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Error::InvalidConfig {
+        message: msg,
+        source: None,
+    }
+}
+
+impl Settings {
+    /// Read and check the global settings.
+    pub fn from_figment(figment: &Figment) -> Result<Self> {
+        let top = figment.data().map_err(figment_err)?;
+        for dict in top.values() {
+            for k in dict.keys() {
+                if !TOP_KEYS.contains(&k.as_str()) {
+                    return Err(Error::invalid_config(format!(
+                        "unknown key `{k}` in {} (known top-level keys: {})",
+                        origin(figment, k),
+                        TOP_KEYS.join(", ")
+                    )));
+                }
+            }
+        }
+        let mut s: Settings = figment.extract().map_err(figment_err)?;
+        let stores: BTreeMap<String, figment::value::Value> =
+            figment.extract_inner("stores").map_err(figment_err)?;
+        s.store_names = stores.keys().cloned().collect();
+        if s.concurrency == 0 {
+            return Err(Error::invalid_config(format!(
+                "concurrency must be at least 1 (in {})",
+                origin(figment, "concurrency")
+            )));
+        }
+        if !s.store_names.contains(&s.default_store) {
+            return Err(Error::invalid_config(format!(
+                "default_store = {:?} (in {}) names no configured store (have: {})",
+                s.default_store,
+                origin(figment, "default_store"),
+                s.store_names.join(", ")
+            )));
+        }
+        Ok(s)
+    }
+}
+
+/// Check that `stores.NAME` has only keys its backend accepts.
+fn check_keys(figment: &Figment, name: &str, backend: &str, keys: &[&str]) -> Result<()> {
+    let path = format!("stores.{name}");
+    let dict = figment
+        .find_value(&path)
+        .map_err(figment_err)?
+        .into_dict()
+        .ok_or_else(|| {
+            Error::invalid_config(format!(
+                "{path} must be a table (in {})",
+                origin(figment, &path)
+            ))
+        })?;
+    for k in dict.keys() {
+        if k != "backend" && !keys.contains(&k.as_str()) {
+            let key = format!("{path}.{k}");
+            return Err(Error::invalid_config(format!(
+                "unknown key `{key}` in {} (backend `{backend}` accepts: backend, {})",
+                origin(figment, &key),
+                keys.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn extract<T: serde::de::DeserializeOwned>(figment: &Figment, name: &str) -> Result<T> {
+    figment
+        .extract_inner(&format!("stores.{name}"))
+        .map_err(figment_err)
+}
+
+/// Build one store from `stores.NAME`.
+pub async fn build_store(figment: &Figment, name: &str) -> Result<DynHandlerAlias> {
+    let key = format!("stores.{name}.backend");
+    let backend: String = figment.extract_inner(&key).map_err(|_| {
+        Error::invalid_config(format!(
+            "{key} is missing or not a string (store defined in {}; expected one of: {})",
+            origin(figment, &format!("stores.{name}")),
+            ALL_BACKENDS.join(", ")
+        ))
+    })?;
+    match backend.as_str() {
+        #[cfg(feature = "local")]
+        "local" => {
+            use xferkit_local::{LocalConfig, LocalStore};
+            check_keys(figment, name, "local", LocalConfig::KEYS)?;
+            let mut c: LocalConfig = extract(figment, name)?;
+            if c.root.is_none() {
+                c.root = Some(default_local_root());
+            }
+            Ok(std::sync::Arc::new(LocalStore::new(name, c).await?))
+        }
+        #[cfg(feature = "s3")]
+        "s3" => {
+            use xferkit_s3::{S3Config, S3Store};
+            check_keys(figment, name, "s3", S3Config::KEYS)?;
+            let c: S3Config = extract(figment, name)?;
+            Ok(std::sync::Arc::new(S3Store::new(name, c).await?))
+        }
+        #[cfg(feature = "gcs")]
+        "gcs" => {
+            use xferkit_gcs::{GcsConfig, GcsStore};
+            check_keys(figment, name, "gcs", GcsConfig::KEYS)?;
+            let c: GcsConfig = extract(figment, name)?;
+            Ok(std::sync::Arc::new(GcsStore::new(name, c).await?))
+        }
+        #[cfg(feature = "azure")]
+        "azure" => {
+            use xferkit_azure::{AzureConfig, AzureStore};
+            check_keys(figment, name, "azure", AzureConfig::KEYS)?;
+            let c: AzureConfig = extract(figment, name)?;
+            Ok(std::sync::Arc::new(AzureStore::new(name, c).await?))
+        }
+        b if ALL_BACKENDS.contains(&b) => Err(Error::invalid_config(format!(
+            "{key} = {b:?} (in {}): this build lacks backend `{b}`; rebuild with feature `{b}`",
+            origin(figment, &key)
+        ))),
+        other => Err(Error::invalid_config(format!(
+            "{key} = {other:?} (in {}) is not a known backend (expected one of: {})",
+            origin(figment, &key),
+            ALL_BACKENDS.join(", ")
+        ))),
+    }
+}
+
+type DynHandlerAlias = xferkit_core::DynHandler;
+
+/// Build every configured store (plus the `http` link store) into a registry.
+pub async fn build_registry(figment: &Figment, settings: &Settings) -> Result<Registry> {
+    let mut reg = Registry::new();
+    for name in &settings.store_names {
+        if name == "http" {
+            return Err(Error::invalid_config(
+                "stores.http: the store name `http` is reserved for plain http(s) links",
+            ));
+        }
+        reg.register(build_store(figment, name).await?);
+    }
+    reg.set_default(&settings.default_store)?;
+    #[cfg(feature = "http")]
+    reg.register(std::sync::Arc::new(crate::HttpStore::new()));
+    Ok(reg)
+}

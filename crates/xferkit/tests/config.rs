@@ -1,0 +1,146 @@
+//! Configuration layering and its error messages.
+
+use figment::Jail;
+use xferkit::ErrorKind;
+use xferkit::config::{Settings, build_registry, figment_for};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Load settings and registry inside a Jail; return the error message if any.
+fn load(jail: &Jail, file: Option<&str>) -> Result<xferkit::Registry, xferkit::Error> {
+    let path = file.map(|f| jail.directory().join(f));
+    let fig = figment_for(path.as_deref())?;
+    let settings = Settings::from_figment(&fig)?;
+    rt().block_on(build_registry(&fig, &settings))
+}
+
+fn isolate(jail: &mut Jail) {
+    let dir = jail.directory().to_path_buf();
+    jail.set_env("XDG_DATA_HOME", dir.join("data").display());
+    jail.set_env("XDG_CONFIG_HOME", dir.join("cfg").display());
+    jail.set_env("HOME", dir.display());
+}
+
+#[test]
+fn no_config_gives_an_embedded_local_store() {
+    Jail::expect_with(|jail| {
+        isolate(jail);
+        let reg = load(jail, None).expect("default config loads");
+        let store = reg.default_store().unwrap();
+        assert_eq!(store.name(), "local");
+        assert!(
+            store.url_for("a").starts_with("file://"),
+            "{}",
+            store.url_for("a")
+        );
+        assert!(store.url_for("a").contains("/data/xferkit/files/"));
+        Ok(())
+    });
+}
+
+#[test]
+fn file_then_env_override() {
+    Jail::expect_with(|jail| {
+        isolate(jail);
+        jail.create_file(
+            "x.toml",
+            r#"
+            default_store = "media"
+            [stores.media]
+            backend = "local"
+            root = "media-root"
+            "#,
+        )?;
+        let reg = load(jail, Some("x.toml")).unwrap();
+        let media = reg.default_store().unwrap();
+        assert_eq!(media.name(), "media");
+        assert!(media.url_for("k").contains("/media-root/k"));
+        jail.set_env("XFERKIT_STORES__MEDIA__ROOT", "env-root");
+        let reg = load(jail, Some("x.toml")).unwrap();
+        assert!(
+            reg.get("media")
+                .unwrap()
+                .url_for("k")
+                .contains("/env-root/k")
+        );
+        // XFERKIT_CONFIG is honoured when no --config is given.
+        jail.set_env("XFERKIT_CONFIG", jail.directory().join("x.toml").display());
+        let reg = load(jail, None).unwrap();
+        assert_eq!(reg.default_store().unwrap().name(), "media");
+        Ok(())
+    });
+}
+
+fn config_error(toml: &str) -> String {
+    let mut msg = String::new();
+    Jail::expect_with(|jail| {
+        isolate(jail);
+        jail.create_file("bad.toml", toml)?;
+        let err = load(jail, Some("bad.toml")).expect_err("config should be refused");
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
+        msg = err.to_string();
+        Ok(())
+    });
+    msg
+}
+
+#[test]
+fn errors_name_the_key_and_the_file() {
+    let m = config_error("[stores.x]\nbackend = \"ftp\"\n");
+    assert!(
+        m.contains("stores.x.backend") && m.contains("\"ftp\"") && m.contains("bad.toml"),
+        "{m}"
+    );
+
+    let m = config_error("[stores.x]\nbackend = \"local\"\nrot = \"typo\"\n");
+    assert!(
+        m.contains("stores.x.rot") && m.contains("bad.toml") && m.contains("root"),
+        "{m}"
+    );
+
+    let m = config_error("default_store = \"nope\"\n");
+    assert!(m.contains("default_store") && m.contains("nope"), "{m}");
+
+    let m = config_error("[stores.x]\nroot = \"r\"\n");
+    assert!(m.contains("stores.x.backend is missing"), "{m}");
+
+    let m = config_error("colour = 3\n");
+    assert!(
+        m.contains("unknown key `colour`") && m.contains("bad.toml"),
+        "{m}"
+    );
+
+    let m = config_error("concurrency = \"many\"\n");
+    assert!(m.contains("concurrency") && m.contains("bad.toml"), "{m}");
+
+    let m = config_error("[stores.x]\nbackend = \"local\"\nroot = \"\"\n");
+    assert!(m.contains("stores.x.root"), "{m}");
+
+    let m = config_error("[stores.x\nbackend = 1\n");
+    assert!(
+        m.contains("bad.toml"),
+        "malformed TOML must name the file: {m}"
+    );
+}
+
+#[cfg(not(feature = "s3"))]
+#[test]
+fn backend_not_compiled_in_says_which_feature() {
+    let m = config_error("[stores.x]\nbackend = \"s3\"\nbucket = \"b\"\n");
+    assert!(m.contains("rebuild with feature `s3`"), "{m}");
+}
+
+#[test]
+fn explicit_missing_file_is_an_error() {
+    Jail::expect_with(|jail| {
+        isolate(jail);
+        let e = load(jail, Some("nope.toml")).unwrap_err();
+        assert!(e.to_string().contains("nope.toml"), "{e}");
+        Ok(())
+    });
+}
