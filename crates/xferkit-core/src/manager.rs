@@ -266,8 +266,9 @@ impl Transfer {
             }
         }
         let snapshot = info.clone();
-        self.inner.watch.send_replace(snapshot.clone());
-        // Listeners run under the lock so every listener sees snapshots in order.
+        // Listeners run under the lock so every listener sees snapshots in
+        // order, and before `wait()` wakes, so a waiter finds that every
+        // listener has already heard the final status.
         if let Some(m) = self.inner.manager.upgrade() {
             let listeners = m
                 .listeners
@@ -278,6 +279,7 @@ impl Transfer {
                 l.on_progress(&snapshot);
             }
         }
+        self.inner.watch.send_replace(snapshot);
     }
 
     fn finish(&self, status: TransferStatus, err: Option<Error>, obj: Option<RemoteObject>) {
