@@ -1,0 +1,212 @@
+//! Local-backend specifics the shared suite cannot know: traversal,
+//! symlinks, atomic writes, large files, sidecars.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use xferkit_core::{
+    CancellationToken, ErrorKind, FileTransferExt, FileTransferHandler, PutOptions, TransferCtx,
+    UploadSource,
+};
+use xferkit_local::{LocalConfig, LocalStore};
+
+async fn store() -> (tempfile::TempDir, LocalStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = LocalStore::new("t", LocalConfig::with_root(dir.path().join("root")))
+        .await
+        .unwrap();
+    (dir, s)
+}
+
+fn put_bytes(b: &'static [u8]) -> UploadSource {
+    UploadSource::from_bytes(b)
+}
+
+#[tokio::test]
+async fn traversal_attempts_are_refused_and_touch_nothing() {
+    let (dir, s) = store().await;
+    std::fs::write(dir.path().join("outside.txt"), b"secret").unwrap();
+    // A symlink to a directory outside the root, and one to a file outside.
+    std::os::unix::fs::symlink(dir.path(), s.root().join("link-dir")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("outside.txt"), s.root().join("link-file")).unwrap();
+    let forms = [
+        "../outside.txt",
+        "../../etc/passwd",
+        "a/../../outside.txt",
+        "a/b/../../../outside.txt",
+        "/etc/passwd",
+        "..",
+        ".",
+        "./outside.txt",
+        "a/./b",
+        "..\\outside.txt",
+        "a\\..\\..\\outside.txt",
+        "C:\\Windows\\win.ini",
+        "nul\0../x",
+        "a//../outside.txt",
+        "link-dir/outside.txt",
+        "link-file",
+        ".xferkit/meta/x.json",
+        "a/\u{0}",
+        "",
+    ];
+    for k in forms {
+        let what = format!("{k:?}");
+        let e = s.stat(k).await.expect_err(&what);
+        assert_eq!(e.kind(), ErrorKind::InvalidKey, "stat {what}: {e}");
+        let e = s
+            .upload(
+                k,
+                put_bytes(b"pwned"),
+                &PutOptions::default(),
+                &TransferCtx::none(),
+            )
+            .await
+            .expect_err(&what);
+        assert_eq!(e.kind(), ErrorKind::InvalidKey, "upload {what}: {e}");
+        let e = s
+            .download_stream(k, None)
+            .await
+            .map(|_| ())
+            .expect_err(&what);
+        assert_eq!(e.kind(), ErrorKind::InvalidKey, "download {what}: {e}");
+        let e = s.delete(k).await.expect_err(&what);
+        assert_eq!(e.kind(), ErrorKind::InvalidKey, "delete {what}: {e}");
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("outside.txt")).unwrap(),
+        b"secret"
+    );
+    // Listing never follows the symlinks out of the root.
+    let listed: Vec<_> = s.list("").collect().await;
+    assert!(listed.is_empty(), "{listed:?}");
+}
+
+#[tokio::test]
+async fn stopped_upload_leaves_nothing_under_the_final_name() {
+    let (_dir, s) = store().await;
+    let s = Arc::new(s);
+    // Keep an older version to prove it survives.
+    s.upload(
+        "doc",
+        put_bytes(b"old"),
+        &PutOptions::default(),
+        &TransferCtx::none(),
+    )
+    .await
+    .unwrap();
+    let token = CancellationToken::new();
+    let ctx = TransferCtx::new(Arc::new(Noop), token.clone());
+    // A stream that yields one chunk then stalls forever.
+    let stream = futures::stream::once(async { Ok(Bytes::from_static(b"new partial")) })
+        .chain(futures::stream::pending());
+    let s2 = s.clone();
+    let task = tokio::spawn(async move {
+        s2.upload(
+            "doc",
+            UploadSource::Stream {
+                stream: Box::pin(stream),
+                size: None,
+            },
+            &PutOptions::default(),
+            &ctx,
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    token.cancel();
+    let e = task.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Cancelled);
+    assert_eq!(&s.read_bytes("doc", None).await.unwrap()[..], b"old");
+    let tmp: Vec<_> = std::fs::read_dir(s.root().join(".xferkit/tmp"))
+        .unwrap()
+        .collect();
+    assert!(tmp.is_empty(), "temp files left: {tmp:?}");
+}
+
+struct Noop;
+impl xferkit_core::ProgressSink for Noop {
+    fn add(&self, _: u64) {}
+    fn set_total(&self, _: u64) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_mib_round_trip_is_byte_identical() {
+    let (dir, s) = store().await;
+    let src = dir.path().join("big.bin");
+    let mut body = vec![0u8; 100 << 20];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for chunk in body.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(&src, &body).unwrap();
+    let obj = s
+        .upload(
+            "big/файл.bin",
+            UploadSource::Path(src),
+            &PutOptions::default(),
+            &TransferCtx::none(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(obj.size, 100 << 20);
+    let dest = dir.path().join("back.bin");
+    s.download_to_path("big/файл.bin", &dest, None, &TransferCtx::none())
+        .await
+        .unwrap();
+    assert!(
+        std::fs::read(&dest).unwrap() == body,
+        "100 MiB round trip differs"
+    );
+}
+
+#[tokio::test]
+async fn sidecar_keeps_type_and_metadata_and_foreign_files_still_stat() {
+    let (_dir, s) = store().await;
+    let opts = PutOptions::default()
+        .with_content_type("text/x-note")
+        .with_metadata("title", "hi");
+    s.upload("n.txt", put_bytes(b"x"), &opts, &TransferCtx::none())
+        .await
+        .unwrap();
+    let st = s.stat("n.txt").await.unwrap();
+    assert_eq!(st.content_type.as_deref(), Some("text/x-note"));
+    assert_eq!(st.metadata.get("title").map(String::as_str), Some("hi"));
+    assert!(st.checksum.unwrap().starts_with("sha256:"));
+    // A file dropped in by another program is still an object.
+    std::fs::write(s.root().join("dropped.png"), b"png").unwrap();
+    let st = s.stat("dropped.png").await.unwrap();
+    assert_eq!(
+        (st.size, st.content_type.as_deref()),
+        (3, Some("image/png"))
+    );
+    // Overwriting behind the store's back makes the sidecar stale, not wrong.
+    std::fs::write(s.root().join("n.txt"), b"changed").unwrap();
+    let st = s.stat("n.txt").await.unwrap();
+    assert_eq!(st.size, 7);
+    assert!(st.checksum.is_none(), "stale checksum reported");
+}
+
+#[tokio::test]
+async fn urls_map_both_ways_and_empty_dirs_are_pruned() {
+    let (_dir, s) = store().await;
+    let url = s.url_for("a b/c#d");
+    let parsed = xferkit_core::url::ObjectUrl::parse(&url).unwrap();
+    assert_eq!(s.key_for_url(&parsed).as_deref(), Some("a b/c#d"));
+    s.upload(
+        "x/y/z",
+        put_bytes(b"1"),
+        &PutOptions::default(),
+        &TransferCtx::none(),
+    )
+    .await
+    .unwrap();
+    s.delete("x/y/z").await.unwrap();
+    assert!(!s.root().join("x").exists(), "empty parents not pruned");
+    assert!(s.root().exists());
+}
