@@ -1,0 +1,488 @@
+//! The SDK client, the raw requests gcloud-storage does not do the way we
+//! need, credentials, and the mapping of every failure to an xferkit error.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use gcloud_storage::client::{Client, ClientConfig};
+use gcloud_storage::http::Error as SdkError;
+use gcloud_storage::http::objects::Object;
+use gcloud_storage::sign::SignBy;
+use reqwest_middleware::ClientWithMiddleware;
+use reqwest_middleware::reqwest;
+use token_source::TokenSource;
+use xferkit_core::{BoxError, Error, RemoteObject, Result};
+
+use crate::config::GcsConfig;
+use crate::sign::{KeyError, ServiceAccountKey};
+
+/// How long to wait for a TCP/TLS connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest silence on an open connection before the request fails (Transient).
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How presigned URLs are signed.
+pub(crate) enum Signer {
+    /// Locally, with a service-account key.
+    Key(Box<ServiceAccountKey>),
+    /// By the IAM `signBlob` API as the metadata server's service account
+    /// (through gcloud-storage; on Google Cloud without a key file).
+    Iam,
+    /// Not possible with these credentials.
+    None,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Signer::Key(k) => f.debug_tuple("Key").field(k).finish(),
+            Signer::Iam => f.write_str("Iam"),
+            Signer::None => f.write_str("None"),
+        }
+    }
+}
+
+/// Everything one store needs to talk to GCS.
+pub(crate) struct Gcs {
+    pub client: Client,
+    /// The same HTTP client the SDK uses, for our own requests.
+    pub http: ClientWithMiddleware,
+    /// Access tokens (`None`: anonymous).
+    token: Option<Arc<dyn TokenSource>>,
+    /// `{endpoint}/upload/storage/v1`.
+    pub upload_base: String,
+    pub endpoint: url::Url,
+    pub signer: Signer,
+}
+
+impl fmt::Debug for Gcs {
+    // The token source and the SDK client are left out: neither is useful to
+    // read and the former may print a token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gcs")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("anonymous", &self.token.is_none())
+            .field("signer", &self.signer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gcs {
+    /// Build the client for a validated config of store `store`.
+    pub(crate) async fn connect(store: &str, cfg: &GcsConfig) -> Result<Self> {
+        let config_err = |key: &str, what: String, source: Option<BoxError>| Error::InvalidConfig {
+            message: format!("stores.{store}.{key} {what}"),
+            source,
+        };
+        let endpoint_str = cfg.endpoint_url();
+        let endpoint = url::Url::parse(&endpoint_str)
+            .map_err(|e| config_err("endpoint", format!("= {endpoint_str:?}: {e}"), None))?;
+        let http_client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            // A resumable chunk's "308 Resume Incomplete" is an answer, not a redirect.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::backend(&endpoint_str, "cannot build the HTTP client", e))?;
+        let http = reqwest_middleware::ClientBuilder::new(http_client).build();
+
+        let mut cc = ClientConfig {
+            http: Some(http.clone()),
+            storage_endpoint: endpoint_str.clone(),
+            project_id: cfg.project_id.clone(),
+            ..Default::default()
+        };
+        let key_file = match &cfg.credentials_file {
+            Some(path) => {
+                let text = tokio::fs::read_to_string(path).await.map_err(|e| {
+                    config_err(
+                        "credentials_file",
+                        format!("= {:?} cannot be read: {e}", path.display()),
+                        Some(e.into()),
+                    )
+                })?;
+                Some(text)
+            }
+            None => None,
+        };
+        if cfg.anonymous {
+            cc = cc.anonymous();
+        } else if let Some(text) = &key_file {
+            let creds = gcloud_storage::client::google_cloud_auth::credentials::CredentialsFile::new_from_str(text)
+                .await
+                .map_err(|e| {
+                    config_err(
+                        "credentials_file",
+                        format!("is not a usable credentials file: {e}"),
+                        None,
+                    )
+                })?;
+            cc = cc.with_credentials(creds).await.map_err(|e| {
+                config_err("credentials_file", format!("could not be used: {e}"), None)
+            })?;
+        } else {
+            cc = cc.with_auth().await.map_err(|e| Error::InvalidConfig {
+                message: format!(
+                    "stores.{store}: no GCS credentials found (set credentials_file, \
+                     GOOGLE_APPLICATION_CREDENTIALS, or anonymous = true): {e}"
+                ),
+                source: None,
+            })?;
+        }
+        if cfg.project_id.is_some() {
+            cc.project_id.clone_from(&cfg.project_id);
+        }
+
+        let signer = match &key_file {
+            Some(text) => match ServiceAccountKey::from_json(text) {
+                Ok(Some(k)) => Signer::Key(Box::new(k)),
+                Ok(None) => Signer::None,
+                Err(KeyError(m)) => {
+                    return Err(config_err("credentials_file", m, None));
+                }
+            },
+            None if cfg.anonymous => Signer::None,
+            None => match (&cc.default_sign_by, &cc.default_google_access_id) {
+                (Some(SignBy::PrivateKey(pem)), Some(email)) => {
+                    let pem = String::from_utf8_lossy(pem);
+                    match ServiceAccountKey::from_pem(email, &pem) {
+                        Ok(k) => Signer::Key(Box::new(k)),
+                        Err(e) => {
+                            tracing::warn!(store, "application-default key cannot sign URLs: {e}");
+                            Signer::None
+                        }
+                    }
+                }
+                (Some(SignBy::SignBytes), Some(_)) => Signer::Iam,
+                _ => Signer::None,
+            },
+        };
+        // The key's PEM is no longer needed in the SDK config: we sign ourselves.
+        if matches!(signer, Signer::Key(_)) {
+            cc.default_sign_by = None;
+        }
+
+        let token = cc.token_source_provider.as_ref().map(|p| p.token_source());
+        let client = Client::new(cc);
+        Ok(Gcs {
+            client,
+            http,
+            token,
+            upload_base: format!("{endpoint_str}/upload/storage/v1"),
+            endpoint,
+            signer,
+        })
+    }
+
+    /// Add the `Authorization` header (unless anonymous).
+    pub(crate) async fn authorize(
+        &self,
+        target: &str,
+        rb: reqwest_middleware::RequestBuilder,
+    ) -> Result<reqwest_middleware::RequestBuilder> {
+        let rb = rb.header("X-Goog-Api-Client", "xferkit");
+        match &self.token {
+            None => Ok(rb),
+            Some(ts) => {
+                let t = ts
+                    .token()
+                    .await
+                    .map_err(|e| map_sdk(target, SdkError::TokenSource(e)))?;
+                Ok(rb.header(reqwest::header::AUTHORIZATION, t))
+            }
+        }
+    }
+
+    /// Send one of our own requests; non-2xx answers become errors.
+    pub(crate) async fn send(
+        &self,
+        target: &str,
+        rb: reqwest_middleware::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let rb = self.authorize(target, rb).await?;
+        let resp = rb.send().await.map_err(|e| map_sdk(target, e.into()))?;
+        check(target, resp).await
+    }
+}
+
+/// `Ok(resp)` for 2xx, else the mapped error (with the service's message).
+pub(crate) async fn check(target: &str, resp: reqwest::Response) -> Result<reqwest::Response> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let body = resp.bytes().await.unwrap_or_default();
+    Err(status_error(
+        target,
+        status.as_u16(),
+        service_message(&body),
+    ))
+}
+
+/// The `error.message` of a JSON error body, else a bit of the body text.
+fn service_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Wrapper {
+        error: Inner,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        message: String,
+    }
+    if let Ok(w) = serde_json::from_slice::<Wrapper>(body) {
+        return w.error.message;
+    }
+    let text = String::from_utf8_lossy(body);
+    text.chars().take(200).collect()
+}
+
+/// A failure reported by the service: its HTTP status and message.
+#[derive(Debug)]
+pub(crate) struct ServiceError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.message.is_empty() {
+            write!(f, "HTTP {}", self.status)
+        } else {
+            write!(f, "HTTP {}: {}", self.status, self.message)
+        }
+    }
+}
+impl std::error::Error for ServiceError {}
+
+/// Map an HTTP status (and the service's message) about `target` to a kind.
+pub(crate) fn status_error(target: &str, status: u16, message: String) -> Error {
+    let target = target.to_string();
+    let source: BoxError = Box::new(ServiceError { status, message });
+    match status {
+        404 => Error::NotFound {
+            target,
+            source: Some(source),
+        },
+        412 => Error::PreconditionFailed {
+            target,
+            source: Some(source),
+        },
+        401 | 403 => Error::PermissionDenied {
+            target,
+            source: Some(source),
+        },
+        416 => Error::InvalidRange {
+            target,
+            range: "(refused by the service)".into(),
+        },
+        408 | 429 | 500..=599 => Error::Transient {
+            target,
+            retry_after: None,
+            source: Some(source),
+        },
+        _ => Error::Backend {
+            target,
+            message: "request failed".into(),
+            source: Some(source),
+        },
+    }
+}
+
+/// Map a transport failure (no HTTP status).
+fn transport_error(target: &str, e: reqwest::Error) -> Error {
+    if let Some(s) = e.status() {
+        return status_error(target, s.as_u16(), String::new());
+    }
+    // The URL may be a resumable session URI (a bearer capability): drop it.
+    let transient = e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
+    let e = e.without_url();
+    if transient {
+        Error::transient(target, e)
+    } else {
+        Error::backend(target, "HTTP request failed", e)
+    }
+}
+
+/// Map a gcloud-storage error about `target`.
+pub(crate) fn map_sdk(target: &str, e: SdkError) -> Error {
+    match e {
+        SdkError::Response(r) => status_error(target, r.code, r.message),
+        SdkError::HttpClient(e) => transport_error(target, e),
+        SdkError::RawResponse(e, _detail) => transport_error(target, e),
+        SdkError::TokenSource(src) => {
+            // Token refresh over the network may fail transiently; a refused
+            // credential is a permission problem.
+            let transient = chain_has(&*src, |e| {
+                e.downcast_ref::<reqwest::Error>()
+                    .is_some_and(|r| r.is_timeout() || r.is_connect())
+            });
+            if transient {
+                Error::Transient {
+                    target: target.to_string(),
+                    retry_after: None,
+                    source: Some(src),
+                }
+            } else {
+                Error::PermissionDenied {
+                    target: target.to_string(),
+                    source: Some(src),
+                }
+            }
+        }
+        SdkError::HttpMiddleware(e) => Error::Backend {
+            target: target.to_string(),
+            message: "HTTP middleware failed".into(),
+            source: Some(e.into()),
+        },
+        other => Error::backend(target, "unexpected answer", other),
+    }
+}
+
+fn chain_has(
+    e: &(dyn std::error::Error + 'static),
+    pred: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        if pred(x) {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
+}
+
+/// A `RemoteObject` from the service's object resource.
+pub(crate) fn to_remote(url: String, key: String, o: &Object) -> RemoteObject {
+    let mut r = RemoteObject::new(url, key, u64::try_from(o.size).unwrap_or(0));
+    let etag = o.etag.trim_matches('"');
+    r.etag = (!etag.is_empty()).then(|| etag.to_string());
+    r.version = (o.generation != 0).then(|| o.generation.to_string());
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).ok();
+    r.checksum = o
+        .md5_hash
+        .as_deref()
+        .and_then(b64)
+        .map(|d| format!("md5:{}", hex::encode(d)))
+        .or_else(|| {
+            o.crc32c
+                .as_deref()
+                .and_then(b64)
+                .map(|d| format!("crc32c:{}", hex::encode(d)))
+        });
+    r.content_type = o.content_type.clone().filter(|c| !c.is_empty());
+    r.last_modified = o.updated.or(o.time_created).map(SystemTime::from);
+    r.metadata = o
+        .metadata
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect::<BTreeMap<_, _>>();
+    r
+}
+
+/// Parse an object resource from a response body.
+pub(crate) fn parse_object(target: &str, body: &Bytes) -> Result<Object> {
+    serde_json::from_slice(body)
+        .map_err(|e| Error::backend(target, "the service's object resource could not be read", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xferkit_core::ErrorKind;
+
+    #[test]
+    fn statuses_map_to_kinds() {
+        let k = |s| status_error("gs://b/k", s, "m".into());
+        assert_eq!(k(404).kind(), ErrorKind::NotFound);
+        assert_eq!(k(412).kind(), ErrorKind::PreconditionFailed);
+        assert_eq!(k(401).kind(), ErrorKind::PermissionDenied);
+        assert_eq!(k(403).kind(), ErrorKind::PermissionDenied);
+        assert_eq!(k(416).kind(), ErrorKind::InvalidRange);
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(k(s).is_retryable(), "{s}");
+            assert_eq!(k(s).kind(), ErrorKind::Transient);
+        }
+        assert_eq!(k(400).kind(), ErrorKind::Backend);
+        assert!(!k(400).is_retryable());
+        let e = k(403);
+        assert!(e.chain().contains("gs://b/k"), "{}", e.chain());
+        assert!(e.chain().contains("HTTP 403: m"), "{}", e.chain());
+    }
+
+    #[test]
+    fn sdk_errors_map_to_kinds() {
+        let resp: gcloud_storage::http::error::ErrorResponse = serde_json::from_value(
+            serde_json::json!({"code": 503, "message": "backend busy", "errors": []}),
+        )
+        .unwrap();
+        let e = map_sdk("gs://b/k", SdkError::Response(resp));
+        assert_eq!(e.kind(), ErrorKind::Transient);
+        let resp: gcloud_storage::http::error::ErrorResponse = serde_json::from_value(
+            serde_json::json!({"code": 404, "message": "No such object", "errors": []}),
+        )
+        .unwrap();
+        assert_eq!(
+            map_sdk("gs://b/k", SdkError::Response(resp)).kind(),
+            ErrorKind::NotFound
+        );
+        let e = map_sdk("gs://b/k", SdkError::TokenSource("invalid_grant".into()));
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+    }
+
+    #[tokio::test]
+    async fn connection_failures_are_transient() {
+        // A port nothing listens on (bound, then closed).
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let err = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/x?upload_id=SECRETSESSION"))
+            .send()
+            .await
+            .unwrap_err();
+        let e = transport_error("gs://b/k", err);
+        assert!(e.is_retryable(), "{e:?}");
+        assert!(!e.chain().contains("SECRETSESSION"), "{}", e.chain());
+        assert!(!format!("{e:?}").contains("SECRETSESSION"));
+    }
+
+    #[test]
+    fn service_messages_are_extracted() {
+        assert_eq!(
+            service_message(br#"{"error":{"code":412,"message":"Precondition Failed"}}"#),
+            "Precondition Failed"
+        );
+        assert_eq!(service_message(b"plain"), "plain");
+    }
+
+    #[test]
+    fn object_resources_become_remote_objects() {
+        let o: Object = serde_json::from_value(serde_json::json!({
+            "name": "p/k.txt", "bucket": "b", "id": "b/p/k.txt", "selfLink": "x", "mediaLink": "x",
+            "size": "11", "generation": "1795613798481150",
+            "metageneration": "1", "etag": "XrY7u+Ae7tCTyyK7j1rNww==",
+            "md5Hash": "XrY7u+Ae7tCTyyK7j1rNww==", "crc32c": "yZRlqg==",
+            "contentType": "text/plain", "updated": "2026-11-25T13:36:38.481142Z",
+            "metadata": {"Title": "x"}
+        }))
+        .unwrap();
+        let r = to_remote("gs://b/p/k.txt".into(), "k.txt".into(), &o);
+        assert_eq!(r.size, 11);
+        assert_eq!(r.etag.as_deref(), Some("XrY7u+Ae7tCTyyK7j1rNww=="));
+        assert_eq!(r.version.as_deref(), Some("1795613798481150"));
+        assert_eq!(
+            r.checksum.as_deref(),
+            Some("md5:5eb63bbbe01eeed093cb22bb8f5acdc3")
+        );
+        assert_eq!(r.content_type.as_deref(), Some("text/plain"));
+        assert!(r.last_modified.is_some());
+        assert_eq!(r.metadata.get("title").map(String::as_str), Some("x"));
+    }
+}

@@ -1,0 +1,312 @@
+//! Resumable-upload behaviour that fake-gcs-server cannot show, against a
+//! tiny scripted HTTP server on 127.0.0.1:
+//! - create-only sends `ifGenerationMatch=0` with the session, and a 412 when
+//!   the upload completes (GCS's answer when the key appeared meanwhile;
+//!   fake-gcs-server 1.54 ignores the precondition on resumable uploads) is
+//!   `AlreadyExists`, with the session cancelled;
+//! - bytes the service did not persist (`Range` shorter than the chunk) are
+//!   sent again;
+//! - a 503 on a chunk is `Transient`, and the session is cancelled.
+
+// Test helpers outside #[test] functions: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use xferkit_core::{
+    ErrorKind, FileTransferHandler, ProgressSink, PutOptions, TransferCtx, UploadSource,
+};
+use xferkit_gcs::{GcsConfig, GcsStore};
+
+const KIB: usize = 1024;
+
+#[derive(Debug, Clone)]
+struct Req {
+    method: String,
+    target: String,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Resp {
+    Resp {
+        status,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        body: body.to_string(),
+    }
+}
+
+fn error_json(code: u16, msg: &str) -> String {
+    format!(r#"{{"error":{{"code":{code},"message":"{msg}","errors":[]}}}}"#)
+}
+
+fn object_json(name: &str, size: usize) -> String {
+    format!(
+        r#"{{"kind":"storage#object","name":"{name}","id":"bkt/{name}","bucket":"bkt","size":"{size}",
+        "generation":"7","metageneration":"1","etag":"abc","contentType":"application/octet-stream",
+        "selfLink":"x","mediaLink":"x"}}"#
+    )
+}
+
+type Handler = Arc<dyn Fn(&Req, &str) -> Resp + Send + Sync>;
+
+/// Serve one request per connection; returns the base URL and the request log.
+async fn serve(handler: Handler) -> (String, Arc<Mutex<Vec<Req>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (log2, base2) = (log.clone(), base.clone());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (handler, log, base) = (handler.clone(), log2.clone(), base2.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 64 * 1024];
+                let head_end = loop {
+                    let Ok(n) = sock.read(&mut tmp).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let mut lines = head.split("\r\n");
+                let mut first = lines.next().unwrap_or("").split(' ');
+                let method = first.next().unwrap_or("").to_string();
+                let target = first.next().unwrap_or("").to_string();
+                let headers: BTreeMap<String, String> = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                    .collect();
+                let len: usize = headers
+                    .get("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = buf[head_end..].to_vec();
+                while body.len() < len {
+                    let Ok(n) = sock.read(&mut tmp).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&tmp[..n]);
+                }
+                let req = Req {
+                    method,
+                    target,
+                    headers,
+                    body,
+                };
+                let r = handler(&req, &base);
+                log.lock().unwrap().push(req);
+                let mut out = format!(
+                    "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\nContent-Type: application/json\r\n",
+                    r.status,
+                    r.body.len()
+                );
+                for (k, v) in &r.headers {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                out.push_str(&r.body);
+                let _ = sock.write_all(out.as_bytes()).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (base, log)
+}
+
+async fn store(base: &str, chunk: usize) -> GcsStore {
+    let mut c = GcsConfig::new("bkt");
+    c.endpoint = Some(base.to_string());
+    c.anonymous = true;
+    c.multipart_threshold = 256 * KIB as u64;
+    c.chunk_size = chunk as u64;
+    GcsStore::new("mock", c).await.unwrap()
+}
+
+/// `bytes A-B/T` → (A, B, T or None).
+fn content_range(r: &Req) -> (u64, u64, Option<u64>) {
+    let v = r.headers.get("content-range").cloned().unwrap_or_default();
+    let v = v.trim_start_matches("bytes ");
+    let (range, total) = v.split_once('/').unwrap();
+    let (a, b) = range.split_once('-').unwrap();
+    (a.parse().unwrap(), b.parse().unwrap(), total.parse().ok())
+}
+
+#[derive(Default)]
+struct Progress(AtomicU64);
+impl ProgressSink for Progress {
+    fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::SeqCst);
+    }
+    fn set_total(&self, _: u64) {}
+}
+
+#[tokio::test]
+async fn create_only_conflict_at_completion_is_already_exists_and_cancels() {
+    let handler: Handler = Arc::new(|r: &Req, base: &str| match r.method.as_str() {
+        "GET" => resp(404, &[], &error_json(404, "No such object")),
+        "POST" => resp(200, &[("Location", &format!("{base}/session/1"))], "{}"),
+        "PUT" => {
+            let (_, b, total) = content_range(r);
+            if total.is_some() {
+                resp(
+                    412,
+                    &[],
+                    &error_json(
+                        412,
+                        "At least one of the pre-conditions you specified did not hold.",
+                    ),
+                )
+            } else {
+                resp(308, &[("Range", &format!("bytes=0-{b}"))], "")
+            }
+        }
+        "DELETE" => resp(499, &[], ""),
+        _ => resp(400, &[], ""),
+    });
+    let (base, log) = serve(handler).await;
+    let s = store(&base, 256 * KIB).await;
+    let data = vec![7u8; 700 * KIB];
+    let err = s
+        .upload(
+            "k/big.bin",
+            UploadSource::from_bytes(data),
+            &PutOptions::default().create_only(),
+            &TransferCtx::none(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{}", err.chain());
+    let log = log.lock().unwrap().clone();
+    let post = log
+        .iter()
+        .find(|r| r.method == "POST")
+        .expect("session started");
+    assert!(
+        post.target.contains("uploadType=resumable"),
+        "{}",
+        post.target
+    );
+    assert!(
+        post.target.contains("ifGenerationMatch=0"),
+        "{}",
+        post.target
+    );
+    let puts = log.iter().filter(|r| r.method == "PUT").count();
+    assert_eq!(puts, 3, "700 KiB in 256 KiB chunks");
+    assert!(
+        log.iter()
+            .any(|r| r.method == "DELETE" && r.target == "/session/1"),
+        "session not cancelled"
+    );
+}
+
+#[tokio::test]
+async fn unpersisted_bytes_are_sent_again() {
+    let received = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let rec = received.clone();
+    let handler: Handler = Arc::new(move |r: &Req, base: &str| match r.method.as_str() {
+        "POST" => resp(200, &[("Location", &format!("{base}/session/2"))], "{}"),
+        "PUT" => {
+            let (a, b, total) = content_range(r);
+            let mut got = rec.lock().unwrap();
+            assert_eq!(
+                a as usize,
+                got.len(),
+                "chunk starts where the persisted bytes end"
+            );
+            // Persist only the first 256 KiB of any chunk larger than that.
+            let keep = r.body.len().min(256 * KIB);
+            got.extend_from_slice(&r.body[..keep]);
+            let persisted = a + keep as u64;
+            match total {
+                Some(t) if persisted == t => resp(200, &[], &object_json("k/x.bin", t as usize)),
+                _ => {
+                    let _ = b;
+                    resp(308, &[("Range", &format!("bytes=0-{}", persisted - 1))], "")
+                }
+            }
+        }
+        _ => resp(400, &[], ""),
+    });
+    let (base, _log) = serve(handler).await;
+    let s = store(&base, 512 * KIB).await;
+    let data: Vec<u8> = (0..1300 * KIB).map(|i| (i % 251) as u8).collect();
+    let progress = Arc::new(Progress::default());
+    let ctx = TransferCtx::new(progress.clone(), Default::default());
+    let obj = s
+        .upload(
+            "k/x.bin",
+            UploadSource::from_bytes(data.clone()),
+            &PutOptions::default(),
+            &ctx,
+        )
+        .await
+        .unwrap();
+    assert_eq!(obj.size, data.len() as u64);
+    assert_eq!(
+        *received.lock().unwrap(),
+        data,
+        "bytes reassembled in order"
+    );
+    assert_eq!(
+        progress.0.load(Ordering::SeqCst),
+        data.len() as u64,
+        "progress sums to the size"
+    );
+}
+
+#[tokio::test]
+async fn server_error_on_a_chunk_is_transient_and_cancels() {
+    let handler: Handler = Arc::new(|r: &Req, base: &str| match r.method.as_str() {
+        "POST" => resp(200, &[("Location", &format!("{base}/session/3"))], "{}"),
+        "PUT" => resp(503, &[], &error_json(503, "Service Unavailable")),
+        "DELETE" => resp(499, &[], ""),
+        _ => resp(400, &[], ""),
+    });
+    let (base, log) = serve(handler).await;
+    let s = store(&base, 256 * KIB).await;
+    let err = s
+        .upload(
+            "k/y.bin",
+            UploadSource::from_bytes(vec![1u8; 600 * KIB]),
+            &PutOptions::default(),
+            &TransferCtx::none(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{}", err.chain());
+    assert!(
+        !err.chain().contains("session/3"),
+        "session URI leaked: {}",
+        err.chain()
+    );
+    let log = log.lock().unwrap().clone();
+    assert!(
+        log.iter()
+            .any(|r| r.method == "DELETE" && r.target == "/session/3"),
+        "session not cancelled"
+    );
+}
