@@ -1,0 +1,545 @@
+//! `S3Store`: the `FileTransferHandler` implementation.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::types::MetadataDirective;
+use bytes::Bytes;
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryStreamExt};
+use xferkit_core::url::ObjectUrl;
+use xferkit_core::{
+    ByteRange, ByteStream, Capabilities, Error, ErrorKind, FileTransferHandler, PendingUpload,
+    PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx, UploadSource,
+    async_trait, validate_key,
+};
+
+use crate::S3Config;
+use crate::core::{Core, Mode, SCHEME, body_error, map_sdk};
+use crate::writer::Upload;
+
+/// An S3 bucket (or a prefix of one) as a store: Amazon S3 or any
+/// S3-compatible service (MinIO, Ceph, R2, ...).
+#[derive(Clone)]
+pub struct S3Store {
+    name: String,
+    core: Arc<Core>,
+}
+
+impl fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Store")
+            .field("name", &self.name)
+            .field("core", &self.core)
+            .finish()
+    }
+}
+
+impl S3Store {
+    /// Check `config` and build the SDK client. No request is sent.
+    ///
+    /// Invalid configuration is `InvalidConfig` naming the key
+    /// (`stores.NAME.KEY`).
+    pub async fn new(name: &str, config: S3Config) -> Result<Self> {
+        config.validate(name)?;
+        Ok(S3Store {
+            name: name.to_string(),
+            core: Arc::new(Core::new(&config).await?),
+        })
+    }
+
+    /// The bucket this store lives in.
+    pub fn bucket(&self) -> &str {
+        &self.core.bucket
+    }
+
+    /// Create the bucket if it does not exist yet (for tests and first-time
+    /// setup); a bucket that already exists is fine.
+    pub async fn ensure_bucket(&self) -> Result<()> {
+        let target = format!("{SCHEME}://{}", self.core.bucket);
+        let mut req = self.core.client.create_bucket().bucket(&self.core.bucket);
+        if self.core.region != "us-east-1" {
+            req = req.create_bucket_configuration(
+                aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                    .location_constraint(self.core.region.as_str().into())
+                    .build(),
+            );
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    aws_sdk_s3::error::ProvideErrorMetadata::code(&e),
+                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(map_sdk("CreateBucket", &target, Mode::Plain, e)),
+        }
+    }
+
+    async fn head(&self, key: &str, full: &str) -> Result<RemoteObject> {
+        let target = self.core.url_full(full);
+        let out = self
+            .core
+            .client
+            .head_object()
+            .bucket(&self.core.bucket)
+            .key(full)
+            .send()
+            .await
+            .map_err(|e| map_sdk("HeadObject", &target, Mode::Plain, e))?;
+        Ok(self.core.object(
+            key,
+            out.content_length().unwrap_or(0).max(0) as u64,
+            out.e_tag(),
+            out.version_id(),
+            out.content_type(),
+            out.last_modified(),
+            out.metadata(),
+        ))
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        full: &str,
+        range: Option<ByteRange>,
+    ) -> Result<(RemoteObject, ByteStream)> {
+        let target = self.core.url_full(full);
+        let invalid = |r: &ByteRange| Error::InvalidRange {
+            target: target.clone(),
+            range: r.to_string(),
+        };
+        if let Some(r) = &range {
+            // Refuse what no object size could satisfy (an empty bounded
+            // range, a zero suffix) here: S3 ignores malformed ranges and
+            // would send the whole object.
+            r.resolve(u64::MAX, &target)?;
+        }
+        let sent = self
+            .core
+            .client
+            .get_object()
+            .bucket(&self.core.bucket)
+            .key(full)
+            .set_range(range.map(|r| r.to_http_header()))
+            .send()
+            .await;
+        let out = match sent {
+            Ok(out) => out,
+            Err(e) => {
+                let e = map_sdk("GetObject", &target, Mode::Plain, e);
+                return match (e.kind(), range) {
+                    (ErrorKind::InvalidRange, Some(r)) => {
+                        // Unsatisfiable for S3, but a suffix of an empty object is
+                        // the empty object: decide by the size, never sending a
+                        // range for a 0-byte object.
+                        let head = self.head(key, full).await?;
+                        match r.resolve(head.size, &target) {
+                            Ok(_) if head.size == 0 => Box::pin(self.get(key, full, None)).await,
+                            _ => Err(invalid(&r)),
+                        }
+                    }
+                    _ => Err(e),
+                };
+            }
+        };
+        let partial = out.content_range().and_then(parse_content_range);
+        let length = out.content_length().unwrap_or(0).max(0) as u64;
+        let size = match (partial, range) {
+            (Some((_, total)), _) => total,
+            (None, _) => length,
+        };
+        let obj = self.core.object(
+            key,
+            size,
+            out.e_tag(),
+            out.version_id(),
+            out.content_type(),
+            out.last_modified(),
+            out.metadata(),
+        );
+        let body = out.body;
+        let stream_target = target.clone();
+        let mut bytes: ByteStream = Box::pin(
+            stream::try_unfold(body, move |mut body| {
+                let target = stream_target.clone();
+                async move {
+                    match body.try_next().await {
+                        Ok(Some(chunk)) => Ok(Some((chunk, body))),
+                        Ok(None) => Ok(None),
+                        Err(e) => Err(body_error(&target, e)),
+                    }
+                }
+            })
+            .try_filter(|c| futures::future::ready(!c.is_empty())),
+        );
+        // A server that ignored the range sent the whole object: cut it here.
+        if let (None, Some(r)) = (partial, range) {
+            let span = r.resolve(size, &target).map_err(|_| invalid(&r))?;
+            bytes = slice_stream(bytes, span.start, span.end - span.start);
+        }
+        Ok((obj, bytes))
+    }
+}
+
+/// `bytes START-END/TOTAL` → `(START, TOTAL)`.
+fn parse_content_range(v: &str) -> Option<(u64, u64)> {
+    let rest = v.trim().strip_prefix("bytes")?.trim_start();
+    let (span, total) = rest.split_once('/')?;
+    let (start, _) = span.split_once('-')?;
+    Some((start.trim().parse().ok()?, total.trim().parse().ok()?))
+}
+
+/// Skip `skip` bytes of `s`, then yield `take` bytes.
+fn slice_stream(s: ByteStream, skip: u64, take: u64) -> ByteStream {
+    Box::pin(
+        s.scan((skip, take), |(skip, take), chunk| {
+            let out = chunk.map(|mut c: Bytes| {
+                let drop = (*skip).min(c.len() as u64) as usize;
+                *skip -= drop as u64;
+                let _ = c.split_to(drop);
+                let keep = (*take).min(c.len() as u64) as usize;
+                *take -= keep as u64;
+                c.truncate(keep);
+                c
+            });
+            futures::future::ready(Some(out))
+        })
+        .try_filter(|c| futures::future::ready(!c.is_empty())),
+    )
+}
+
+#[async_trait]
+impl FileTransferHandler for S3Store {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.presign_get = true;
+        c.presign_put = true;
+        c.presign_verified = true;
+        c.range = true;
+        c.conditional_create = true;
+        c.multipart = true;
+        c.list_pending_uploads = true;
+        c.copy = true;
+        c.metadata = true;
+        c
+    }
+
+    fn url_for(&self, key: &str) -> String {
+        self.core.url(key)
+    }
+
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
+        if url.scheme != SCHEME || url.authority != self.core.bucket {
+            return None;
+        }
+        let key = self.core.key_of(&url.path)?;
+        validate_key(key).ok()?;
+        Some(key.to_string())
+    }
+
+    async fn upload(
+        &self,
+        key: &str,
+        source: UploadSource,
+        opts: &PutOptions,
+        ctx: &TransferCtx,
+    ) -> Result<RemoteObject> {
+        validate_key(key)?;
+        Upload::new(&self.core, key, opts)?.run(source, ctx).await
+    }
+
+    async fn download_stream(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<(RemoteObject, ByteStream)> {
+        validate_key(key)?;
+        self.get(key, &self.core.full(key), range).await
+    }
+
+    async fn stat(&self, key: &str) -> Result<RemoteObject> {
+        validate_key(key)?;
+        self.head(key, &self.core.full(key)).await
+    }
+
+    fn list(&self, prefix: &str) -> BoxStream<'static, Result<RemoteObject>> {
+        let core = self.core.clone();
+        let full_prefix = core.list_prefix(prefix);
+        let target = core.url_full(&full_prefix);
+        let mut pages = core
+            .client
+            .list_objects_v2()
+            .bucket(&core.bucket)
+            .prefix(&full_prefix)
+            .into_paginator()
+            .send();
+        let pages = stream::poll_fn(move |cx| pages.poll_next(cx));
+        pages
+            .map(move |page| {
+                let page = page.map_err(|e| map_sdk("ListObjectsV2", &target, Mode::Plain, e))?;
+                let objects = page
+                    .contents()
+                    .iter()
+                    .filter_map(|o| {
+                        let key = core.key_of(o.key()?)?;
+                        Some(Ok(core.object(
+                            key,
+                            o.size().unwrap_or(0).max(0) as u64,
+                            o.e_tag(),
+                            None,
+                            None,
+                            o.last_modified(),
+                            None,
+                        )))
+                    })
+                    .collect::<Vec<_>>();
+                Ok(stream::iter(objects))
+            })
+            .try_flatten()
+            .boxed()
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        validate_key(key)?;
+        let target = self.core.url(key);
+        let r = self
+            .core
+            .client
+            .delete_object()
+            .bucket(&self.core.bucket)
+            .key(self.core.full(key))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => match map_sdk("DeleteObject", &target, Mode::Plain, e) {
+                // Deleting what is not there is done already (the bucket,
+                // though, must exist: S3 says NoSuchBucket then, kept).
+                e if e.kind() == ErrorKind::NotFound && !e.chain().contains("NoSuchBucket") => {
+                    Ok(())
+                }
+                e => Err(e),
+            },
+        }
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
+        validate_key(from)?;
+        validate_key(to)?;
+        let (src, dst) = (self.core.full(from), self.core.full(to));
+        let (src_url, dst_url) = (self.core.url_full(&src), self.core.url_full(&dst));
+        // `x-amz-copy-source` is `bucket/key`, percent-encoded (keeping `/`).
+        let copy_source = xferkit_core::url::encode_path(&format!("{}/{}", self.core.bucket, src));
+        let r = self
+            .core
+            .client
+            .copy_object()
+            .bucket(&self.core.bucket)
+            .key(&dst)
+            .copy_source(copy_source)
+            .metadata_directive(MetadataDirective::Copy)
+            .send()
+            .await;
+        if let Err(e) = r {
+            let e = map_sdk("CopyObject", &dst_url, Mode::Plain, e);
+            return Err(match e {
+                // The destination needs no existing object; a missing one is the source.
+                Error::NotFound { source, .. } => Error::NotFound {
+                    target: src_url,
+                    source,
+                },
+                e => e,
+            });
+        }
+        self.head(to, &dst).await
+    }
+
+    async fn presign(
+        &self,
+        key: &str,
+        method: PresignMethod,
+        expires_in: Duration,
+    ) -> Result<PresignedUrl> {
+        validate_key(key)?;
+        let full = self.core.full(key);
+        let target = self.core.url_full(&full);
+        let config = PresigningConfig::expires_in(expires_in).map_err(|e| Error::Backend {
+            target: target.clone(),
+            message: format!("cannot presign for {expires_in:?} (S3 allows up to 7 days)"),
+            source: Some(e.into()),
+        })?;
+        let expires_at = SystemTime::now() + expires_in;
+        let req = match method {
+            PresignMethod::Get => {
+                // A link to nothing is an error now rather than a 404 later.
+                self.head(key, &full).await?;
+                self.core
+                    .client
+                    .get_object()
+                    .bucket(&self.core.bucket)
+                    .key(&full)
+                    .presigned(config)
+                    .await
+                    .map_err(|e| map_sdk("presign GetObject", &target, Mode::Plain, e))?
+            }
+            PresignMethod::Put => self
+                .core
+                .client
+                .put_object()
+                .bucket(&self.core.bucket)
+                .key(&full)
+                .presigned(config)
+                .await
+                .map_err(|e| map_sdk("presign PutObject", &target, Mode::Plain, e))?,
+        };
+        let mut url = PresignedUrl::new(req.uri().to_string(), method, expires_at);
+        url.headers = req
+            .headers()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Ok(url)
+    }
+
+    async fn list_pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
+        let full_prefix = self.core.list_prefix(prefix);
+        let target = self.core.url_full(&full_prefix);
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .core
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.core.bucket)
+                .prefix(&full_prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| map_sdk("ListMultipartUploads", &target, Mode::Plain, e))?;
+            for u in page.uploads() {
+                let (Some(full), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                let Some(key) = self.core.key_of(full) else {
+                    continue;
+                };
+                out.push(PendingUpload::new(
+                    key.to_string(),
+                    id.to_string(),
+                    u.initiated().and_then(|d| SystemTime::try_from(*d).ok()),
+                ));
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            let more = page.is_truncated().unwrap_or(false)
+                && (key_marker.is_some() || id_marker.is_some());
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parses() {
+        assert_eq!(parse_content_range("bytes 0-9/100"), Some((0, 100)));
+        assert_eq!(parse_content_range("bytes 5-5/6"), Some((5, 6)));
+        assert_eq!(parse_content_range("bytes */100"), None);
+        assert_eq!(parse_content_range("junk"), None);
+    }
+
+    #[tokio::test]
+    async fn slices_a_stream_across_chunks() {
+        let chunks: Vec<Result<Bytes>> = vec![
+            Ok(Bytes::from_static(b"0123")),
+            Ok(Bytes::from_static(b"4567")),
+            Ok(Bytes::from_static(b"89")),
+        ];
+        let s: ByteStream = Box::pin(stream::iter(chunks));
+        let out: Vec<Bytes> = slice_stream(s, 3, 5).try_collect().await.unwrap();
+        assert_eq!(out.concat(), b"34567");
+    }
+
+    fn store_config() -> S3Config {
+        let mut c = S3Config::new("bkt");
+        c.prefix = "/p/q/".into();
+        c.endpoint = Some("http://127.0.0.1:1".into());
+        c.force_path_style = true;
+        c.access_key_id = Some("AKIAEXAMPLEKEYID".into());
+        c.secret_access_key = Some(xferkit_core::Secret::new("s3cr3t-value"));
+        c.session_token = Some(xferkit_core::Secret::new("t0ken-value"));
+        c
+    }
+
+    #[tokio::test]
+    async fn urls_round_trip_and_foreign_urls_are_refused() {
+        let s = S3Store::new("media", store_config()).await.unwrap();
+        let u = s.url_for("a b/c#d.txt");
+        assert_eq!(u, "s3://bkt/p/q/a%20b/c%23d.txt");
+        let parsed = ObjectUrl::parse(&u).unwrap();
+        assert_eq!(s.key_for_url(&parsed).as_deref(), Some("a b/c#d.txt"));
+        for other in [
+            "s3://other/p/q/k",
+            "s3://bkt/p/k",
+            "s3://bkt/p/qk",
+            "gs://bkt/p/q/k",
+            "s3://bkt/p/q/a//b",
+        ] {
+            let parsed = ObjectUrl::parse(other).unwrap();
+            assert_eq!(s.key_for_url(&parsed), None, "{other}");
+        }
+    }
+
+    #[tokio::test]
+    async fn debug_of_store_hides_credentials() {
+        let s = S3Store::new("media", store_config()).await.unwrap();
+        let d = format!("{s:?} {s:#?}");
+        for secret in ["AKIAEXAMPLEKEYID", "s3cr3t-value", "t0ken-value"] {
+            assert!(!d.contains(secret), "{d}");
+        }
+        assert!(d.contains("bkt"), "{d}");
+    }
+
+    #[tokio::test]
+    async fn invalid_config_names_the_key() {
+        let mut c = store_config();
+        c.part_size = 1024;
+        let e = S3Store::new("media", c).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        assert!(e.to_string().contains("stores.media.part_size"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn bad_keys_are_refused_before_any_request() {
+        // The endpoint is unreachable: reaching the network would be a Transient error.
+        let s = S3Store::new("media", store_config()).await.unwrap();
+        for k in ["", "/a", "a//b", "../x"] {
+            assert_eq!(s.stat(k).await.unwrap_err().kind(), ErrorKind::InvalidKey);
+            assert_eq!(s.delete(k).await.unwrap_err().kind(), ErrorKind::InvalidKey);
+        }
+    }
+
+    #[tokio::test]
+    async fn connection_errors_are_transient_and_name_the_url() {
+        let s = S3Store::new("media", store_config()).await.unwrap();
+        let e = s.stat("k").await.unwrap_err();
+        assert!(e.is_retryable(), "{}", e.chain());
+        assert!(e.to_string().contains("s3://bkt/p/q/k"), "{e}");
+        assert!(!e.chain().contains("s3cr3t-value"));
+    }
+}

@@ -1,0 +1,368 @@
+//! `S3Config`: the keys of one `[stores.NAME]` table with `backend = "s3"`.
+
+use std::fmt;
+
+use xferkit_core::{Error, Result, Secret};
+
+const MIB: u64 = 1024 * 1024;
+
+/// S3's smallest part (all parts but the last): 5 MiB.
+pub(crate) const MIN_PART_SIZE: u64 = 5 * MIB;
+/// S3's largest part, and largest single PUT: 5 GiB.
+pub(crate) const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
+/// S3 numbers parts 1..=10000.
+pub(crate) const MAX_PARTS: u64 = 10_000;
+
+/// Configuration of an S3 (or S3-compatible) store.
+///
+/// Credentials are optional: without `access_key_id` and
+/// `secret_access_key` the AWS default credential chain is used
+/// (environment, shared config/credentials files and SSO, web identity,
+/// ECS and EC2 instance metadata).
+#[derive(Clone, serde::Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct S3Config {
+    /// Bucket name. Required.
+    pub bucket: String,
+    /// AWS region (alias `aws_region`). Default `us-east-1`.
+    #[serde(alias = "aws_region")]
+    pub region: String,
+    /// Endpoint URL for S3-compatible services and emulators, e.g.
+    /// `http://127.0.0.1:9000` (alias `endpoint_url`). Default: AWS.
+    #[serde(alias = "endpoint_url")]
+    pub endpoint: Option<String>,
+    /// Address buckets as `ENDPOINT/BUCKET/KEY` instead of
+    /// `BUCKET.ENDPOINT/KEY`. MinIO and most emulators need `true`. Default `false`.
+    pub force_path_style: bool,
+    /// Key prefix inside the bucket under which this store lives
+    /// (no leading or trailing `/`). Default: the whole bucket.
+    pub prefix: String,
+    /// Static access key id. With `secret_access_key`; default: the AWS credential chain.
+    pub access_key_id: Option<String>,
+    /// Static secret access key. With `access_key_id`.
+    pub secret_access_key: Option<Secret>,
+    /// Session token for temporary static credentials.
+    pub session_token: Option<Secret>,
+    /// Uploads larger than this many bytes use multipart upload; smaller ones a
+    /// single PUT. Default 16 MiB, at most 5 GiB.
+    pub multipart_threshold: u64,
+    /// Multipart part size in bytes. Default 8 MiB; at least 5 MiB (S3's
+    /// minimum), at most 5 GiB. Raised automatically for files that would need
+    /// more than 10 000 parts.
+    pub part_size: u64,
+    /// Parts uploaded at once per multipart upload. Default 4. Memory used by
+    /// one upload is about `concurrency × part_size`.
+    pub concurrency: usize,
+}
+
+impl S3Config {
+    /// Every key this backend accepts (aliases included; `backend` is the facade's).
+    pub const KEYS: &'static [&'static str] = &[
+        "bucket",
+        "region",
+        "aws_region",
+        "endpoint",
+        "endpoint_url",
+        "force_path_style",
+        "prefix",
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "multipart_threshold",
+        "part_size",
+        "concurrency",
+    ];
+
+    /// A configuration for `bucket` with every other key at its default.
+    pub fn new(bucket: impl Into<String>) -> Self {
+        S3Config {
+            bucket: bucket.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Check every key; errors name the key as `stores.NAME.KEY`.
+    pub(crate) fn validate(&self, store: &str) -> Result<()> {
+        let bad = |key: &str, what: String| {
+            Err(Error::invalid_config(format!(
+                "stores.{store}.{key} {what}"
+            )))
+        };
+        if self.bucket.trim().is_empty() {
+            return bad("bucket", "is missing (the S3 bucket name)".into());
+        }
+        if self.bucket.contains('/') {
+            return bad(
+                "bucket",
+                format!(
+                    "= {:?} must be a bucket name, without '/' (put a key prefix in `prefix`)",
+                    self.bucket
+                ),
+            );
+        }
+        if self.region.trim().is_empty() {
+            return bad("region", "is empty (e.g. \"us-east-1\")".into());
+        }
+        if let Some(ep) = &self.endpoint {
+            match url::Url::parse(ep) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                Ok(_) => {
+                    return bad(
+                        "endpoint",
+                        format!("= {ep:?} must be an http:// or https:// URL with a host"),
+                    );
+                }
+                Err(e) => return bad("endpoint", format!("= {ep:?} is not a URL: {e}")),
+            }
+        }
+        let prefix = self.prefix.trim_matches('/');
+        if !prefix.is_empty()
+            && let Err(e) = xferkit_core::validate_key(prefix)
+        {
+            return bad(
+                "prefix",
+                format!("= {:?} is not a valid key prefix: {e}", self.prefix),
+            );
+        }
+        match (&self.access_key_id, &self.secret_access_key) {
+            (Some(_), None) => {
+                return bad(
+                    "secret_access_key",
+                    "is missing (access_key_id is set; give both or neither)".into(),
+                );
+            }
+            (None, Some(_)) => {
+                return bad(
+                    "access_key_id",
+                    "is missing (secret_access_key is set; give both or neither)".into(),
+                );
+            }
+            (Some(id), Some(_)) if id.trim().is_empty() => {
+                return bad("access_key_id", "is empty".into());
+            }
+            _ => {}
+        }
+        if self.session_token.is_some() && self.access_key_id.is_none() {
+            return bad(
+                "session_token",
+                "is set without access_key_id and secret_access_key".into(),
+            );
+        }
+        if self.part_size < MIN_PART_SIZE {
+            return bad(
+                "part_size",
+                format!(
+                    "= {} is below S3's minimum part size of 5 MiB ({MIN_PART_SIZE} bytes)",
+                    self.part_size
+                ),
+            );
+        }
+        if self.part_size > MAX_PART_SIZE {
+            return bad(
+                "part_size",
+                format!(
+                    "= {} is above S3's maximum part size of 5 GiB ({MAX_PART_SIZE} bytes)",
+                    self.part_size
+                ),
+            );
+        }
+        if self.multipart_threshold > MAX_PART_SIZE {
+            return bad(
+                "multipart_threshold",
+                format!(
+                    "= {} is above S3's single-PUT limit of 5 GiB ({MAX_PART_SIZE} bytes)",
+                    self.multipart_threshold
+                ),
+            );
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency", "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The prefix without leading or trailing `/`.
+    pub(crate) fn clean_prefix(&self) -> String {
+        self.prefix.trim_matches('/').to_string()
+    }
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            bucket: String::new(),
+            region: "us-east-1".into(),
+            endpoint: None,
+            force_path_style: false,
+            prefix: String::new(),
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            multipart_threshold: 16 * MIB,
+            part_size: 8 * MIB,
+            concurrency: 4,
+        }
+    }
+}
+
+// Hand-written so no credential is ever printed: only whether each is set.
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = |b: bool| if b { "<set>" } else { "<unset>" };
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("force_path_style", &self.force_path_style)
+            .field("prefix", &self.prefix)
+            .field("access_key_id", &set(self.access_key_id.is_some()))
+            .field("secret_access_key", &set(self.secret_access_key.is_some()))
+            .field("session_token", &set(self.session_token.is_some()))
+            .field("multipart_threshold", &self.multipart_threshold)
+            .field("part_size", &self.part_size)
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(c: &S3Config) -> String {
+        c.validate("media")
+            .expect_err("config should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = S3Config::new("b");
+        c.validate("media").unwrap();
+        assert_eq!(c.region, "us-east-1");
+        assert_eq!(c.multipart_threshold, 16 * MIB);
+        assert_eq!(c.part_size, 8 * MIB);
+        assert_eq!(c.concurrency, 4);
+        assert!(!c.force_path_style);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut c = S3Config::default();
+        assert!(
+            err(&c).contains("stores.media.bucket is missing"),
+            "{}",
+            err(&c)
+        );
+
+        c = S3Config::new("b");
+        c.part_size = 5 * MIB - 1;
+        let e = err(&c);
+        assert!(
+            e.contains("stores.media.part_size") && e.contains("5 MiB"),
+            "{e}"
+        );
+
+        c = S3Config::new("b");
+        c.part_size = 6 * 1024 * MIB;
+        assert!(err(&c).contains("stores.media.part_size"));
+
+        c = S3Config::new("b");
+        c.concurrency = 0;
+        assert!(err(&c).contains("stores.media.concurrency"));
+
+        c = S3Config::new("b");
+        c.multipart_threshold = 6 * 1024 * MIB;
+        assert!(err(&c).contains("stores.media.multipart_threshold"));
+
+        c = S3Config::new("b");
+        c.region = " ".into();
+        assert!(err(&c).contains("stores.media.region"));
+
+        c = S3Config::new("b");
+        c.endpoint = Some("localhost:9000".into());
+        assert!(err(&c).contains("stores.media.endpoint"));
+
+        c = S3Config::new("b");
+        c.prefix = "a/../b".into();
+        assert!(err(&c).contains("stores.media.prefix"));
+
+        c = S3Config::new("b/x");
+        assert!(err(&c).contains("stores.media.bucket"));
+
+        c = S3Config::new("b");
+        c.access_key_id = Some("AKID".into());
+        assert!(err(&c).contains("stores.media.secret_access_key"));
+
+        c = S3Config::new("b");
+        c.secret_access_key = Some(Secret::new("s"));
+        assert!(err(&c).contains("stores.media.access_key_id"));
+
+        c = S3Config::new("b");
+        c.session_token = Some(Secret::new("t"));
+        assert!(err(&c).contains("stores.media.session_token"));
+    }
+
+    #[test]
+    fn five_mib_parts_are_accepted() {
+        let mut c = S3Config::new("b");
+        c.part_size = 5 * MIB;
+        c.multipart_threshold = 5 * MIB;
+        c.validate("media").unwrap();
+    }
+
+    #[test]
+    fn debug_never_shows_credentials() {
+        let mut c = S3Config::new("b");
+        c.access_key_id = Some("AKIAEXAMPLEKEYID".into());
+        c.secret_access_key = Some(Secret::new("wJalrXUtnFEMI-secret"));
+        c.session_token = Some(Secret::new("FwoGZXIvYXdz-token"));
+        let d = format!("{c:?} {c:#?}");
+        for s in [
+            "AKIAEXAMPLEKEYID",
+            "wJalrXUtnFEMI-secret",
+            "FwoGZXIvYXdz-token",
+        ] {
+            assert!(!d.contains(s), "{d}");
+        }
+        assert!(d.contains("<set>"), "{d}");
+    }
+
+    #[test]
+    fn deserializes_with_aliases_and_defaults() {
+        let c: S3Config = serde_json::from_value(serde_json::json!({
+            "bucket": "media",
+            "aws_region": "eu-west-1",
+            "endpoint_url": "http://127.0.0.1:9000",
+            "force_path_style": true,
+            "secret_access_key": "s",
+            "access_key_id": "a",
+        }))
+        .unwrap();
+        assert_eq!(c.region, "eu-west-1");
+        assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(c.force_path_style);
+        assert_eq!(c.secret_access_key.as_ref().map(Secret::expose), Some("s"));
+        assert_eq!(c.part_size, 8 * MIB);
+        c.validate("media").unwrap();
+    }
+
+    #[test]
+    fn keys_cover_every_field_and_alias() {
+        let all = serde_json::json!({
+            "bucket": "b", "region": "r", "endpoint": "http://h", "force_path_style": true,
+            "prefix": "p", "access_key_id": "a", "secret_access_key": "s", "session_token": "t",
+            "multipart_threshold": 1, "part_size": 1, "concurrency": 1,
+        });
+        for k in all.as_object().unwrap().keys() {
+            assert!(
+                S3Config::KEYS.contains(&k.as_str()),
+                "{k} missing from KEYS"
+            );
+        }
+        assert!(S3Config::KEYS.contains(&"aws_region"));
+        assert!(S3Config::KEYS.contains(&"endpoint_url"));
+        assert!(!S3Config::KEYS.contains(&"backend"));
+    }
+}

@@ -1,0 +1,678 @@
+//! The SDK client of one store, object-name helpers and S3 error mapping.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::SystemTime;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::DateTime;
+use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use xferkit_core::{Error, RemoteObject, Result, key, url};
+
+use crate::S3Config;
+
+/// The URL scheme of S3 objects: `s3://bucket/key`.
+pub const SCHEME: &str = "s3";
+
+/// Everything the operations of one store share. Cheap to share in an `Arc`.
+pub(crate) struct Core {
+    pub client: Client,
+    pub bucket: String,
+    pub prefix: String,
+    pub region: String,
+    pub endpoint: Option<String>,
+    pub force_path_style: bool,
+    pub multipart_threshold: u64,
+    pub part_size: u64,
+    pub concurrency: usize,
+}
+
+// No client in the output: the SDK config holds the credential provider.
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("force_path_style", &self.force_path_style)
+            .field("multipart_threshold", &self.multipart_threshold)
+            .field("part_size", &self.part_size)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// Build the SDK client for a validated `config`.
+    pub async fn new(config: &S3Config) -> Result<Core> {
+        // rustls with ring: the provider reqwest uses too, so a build has one
+        // crypto library, not ring and aws-lc side by side.
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let region = Region::new(config.region.clone());
+        let mut builder = match (&config.access_key_id, &config.secret_access_key) {
+            (Some(id), Some(secret)) => {
+                let creds = Credentials::new(
+                    id.clone(),
+                    secret.expose().to_string(),
+                    config
+                        .session_token
+                        .as_ref()
+                        .map(|t| t.expose().to_string()),
+                    None,
+                    "xferkit-config",
+                );
+                aws_sdk_s3::config::Builder::new()
+                    .behavior_version(BehaviorVersion::latest())
+                    .region(region)
+                    .credentials_provider(creds)
+                    .http_client(http)
+            }
+            _ => {
+                let sdk = aws_config::defaults(BehaviorVersion::latest())
+                    .region(region)
+                    .http_client(http)
+                    .load()
+                    .await;
+                aws_sdk_s3::config::Builder::from(&sdk)
+            }
+        };
+        if let Some(ep) = &config.endpoint {
+            builder = builder.endpoint_url(ep.trim_end_matches('/'));
+        }
+        builder = builder.force_path_style(config.force_path_style);
+        Ok(Core {
+            client: Client::from_conf(builder.build()),
+            bucket: config.bucket.clone(),
+            prefix: config.clean_prefix(),
+            region: config.region.clone(),
+            endpoint: config.endpoint.clone(),
+            force_path_style: config.force_path_style,
+            multipart_threshold: config.multipart_threshold,
+            part_size: config.part_size,
+            concurrency: config.concurrency,
+        })
+    }
+
+    /// Object name in the bucket for a store key.
+    pub fn full(&self, key: &str) -> String {
+        key::join_prefix(&self.prefix, key)
+    }
+
+    /// Canonical URL of a full object name.
+    pub fn url_full(&self, full: &str) -> String {
+        url::object_url(SCHEME, &self.bucket, full)
+    }
+
+    /// Canonical URL of a store key.
+    pub fn url(&self, key: &str) -> String {
+        self.url_full(&self.full(key))
+    }
+
+    /// Object-name prefix to list for a store-relative `prefix`.
+    pub fn list_prefix(&self, prefix: &str) -> String {
+        if self.prefix.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{}/{prefix}", self.prefix)
+        }
+    }
+
+    /// The store key of a full object name, if it is under the store prefix.
+    pub fn key_of<'a>(&self, full: &'a str) -> Option<&'a str> {
+        key::strip_prefix(&self.prefix, full)
+    }
+
+    /// A record for `key` with the fields every response has.
+    #[allow(clippy::too_many_arguments)]
+    pub fn object(
+        &self,
+        key: &str,
+        size: u64,
+        etag: Option<&str>,
+        version: Option<&str>,
+        content_type: Option<&str>,
+        last_modified: Option<&DateTime>,
+        metadata: Option<&HashMap<String, String>>,
+    ) -> RemoteObject {
+        let mut o = RemoteObject::new(self.url(key), key, size);
+        o.etag = etag.map(unquote);
+        o.version = version.map(str::to_string);
+        o.content_type = content_type.map(str::to_string);
+        o.last_modified = last_modified.and_then(|d| SystemTime::try_from(*d).ok());
+        o.metadata = metadata.map(lower_keys).unwrap_or_default();
+        o
+    }
+}
+
+/// An entity tag without its quotes.
+pub(crate) fn unquote(etag: &str) -> String {
+    etag.trim_matches('"').to_string()
+}
+
+fn lower_keys(m: &HashMap<String, String>) -> BTreeMap<String, String> {
+    m.iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), decode_meta_value(v)))
+        .collect()
+}
+
+/// User metadata as S3 headers: keys must be header-name tokens; values
+/// that are not plain printable ASCII are sent as one RFC 2047 encoded-word
+/// (`=?UTF-8?B?…?=`), the form S3 documents for non-ASCII metadata (it
+/// decodes them for storage and encodes them again in responses).
+pub(crate) fn encode_metadata(
+    target: &str,
+    m: &BTreeMap<String, String>,
+) -> Result<Option<HashMap<String, String>>> {
+    if m.is_empty() {
+        return Ok(None);
+    }
+    let mut out = HashMap::with_capacity(m.len());
+    for (k, v) in m {
+        let token = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(Error::Backend {
+                target: target.to_string(),
+                message: format!(
+                    "metadata key {k:?} cannot be sent to S3: use ASCII letters, digits and '-'"
+                ),
+                source: None,
+            });
+        }
+        out.insert(k.to_ascii_lowercase(), encode_meta_value(v));
+    }
+    Ok(Some(out))
+}
+
+fn encode_meta_value(v: &str) -> String {
+    let plain =
+        v.bytes().all(|b| (b' '..=b'~').contains(&b)) && !v.starts_with("=?") && v.trim() == v;
+    if plain {
+        v.to_string()
+    } else {
+        use base64::Engine;
+        format!(
+            "=?UTF-8?B?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(v)
+        )
+    }
+}
+
+/// Decode RFC 2047 encoded-words (UTF-8, `B` or `Q`) in a metadata value;
+/// anything else is returned as it came.
+pub(crate) fn decode_meta_value(v: &str) -> String {
+    if !v.starts_with("=?") {
+        return v.to_string();
+    }
+    let mut out = Vec::new();
+    for word in v.split_whitespace() {
+        match decode_word(word) {
+            Some(bytes) => out.extend(bytes),
+            None => return v.to_string(),
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| v.to_string())
+}
+
+fn decode_word(w: &str) -> Option<Vec<u8>> {
+    let inner = w.strip_prefix("=?")?.strip_suffix("?=")?;
+    let mut parts = inner.splitn(3, '?');
+    let (charset, enc, text) = (parts.next()?, parts.next()?, parts.next()?);
+    if !charset.eq_ignore_ascii_case("utf-8") {
+        return None;
+    }
+    match enc {
+        "B" | "b" => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.decode(text).ok()
+        }
+        "Q" | "q" => {
+            let mut out = Vec::new();
+            let mut bytes = text.bytes();
+            while let Some(b) = bytes.next() {
+                match b {
+                    b'_' => out.push(b' '),
+                    b'=' => {
+                        let hex = [bytes.next()?, bytes.next()?];
+                        let hex = std::str::from_utf8(&hex).ok()?;
+                        out.push(u8::from_str_radix(hex, 16).ok()?);
+                    }
+                    b => out.push(b),
+                }
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// What an S3 failure means, from its HTTP status and error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    NotFound,
+    Precondition,
+    /// 409 `ConditionalRequestConflict`: a concurrent conditional write won.
+    Conflict,
+    PermissionDenied,
+    InvalidRange,
+    /// Worth retrying: throttling, 5xx, timeouts.
+    Transient,
+    Other,
+}
+
+/// Classify by error code first (more specific), then by HTTP status.
+/// `HeadObject` errors carry no code (the response has no body), so the
+/// status alone has to do.
+pub(crate) fn classify(status: Option<u16>, code: Option<&str>) -> Class {
+    if let Some(code) = code {
+        match code {
+            "NoSuchKey" | "NoSuchBucket" | "NoSuchUpload" | "NotFound" | "NoSuchVersion" => {
+                return Class::NotFound;
+            }
+            "PreconditionFailed" | "ConditionNotMet" | "NotModified" => {
+                return Class::Precondition;
+            }
+            "ConditionalRequestConflict" => return Class::Conflict,
+            "AccessDenied"
+            | "AllAccessDisabled"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "InvalidToken"
+            | "TokenRefreshRequired"
+            | "AccountProblem"
+            | "InvalidSecurity"
+            | "Forbidden"
+            | "Unauthorized" => {
+                return Class::PermissionDenied;
+            }
+            "InvalidRange" => return Class::InvalidRange,
+            "SlowDown"
+            | "Throttling"
+            | "ThrottlingException"
+            | "ThrottledException"
+            | "RequestThrottled"
+            | "RequestThrottledException"
+            | "TooManyRequestsException"
+            | "ProvisionedThroughputExceededException"
+            | "RequestLimitExceeded"
+            | "BandwidthLimitExceeded"
+            | "RequestTimeout"
+            | "RequestTimeoutException"
+            | "InternalError"
+            | "ServiceUnavailable"
+            | "OperationAborted"
+            | "TransactionConflict"
+            | "EC2ThrottledException"
+            | "PriorRequestNotComplete" => {
+                return Class::Transient;
+            }
+            _ => {}
+        }
+    }
+    match status {
+        Some(404) => Class::NotFound,
+        Some(304 | 412) => Class::Precondition,
+        Some(401 | 403) => Class::PermissionDenied,
+        Some(416) => Class::InvalidRange,
+        Some(408 | 429 | 500 | 502 | 503 | 504) => Class::Transient,
+        _ => Class::Other,
+    }
+}
+
+/// How a failed request is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Plain,
+    /// A create-only write: a failed precondition means the key exists.
+    CreateOnly,
+}
+
+/// Detail of one failed S3 request, kept as the error's source. Built from
+/// the response (status, code, message, request id): it never holds the
+/// request, so no credential or signature can leak through it.
+#[derive(Debug)]
+pub(crate) struct S3Failure {
+    op: &'static str,
+    status: Option<u16>,
+    code: Option<String>,
+    detail: String,
+    request_id: Option<String>,
+}
+
+impl fmt::Display for S3Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "S3 {} failed", self.op)?;
+        if let Some(s) = self.status {
+            write!(f, ": HTTP {s}")?;
+        }
+        if let Some(c) = &self.code {
+            write!(f, " {c}")?;
+        }
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        if let Some(r) = &self.request_id {
+            write!(f, " (request id {r})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for S3Failure {}
+
+/// Map an SDK failure of operation `op` on `target` (a canonical URL) to an
+/// xferkit error.
+pub(crate) fn map_sdk<E, R>(
+    op: &'static str,
+    target: &str,
+    mode: Mode,
+    err: SdkError<E, R>,
+) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: HttpStatus + fmt::Debug,
+{
+    let status = err.raw_response().map(HttpStatus::status_u16);
+    let class = match &err {
+        SdkError::ServiceError(_) => classify(status, err.code()),
+        SdkError::ResponseError(_) => match classify(status, None) {
+            // A response that could not be read (cut off, garbled): retry.
+            Class::Other => Class::Transient,
+            c => c,
+        },
+        SdkError::TimeoutError(_) => Class::Transient,
+        SdkError::DispatchFailure(d) if d.is_user() => Class::Other,
+        SdkError::DispatchFailure(_) => Class::Transient,
+        _ => Class::Other,
+    };
+    let failure = S3Failure {
+        op,
+        status,
+        code: err.code().map(str::to_string),
+        detail: match &err {
+            SdkError::ServiceError(s) => s.err().message().unwrap_or_default().to_string(),
+            other => DisplayErrorContext(other).to_string(),
+        },
+        request_id: err
+            .as_service_error()
+            .and_then(|e| e.meta().extra("aws_request_id"))
+            .map(str::to_string),
+    };
+    to_error(class, target, mode, failure)
+}
+
+/// The xferkit error for a classified failure.
+pub(crate) fn to_error(class: Class, target: &str, mode: Mode, failure: S3Failure) -> Error {
+    let target = target.to_string();
+    let source = Some(Box::new(failure) as xferkit_core::BoxError);
+    match (class, mode) {
+        (Class::Precondition | Class::Conflict, Mode::CreateOnly) => {
+            Error::AlreadyExists { target, source }
+        }
+        (Class::NotFound, _) => Error::NotFound { target, source },
+        (Class::Precondition, _) => Error::PreconditionFailed { target, source },
+        (Class::PermissionDenied, _) => Error::PermissionDenied { target, source },
+        (Class::InvalidRange, _) => Error::InvalidRange {
+            target,
+            range: "requested range".into(),
+        },
+        (Class::Transient | Class::Conflict, _) => Error::Transient {
+            target,
+            retry_after: None,
+            source,
+        },
+        (Class::Other, _) => {
+            let message = source
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "S3 request failed".into());
+            Error::Backend {
+                target,
+                message,
+                source,
+            }
+        }
+    }
+}
+
+/// An error reading a response body (connection cut mid-stream): retryable.
+pub(crate) fn body_error(
+    target: &str,
+    err: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::transient(target, err)
+}
+
+/// The HTTP status of a raw response (abstracted so tests can build errors).
+pub(crate) trait HttpStatus {
+    fn status_u16(&self) -> u16;
+}
+
+impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_u16(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xferkit_core::ErrorKind;
+
+    fn kind(status: Option<u16>, code: Option<&str>, mode: Mode) -> Error {
+        let failure = S3Failure {
+            op: "Test",
+            status,
+            code: code.map(str::to_string),
+            detail: String::new(),
+            request_id: None,
+        };
+        to_error(classify(status, code), "s3://b/k", mode, failure)
+    }
+
+    #[test]
+    fn error_mapping_table() {
+        use ErrorKind as K;
+        use Mode::*;
+        // (status, code, mode) -> (kind, retryable)
+        type Row = (Option<u16>, Option<&'static str>, Mode, ErrorKind, bool);
+        let table: &[Row] = &[
+            (Some(404), None, Plain, K::NotFound, false), // HeadObject: no code
+            (Some(404), Some("NoSuchKey"), Plain, K::NotFound, false),
+            (Some(404), Some("NoSuchBucket"), Plain, K::NotFound, false),
+            (Some(404), Some("NoSuchUpload"), Plain, K::NotFound, false),
+            (Some(412), None, Plain, K::PreconditionFailed, false),
+            (
+                Some(412),
+                Some("PreconditionFailed"),
+                Plain,
+                K::PreconditionFailed,
+                false,
+            ),
+            (
+                Some(412),
+                Some("PreconditionFailed"),
+                CreateOnly,
+                K::AlreadyExists,
+                false,
+            ),
+            (Some(412), None, CreateOnly, K::AlreadyExists, false),
+            (
+                Some(409),
+                Some("ConditionalRequestConflict"),
+                CreateOnly,
+                K::AlreadyExists,
+                false,
+            ),
+            (
+                Some(409),
+                Some("ConditionalRequestConflict"),
+                Plain,
+                K::Transient,
+                true,
+            ),
+            (Some(304), None, Plain, K::PreconditionFailed, false),
+            (
+                Some(403),
+                Some("AccessDenied"),
+                Plain,
+                K::PermissionDenied,
+                false,
+            ),
+            (
+                Some(403),
+                Some("SignatureDoesNotMatch"),
+                Plain,
+                K::PermissionDenied,
+                false,
+            ),
+            (
+                Some(403),
+                Some("InvalidAccessKeyId"),
+                Plain,
+                K::PermissionDenied,
+                false,
+            ),
+            (
+                Some(400),
+                Some("ExpiredToken"),
+                Plain,
+                K::PermissionDenied,
+                false,
+            ),
+            (Some(403), None, Plain, K::PermissionDenied, false),
+            (Some(401), None, Plain, K::PermissionDenied, false),
+            (Some(416), None, Plain, K::InvalidRange, false),
+            (
+                Some(416),
+                Some("InvalidRange"),
+                Plain,
+                K::InvalidRange,
+                false,
+            ),
+            (Some(503), Some("SlowDown"), Plain, K::Transient, true),
+            (Some(400), Some("RequestTimeout"), Plain, K::Transient, true),
+            (Some(500), Some("InternalError"), Plain, K::Transient, true),
+            (
+                Some(409),
+                Some("OperationAborted"),
+                Plain,
+                K::Transient,
+                true,
+            ),
+            (Some(408), None, Plain, K::Transient, true),
+            (Some(429), None, Plain, K::Transient, true),
+            (Some(500), None, Plain, K::Transient, true),
+            (Some(502), None, Plain, K::Transient, true),
+            (Some(503), None, Plain, K::Transient, true),
+            (Some(504), None, Plain, K::Transient, true),
+            (Some(400), Some("InvalidArgument"), Plain, K::Backend, false),
+            (
+                Some(400),
+                Some("EntityTooSmall"),
+                CreateOnly,
+                K::Backend,
+                false,
+            ),
+            (Some(409), Some("BucketNotEmpty"), Plain, K::Backend, false),
+            (None, None, Plain, K::Backend, false),
+        ];
+        for &(status, code, mode, want, retryable) in table {
+            let e = kind(status, code, mode);
+            assert_eq!(e.kind(), want, "{status:?} {code:?} {mode:?}: {e}");
+            assert_eq!(e.is_retryable(), retryable, "{status:?} {code:?}");
+            assert!(e.to_string().contains("s3://b/k"), "{e}");
+        }
+    }
+
+    #[test]
+    fn metadata_values_survive_as_rfc2047() {
+        for v in [
+            "plain ascii",
+            "Urlaubsfoto ü – 日本",
+            "line\nbreak",
+            " padded ",
+            "=?UTF-8?B?not really?=",
+            "",
+        ] {
+            let enc = encode_meta_value(v);
+            assert!(enc.bytes().all(|b| (b' '..=b'~').contains(&b)), "{enc}");
+            assert_eq!(decode_meta_value(&enc), v, "{enc}");
+        }
+        assert_eq!(encode_meta_value("alice"), "alice");
+        // What S3 may send back: Q encoding, several words.
+        assert_eq!(
+            decode_meta_value("=?UTF-8?Q?caf=C3=A9_au_lait?="),
+            "café au lait"
+        );
+        assert_eq!(decode_meta_value("=?UTF-8?B?w7w=?= =?UTF-8?B?w7w=?="), "üü");
+        assert_eq!(
+            decode_meta_value("=?ISO-8859-1?Q?x?="),
+            "=?ISO-8859-1?Q?x?="
+        );
+        let mut m = BTreeMap::new();
+        m.insert("Bad Key".to_string(), "v".to_string());
+        let e = encode_metadata("s3://b/k", &m).unwrap_err();
+        assert!(e.to_string().contains("Bad Key"), "{e}");
+    }
+
+    #[test]
+    fn failure_display_names_status_and_code() {
+        let e = kind(Some(400), Some("InvalidArgument"), Mode::Plain);
+        assert_eq!(
+            e.chain(),
+            "s3://b/k: S3 Test failed: HTTP 400 InvalidArgument"
+        );
+    }
+
+    #[test]
+    fn sdk_errors_map_by_status_and_code() {
+        use aws_sdk_s3::config::http::HttpResponse;
+        use aws_sdk_s3::error::ErrorMetadata;
+        use aws_sdk_s3::operation::head_object::HeadObjectError;
+        use aws_sdk_s3::operation::put_object::PutObjectError;
+        use aws_sdk_s3::primitives::SdkBody;
+
+        fn resp(status: u16) -> HttpResponse {
+            HttpResponse::new(status.try_into().unwrap(), SdkBody::empty())
+        }
+        // HeadObject 404: no body, so no code.
+        let e = SdkError::service_error(
+            HeadObjectError::generic(ErrorMetadata::builder().build()),
+            resp(404),
+        );
+        let e = map_sdk("HeadObject", "s3://b/k", Mode::Plain, e);
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+
+        let e = SdkError::service_error(
+            PutObjectError::generic(
+                ErrorMetadata::builder()
+                    .code("PreconditionFailed")
+                    .message("At least one of the pre-conditions you specified did not hold")
+                    .build(),
+            ),
+            resp(412),
+        );
+        let e = map_sdk("PutObject", "s3://b/k", Mode::CreateOnly, e);
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+        assert!(e.chain().contains("PreconditionFailed"), "{}", e.chain());
+
+        let e: SdkError<PutObjectError, HttpResponse> = SdkError::timeout_error("took too long");
+        let e = map_sdk("PutObject", "s3://b/k", Mode::Plain, e);
+        assert!(e.is_retryable());
+
+        let e: SdkError<PutObjectError, HttpResponse> = SdkError::dispatch_failure(
+            aws_sdk_s3::error::ConnectorError::io("connection refused".into()),
+        );
+        let e = map_sdk("PutObject", "s3://b/k", Mode::Plain, e);
+        assert!(e.is_retryable());
+        assert!(e.chain().contains("s3://b/k"));
+    }
+}

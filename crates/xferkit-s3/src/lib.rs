@@ -1,0 +1,10 @@
+#![doc = include_str!("../README.md")]
+
+mod backend;
+mod config;
+mod core;
+mod writer;
+
+pub use backend::S3Store;
+pub use config::S3Config;
+pub use core::SCHEME;

@@ -1,0 +1,498 @@
+//! Uploads: one `PutObject` up to `multipart_threshold`, a multipart upload
+//! with bounded concurrent parts above it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aws_sdk_s3::primitives::{ByteStream as SdkStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::task::JoinSet;
+use xferkit_core::{
+    ByteStream, Error, PutOptions, RemoteObject, Result, TransferCtx, UploadSource,
+};
+
+use crate::config::{MAX_PART_SIZE, MAX_PARTS};
+use crate::core::{Core, Mode, encode_metadata, map_sdk, unquote};
+
+const MIB: u64 = 1024 * 1024;
+
+/// One upload to one key.
+pub(crate) struct Upload<'a> {
+    core: &'a Arc<Core>,
+    key: &'a str,
+    full: String,
+    target: String,
+    content_type: String,
+    /// As sent (keys lower-cased, values RFC 2047 encoded where needed).
+    metadata: Option<HashMap<String, String>>,
+    /// As given, for the returned record.
+    user_metadata: BTreeMap<String, String>,
+    mode: Mode,
+}
+
+/// Where the bytes of one part come from.
+enum PartData {
+    /// Already in memory (stream uploads).
+    Bytes(Bytes),
+    /// `len` bytes at `offset` of a file, read by the part's own task.
+    File {
+        path: Arc<Path>,
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// The parts of a multipart upload, produced in order.
+enum Parts {
+    File {
+        path: Arc<Path>,
+        size: u64,
+        part_size: u64,
+        offset: u64,
+    },
+    Stream {
+        stream: ByteStream,
+        buf: BytesMut,
+        part_size: usize,
+        eof: bool,
+    },
+}
+
+impl Parts {
+    /// The next part, or `None` once all bytes are handed out (and again after).
+    async fn next(&mut self) -> Result<Option<PartData>> {
+        match self {
+            Parts::File {
+                path,
+                size,
+                part_size,
+                offset,
+            } => {
+                if *offset >= *size {
+                    return Ok(None);
+                }
+                let len = (*size - *offset).min(*part_size);
+                let part = PartData::File {
+                    path: path.clone(),
+                    offset: *offset,
+                    len,
+                };
+                *offset += len;
+                Ok(Some(part))
+            }
+            Parts::Stream {
+                stream,
+                buf,
+                part_size,
+                eof,
+            } => {
+                while !*eof && buf.len() < *part_size {
+                    match stream.next().await {
+                        Some(chunk) => buf.extend_from_slice(&chunk?),
+                        None => *eof = true,
+                    }
+                }
+                if buf.len() >= *part_size {
+                    Ok(Some(PartData::Bytes(buf.split_to(*part_size).freeze())))
+                } else if !buf.is_empty() {
+                    Ok(Some(PartData::Bytes(buf.split().freeze())))
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
+}
+
+impl<'a> Upload<'a> {
+    pub fn new(core: &'a Arc<Core>, key: &'a str, opts: &PutOptions) -> Result<Self> {
+        let full = core.full(key);
+        let target = core.url_full(&full);
+        let metadata = encode_metadata(&target, &opts.metadata)?;
+        Ok(Upload {
+            core,
+            key,
+            target,
+            full,
+            content_type: opts.content_type_for(key),
+            metadata,
+            user_metadata: opts
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+            mode: if opts.if_not_exists {
+                Mode::CreateOnly
+            } else {
+                Mode::Plain
+            },
+        })
+    }
+
+    pub async fn run(&self, source: UploadSource, ctx: &TransferCtx) -> Result<RemoteObject> {
+        ctx.check(&self.target)?;
+        let threshold = self.core.multipart_threshold;
+        match source {
+            UploadSource::Path(path) => {
+                let size = tokio::fs::metadata(&path)
+                    .await
+                    .map_err(|e| Error::from_io(path.display().to_string(), e))?
+                    .len();
+                if size <= threshold {
+                    let body = SdkStream::read_from()
+                        .path(&path)
+                        .length(Length::Exact(size))
+                        .build()
+                        .await
+                        .map_err(|e| {
+                            Error::backend(path.display().to_string(), "cannot read file", e)
+                        })?;
+                    self.put_single(body, size, ctx).await
+                } else {
+                    let parts = Parts::File {
+                        path: Arc::from(path.as_path()),
+                        size,
+                        part_size: self.part_size_for(Some(size)),
+                        offset: 0,
+                    };
+                    self.put_multipart(parts, Some(size), ctx).await
+                }
+            }
+            UploadSource::Stream {
+                stream,
+                size: Some(size),
+            } if size > threshold => {
+                let parts = Parts::Stream {
+                    stream,
+                    buf: BytesMut::new(),
+                    part_size: self.stream_part_size(Some(size))?,
+                    eof: false,
+                };
+                self.put_multipart(parts, Some(size), ctx).await
+            }
+            UploadSource::Stream { mut stream, size } => {
+                // Buffer up to the threshold: a stream that ends by then is one PUT.
+                let mut buf = BytesMut::new();
+                let eof = ctx
+                    .cancellable(&self.target, async {
+                        while buf.len() as u64 <= threshold {
+                            match stream.next().await {
+                                Some(chunk) => buf.extend_from_slice(&chunk?),
+                                None => return Ok(true),
+                            }
+                        }
+                        Ok(false)
+                    })
+                    .await?;
+                if eof {
+                    let len = buf.len() as u64;
+                    self.check_size(size, len)?;
+                    self.put_single(SdkStream::from(buf.freeze()), len, ctx)
+                        .await
+                } else {
+                    let parts = Parts::Stream {
+                        stream,
+                        buf,
+                        part_size: self.stream_part_size(size)?,
+                        eof: false,
+                    };
+                    self.put_multipart(parts, size, ctx).await
+                }
+            }
+        }
+    }
+
+    /// The configured part size, raised (to whole MiB) when `size` would
+    /// otherwise need more than 10 000 parts.
+    fn part_size_for(&self, size: Option<u64>) -> u64 {
+        let needed = size.unwrap_or(0).div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+        self.core.part_size.max(needed).min(MAX_PART_SIZE)
+    }
+
+    fn stream_part_size(&self, size: Option<u64>) -> Result<usize> {
+        usize::try_from(self.part_size_for(size)).map_err(|_| {
+            Error::invalid_config(format!(
+                "part_size {} does not fit in memory on this platform",
+                self.core.part_size
+            ))
+        })
+    }
+
+    fn check_size(&self, declared: Option<u64>, actual: u64) -> Result<()> {
+        match declared {
+            Some(d) if d != actual => Err(Error::Backend {
+                target: self.target.clone(),
+                message: format!("upload source gave {actual} bytes but declared {d}"),
+                source: None,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn record(&self, size: u64, etag: Option<&str>, version: Option<&str>) -> RemoteObject {
+        let mut o = RemoteObject::new(self.target.clone(), self.key, size);
+        o.etag = etag.map(unquote);
+        o.version = version.map(str::to_string);
+        o.content_type = Some(self.content_type.clone());
+        o.metadata = self.user_metadata.clone();
+        o
+    }
+
+    async fn put_single(
+        &self,
+        body: SdkStream,
+        size: u64,
+        ctx: &TransferCtx,
+    ) -> Result<RemoteObject> {
+        let mut req = self
+            .core
+            .client
+            .put_object()
+            .bucket(&self.core.bucket)
+            .key(&self.full)
+            .content_type(&self.content_type)
+            .set_metadata(self.metadata.clone())
+            .content_length(size as i64)
+            .body(body);
+        if self.mode == Mode::CreateOnly {
+            req = req.if_none_match("*");
+        }
+        // Dropping an unfinished PUT leaves nothing behind, so it may be cancelled.
+        let out = ctx
+            .cancellable(&self.target, async {
+                req.send()
+                    .await
+                    .map_err(|e| map_sdk("PutObject", &self.target, self.mode, e))
+            })
+            .await?;
+        ctx.add_progress(size);
+        Ok(self.record(size, out.e_tag(), out.version_id()))
+    }
+
+    async fn put_multipart(
+        &self,
+        parts: Parts,
+        size: Option<u64>,
+        ctx: &TransferCtx,
+    ) -> Result<RemoteObject> {
+        let client = &self.core.client;
+        if self.mode == Mode::CreateOnly {
+            // Fail before sending gigabytes. Only a hit counts: any failure
+            // (missing key, or no read permission) goes on, and the
+            // conditional complete below still makes the create atomic.
+            let head = client
+                .head_object()
+                .bucket(&self.core.bucket)
+                .key(&self.full)
+                .send()
+                .await;
+            if head.is_ok() {
+                return Err(Error::already_exists(self.target.clone()));
+            }
+        }
+        // Not raced against cancellation: an upload created behind our back
+        // could not be aborted. The request is short; cancellation is checked
+        // right after it.
+        let created = client
+            .create_multipart_upload()
+            .bucket(&self.core.bucket)
+            .key(&self.full)
+            .content_type(&self.content_type)
+            .set_metadata(self.metadata.clone())
+            .send()
+            .await
+            .map_err(|e| map_sdk("CreateMultipartUpload", &self.target, Mode::Plain, e))?;
+        let Some(upload_id) = created.upload_id().map(str::to_string) else {
+            return Err(Error::Backend {
+                target: self.target.clone(),
+                message: "CreateMultipartUpload returned no upload id".into(),
+                source: None,
+            });
+        };
+        match self.parts_and_complete(&upload_id, parts, size, ctx).await {
+            Ok(o) => Ok(o),
+            Err(e) => {
+                self.abort(&upload_id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(&self, upload_id: &str) {
+        let r = self
+            .core
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.core.bucket)
+            .key(&self.full)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        if let Err(e) = r {
+            let e = map_sdk("AbortMultipartUpload", &self.target, Mode::Plain, e);
+            tracing::warn!(target = %self.target, upload_id, error = %e.chain(), "could not abort multipart upload");
+        }
+    }
+
+    async fn parts_and_complete(
+        &self,
+        upload_id: &str,
+        mut parts: Parts,
+        size: Option<u64>,
+        ctx: &TransferCtx,
+    ) -> Result<RemoteObject> {
+        ctx.check(&self.target)?;
+        let mut tasks: JoinSet<Result<(i32, String, u64)>> = JoinSet::new();
+        let mut done: Vec<(i32, String)> = Vec::new();
+        let mut total = 0u64;
+        let sent = ctx
+            .cancellable(&self.target, async {
+                let mut next_number: u64 = 1;
+                let mut exhausted = false;
+                loop {
+                    while !exhausted && tasks.len() < self.core.concurrency {
+                        match parts.next().await? {
+                            Some(data) => {
+                                if next_number > MAX_PARTS {
+                                    return Err(Error::Backend {
+                                        target: self.target.clone(),
+                                        message: format!(
+                                            "upload needs more than {MAX_PARTS} parts of {} bytes; raise part_size",
+                                            self.core.part_size
+                                        ),
+                                        source: None,
+                                    });
+                                }
+                                // `next_number` <= 10 000, so it fits.
+                                let number = next_number as i32;
+                                next_number += 1;
+                                tasks.spawn(upload_part(
+                                    self.core.clone(),
+                                    self.full.clone(),
+                                    self.target.clone(),
+                                    upload_id.to_string(),
+                                    number,
+                                    data,
+                                ));
+                            }
+                            None => exhausted = true,
+                        }
+                    }
+                    let Some(joined) = tasks.join_next().await else {
+                        return Ok(());
+                    };
+                    let (number, etag, len) = joined.map_err(|e| Error::Backend {
+                        target: self.target.clone(),
+                        message: "part upload task failed".into(),
+                        source: Some(e.into()),
+                    })??;
+                    ctx.add_progress(len);
+                    total += len;
+                    done.push((number, etag));
+                }
+            })
+            .await;
+        if let Err(e) = sent {
+            // Stop the parts still in flight before the caller aborts the upload.
+            tasks.shutdown().await;
+            return Err(e);
+        }
+        self.check_size(size, total)?;
+        ctx.check(&self.target)?;
+        done.sort_by_key(|(n, _)| *n);
+        let completed = CompletedMultipartUpload::builder()
+            .set_parts(Some(
+                done.into_iter()
+                    .map(|(n, etag)| CompletedPart::builder().part_number(n).e_tag(etag).build())
+                    .collect(),
+            ))
+            .build();
+        let mut req = self
+            .core
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.core.bucket)
+            .key(&self.full)
+            .upload_id(upload_id)
+            .multipart_upload(completed);
+        if self.mode == Mode::CreateOnly {
+            req = req.if_none_match("*");
+        }
+        // Not cancellable: a complete dropped mid-flight may still take
+        // effect, and the caller would be told the object does not exist.
+        let out = req
+            .send()
+            .await
+            .map_err(|e| map_sdk("CompleteMultipartUpload", &self.target, self.mode, e))?;
+        Ok(self.record(total, out.e_tag(), out.version_id()))
+    }
+}
+
+/// Upload one part (a spawned task): read its bytes, send them.
+async fn upload_part(
+    core: Arc<Core>,
+    full: String,
+    target: String,
+    upload_id: String,
+    number: i32,
+    data: PartData,
+) -> Result<(i32, String, u64)> {
+    let bytes = match data {
+        PartData::Bytes(b) => b,
+        PartData::File { path, offset, len } => read_part(&path, offset, len).await?,
+    };
+    let len = bytes.len() as u64;
+    let out = core
+        .client
+        .upload_part()
+        .bucket(&core.bucket)
+        .key(&full)
+        .upload_id(upload_id)
+        .part_number(number)
+        .content_length(len as i64)
+        .body(SdkStream::from(bytes))
+        .send()
+        .await
+        .map_err(|e| map_sdk("UploadPart", &target, Mode::Plain, e))?;
+    let etag = out
+        .e_tag()
+        .map(str::to_string)
+        .ok_or_else(|| Error::Backend {
+            target: target.clone(),
+            message: format!("UploadPart {number} returned no ETag"),
+            source: None,
+        })?;
+    Ok((number, etag, len))
+}
+
+/// `len` bytes at `offset` of the file at `path` (its own handle, so parts
+/// are read concurrently without sharing a cursor).
+async fn read_part(path: &Path, offset: u64, len: u64) -> Result<Bytes> {
+    let shown = || PathBuf::from(path).display().to_string();
+    let io = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::Backend {
+                target: shown(),
+                message: "file shrank while it was being uploaded".into(),
+                source: Some(e.into()),
+            }
+        } else {
+            Error::from_io(shown(), e)
+        }
+    };
+    let mut f = tokio::fs::File::open(path).await.map_err(io)?;
+    f.seek(SeekFrom::Start(offset)).await.map_err(io)?;
+    let len = usize::try_from(len).map_err(|_| Error::Backend {
+        target: shown(),
+        message: "part does not fit in memory".into(),
+        source: None,
+    })?;
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf).await.map_err(io)?;
+    Ok(Bytes::from(buf))
+}
