@@ -57,6 +57,12 @@ fn main() -> ExitCode {
         .limit(
             |c| c.list_pending_uploads = false,
             "s3s-fs 0.14 does not implement ListMultipartUploads (501 NotImplemented)",
+        )
+        .skip_case(
+            "range_suffix_longer_than_object",
+            "s3s-fs 0.14.1 answers 500 to `Range: bytes=-N` with N > size (src/s3.rs seeks to \
+             SeekFrom::End(-N) with the unclamped length); moto and S3 return the whole object, \
+             and the s3@moto target runs this case",
         ),
         Target::from_env(
             "s3@moto",
