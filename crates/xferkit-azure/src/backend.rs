@@ -1,0 +1,589 @@
+//! `AzureStore`: the `FileTransferHandler` for Azure Blob Storage.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::num::NonZero;
+use std::time::{Duration, SystemTime};
+
+use azure_core::http::{Etag, Response};
+use azure_storage_blob::BlobClient;
+use azure_storage_blob::models::{
+    BlobClientDeleteOptions, BlobClientDownloadOptions, BlobClientGetPropertiesResult,
+    BlobClientGetPropertiesResultHeaders, BlobClientStartCopyFromUrlResultHeaders,
+    BlobContainerClientListBlobsOptions, BlobItem, CopyStatus, DeleteSnapshotsOptionType,
+    HttpRange, ListBlobsIncludeItem,
+};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use time::OffsetDateTime;
+use xferkit_core::key::{join_prefix, strip_prefix};
+use xferkit_core::url::{ObjectUrl, encode_path, object_url};
+use xferkit_core::{
+    ByteRange, ByteStream, Capabilities, Error, FileTransferHandler, PendingUpload, PresignMethod,
+    PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx, UploadSource, async_trait,
+    validate_key,
+};
+
+use crate::SCHEME;
+use crate::client::Client;
+use crate::config::{AzureConfig, Credential, Resolved};
+use crate::error::{AzureError, Op, map};
+use crate::sas::{self, BlobSas, SAS_VERSION};
+
+/// An Azure Blob Storage container (or a prefix of one) as an xferkit store.
+pub struct AzureStore {
+    pub(crate) name: String,
+    pub(crate) cfg: Resolved,
+    pub(crate) client: Client,
+}
+
+impl fmt::Debug for AzureStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AzureStore")
+            .field("name", &self.name)
+            .field("account", &self.cfg.account)
+            .field("container", &self.cfg.container)
+            .field("prefix", &self.cfg.prefix)
+            .field("endpoint", &self.cfg.endpoint.as_str())
+            .field("credential", &self.cfg.credential)
+            .finish()
+    }
+}
+
+impl AzureStore {
+    /// Build the store called `name` from `config`. Creates no container and
+    /// sends no request: a wrong credential shows on the first operation.
+    pub async fn new(name: &str, config: AzureConfig) -> Result<Self> {
+        let cfg = config.resolve(name)?;
+        let client = Client::new(name, &cfg)?;
+        Ok(AzureStore {
+            name: name.to_string(),
+            cfg,
+            client,
+        })
+    }
+
+    /// Create the container if it does not exist (handy for tests and
+    /// first-time setup; needs permission to create containers).
+    pub async fn create_container_if_missing(&self) -> Result<()> {
+        let target = format!("{SCHEME}://{}/{}", self.cfg.account, self.cfg.container);
+        match self.client.container.create(None).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.http_status().map(u16::from) == Some(409) => Ok(()),
+            Err(e) => Err(map(Op::on(&target), "create container", e)),
+        }
+    }
+
+    /// Full object name (store prefix + key).
+    pub(crate) fn full_name(&self, key: &str) -> String {
+        join_prefix(&self.cfg.prefix, key)
+    }
+
+    pub(crate) fn url_of_full(&self, full: &str) -> String {
+        object_url(
+            SCHEME,
+            &self.cfg.account,
+            &format!("{}/{full}", self.cfg.container),
+        )
+    }
+
+    pub(crate) fn blob(&self, full: &str) -> BlobClient {
+        self.client.container.blob_client(full)
+    }
+
+    /// The blob's URL with the SAS the store authorizes with (a copy source).
+    fn authorized_url(&self, full: &str) -> String {
+        let mut url = self.blob(full).url().clone();
+        if let Some(sas) = &self.client.sas {
+            crate::client::append_query(&mut url, &sas.token());
+        }
+        url.to_string()
+    }
+
+    fn props_to_object(
+        &self,
+        key: &str,
+        url: &str,
+        rsp: &Response<BlobClientGetPropertiesResult, azure_core::http::NoFormat>,
+    ) -> Result<RemoteObject> {
+        let bad = |e| map(Op::on(url), "read blob properties", e);
+        let mut obj = RemoteObject::new(url, key, rsp.content_length().map_err(bad)?.unwrap_or(0));
+        obj.etag = rsp.etag().map_err(bad)?.map(|e| etag_text(&e));
+        obj.content_type = rsp.content_type().map_err(bad)?;
+        obj.last_modified = rsp.last_modified().map_err(bad)?.map(SystemTime::from);
+        obj.version = rsp.version_id().map_err(bad)?;
+        obj.metadata = lower_keys(rsp.metadata().map_err(bad)?);
+        Ok(obj)
+    }
+
+    fn account_key(&self, operation: &str) -> Result<&crate::sas::AccountKey> {
+        match &self.cfg.credential {
+            Credential::AccountKey(k) => Ok(k),
+            other => Err(Error::not_supported(
+                &self.name,
+                format!(
+                    "{operation} (presigned URLs are signed with the account key; this store uses {})",
+                    other.describe()
+                ),
+            )),
+        }
+    }
+
+    /// Wait for an asynchronous copy to `full` to finish.
+    async fn wait_for_copy(&self, full: &str, url: &str) -> Result<()> {
+        let blob = self.blob(full);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let rsp = blob
+                .get_properties(None)
+                .await
+                .map_err(|e| map(Op::on(url), "poll copy", e))?;
+            let status = rsp
+                .copy_status()
+                .map_err(|e| map(Op::on(url), "poll copy", e))?;
+            match status {
+                None | Some(CopyStatus::Success) => return Ok(()),
+                Some(CopyStatus::Pending) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Some(other) => {
+                    let why = rsp.copy_status_description().ok().flatten();
+                    let msg = format!(
+                        "server-side copy ended {other:?}{}",
+                        why.map(|w| format!(": {w}")).unwrap_or_default()
+                    );
+                    return Err(Error::backend(url, msg.clone(), AzureError::new(msg)));
+                }
+            }
+        }
+    }
+}
+
+/// An etag as the store reports it, quotes removed.
+pub(crate) fn etag_text(e: &Etag) -> String {
+    e.to_string().trim_matches('"').to_string()
+}
+
+fn lower_keys(m: HashMap<String, String>) -> BTreeMap<String, String> {
+    m.into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
+}
+
+/// `now + d`, rounded up to a whole second (SAS times have no fraction).
+fn expiry_after(d: Duration) -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc() + d;
+    if t.nanosecond() == 0 {
+        t
+    } else {
+        t.replace_nanosecond(0).unwrap_or(t) + time::Duration::SECOND
+    }
+}
+
+#[async_trait]
+impl FileTransferHandler for AzureStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let signed = matches!(self.cfg.credential, Credential::AccountKey(_));
+        let mut c = Capabilities::default();
+        c.presign_get = signed;
+        c.presign_put = signed;
+        c.presign_verified = signed;
+        c.range = true;
+        c.conditional_create = true;
+        c.multipart = true;
+        // Uncommitted blocks cannot be listed across blobs; they expire on
+        // their own (after 7 days), so there is nothing to clean up.
+        c.list_pending_uploads = false;
+        c.copy = true;
+        c.metadata = true;
+        c
+    }
+
+    fn url_for(&self, key: &str) -> String {
+        self.url_of_full(&self.full_name(key))
+    }
+
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
+        if url.scheme != SCHEME || !url.authority.eq_ignore_ascii_case(&self.cfg.account) {
+            return None;
+        }
+        let rest = url
+            .path
+            .strip_prefix(self.cfg.container.as_str())?
+            .strip_prefix('/')?;
+        let key = strip_prefix(&self.cfg.prefix, rest)?;
+        validate_key(key).ok()?;
+        Some(key.to_string())
+    }
+
+    async fn upload(
+        &self,
+        key: &str,
+        source: UploadSource,
+        opts: &PutOptions,
+        ctx: &TransferCtx,
+    ) -> Result<RemoteObject> {
+        validate_key(key)?;
+        crate::upload::upload(self, key, source, opts, ctx).await
+    }
+
+    async fn download_stream(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<(RemoteObject, ByteStream)> {
+        // One HEAD for the object's record and size (so ranges resolve
+        // exactly, including suffixes and empty objects), then one GET of the
+        // resolved range pinned to that etag.
+        let obj = self.stat(key).await?;
+        let span = match range {
+            Some(r) => r.resolve(obj.size, &obj.url)?,
+            None => 0..obj.size,
+        };
+        if span.is_empty() {
+            return Ok((obj, Box::pin(futures::stream::empty())));
+        }
+        let len = span.end - span.start;
+        let range_text = format!("bytes={}-{}", span.start, span.end - 1);
+        let options = BlobClientDownloadOptions {
+            range: Some(HttpRange::new(span.start, len)),
+            // One partition covering the whole range: the SDK then streams
+            // the single response body instead of buffering partitions.
+            parallel: NonZero::new(1),
+            partition_size: NonZero::new(usize::try_from(len).unwrap_or(usize::MAX)),
+            if_match: obj.etag.as_ref().map(|e| Etag::from(format!("\"{e}\""))),
+            ..Default::default()
+        };
+        let url = obj.url.clone();
+        let op = Op {
+            target: &url,
+            create_only: false,
+            range: Some(&range_text),
+        };
+        let res = self
+            .blob(&self.full_name(key))
+            .download(Some(options))
+            .await
+            .map_err(|e| match map(op, "download", e) {
+                // The object changed between the HEAD and the GET.
+                Error::PreconditionFailed { target, source } => Error::Transient {
+                    target,
+                    retry_after: None,
+                    source,
+                },
+                other => other,
+            })?;
+        let stream_url = url.clone();
+        let body = res
+            .body
+            .map_err(move |e| map(Op::on(&stream_url), "read download body", e));
+        Ok((obj, Box::pin(body)))
+    }
+
+    async fn stat(&self, key: &str) -> Result<RemoteObject> {
+        validate_key(key)?;
+        let full = self.full_name(key);
+        let url = self.url_of_full(&full);
+        let rsp = self
+            .blob(&full)
+            .get_properties(None)
+            .await
+            .map_err(|e| map(Op::on(&url), "get blob properties", e))?;
+        self.props_to_object(key, &url, &rsp)
+    }
+
+    fn list(&self, prefix: &str) -> BoxStream<'static, Result<RemoteObject>> {
+        let full_prefix = join_prefix(&self.cfg.prefix, prefix);
+        let target = format!(
+            "{SCHEME}://{}/{}/{}",
+            self.cfg.account,
+            self.cfg.container,
+            encode_path(&full_prefix)
+        );
+        let options = BlobContainerClientListBlobsOptions {
+            prefix: (!full_prefix.is_empty()).then_some(full_prefix),
+            include: Some(vec![ListBlobsIncludeItem::Metadata]),
+            ..Default::default()
+        };
+        let pager = match self.client.container.list_blobs(Some(options)) {
+            Ok(p) => p,
+            Err(e) => {
+                let err = map(Op::on(&target), "list blobs", e);
+                return Box::pin(futures::stream::once(async move { Err(err) }));
+            }
+        };
+        // Items are mapped here, with a cheap clone of what they need.
+        let store = ListCtx {
+            prefix: self.cfg.prefix.clone(),
+            account: self.cfg.account.clone(),
+            container: self.cfg.container.clone(),
+        };
+        let pages = pager.into_pages().map(move |page| {
+            let page = page.map_err(|e| map(Op::on(&target), "list blobs", e))?;
+            let model = page
+                .into_model()
+                .map_err(|e| map(Op::on(&target), "parse blob list", e))?;
+            Ok::<_, Error>(futures::stream::iter(
+                model
+                    .blob_items
+                    .into_iter()
+                    .filter_map(|item| store.to_object(item))
+                    .map(Ok)
+                    .collect::<Vec<_>>(),
+            ))
+        });
+        Box::pin(pages.try_flatten())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        validate_key(key)?;
+        let full = self.full_name(key);
+        let url = self.url_of_full(&full);
+        let options = BlobClientDeleteOptions {
+            delete_snapshots: Some(DeleteSnapshotsOptionType::Include),
+            ..Default::default()
+        };
+        match self.blob(&full).delete(Some(options)).await {
+            Ok(_) => Ok(()),
+            Err(e) => match map(Op::on(&url), "delete blob", e) {
+                Error::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
+        validate_key(from)?;
+        validate_key(to)?;
+        let (src, dst) = (self.full_name(from), self.full_name(to));
+        let (src_url, dst_url) = (self.url_of_full(&src), self.url_of_full(&dst));
+        // Copy Blob keeps content type, other properties and metadata when
+        // the request sets none. Same-account copies finish at once on Azure
+        // and Azurite; larger or cross-region ones are polled.
+        let rsp = self
+            .blob(&dst)
+            .start_copy_from_url(self.authorized_url(&src), None)
+            .await
+            .map_err(|e| match map(Op::on(&dst_url), "copy blob", e) {
+                Error::NotFound { source, .. } => Error::NotFound {
+                    target: src_url.clone(),
+                    source,
+                },
+                other => other,
+            })?;
+        let status = rsp
+            .copy_status()
+            .map_err(|e| map(Op::on(&dst_url), "copy blob", e))?;
+        match status {
+            None | Some(CopyStatus::Success) => {}
+            Some(_) => self.wait_for_copy(&dst, &dst_url).await?,
+        }
+        self.stat(to).await
+    }
+
+    async fn presign(
+        &self,
+        key: &str,
+        method: PresignMethod,
+        expires_in: Duration,
+    ) -> Result<PresignedUrl> {
+        validate_key(key)?;
+        let account_key = self.account_key("presign")?;
+        if method == PresignMethod::Get {
+            // A link to nothing is a NotFound now rather than a 404 later.
+            self.stat(key).await?;
+        }
+        let full = self.full_name(key);
+        let expiry = expiry_after(expires_in);
+        let se = sas::sas_time(expiry);
+        let permissions = match method {
+            PresignMethod::Get => "r",
+            PresignMethod::Put => "cw",
+        };
+        let token = BlobSas {
+            account: &self.cfg.account,
+            container: &self.cfg.container,
+            blob: &full,
+            permissions,
+            expiry: &se,
+            protocol: sas::protocol_for(self.cfg.endpoint.scheme()),
+            version: SAS_VERSION,
+        }
+        .token(account_key);
+        let url = format!(
+            "{}/{}/{}?{token}",
+            self.cfg.endpoint.as_str().trim_end_matches('/'),
+            encode_path(&self.cfg.container),
+            encode_path(&full)
+        );
+        let mut p = PresignedUrl::new(url, method, SystemTime::from(expiry));
+        if method == PresignMethod::Put {
+            p.headers
+                .push(("x-ms-blob-type".to_string(), "BlockBlob".to_string()));
+        }
+        Ok(p)
+    }
+
+    async fn list_pending_uploads(&self, _prefix: &str) -> Result<Vec<PendingUpload>> {
+        Err(Error::not_supported(
+            &self.name,
+            "list_pending_uploads (Azure keeps uncommitted blocks per blob and drops them after 7 days; they cannot be listed across blobs)",
+        ))
+    }
+}
+
+/// What mapping a listed blob needs, detached from the store so the list
+/// stream is `'static`.
+struct ListCtx {
+    prefix: String,
+    account: String,
+    container: String,
+}
+
+impl ListCtx {
+    fn to_object(&self, item: BlobItem) -> Option<RemoteObject> {
+        let full = item.name?;
+        let key = strip_prefix(&self.prefix, &full)?.to_string();
+        let props = item.properties.unwrap_or_default();
+        let mut obj = RemoteObject::new(
+            object_url(SCHEME, &self.account, &format!("{}/{full}", self.container)),
+            key,
+            props.content_length.unwrap_or(0),
+        );
+        obj.etag = props.etag.map(|e| etag_text(&e));
+        obj.content_type = props.content_type;
+        obj.last_modified = props.last_modified.map(SystemTime::from);
+        obj.version = item.version_id;
+        obj.metadata = lower_keys(item.metadata.and_then(|m| m.values).unwrap_or_default());
+        Some(obj)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xferkit_core::{ErrorKind, Secret};
+
+    const KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    async fn store(endpoint: Option<&str>, prefix: &str) -> AzureStore {
+        let mut c = AzureConfig::new("myaccount", "media");
+        c.account_key = Some(Secret::new(KEY));
+        c.endpoint = endpoint.map(str::to_string);
+        c.prefix = prefix.into();
+        AzureStore::new("main", c).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn canonical_urls_round_trip_and_refuse_foreign_ones() {
+        let s = store(None, "p/q").await;
+        let url = s.url_for("a/b c#d.txt");
+        assert_eq!(url, "az://myaccount/media/p/q/a/b%20c%23d.txt");
+        let parsed = ObjectUrl::parse(&url).unwrap();
+        assert_eq!(s.key_for_url(&parsed).as_deref(), Some("a/b c#d.txt"));
+        for foreign in [
+            "az://other/media/p/q/k",
+            "az://myaccount/other/p/q/k",
+            "az://myaccount/media/p/k",
+            "az://myaccount/media/p/qk",
+            "az://myaccount/mediax/p/q/k",
+            "s3://myaccount/media/p/q/k",
+        ] {
+            let p = ObjectUrl::parse(foreign).unwrap();
+            assert_eq!(s.key_for_url(&p), None, "{foreign}");
+        }
+    }
+
+    #[tokio::test]
+    async fn request_urls_carry_the_name_as_one_segment() {
+        let s = store(None, "").await;
+        assert_eq!(
+            s.blob("dir/a b+c%.txt").url().as_str(),
+            "https://myaccount.blob.core.windows.net/media/dir%2Fa%20b+c%25.txt"
+        );
+        let s = store(Some("http://127.0.0.1:10000/devstoreaccount1/"), "").await;
+        assert_eq!(
+            s.blob("k").url().as_str(),
+            "http://127.0.0.1:10000/devstoreaccount1/media/k"
+        );
+    }
+
+    #[tokio::test]
+    async fn presigned_put_url_shape() {
+        let s = store(Some("http://127.0.0.1:10000/devstoreaccount1"), "p").await;
+        let p = s
+            .presign("a b/c.bin", PresignMethod::Put, Duration::from_secs(90))
+            .await
+            .unwrap();
+        assert!(
+            p.url.starts_with(
+                "http://127.0.0.1:10000/devstoreaccount1/media/p/a%20b/c.bin?sv=2022-11-02&spr=https%2Chttp&se="
+            ),
+            "{}",
+            p.url
+        );
+        assert!(p.url.contains("&sr=b&sp=cw&sig="), "{}", p.url);
+        assert_eq!(
+            p.headers,
+            vec![("x-ms-blob-type".to_string(), "BlockBlob".to_string())]
+        );
+        let left = p.expires_at.duration_since(SystemTime::now()).unwrap();
+        assert!(
+            left > Duration::from_secs(88) && left <= Duration::from_secs(91),
+            "{left:?}"
+        );
+        assert!(!format!("{p:?}").contains("sig="));
+    }
+
+    #[tokio::test]
+    async fn debug_hides_the_key() {
+        let s = store(None, "").await;
+        let d = format!("{s:?}");
+        assert!(!d.contains(KEY), "{d}");
+        assert!(d.contains("account key"), "{d}");
+    }
+
+    #[tokio::test]
+    async fn presign_needs_the_account_key() {
+        let mut c = AzureConfig::new("myaccount", "media");
+        c.sas_token = Some(Secret::new("sv=2022-11-02&sig=TOKEN"));
+        let s = AzureStore::new("main", c).await.unwrap();
+        let caps = s.capabilities();
+        assert!(!caps.presign_get && !caps.presign_put && !caps.presign_verified);
+        assert!(caps.range && caps.multipart && caps.copy && caps.conditional_create);
+        let e = s
+            .presign("k", PresignMethod::Put, Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotSupported);
+        assert!(!format!("{s:?} {e}").contains("TOKEN"));
+        let e = s.list_pending_uploads("").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotSupported);
+    }
+
+    #[tokio::test]
+    async fn invalid_keys_are_refused_before_any_request() {
+        let s = store(Some("http://127.0.0.1:9/devstoreaccount1"), "").await;
+        for k in ["", "/a", "a//b", "../x"] {
+            assert_eq!(s.stat(k).await.unwrap_err().kind(), ErrorKind::InvalidKey);
+            assert_eq!(s.delete(k).await.unwrap_err().kind(), ErrorKind::InvalidKey);
+        }
+    }
+
+    #[test]
+    fn expiry_rounds_up_to_a_second() {
+        let t = expiry_after(Duration::from_millis(1500));
+        assert_eq!(t.nanosecond(), 0);
+        let left = t - OffsetDateTime::now_utc();
+        assert!(
+            left >= time::Duration::milliseconds(1400)
+                && left <= time::Duration::milliseconds(2600)
+        );
+    }
+}

@@ -1,0 +1,390 @@
+//! Mapping `azure_core` errors to xferkit error kinds, without leaking secrets.
+//!
+//! Requests carry a SAS token in their query string, and transport errors
+//! (reqwest's "error sending request for url (…)") quote the request URL. So
+//! an SDK error is never kept as a `source`: it is flattened to a message with
+//! every URL's query removed and any `sig=` value blanked, and that message
+//! becomes the source.
+
+use std::fmt;
+use std::time::Duration;
+
+use azure_core::error::ErrorKind as AzKind;
+use xferkit_core::Error;
+
+/// A sanitized SDK error: status, service error code and message.
+#[derive(Debug, Clone)]
+pub(crate) struct AzureError(String);
+
+impl fmt::Display for AzureError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AzureError {}
+
+impl AzureError {
+    pub(crate) fn new(msg: impl AsRef<str>) -> Self {
+        AzureError(redact(msg.as_ref()))
+    }
+}
+
+/// `url` without its `?query` and `#fragment`.
+pub(crate) fn strip_query(url: &str) -> String {
+    url.split(['?', '#']).next().unwrap_or("").to_string()
+}
+
+/// Remove the query of every URL in `s` and blank any `sig=` value left.
+pub(crate) fn redact(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find("://") {
+        // Copy through the scheme separator, then the URL up to its end.
+        let (head, tail) = rest.split_at(pos + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | ','))
+            .unwrap_or(tail.len());
+        let url = &tail[..end];
+        match url.find('?') {
+            Some(q) => {
+                out.push_str(&url[..q]);
+                out.push_str("?<redacted>");
+            }
+            None => out.push_str(url),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    // Belt and braces: a bare token (`sv=…&sig=…`) outside a URL.
+    let mut result = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(pos) = rest.find("sig=") {
+        let (head, tail) = rest.split_at(pos + 4);
+        result.push_str(head);
+        result.push_str("<redacted>");
+        let end = tail
+            .find(|c: char| c == '&' || c.is_whitespace() || matches!(c, ')' | '"' | '\''))
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    result.push_str(rest);
+    result
+}
+
+/// What an operation was about, for naming and classifying its errors.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Op<'a> {
+    /// Canonical URL of the object (or container).
+    pub target: &'a str,
+    /// A create-only write: conflicts mean `AlreadyExists`.
+    pub create_only: bool,
+    /// Range asked for, reported with `InvalidRange`.
+    pub range: Option<&'a str>,
+}
+
+impl<'a> Op<'a> {
+    pub(crate) fn on(target: &'a str) -> Self {
+        Op {
+            target,
+            create_only: false,
+            range: None,
+        }
+    }
+    pub(crate) fn create_only(mut self, yes: bool) -> Self {
+        self.create_only = yes;
+        self
+    }
+}
+
+/// The kind an HTTP status and service error code map to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    NotFound,
+    AlreadyExists,
+    Precondition,
+    Permission,
+    Range,
+    Transient,
+    Other,
+}
+
+/// Classify a service response (status + `x-ms-error-code`).
+pub(crate) fn classify(status: u16, code: Option<&str>, create_only: bool) -> Class {
+    match (status, code.unwrap_or("")) {
+        (_, "ServerBusy" | "OperationTimedOut" | "InternalError") => Class::Transient,
+        (408 | 429 | 500 | 502 | 503 | 504, _) => Class::Transient,
+        (404, _) => Class::NotFound,
+        (409, "BlobAlreadyExists") => Class::AlreadyExists,
+        (412, _) | (_, "ConditionNotMet") if create_only => Class::AlreadyExists,
+        (412, _) | (_, "ConditionNotMet") => Class::Precondition,
+        (401 | 403, _) => Class::Permission,
+        (416, _) | (_, "InvalidRange") => Class::Range,
+        _ => Class::Other,
+    }
+}
+
+/// Pull `<Message>…</Message>` (first line) out of an XML error body.
+fn xml_message(body: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(body).ok()?;
+    let start = s.find("<Message>")? + "<Message>".len();
+    let end = s[start..].find("</Message>")? + start;
+    let msg = s[start..end].lines().next().unwrap_or("").trim();
+    (!msg.is_empty()).then(|| msg.chars().take(300).collect())
+}
+
+/// Convert an SDK error about `op`.
+pub(crate) fn map(op: Op<'_>, what: &str, err: azure_core::Error) -> Error {
+    let target = op.target.to_string();
+    match err.kind() {
+        AzKind::HttpResponse {
+            status,
+            error_code,
+            raw_response,
+        } => {
+            let status_u16 = u16::from(*status);
+            let code = error_code.as_deref();
+            let message = raw_response.as_deref().and_then(|r| xml_message(r.body()));
+            let retry_after = raw_response.as_deref().and_then(|r| {
+                r.headers()
+                    .get_optional_str(&azure_core::http::headers::RETRY_AFTER)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs)
+            });
+            let mut text = format!("{what}: HTTP {status_u16}");
+            if let Some(c) = code {
+                text.push_str(&format!(" {c}"));
+            }
+            if let Some(m) = &message {
+                text.push_str(&format!(": {m}"));
+            }
+            let source = AzureError::new(text);
+            from_class(
+                classify(status_u16, code, op.create_only),
+                op,
+                target,
+                retry_after,
+                source,
+            )
+        }
+        AzKind::Connection | AzKind::Io => Error::Transient {
+            target,
+            retry_after: None,
+            source: Some(Box::new(AzureError::new(format!(
+                "{what}: {}",
+                flatten(&err)
+            )))),
+        },
+        AzKind::Credential => Error::PermissionDenied {
+            target,
+            source: Some(Box::new(AzureError::new(format!(
+                "{what}: Microsoft Entra ID: {}",
+                flatten(&err)
+            )))),
+        },
+        _ => {
+            let source = AzureError::new(format!("{what}: {}", flatten(&err)));
+            Error::Backend {
+                target,
+                message: source.to_string(),
+                source: Some(Box::new(source)),
+            }
+        }
+    }
+}
+
+fn from_class(
+    class: Class,
+    op: Op<'_>,
+    target: String,
+    retry_after: Option<Duration>,
+    source: AzureError,
+) -> Error {
+    let source_box = || Some(Box::new(source.clone()) as xferkit_core::BoxError);
+    match class {
+        Class::NotFound => Error::NotFound {
+            target,
+            source: source_box(),
+        },
+        Class::AlreadyExists => Error::AlreadyExists {
+            target,
+            source: source_box(),
+        },
+        Class::Precondition => Error::PreconditionFailed {
+            target,
+            source: source_box(),
+        },
+        Class::Permission => Error::PermissionDenied {
+            target,
+            source: source_box(),
+        },
+        Class::Range => Error::InvalidRange {
+            target,
+            range: op.range.unwrap_or("(range)").to_string(),
+        },
+        Class::Transient => Error::Transient {
+            target,
+            retry_after,
+            source: source_box(),
+        },
+        Class::Other => Error::Backend {
+            target,
+            message: source.to_string(),
+            source: source_box(),
+        },
+    }
+}
+
+/// Every message in the error's chain, `: `-joined, redacted.
+fn flatten(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    redact(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use azure_core::http::headers::Headers;
+    use azure_core::http::{RawResponse, StatusCode};
+    use xferkit_core::ErrorKind;
+
+    fn http_err(status: u16, code: Option<&str>, body: &str) -> azure_core::Error {
+        let mut headers = Headers::new();
+        if let Some(c) = code {
+            headers.insert("x-ms-error-code", c.to_string());
+        }
+        let raw =
+            RawResponse::from_bytes(StatusCode::from(status), headers, body.as_bytes().to_vec());
+        azure_core::Error::with_message(
+            AzKind::HttpResponse {
+                status: StatusCode::from(status),
+                error_code: code.map(str::to_string),
+                raw_response: Some(Box::new(raw)),
+            },
+            format!("{status}"),
+        )
+    }
+
+    fn kind(status: u16, code: Option<&str>, create_only: bool) -> ErrorKind {
+        map(
+            Op::on("az://a/c/k").create_only(create_only),
+            "test",
+            http_err(status, code, ""),
+        )
+        .kind()
+    }
+
+    #[test]
+    fn statuses_and_codes_map_to_kinds() {
+        use ErrorKind as K;
+        assert_eq!(kind(404, Some("BlobNotFound"), false), K::NotFound);
+        assert_eq!(kind(404, Some("ContainerNotFound"), false), K::NotFound);
+        assert_eq!(kind(409, Some("BlobAlreadyExists"), true), K::AlreadyExists);
+        assert_eq!(kind(412, Some("ConditionNotMet"), true), K::AlreadyExists);
+        assert_eq!(
+            kind(412, Some("ConditionNotMet"), false),
+            K::PreconditionFailed
+        );
+        assert_eq!(
+            kind(403, Some("AuthenticationFailed"), false),
+            K::PermissionDenied
+        );
+        assert_eq!(kind(401, None, false), K::PermissionDenied);
+        assert_eq!(kind(416, Some("InvalidRange"), false), K::InvalidRange);
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert_eq!(kind(s, None, false), K::Transient, "{s}");
+        }
+        assert_eq!(kind(503, Some("ServerBusy"), false), K::Transient);
+        assert_eq!(kind(500, Some("OperationTimedOut"), false), K::Transient);
+        assert_eq!(kind(400, Some("InvalidHeaderValue"), false), K::Backend);
+        assert_eq!(kind(409, Some("LeaseIdMissing"), false), K::Backend);
+    }
+
+    #[test]
+    fn retryable_ones_are_marked() {
+        let e = map(
+            Op::on("az://a/c/k"),
+            "get",
+            http_err(503, Some("ServerBusy"), ""),
+        );
+        assert!(e.is_retryable());
+        let e = map(
+            Op::on("az://a/c/k"),
+            "get",
+            azure_core::Error::with_message(AzKind::Connection, "connection refused"),
+        );
+        assert!(e.is_retryable());
+        let e = map(
+            Op::on("az://a/c/k"),
+            "get",
+            http_err(404, Some("BlobNotFound"), ""),
+        );
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn errors_name_the_target_and_keep_the_service_message() {
+        let body = "<?xml version=\"1.0\"?><Error><Code>AuthenticationFailed</Code><Message>Server failed to authenticate the request.\nRequestId:1</Message></Error>";
+        let e = map(
+            Op::on("az://acct/c/photo.png"),
+            "stat",
+            http_err(403, Some("AuthenticationFailed"), body),
+        );
+        let chain = e.chain();
+        assert!(chain.contains("az://acct/c/photo.png"), "{chain}");
+        assert!(chain.contains("AuthenticationFailed"), "{chain}");
+        assert!(
+            chain.contains("Server failed to authenticate the request."),
+            "{chain}"
+        );
+        assert!(!chain.contains("RequestId"), "{chain}");
+    }
+
+    #[test]
+    fn urls_in_errors_lose_their_query() {
+        let io = std::io::Error::other(
+            "error sending request for url (http://127.0.0.1:10000/devstoreaccount1/c/k?comp=block&sv=2022-11-02&sig=SECRETSIG%3D)",
+        );
+        let e = map(
+            Op::on("az://devstoreaccount1/c/k"),
+            "stage block",
+            azure_core::Error::new(AzKind::Io, io),
+        );
+        let chain = e.chain();
+        assert!(!chain.contains("SECRETSIG"), "{chain}");
+        assert!(!chain.contains("sv=2022"), "{chain}");
+        assert!(
+            chain.contains("http://127.0.0.1:10000/devstoreaccount1/c/k?<redacted>"),
+            "{chain}"
+        );
+        assert_eq!(e.kind(), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn redact_handles_bare_tokens_and_plain_text() {
+        assert_eq!(redact("no urls here"), "no urls here");
+        assert_eq!(
+            redact("token sv=1&sig=abc&se=2 end"),
+            "token sv=1&sig=<redacted>&se=2 end"
+        );
+        assert_eq!(
+            redact("a https://h/p?x=1 and (http://h2/q?sig=z)"),
+            "a https://h/p?<redacted> and (http://h2/q?<redacted>)"
+        );
+        assert_eq!(strip_query("https://h/p?sig=1#f"), "https://h/p");
+        // Idempotent: errors are redacted again when wrapped.
+        let once = redact("(http://h/k?sv=1&sig=abc%3D): refused");
+        assert_eq!(once, "(http://h/k?<redacted>): refused");
+        assert_eq!(redact(&once), once);
+    }
+}

@@ -1,0 +1,287 @@
+//! Azure-specific checks against Azurite that the shared suite does not make:
+//! the other two credential kinds, error kinds of refused and unreachable
+//! requests, and that no secret reaches an error.
+//!
+//! Needs the same variables as `tests/conformance.rs`. Without them each
+//! test passes after printing that it was skipped, unless `CI` or
+//! `XFERKIT_REQUIRE_EMULATORS` is set, where a missing emulator fails.
+
+// Test helpers panic on failure by design (clippy.toml only covers `#[test]` fns).
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use futures::TryStreamExt;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use xferkit_azure::{AzureConfig, AzureStore};
+use xferkit_core::{
+    ErrorKind, FileTransferExt, FileTransferHandler, PresignMethod, PutOptions, Secret,
+    TransferCtx, UploadSource,
+};
+
+const CONTAINER: &str = "xferkit-azure-extra";
+
+struct Emulator {
+    endpoint: String,
+    account: String,
+    key: String,
+}
+
+fn emulator(test: &str) -> Option<Emulator> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (
+        get("XFERKIT_AZURITE_ENDPOINT"),
+        get("XFERKIT_AZURITE_ACCOUNT"),
+        get("XFERKIT_AZURITE_KEY"),
+    ) {
+        (Some(endpoint), Some(account), Some(key)) => Some(Emulator {
+            endpoint,
+            account,
+            key,
+        }),
+        _ => {
+            let required = ["CI", "XFERKIT_REQUIRE_EMULATORS"]
+                .iter()
+                .any(|v| get(v).is_some_and(|s| s != "0" && s != "false"));
+            assert!(
+                !required,
+                "{test}: XFERKIT_AZURITE_* not set and emulators are required"
+            );
+            eprintln!("{test}: skipped, XFERKIT_AZURITE_* not set (cargo xtask emulators start)");
+            None
+        }
+    }
+}
+
+fn prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{test}-{nanos:x}")
+}
+
+async fn key_store(emu: &Emulator, prefix: &str) -> AzureStore {
+    let mut c = AzureConfig::new(emu.account.clone(), CONTAINER);
+    c.endpoint = Some(emu.endpoint.clone());
+    c.account_key = Some(Secret::new(emu.key.clone()));
+    c.prefix = prefix.into();
+    let s = AzureStore::new("extra", c).await.unwrap();
+    s.create_container_if_missing().await.unwrap();
+    s
+}
+
+/// An account SAS signed here, independently of the crate's signer.
+fn account_sas(emu: &Emulator) -> String {
+    let expiry = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+        ))
+        .unwrap();
+    let sts = format!(
+        "{}\nrwdlac\nb\nsco\n\n{expiry}\n\nhttps,http\n2022-11-02\n\n",
+        emu.account
+    );
+    let mut mac = Hmac::<Sha256>::new_from_slice(&BASE64.decode(&emu.key).unwrap()).unwrap();
+    mac.update(sts.as_bytes());
+    let sig = BASE64.encode(mac.finalize().into_bytes());
+    url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("sv", "2022-11-02")
+        .append_pair("ss", "b")
+        .append_pair("srt", "sco")
+        .append_pair("sp", "rwdlac")
+        .append_pair("se", &expiry)
+        .append_pair("spr", "https,http")
+        .append_pair("sig", &sig)
+        .finish()
+}
+
+/// Every operation but presign, on any store.
+async fn exercise(s: &AzureStore) {
+    let ctx = TransferCtx::none();
+    let body = b"hello azure".to_vec();
+    let up = s
+        .upload(
+            "dir/a.txt",
+            UploadSource::from_bytes(body.clone()),
+            &PutOptions::default().with_metadata("k", "v"),
+            &ctx,
+        )
+        .await
+        .unwrap();
+    assert_eq!(up.size, body.len() as u64);
+    assert_eq!(
+        s.read_bytes("dir/a.txt", None).await.unwrap().to_vec(),
+        body
+    );
+    let copied = s.copy("dir/a.txt", "dir/b.txt").await.unwrap();
+    assert_eq!(copied.metadata.get("k").map(String::as_str), Some("v"));
+    assert_eq!(copied.content_type.as_deref(), Some("text/plain"));
+    let mut keys: Vec<String> = s
+        .list("dir/")
+        .map_ok(|o| o.key)
+        .try_collect()
+        .await
+        .unwrap();
+    keys.sort();
+    assert_eq!(keys, ["dir/a.txt", "dir/b.txt"]);
+    s.delete("dir/a.txt").await.unwrap();
+    s.delete("dir/b.txt").await.unwrap();
+    assert_eq!(
+        s.stat("dir/a.txt").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[tokio::test]
+async fn sas_token_store_works_but_cannot_presign() {
+    let Some(emu) = emulator("sas_token_store_works_but_cannot_presign") else {
+        return;
+    };
+    let p = prefix("sas");
+    key_store(&emu, &p).await; // creates the container
+    let mut c = AzureConfig::new(emu.account.clone(), CONTAINER);
+    c.endpoint = Some(emu.endpoint.clone());
+    c.sas_token = Some(Secret::new(format!("?{}", account_sas(&emu))));
+    c.prefix = p;
+    let s = AzureStore::new("sas", c).await.unwrap();
+    exercise(&s).await;
+    let e = s
+        .presign("dir/a.txt", PresignMethod::Get, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotSupported);
+}
+
+#[tokio::test]
+async fn connection_string_store_works() {
+    let Some(emu) = emulator("connection_string_store_works") else {
+        return;
+    };
+    let p = prefix("cs");
+    key_store(&emu, &p).await;
+    let mut c = AzureConfig::new("", CONTAINER);
+    c.connection_string = Some(Secret::new(format!(
+        "DefaultEndpointsProtocol=http;AccountName={};AccountKey={};BlobEndpoint={};",
+        emu.account, emu.key, emu.endpoint
+    )));
+    c.prefix = p;
+    let s = AzureStore::new("cs", c).await.unwrap();
+    exercise(&s).await;
+}
+
+/// No `sig=` value, no key in an error's whole chain.
+fn assert_no_secret(e: &xferkit_core::Error, emu: &Emulator) {
+    let chain = e.chain();
+    let debug = format!("{e:?}");
+    for text in [&chain, &debug] {
+        assert!(!text.contains(&emu.key), "{text}");
+        for (i, _) in text.match_indices("sig=") {
+            assert!(text[i + 4..].starts_with("<redacted>"), "{text}");
+        }
+        assert!(!text.contains("sv=2022"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn wrong_key_is_permission_denied_and_leaks_nothing() {
+    let Some(emu) = emulator("wrong_key_is_permission_denied_and_leaks_nothing") else {
+        return;
+    };
+    let mut c = AzureConfig::new(emu.account.clone(), CONTAINER);
+    c.endpoint = Some(emu.endpoint.clone());
+    c.account_key = Some(Secret::new(BASE64.encode([7u8; 64])));
+    let s = AzureStore::new("wrong", c).await.unwrap();
+    let e = s.stat("anything").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{}", e.chain());
+    assert!(
+        e.chain()
+            .contains(&format!("az://{}/{CONTAINER}/anything", emu.account))
+    );
+    assert_no_secret(&e, &emu);
+    let e = s
+        .upload(
+            "x",
+            UploadSource::from_bytes(&b"x"[..]),
+            &PutOptions::default(),
+            &TransferCtx::none(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{}", e.chain());
+    assert_no_secret(&e, &emu);
+}
+
+#[tokio::test]
+async fn missing_container_is_not_found() {
+    let Some(emu) = emulator("missing_container_is_not_found") else {
+        return;
+    };
+    let mut c = AzureConfig::new(emu.account.clone(), "no-such-container-xk");
+    c.endpoint = Some(emu.endpoint.clone());
+    c.account_key = Some(Secret::new(emu.key.clone()));
+    let s = AzureStore::new("nc", c).await.unwrap();
+    let e = s.stat("k").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{}", e.chain());
+    assert!(e.chain().contains("ContainerNotFound"), "{}", e.chain());
+    assert!(s.delete("k").await.is_ok());
+}
+
+#[tokio::test]
+async fn unreachable_endpoint_is_transient_and_leaks_nothing() {
+    let Some(emu) = emulator("unreachable_endpoint_is_transient_and_leaks_nothing") else {
+        return;
+    };
+    // A port nobody listens on: bind, note it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut c = AzureConfig::new(emu.account.clone(), CONTAINER);
+    c.endpoint = Some(format!("http://127.0.0.1:{port}/{}", emu.account));
+    c.account_key = Some(Secret::new(emu.key.clone()));
+    let s = AzureStore::new("down", c).await.unwrap();
+    let e = s.stat("k").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Transient, "{}", e.chain());
+    assert!(e.is_retryable());
+    assert_no_secret(&e, &emu);
+}
+
+#[tokio::test]
+async fn presigned_put_without_blob_type_header_is_refused() {
+    let Some(emu) = emulator("presigned_put_without_blob_type_header_is_refused") else {
+        return;
+    };
+    let s = key_store(&emu, &prefix("hdr")).await;
+    let p = s
+        .presign("k.bin", PresignMethod::Put, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let resp = client.put(&p.url).body("x").send().await.unwrap();
+    assert!(resp.status().is_client_error(), "{}", resp.status());
+    let mut req = client.put(&p.url).body("x");
+    for (k, v) in &p.headers {
+        req = req.header(k, v);
+    }
+    assert!(req.send().await.unwrap().status().is_success());
+    // A read-only URL does not allow writing.
+    let g = s
+        .presign("k.bin", PresignMethod::Get, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let resp = client
+        .put(&g.url)
+        .header("x-ms-blob-type", "BlockBlob")
+        .body("y")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_client_error(), "{}", resp.status());
+    assert_eq!(s.read_bytes("k.bin", None).await.unwrap().as_ref(), b"x");
+    s.delete("k.bin").await.unwrap();
+}
