@@ -1,0 +1,151 @@
+//! The command line, as clap parses it.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+
+/// Move files between this machine and its storage (local, S3, GCS, Azure), by URL.
+#[derive(Debug, Parser)]
+#[command(name = "xfer", version, propagate_version = true)]
+#[command(
+    after_help = "Configuration: --config FILE, else $XFERKIT_CONFIG, else ./xferkit.toml, \
+else ~/.config/xferkit/config.toml; with none, a local store under the user data directory.\n\
+Logging: $XFERKIT_LOG (tracing filter, default `warn`); -v, -vv, -vvv raise xferkit's own level."
+)]
+pub struct Cli {
+    /// Configuration file (must exist).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// No progress bars or warnings; results still go to stdout.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    /// Results as JSON (one document, or one per line for `ls` and `rm`).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output on stderr (repeat for more).
+    #[arg(long, short, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Upload a local file; prints its URL.
+    Upload {
+        /// The local file.
+        file: PathBuf,
+        /// Store to upload to (default: the configured default store).
+        #[arg(long, short)]
+        store: Option<String>,
+        /// Key within the store (default: the file's name).
+        #[arg(long, short)]
+        key: Option<String>,
+        /// MIME type (default: guessed from the key).
+        #[arg(long, value_name = "TYPE")]
+        content_type: Option<String>,
+        /// Title, stored as object metadata `title`.
+        #[arg(long)]
+        title: Option<String>,
+        /// Message, stored as object metadata `message`.
+        #[arg(long)]
+        message: Option<String>,
+        /// Fail if an object already exists under the key.
+        #[arg(long)]
+        if_not_exists: bool,
+    },
+    /// Download an object (or a plain http(s) link) to a local file.
+    Download {
+        /// Object URL (`s3://bucket/key`, `file:///…`, `https://…`).
+        url: String,
+        /// Destination file or existing directory (default: the URL's last
+        /// path segment, in the current directory).
+        dest: Option<PathBuf>,
+        /// Overwrite an existing destination file.
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// List objects under a URL prefix (size, last modified, URL).
+    Ls {
+        /// URL prefix (`s3://bucket/photos/`); default: all of `--store` or the default store.
+        prefix: Option<String>,
+        /// Store to list (instead of a URL prefix).
+        #[arg(long, short, conflicts_with = "prefix")]
+        store: Option<String>,
+    },
+    /// Show an object's size, etag, content type, last modified and metadata.
+    Stat {
+        /// Object URL.
+        url: String,
+    },
+    /// Delete objects (deleting a missing object succeeds).
+    Rm {
+        /// Object URLs.
+        #[arg(required = true)]
+        urls: Vec<String>,
+    },
+    /// Copy: path→URL uploads, URL→path downloads, URL→URL copies between or within stores.
+    Cp {
+        /// Source: a local path or an object URL.
+        src: OsString,
+        /// Destination: a local path or an object URL (a URL ending in `/`
+        /// receives the source's name).
+        dst: OsString,
+        /// Overwrite an existing local destination file.
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// Print a presigned URL for an object.
+    Presign {
+        /// Object URL.
+        url: String,
+        /// How long the URL stays valid (`90s`, `15m`, `1h`, `7days`).
+        #[arg(long, default_value = "1h", value_parser = parse_expiry)]
+        expires: Duration,
+        /// What the URL allows.
+        #[arg(long, value_enum, default_value_t = Method::Get)]
+        method: Method,
+    },
+    /// List the configured stores.
+    Stores,
+}
+
+/// HTTP method of a presigned URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    Get,
+    Put,
+}
+
+fn parse_expiry(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 15m, 1h, 7days)"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn expiry_parses_human_durations() {
+        assert_eq!(parse_expiry("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_expiry("15m"), Ok(Duration::from_secs(900)));
+        assert!(parse_expiry("0s").is_err());
+        assert!(parse_expiry("soon").is_err());
+    }
+}

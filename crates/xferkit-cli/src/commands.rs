@@ -1,0 +1,368 @@
+//! One function per subcommand.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use xferkit::url::ObjectUrl;
+use xferkit::{
+    DynHandler, Error, PresignMethod, PutOptions, RemoteObject, TransferRequest, Xferkit,
+    validate_key,
+};
+
+use crate::cli::{Command, Method};
+use crate::fail::Failure;
+use crate::output::{self, line, object_json};
+use crate::target::{self, Location, shown};
+use crate::transfer;
+
+/// What every command needs.
+#[derive(Debug)]
+pub struct Ctx {
+    pub kit: Xferkit,
+    pub config: Option<PathBuf>,
+    pub json: bool,
+    pub quiet: bool,
+    /// Draw progress bars (stderr is a terminal, not `--quiet`/`--json`).
+    pub progress: bool,
+}
+
+pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Upload {
+            file,
+            store,
+            key,
+            content_type,
+            title,
+            message,
+            if_not_exists,
+        } => {
+            check_source(&file)?;
+            let store = match store {
+                Some(s) => cx.kit.registry().get(&s)?,
+                None => cx.kit.registry().default_store()?,
+            };
+            let key = match key {
+                Some(k) => k,
+                None => key_from_file_name(&file)?,
+            };
+            let mut opts = PutOptions::default();
+            if let Some(ct) = content_type {
+                opts = opts.with_content_type(ct);
+            }
+            if if_not_exists {
+                opts = opts.create_only();
+            }
+            let mut request = TransferRequest::upload(&file, "").with_options(opts);
+            if let Some(t) = title {
+                request = request.with_title(t);
+            }
+            if let Some(m) = message {
+                request = request.with_message(m);
+            }
+            let obj = upload(cx, &file, &store, &key, request).await?;
+            print_object(cx, &obj, |o| o.url.clone())
+        }
+        Command::Download { url, dest, force } => download(cx, &url, dest.as_deref(), force).await,
+        Command::Ls { prefix, store } => ls(cx, prefix.as_deref(), store.as_deref()).await,
+        Command::Stat { url } => {
+            let (store, key) = target::object(cx.kit.registry(), &url)?;
+            let obj = store.stat(&key).await?;
+            print_object(cx, &obj, output::stat_text)
+        }
+        Command::Rm { urls } => {
+            for url in &urls {
+                let (store, key) = target::object(cx.kit.registry(), url)?;
+                store.delete(&key).await?;
+                if cx.json {
+                    line(json!({ "url": store.url_for(&key), "deleted": true }))?;
+                }
+            }
+            Ok(())
+        }
+        Command::Cp { src, dst, force } => cp(cx, &src, &dst, force).await,
+        Command::Presign {
+            url,
+            expires,
+            method,
+        } => presign(cx, &url, expires, method).await,
+        Command::Stores => stores(cx),
+    }
+}
+
+/// Print `obj` as JSON, or as `text(obj)`.
+fn print_object(
+    cx: &Ctx,
+    obj: &RemoteObject,
+    text: impl FnOnce(&RemoteObject) -> String,
+) -> Result<(), Failure> {
+    if cx.json {
+        line(object_json(obj))
+    } else {
+        line(text(obj))
+    }
+}
+
+/// The default key for an upload: the file's name.
+fn key_from_file_name(file: &Path) -> Result<String, Failure> {
+    file.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "cannot use the name of {} as a key; pass --key",
+                file.display()
+            ))
+        })
+}
+
+/// An upload source must exist and not be a directory.
+fn check_source(file: &Path) -> Result<(), Failure> {
+    let meta =
+        std::fs::metadata(file).map_err(|e| Error::from_io(file.display().to_string(), e))?;
+    if meta.is_dir() {
+        return Err(Failure::usage(format!(
+            "{} is a directory; xfer uploads one file at a time",
+            file.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Upload `file` to `key` of `store` through the manager. `request` carries
+/// the options; its URL is set here.
+async fn upload(
+    cx: &Ctx,
+    file: &Path,
+    store: &DynHandler,
+    key: &str,
+    mut request: TransferRequest,
+) -> Result<RemoteObject, Failure> {
+    validate_key(key)?;
+    request.url = store.url_for(key);
+    let label = file
+        .file_name()
+        .map_or_else(|| key.to_string(), |n| n.to_string_lossy().into_owned());
+    transfer::run(cx.kit.manager(), request, &label, cx.progress).await
+}
+
+/// Download `url` to `dest` (see [`target::download_dest`]) and print where it went.
+async fn download(cx: &Ctx, url: &str, dest: Option<&Path>, force: bool) -> Result<(), Failure> {
+    let (store, key) = target::object(cx.kit.registry(), url)?;
+    let name = target::file_name_for(url, &key)?;
+    let dest = target::download_dest(dest, &name, force)?;
+    let request = TransferRequest::download(store.url_for(&key), &dest);
+    let obj = transfer::run(cx.kit.manager(), request, &name, cx.progress).await?;
+    print_download(cx, &obj, &dest)
+}
+
+fn print_download(cx: &Ctx, obj: &RemoteObject, dest: &Path) -> Result<(), Failure> {
+    if !cx.json {
+        return line(dest.display());
+    }
+    let mut v = object_json(obj);
+    if ObjectUrl::parse(&obj.url).is_ok_and(|u| u.is_http()) {
+        // A plain link's query may be a signature: keep it out of the output.
+        v["url"] = Value::from(shown(&obj.url));
+        v["key"] = Value::from(shown(&obj.key));
+    }
+    v["path"] = Value::from(dest.display().to_string());
+    line(v)
+}
+
+async fn ls(cx: &Ctx, prefix: Option<&str>, store: Option<&str>) -> Result<(), Failure> {
+    let reg = cx.kit.registry();
+    let (store, prefix) = match (prefix, store) {
+        (Some(url), _) => target::prefix(reg, url)?,
+        (None, Some(name)) => (reg.get(name)?, String::new()),
+        (None, None) => (reg.default_store()?, String::new()),
+    };
+    let mut objects = store.list(&prefix);
+    while let Some(obj) = objects.next().await {
+        let obj = obj?;
+        if cx.json {
+            line(object_json(&obj))?;
+        } else {
+            line(output::ls_line(&obj))?;
+        }
+    }
+    Ok(())
+}
+
+async fn cp(cx: &Ctx, src: &OsString, dst: &OsString, force: bool) -> Result<(), Failure> {
+    let reg = cx.kit.registry();
+    match (target::classify(src), target::classify(dst)) {
+        (Location::Path(s), Location::Path(d)) => Err(Failure::usage(format!(
+            "both `{}` and `{}` are local paths; use cp(1) to copy local files",
+            s.display(),
+            d.display()
+        ))),
+        (Location::Path(s), Location::Url(d)) => {
+            check_source(&s)?;
+            let (store, key) = destination(reg, &d, || key_from_file_name(&s))?;
+            let obj = upload(cx, &s, &store, &key, TransferRequest::upload(&s, "")).await?;
+            print_object(cx, &obj, |o| o.url.clone())
+        }
+        (Location::Url(s), Location::Path(d)) => download(cx, &s, Some(&d), force).await,
+        (Location::Url(s), Location::Url(d)) => {
+            let (from, from_key) = target::object(reg, &s)?;
+            let (to, to_key) = destination(reg, &d, || target::file_name_for(&s, &from_key))?;
+            let obj = if from.name() == to.name() && from.capabilities().copy {
+                validate_key(&to_key)?;
+                from.copy(&from_key, &to_key).await?
+            } else {
+                relay(cx, &from, &from_key, &s, &to, &to_key).await?
+            };
+            print_object(cx, &obj, |o| o.url.clone())
+        }
+    }
+}
+
+/// The store and key a `cp` destination URL names; a URL ending in `/`
+/// names a prefix, to which `name()` is appended.
+fn destination(
+    reg: &xferkit::Registry,
+    url: &str,
+    name: impl FnOnce() -> Result<String, Failure>,
+) -> Result<(DynHandler, String), Failure> {
+    if url.ends_with('/') {
+        let (store, prefix) = target::prefix(reg, url)?;
+        Ok((store, format!("{prefix}{}", name()?)))
+    } else {
+        target::object(reg, url)
+    }
+}
+
+/// Copy between stores: download to a temp file, then upload it.
+async fn relay(
+    cx: &Ctx,
+    from: &DynHandler,
+    from_key: &str,
+    from_url: &str,
+    to: &DynHandler,
+    to_key: &str,
+) -> Result<RemoteObject, Failure> {
+    validate_key(to_key)?;
+    let name = target::file_name_for(from_url, from_key).unwrap_or_else(|_| "object".into());
+    let dir = tempfile::Builder::new()
+        .prefix("xfer-cp.")
+        .tempdir()
+        .map_err(|e| Error::from_io("temporary directory", e))?;
+    let tmp = dir.path().join(&name);
+    let down = TransferRequest::download(from.url_for(from_key), &tmp);
+    let obj = transfer::run(cx.kit.manager(), down, &name, cx.progress).await?;
+    let mut opts = PutOptions::default();
+    if let Some(ct) = obj.content_type {
+        opts = opts.with_content_type(ct);
+    }
+    for (k, v) in obj.metadata {
+        opts = opts.with_metadata(k, v);
+    }
+    let up = TransferRequest::upload(&tmp, to.url_for(to_key)).with_options(opts);
+    transfer::run(cx.kit.manager(), up, &name, cx.progress).await
+    // `dir` and the temp file in it are removed here, on success or not.
+}
+
+async fn presign(cx: &Ctx, url: &str, expires: Duration, method: Method) -> Result<(), Failure> {
+    let (store, key) = target::object(cx.kit.registry(), url)?;
+    let method = match method {
+        Method::Get => PresignMethod::Get,
+        Method::Put => PresignMethod::Put,
+    };
+    let p = store.presign(&key, method, expires).await?;
+    if cx.json {
+        let headers: serde_json::Map<String, Value> = p
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+            .collect();
+        return line(json!({
+            "url": p.url,
+            "method": match p.method { PresignMethod::Get => "GET", PresignMethod::Put => "PUT" },
+            "expires_at": output::time(Some(p.expires_at)),
+            "headers": headers,
+        }));
+    }
+    line(&p.url)?;
+    if !cx.quiet {
+        for (k, v) in &p.headers {
+            crate::note(&format!("the request must carry the header `{k}: {v}`"));
+        }
+    }
+    Ok(())
+}
+
+fn stores(cx: &Ctx) -> Result<(), Failure> {
+    let reg = cx.kit.registry();
+    let default = reg.default_store()?.name().to_string();
+    // The backend each store was configured with (the registry only knows handlers).
+    let figment = xferkit::figment_for(cx.config.as_deref()).ok();
+    let mut rows = Vec::new();
+    for name in reg.names() {
+        let store = reg.get(&name)?;
+        let root = store.url_for("x");
+        let root = root.strip_suffix('x').unwrap_or_default().to_string();
+        let backend = figment
+            .as_ref()
+            .and_then(|f| {
+                f.extract_inner::<String>(&format!("stores.{name}.backend"))
+                    .ok()
+            })
+            .unwrap_or_else(|| backend_from_url(&root).to_string());
+        let caps = output::capability_names(&store.capabilities());
+        rows.push((name.clone(), name == default, backend, root, caps));
+    }
+    if cx.json {
+        let list: Vec<Value> = rows
+            .iter()
+            .map(|(name, is_default, backend, root, caps)| {
+                json!({
+                    "name": name,
+                    "default": is_default,
+                    "backend": backend,
+                    "root_url": if root.is_empty() { Value::Null } else { Value::from(root.clone()) },
+                    "capabilities": caps,
+                })
+            })
+            .collect();
+        return line(Value::from(list));
+    }
+    let w_name = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let w_backend = rows.iter().map(|r| r.2.len()).max().unwrap_or(0);
+    let w_root = rows
+        .iter()
+        .map(|r| r.3.len().max("(http(s) links)".len()))
+        .max()
+        .unwrap_or(0);
+    for (name, is_default, backend, root, caps) in &rows {
+        let mark = if *is_default { "*" } else { " " };
+        let root = if root.is_empty() {
+            "(http(s) links)"
+        } else {
+            root.as_str()
+        };
+        let caps = if caps.is_empty() {
+            "-".to_string()
+        } else {
+            caps.join(",")
+        };
+        line(format!(
+            "{mark} {name:<w_name$}  {backend:<w_backend$}  {root:<w_root$}  {caps}"
+        ))?;
+    }
+    Ok(())
+}
+
+/// A backend name guessed from a root URL, for stores the config does not list.
+fn backend_from_url(root: &str) -> &'static str {
+    match root.split_once("://").map(|(s, _)| s) {
+        Some("file") => "local",
+        Some("s3") => "s3",
+        Some("gs") => "gcs",
+        Some("az") => "azure",
+        _ => "http",
+    }
+}
