@@ -1,5 +1,7 @@
 //! Transfer manager semantics against an in-memory store with slow reads.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns panic on failure by design
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,8 @@
 //! Local-backend specifics the shared suite cannot know: traversal,
 //! symlinks, atomic writes, large files, sidecars.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns panic on failure by design
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
 //! Configuration layering and its error messages.
 
+#![allow(clippy::unwrap_used, clippy::result_large_err)] // test helpers panic on failure; figment::Jail fixes the error type
+
 use figment::Jail;
 use xferkit::ErrorKind;
 use xferkit::config::{Settings, build_registry, figment_for};
