@@ -1,0 +1,223 @@
+//! `xfer` against S3, GCS and Azure stores configured in a TOML file,
+//! pointed at the emulators that `cargo xtask test` starts. Without the
+//! emulator variables these tests pass vacuously with a note, except under
+//! `CI=true` or `XFERKIT_REQUIRE_EMULATORS=1`, where they fail.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::path::Path;
+use std::process::Command;
+
+fn required() -> bool {
+    ["CI", "XFERKIT_REQUIRE_EMULATORS"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0" && s != "false"))
+}
+
+/// The values of `vars`, or None (after failing under CI) when one is missing.
+fn env(vars: &[&str]) -> Option<Vec<String>> {
+    let vals: Vec<_> = vars
+        .iter()
+        .map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .collect();
+    if vals.iter().all(Option::is_some) {
+        return Some(vals.into_iter().flatten().collect());
+    }
+    assert!(
+        !required(),
+        "emulator variables {vars:?} are required (CI / XFERKIT_REQUIRE_EMULATORS)"
+    );
+    eprintln!("note: {vars:?} not set; start emulators with `cargo xtask emulators start`");
+    None
+}
+
+fn xfer(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_xfer"))
+        .args([
+            "--config",
+            dir.join("xferkit.toml").to_str().unwrap(),
+            "--quiet",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env("XDG_DATA_HOME", dir.join("data"))
+        .env("XDG_CONFIG_HOME", dir.join("cfg"))
+        .env_remove("XFERKIT_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "xfer panicked: {stderr}");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        stderr,
+    )
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let (code, out, err) = xfer(dir, args);
+    assert_eq!(code, 0, "xfer {args:?} failed: {err}");
+    out
+}
+
+/// Upload, stat, ls, download, presign GET, rm: the whole CLI on one store.
+async fn exercise(store_toml: String, scheme: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("xferkit.toml"),
+        format!("default_store = \"remote\"\n[stores.remote]\n{store_toml}"),
+    )
+    .unwrap();
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(d.join("photo one.jpg"), &body).unwrap();
+
+    let url = ok(
+        d,
+        &[
+            "upload",
+            "photo one.jpg",
+            "--key",
+            "cli/photo one.jpg",
+            "--title",
+            "Hi",
+        ],
+    );
+    assert!(url.starts_with(&format!("{scheme}://")), "{url}");
+    let stat: serde_json::Value = serde_json::from_str(&ok(d, &["--json", "stat", &url])).unwrap();
+    assert_eq!(stat["size"], 3_000_000, "{stat}");
+    assert_eq!(stat["content_type"], "image/jpeg", "{stat}");
+    let prefix = url.rsplit_once('/').unwrap().0.to_string() + "/";
+    let listing = ok(d, &["ls", &prefix]);
+    assert!(listing.contains(&url), "ls {prefix} gave {listing}");
+    ok(d, &["download", &url, "back.jpg"]);
+    assert!(
+        std::fs::read(d.join("back.jpg")).unwrap() == body,
+        "download differs"
+    );
+    let link = ok(d, &["presign", &url, "--expires", "10m"]);
+    assert!(link.starts_with("http"), "{link}");
+    let fetched = reqwest::get(&link).await.unwrap();
+    assert!(
+        fetched.status().is_success(),
+        "presigned GET: {}",
+        fetched.status()
+    );
+    assert!(
+        fetched.bytes().await.unwrap() == body,
+        "presigned GET body differs"
+    );
+    // The link itself downloads through xfer too (the http store).
+    ok(d, &["download", &link, "via-link.jpg"]);
+    assert!(std::fs::read(d.join("via-link.jpg")).unwrap() == body);
+    ok(d, &["rm", &url]);
+    let (code, _, err) = xfer(d, &["stat", &url]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("not found") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
+fn prefix() -> String {
+    format!("cli-{}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfer_against_s3_from_config() {
+    let Some(v) = env(&[
+        "XFERKIT_S3S_ENDPOINT",
+        "XFERKIT_S3S_ACCESS_KEY",
+        "XFERKIT_S3S_SECRET_KEY",
+    ]) else {
+        return;
+    };
+    let toml = format!(
+        "backend = \"s3\"\nbucket = \"xferkit-cli\"\nendpoint = {:?}\nforce_path_style = true\n\
+         access_key_id = {:?}\nsecret_access_key = {:?}\nprefix = {:?}\n",
+        v[0],
+        v[1],
+        v[2],
+        prefix()
+    );
+    let fig = figment_store(&toml);
+    let store = xferkit_s3::S3Store::new("remote", fig).await.unwrap();
+    store.ensure_bucket().await.unwrap();
+    exercise(toml, "s3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfer_against_azure_from_config() {
+    let Some(v) = env(&[
+        "XFERKIT_AZURITE_ENDPOINT",
+        "XFERKIT_AZURITE_ACCOUNT",
+        "XFERKIT_AZURITE_KEY",
+    ]) else {
+        return;
+    };
+    let toml = format!(
+        "backend = \"azure\"\naccount = {:?}\ncontainer = \"xferkit-cli\"\nendpoint = {:?}\n\
+         account_key = {:?}\nprefix = {:?}\n",
+        v[1],
+        v[0],
+        v[2],
+        prefix()
+    );
+    let store = xferkit_azure::AzureStore::new("remote", figment_store(&toml))
+        .await
+        .unwrap();
+    store.create_container_if_missing().await.unwrap();
+    exercise(toml, "az").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfer_against_gcs_from_config() {
+    let Some(v) = env(&["XFERKIT_FAKE_GCS_ENDPOINT"]) else {
+        return;
+    };
+    let endpoint = v[0].trim_end_matches('/').to_string();
+    // Create the bucket (409 when it exists is fine).
+    let resp = reqwest::Client::new()
+        .post(format!("{endpoint}/storage/v1/b?project=xferkit-test"))
+        .header("content-type", "application/json")
+        .body(r#"{"name":"xferkit-cli"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.status().is_success() || resp.status().as_u16() == 409,
+        "{}",
+        resp.status()
+    );
+    let key = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../xferkit-gcs/tests/fixtures/TEST-ONLY-rsa-2048.pem");
+    let dir = tempfile::tempdir().unwrap();
+    let cred = dir.path().join("sa.json");
+    let pem = std::fs::read_to_string(&key).unwrap();
+    let sa = serde_json::json!({
+        "type": "service_account",
+        "project_id": "xferkit-test",
+        "private_key_id": "test",
+        "private_key": pem,
+        "client_email": "xferkit-test@xferkit-test.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "http://127.0.0.1:1/token",
+    });
+    std::fs::write(&cred, sa.to_string()).unwrap();
+    let toml = format!(
+        "backend = \"gcs\"\nbucket = \"xferkit-cli\"\nendpoint = {endpoint:?}\nanonymous = true\n\
+         credentials_file = {:?}\nprefix = {:?}\n",
+        cred.display().to_string(),
+        prefix()
+    );
+    exercise(toml, "gs").await;
+}
+
+/// Parse a store table the way the facade does (serde over TOML).
+fn figment_store<T: serde::de::DeserializeOwned>(toml: &str) -> T {
+    let table: toml::Table = toml.parse().unwrap();
+    let mut table = table;
+    table.remove("backend");
+    table.try_into().unwrap()
+}
