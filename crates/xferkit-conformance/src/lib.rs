@@ -4,8 +4,9 @@
 //! use xferkit_conformance::{Target, run};
 //! fn main() -> std::process::ExitCode {
 //!     run(vec![Target::from_env("s3@moto", &["XFERKIT_MOTO_ENDPOINT"], |vars, prefix| async move {
+//!         // Build a store rooted at `prefix` from the endpoint in `vars`.
 //!         # let _ = (vars, prefix);
-//!         todo!("build a store rooted at `prefix`")
+//!         Err(xferkit_core::Error::invalid_config("example only"))
 //!     })])
 //! }
 //! ```
