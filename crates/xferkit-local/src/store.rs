@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -486,11 +486,4 @@ impl FileTransferHandler for LocalStore {
     async fn list_pending_uploads(&self, _prefix: &str) -> Result<Vec<PendingUpload>> {
         Err(Error::not_supported(&self.name, "listing pending uploads"))
     }
-}
-
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<LocalStore>();
-    let _ = SystemTime::now();
 }

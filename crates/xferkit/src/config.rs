@@ -247,7 +247,7 @@ fn extract<T: serde::de::DeserializeOwned>(figment: &Figment, name: &str) -> Res
 }
 
 /// Build one store from `stores.NAME`.
-pub async fn build_store(figment: &Figment, name: &str) -> Result<DynHandlerAlias> {
+pub async fn build_store(figment: &Figment, name: &str) -> Result<xferkit_core::DynHandler> {
     let key = format!("stores.{name}.backend");
     let backend: String = figment.extract_inner(&key).map_err(|_| {
         Error::invalid_config(format!(
@@ -299,8 +299,6 @@ pub async fn build_store(figment: &Figment, name: &str) -> Result<DynHandlerAlia
         ))),
     }
 }
-
-type DynHandlerAlias = xferkit_core::DynHandler;
 
 /// Build every configured store (plus the `http` link store) into a registry.
 pub async fn build_registry(figment: &Figment, settings: &Settings) -> Result<Registry> {
