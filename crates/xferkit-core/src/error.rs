@@ -82,6 +82,17 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
+    /// A retryable failure that kept happening until the retry budget
+    /// ([`crate::RetryPolicy`]) was spent; `source` is the last failure.
+    /// Not itself retryable: the budget already covered that.
+    #[error("{target}: gave up after {attempts} attempts over {}", crate::retry::humanize(*elapsed))]
+    RetriesExhausted {
+        target: String,
+        attempts: u32,
+        elapsed: Duration,
+        #[source]
+        source: Box<Error>,
+    },
     /// Any other failure of the store or the local filesystem.
     #[error("{target}: {message}")]
     Backend {
@@ -108,6 +119,7 @@ pub enum ErrorKind {
     Cancelled,
     ChecksumMismatch,
     Transient,
+    RetriesExhausted,
     Backend,
 }
 
@@ -127,6 +139,7 @@ impl Error {
             Error::Cancelled { .. } => ErrorKind::Cancelled,
             Error::ChecksumMismatch { .. } => ErrorKind::ChecksumMismatch,
             Error::Transient { .. } => ErrorKind::Transient,
+            Error::RetriesExhausted { .. } => ErrorKind::RetriesExhausted,
             Error::Backend { .. } => ErrorKind::Backend,
         }
     }

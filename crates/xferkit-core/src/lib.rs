@@ -7,6 +7,7 @@ mod handler;
 pub mod key;
 pub mod manager;
 mod registry;
+mod retry;
 mod secret;
 mod types;
 pub mod url;
@@ -21,6 +22,7 @@ pub use manager::{
     TransferStatus,
 };
 pub use registry::{DynHandler, Registry};
+pub use retry::RetryPolicy;
 pub use secret::Secret;
 pub use types::{
     ByteRange, ByteStream, Capabilities, PendingUpload, PresignMethod, PresignedUrl, PutOptions,

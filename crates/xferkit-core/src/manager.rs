@@ -10,7 +10,7 @@
 
 use std::collections::{BinaryHeap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Error, ErrorKind, FileTransferExt, ProgressSink, PutOptions, Registry, RemoteObject, Result,
-    TransferCtx, UploadSource,
+    RetryPolicy, TransferCtx, UploadSource,
 };
 
 /// Default number of transfers running at once.
@@ -311,11 +311,24 @@ impl Transfer {
     }
 }
 
-struct Progress(Transfer);
+struct Progress {
+    transfer: Transfer,
+    /// Requests (parts) currently waiting to retry.
+    waiting: AtomicUsize,
+}
+
+impl Progress {
+    fn new(transfer: Transfer) -> Self {
+        Progress {
+            transfer,
+            waiting: AtomicUsize::new(0),
+        }
+    }
+}
 
 impl ProgressSink for Progress {
     fn add(&self, n: u64) {
-        self.0.update(|i| {
+        self.transfer.update(|i| {
             i.transferred += n;
             if let Some(s) = i.size {
                 i.transferred = i.transferred.min(s);
@@ -323,7 +336,34 @@ impl ProgressSink for Progress {
         });
     }
     fn set_total(&self, total: u64) {
-        self.0.update(|i| i.size = Some(total));
+        self.transfer.update(|i| i.size = Some(total));
+    }
+    // RetryLater while any request waits (showing the latest announced
+    // time), back to InProgress when the last one tries again.
+    fn retry_at(&self, at: Option<SystemTime>) {
+        match at {
+            Some(t) => {
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+                self.transfer.update(|i| {
+                    i.status = TransferStatus::RetryLater;
+                    i.retry_at = Some(t);
+                });
+            }
+            None => {
+                let before = self
+                    .waiting
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                        Some(w.saturating_sub(1))
+                    })
+                    .unwrap_or(0);
+                if before <= 1 {
+                    self.transfer.update(|i| {
+                        i.status = TransferStatus::InProgress;
+                        i.retry_at = None;
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -368,6 +408,7 @@ struct ManagerInner {
     state: Mutex<State>,
     listeners: RwLock<Vec<Arc<dyn FileTransferListener>>>,
     runtime: tokio::runtime::Handle,
+    retry: RwLock<RetryPolicy>,
 }
 
 /// Runs transfers against the stores of a [`Registry`].
@@ -403,12 +444,33 @@ impl TransferManager {
                 state: Mutex::new(State::default()),
                 listeners: RwLock::new(Vec::new()),
                 runtime: tokio::runtime::Handle::current(),
+                retry: RwLock::new(RetryPolicy::default()),
             }),
         }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.inner.registry
+    }
+
+    /// Use `policy` for every transfer started from now on.
+    pub fn with_retry_policy(self, policy: RetryPolicy) -> Self {
+        self.set_retry_policy(policy);
+        self
+    }
+
+    /// Change the retry policy of transfers started from now on.
+    pub fn set_retry_policy(&self, policy: RetryPolicy) {
+        *self.inner.retry.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
+    /// The retry policy new transfers get.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.inner
+            .retry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Follow every transfer of this manager.
@@ -541,7 +603,9 @@ async fn run(m: &Arc<ManagerInner>, t: Transfer) {
     *lock(&t.inner.started) = Some(Instant::now());
     t.update(|i| i.status = TransferStatus::InProgress);
     let token = t.inner.cancel.clone();
-    let ctx = TransferCtx::new(Arc::new(Progress(t.clone())), token.clone());
+    let policy = m.retry.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let ctx = TransferCtx::new(Arc::new(Progress::new(t.clone())), token.clone())
+        .with_retry_policy(policy);
     let work = perform(m, &t.inner.request, &ctx);
     // The handler is asked to stop through `ctx`; if it has not returned
     // shortly after, it is dropped so that stop always ends within a second.
