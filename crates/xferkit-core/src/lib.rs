@@ -14,7 +14,10 @@ pub mod url;
 
 pub use ctx::{ProgressSink, TransferCtx};
 pub use error::{BoxError, Error, ErrorKind, Result};
-pub use ext::{FileTransferExt, write_stream_atomically};
+pub use ext::{
+    DEFAULT_DOWNLOAD_CONCURRENCY, DEFAULT_DOWNLOAD_PART_SIZE, DEFAULT_PARALLEL_THRESHOLD,
+    DownloadOptions, FileTransferExt, RANGE_WRITE_BUFFER, write_stream_atomically,
+};
 pub use handler::FileTransferHandler;
 pub use key::{MAX_KEY_LEN, validate_key};
 pub use manager::{
