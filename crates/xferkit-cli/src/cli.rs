@@ -45,8 +45,10 @@ pub enum Command {
         #[arg(long, short)]
         store: Option<String>,
         /// Key within the store (default: the file's name).
+        // An OsString so that a key that is not UTF-8 gets xfer's one-line
+        // error naming it rather than clap's usage text.
         #[arg(long, short)]
-        key: Option<String>,
+        key: Option<OsString>,
         /// MIME type (default: guessed from the key).
         #[arg(long, value_name = "TYPE")]
         content_type: Option<String>,
@@ -114,6 +116,20 @@ pub enum Command {
     },
     /// List the configured stores.
     Stores,
+    /// Abort orphaned multipart uploads older than an age (S3); other stores say why they need none.
+    Gc {
+        /// URL prefix (`s3://bucket/photos/`); default: every configured store.
+        prefix: Option<String>,
+        /// Store to clean (instead of a URL prefix).
+        #[arg(long, short, conflicts_with = "prefix")]
+        store: Option<String>,
+        /// Only uploads started longer ago than this (`0s`, `90m`, `24h`, `7days`).
+        #[arg(long, default_value = "24h", value_parser = parse_age)]
+        older_than: Duration,
+        /// List what would be aborted, abort nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// HTTP method of a presigned URL.
@@ -129,6 +145,10 @@ fn parse_expiry(s: &str) -> Result<Duration, String> {
         return Err("must be longer than zero".into());
     }
     Ok(d)
+}
+
+fn parse_age(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 0s, 90m, 24h, 7days)"))
 }
 
 #[cfg(test)]

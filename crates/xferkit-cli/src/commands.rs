@@ -46,7 +46,12 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
                 None => cx.kit.registry().default_store()?,
             };
             let key = match key {
-                Some(k) => k,
+                Some(k) => k.into_string().map_err(|k| {
+                    Failure::from(Error::invalid_key(
+                        k.to_string_lossy(),
+                        "--key is not valid UTF-8 (keys must be UTF-8)",
+                    ))
+                })?,
                 None => key_from_file_name(&file)?,
             };
             let mut opts = PutOptions::default();
@@ -90,6 +95,12 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             method,
         } => presign(cx, &url, expires, method).await,
         Command::Stores => stores(cx),
+        Command::Gc {
+            prefix,
+            store,
+            older_than,
+            dry_run,
+        } => crate::gc::run(cx, prefix.as_deref(), store.as_deref(), older_than, dry_run).await,
     }
 }
 
@@ -194,7 +205,7 @@ async fn ls(cx: &Ctx, prefix: Option<&str>, store: Option<&str>) -> Result<(), F
 
 async fn cp(cx: &Ctx, src: &OsString, dst: &OsString, force: bool) -> Result<(), Failure> {
     let reg = cx.kit.registry();
-    match (target::classify(src), target::classify(dst)) {
+    match (target::classify(src)?, target::classify(dst)?) {
         (Location::Path(s), Location::Path(d)) => Err(Failure::usage(format!(
             "both `{}` and `{}` are local paths; use cp(1) to copy local files",
             s.display(),

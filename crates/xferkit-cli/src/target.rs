@@ -17,10 +17,16 @@ pub enum Location {
 }
 
 /// An operand containing `://` is a URL; anything else is a local path.
-pub fn classify(arg: &OsStr) -> Location {
+/// A URL that is not valid UTF-8 is refused (a lossy conversion would
+/// address another key).
+pub fn classify(arg: &OsStr) -> Result<Location, Failure> {
     match arg.to_str() {
-        Some(s) if s.contains("://") => Location::Url(s.to_string()),
-        _ => Location::Path(PathBuf::from(arg)),
+        Some(s) if s.contains("://") => Ok(Location::Url(s.to_string())),
+        None if arg.to_string_lossy().contains("://") => Err(Failure::from(Error::invalid_url(
+            arg.to_string_lossy(),
+            "not valid UTF-8 (object URLs and keys must be UTF-8)",
+        ))),
+        _ => Ok(Location::Path(PathBuf::from(arg))),
     }
 }
 
@@ -50,10 +56,37 @@ pub fn object(reg: &Registry, url: &str) -> Result<(DynHandler, String), Failure
                     ),
                 )));
             }
-            Err(e.into())
+            Err(invalid_key_in(reg, url).unwrap_or(e).into())
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Why no store owns `url`, when one owns a parent of it and the key it
+/// names there breaks the key rules (`%00`, `%5C`, too long, ...): an error
+/// naming the URL, the store and the rule, instead of "no store owns it".
+fn invalid_key_in(reg: &Registry, url: &str) -> Option<Error> {
+    let scheme_end = url.find("://")? + 3;
+    let mut cut = url.len();
+    while let Some(i) = url[scheme_end..cut].rfind('/') {
+        let parent = &url[..scheme_end + i + 1];
+        if let Ok((store, p)) = prefix(reg, parent) {
+            let rest = percent_decode_str(&url[scheme_end + i + 1..]).decode_utf8_lossy();
+            let key = format!("{p}{rest}");
+            return xferkit::validate_key(&key).err().map(|e| {
+                let reason = match e {
+                    Error::InvalidKey { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                Error::invalid_url(
+                    url,
+                    format!("store `{}` cannot hold key {key:?}: {reason}", store.name()),
+                )
+            });
+        }
+        cut = scheme_end + i;
+    }
+    None
 }
 
 /// The store owning the URL prefix `url` and the key prefix it names there.
@@ -181,9 +214,21 @@ mod tests {
 
     #[test]
     fn operands_with_a_scheme_are_urls() {
-        assert!(matches!(classify(OsStr::new("s3://b/k")), Location::Url(_)));
-        assert!(matches!(classify(OsStr::new("a/b.txt")), Location::Path(_)));
-        assert!(matches!(classify(OsStr::new("c:x")), Location::Path(_)));
+        assert!(matches!(
+            classify(OsStr::new("s3://b/k")),
+            Ok(Location::Url(_))
+        ));
+        assert!(matches!(
+            classify(OsStr::new("a/b.txt")),
+            Ok(Location::Path(_))
+        ));
+        assert!(matches!(classify(OsStr::new("c:x")), Ok(Location::Path(_))));
+        use std::os::unix::ffi::OsStrExt;
+        assert!(classify(OsStr::from_bytes(b"s3://b/\xff")).is_err());
+        assert!(matches!(
+            classify(OsStr::from_bytes(b"a\xff.txt")),
+            Ok(Location::Path(_))
+        ));
     }
 
     #[test]

@@ -77,9 +77,23 @@ impl ObjectUrl {
             ));
         }
         if !url.username().is_empty() || url.password().is_some() {
+            // Name the URL without the password the user put in it.
+            let mut shown = url.clone();
+            let _ = shown.set_password(None);
+            let _ = shown.set_username("");
+            return Err(Error::invalid_url(
+                shown.as_str(),
+                "credentials (user:password@) in URLs are not accepted",
+            ));
+        }
+        // `url` has already resolved `.`/`..` segments (also `%2e%2e`, and
+        // `\` as `/` in file URLs): an object URL naming `a/%2e%2e/x` would
+        // silently address `x`. Keys have no such segments, so refuse them,
+        // judging by the path as typed.
+        if has_dot_segment(input) {
             return Err(Error::invalid_url(
                 input,
-                "credentials in URLs are not accepted",
+                "the path has a '.' or '..' segment (also as %2e or %2E); object keys cannot contain them",
             ));
         }
         let decoded = percent_decode_str(url.path())
@@ -121,6 +135,23 @@ impl ObjectUrl {
     }
 }
 
+/// Whether the path of `input` (`scheme://authority/path?query#fragment`),
+/// as typed, has a `.` or `..` segment once percent-decoded, with `/` or
+/// `\\` as separators.
+fn has_dot_segment(input: &str) -> bool {
+    let Some((_, rest)) = input.split_once("://") else {
+        return false;
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let Some(slash) = rest.find(['/', '\\']) else {
+        return false;
+    };
+    percent_decode_str(&rest[slash..])
+        .decode_utf8_lossy()
+        .split(['/', '\\'])
+        .any(|seg| seg == "." || seg == "..")
+}
+
 /// Build `scheme://authority/encoded-path`.
 pub fn object_url(scheme: &str, authority: &str, path: &str) -> String {
     format!("{scheme}://{authority}/{}", encode_path(path))
@@ -158,11 +189,25 @@ mod tests {
             ("s3://b/k#f", "fragment"),
             ("s3://user:pw@b/k", "credentials"),
             ("file://host/x", "no host"),
+            ("s3://b/a/../x", "'..' segment"),
+            ("s3://b/a/%2e%2e/x", "'..' segment"),
+            ("s3://b/a/%2E%2e/x", "'..' segment"),
+            ("s3://b/./x", "'..' segment"),
+            ("file:///r/a%2F..%2Fx", "'..' segment"),
+            ("file:///r/a\\..\\x", "'..' segment"),
+            ("gs://b/..", "'..' segment"),
         ] {
             let e = ObjectUrl::parse(u).unwrap_err();
             assert_eq!(e.kind(), crate::ErrorKind::InvalidUrl, "{u}");
             assert!(e.to_string().contains(needle), "{u}: {e}");
         }
+        let e = ObjectUrl::parse("s3://user:hunter2@b/k").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        // Dots inside a segment are ordinary characters.
+        assert_eq!(
+            ObjectUrl::parse("s3://b/a/..x/.y").unwrap().path,
+            "a/..x/.y"
+        );
     }
 
     #[test]
