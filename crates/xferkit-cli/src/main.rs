@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod fail;
+mod gc;
 mod output;
 mod target;
 mod transfer;

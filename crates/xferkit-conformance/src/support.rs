@@ -119,4 +119,7 @@ impl FileTransferHandler for Counting {
     async fn list_pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
         self.inner.list_pending_uploads(prefix).await
     }
+    async fn abort_pending_upload(&self, pending: &PendingUpload) -> Result<()> {
+        self.inner.abort_pending_upload(pending).await
+    }
 }

@@ -58,6 +58,15 @@ use crate::{
 /// `prefix` (a plain string prefix, not only whole segments), each exactly
 /// once, paging through the store transparently, keys relative to the store.
 ///
+/// **Pending uploads.** Where [`Capabilities::list_pending_uploads`],
+/// [`abort_pending_upload`](Self::abort_pending_upload) aborts one upload as
+/// [`list_pending_uploads`](Self::list_pending_uploads) returned it and frees
+/// its parts: afterwards it is no longer listed. Aborting one that is already
+/// gone (completed or aborted meanwhile) is `Ok`. The key is not re-checked
+/// with [`crate::validate_key`]: orphans left by other tools must be
+/// removable too. Stores without such uploads keep the default, which is
+/// `NotSupported`.
+///
 /// **Errors.** Failures map to [`crate::Error`] kinds; retryable ones
 /// (throttling, 5xx, timeouts, resets) are `Transient`. No error, log line or
 /// `Debug` output contains a secret.
@@ -114,4 +123,15 @@ pub trait FileTransferHandler: Send + Sync + std::fmt::Debug {
     /// Incomplete multipart uploads under `prefix`, where
     /// [`Capabilities::list_pending_uploads`]; otherwise `NotSupported`.
     async fn list_pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>>;
+
+    /// Abort the incomplete multipart upload `pending` (one that
+    /// [`list_pending_uploads`](Self::list_pending_uploads) returned); one
+    /// already gone is `Ok`. Default: `NotSupported`.
+    async fn abort_pending_upload(&self, pending: &PendingUpload) -> Result<()> {
+        let _ = pending;
+        Err(crate::Error::not_supported(
+            self.name(),
+            "aborting pending uploads",
+        ))
+    }
 }

@@ -449,6 +449,30 @@ impl FileTransferHandler for S3Store {
             }
         }
     }
+
+    async fn abort_pending_upload(&self, pending: &PendingUpload) -> Result<()> {
+        let full = self.core.full(&pending.key);
+        let target = self.core.url_full(&full);
+        let r = self
+            .core
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.core.bucket)
+            .key(&full)
+            .upload_id(&pending.upload_id)
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => match map_sdk("AbortMultipartUpload", &target, Mode::Plain, e) {
+                // NoSuchUpload: completed or aborted meanwhile; gone either way.
+                e if e.kind() == ErrorKind::NotFound && !e.chain().contains("NoSuchBucket") => {
+                    Ok(())
+                }
+                e => Err(e),
+            },
+        }
+    }
 }
 
 #[cfg(test)]
