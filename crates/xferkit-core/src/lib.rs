@@ -9,6 +9,7 @@ pub mod manager;
 mod registry;
 mod retry;
 mod secret;
+pub mod signed;
 mod types;
 pub mod url;
 

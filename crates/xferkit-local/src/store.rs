@@ -7,6 +7,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use sha2::{Digest, Sha256};
+use xferkit_core::signed::UrlSigner;
 use xferkit_core::url::{ObjectUrl, file_url};
 use xferkit_core::{
     ByteRange, ByteStream, Capabilities, Error, FileTransferHandler, PendingUpload, PresignMethod,
@@ -26,6 +27,8 @@ pub struct LocalStore {
     name: String,
     root: PathBuf,
     root_str: String,
+    /// `serve_url` and its signer, when the store is served (`xfer serve`).
+    serve: Option<(String, UrlSigner)>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
@@ -74,11 +77,50 @@ impl LocalStore {
             })?
             .trim_end_matches('/')
             .to_string();
+        let serve = match (config.serve_url, config.signing_key) {
+            (None, None) => None,
+            (Some(base), Some(key)) => {
+                let parsed = url::Url::parse(&base).map_err(|e| {
+                    Error::invalid_config(format!(
+                        "stores.{name}.serve_url = {base:?} is not a URL: {e}"
+                    ))
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https")
+                    || parsed.query().is_some()
+                    || parsed.fragment().is_some()
+                {
+                    return Err(Error::invalid_config(format!(
+                        "stores.{name}.serve_url = {base:?} must be an http(s) URL without query or fragment"
+                    )));
+                }
+                let signer = UrlSigner::new(key, &format!("stores.{name}.signing_key"))?;
+                Some((base.trim_end_matches('/').to_string(), signer))
+            }
+            (Some(_), None) => {
+                return Err(Error::invalid_config(format!(
+                    "stores.{name}.serve_url is set but stores.{name}.signing_key is missing \
+                     (set XFERKIT_STORES__{}__SIGNING_KEY)",
+                    name.to_uppercase()
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(Error::invalid_config(format!(
+                    "stores.{name}.signing_key is set but stores.{name}.serve_url is missing"
+                )));
+            }
+        };
         Ok(LocalStore {
             name: name.to_string(),
             root,
             root_str,
+            serve,
         })
+    }
+
+    /// The `serve_url` and signer, when configured: what `xfer serve` needs
+    /// to check the URLs this store's `presign` hands out.
+    pub fn serve_config(&self) -> Option<(&str, &UrlSigner)> {
+        self.serve.as_ref().map(|(b, s)| (b.as_str(), s))
     }
 
     /// The canonical root directory.
@@ -303,6 +345,11 @@ impl FileTransferHandler for LocalStore {
         c.conditional_create = true;
         c.copy = true;
         c.metadata = true;
+        if self.serve.is_some() {
+            c.presign_get = true;
+            c.presign_put = true;
+            c.presign_verified = true;
+        }
         c
     }
 
@@ -473,14 +520,20 @@ impl FileTransferHandler for LocalStore {
     async fn presign(
         &self,
         key: &str,
-        _method: PresignMethod,
-        _expires_in: Duration,
+        method: PresignMethod,
+        expires_in: Duration,
     ) -> Result<PresignedUrl> {
         self.path_for(key)?;
-        Err(Error::not_supported(
-            &self.name,
-            "presign (local files have no shareable URL yet)",
-        ))
+        match &self.serve {
+            Some((base, signer)) => signer.sign(base, method, key, expires_in),
+            None => Err(Error::not_supported(
+                &self.name,
+                format!(
+                    "presign (set stores.{0}.serve_url and stores.{0}.signing_key, then run `xfer serve`)",
+                    self.name
+                ),
+            )),
+        }
     }
 
     async fn list_pending_uploads(&self, _prefix: &str) -> Result<Vec<PendingUpload>> {
