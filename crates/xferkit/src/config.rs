@@ -20,7 +20,10 @@ use figment::{Figment, Provider};
 use xferkit_core::{Error, Registry, Result};
 
 /// Top-level keys (anything else in the file is an error).
-pub const TOP_KEYS: &[&str] = &["default_store", "concurrency", "stores"];
+pub const TOP_KEYS: &[&str] = &["default_store", "concurrency", "stores", "thumbnail"];
+
+/// Keys every store accepts, whatever its backend.
+pub const STORE_KEYS: &[&str] = &["backend", "dedupe"];
 
 /// Backends this build knows of, compiled in or not.
 pub const ALL_BACKENDS: &[&str] = &["local", "s3", "gcs", "azure"];
@@ -33,9 +36,36 @@ pub struct Settings {
     pub default_store: String,
     /// Transfers the manager runs at once.
     pub concurrency: usize,
+    /// Thumbnails of image uploads (`[thumbnail]`).
+    #[serde(default)]
+    pub thumbnail: ThumbnailSettings,
     /// Store names, in order.
     #[serde(skip)]
     pub store_names: Vec<String>,
+}
+
+/// `[thumbnail]`: previews of image uploads (feature `thumbnail`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ThumbnailSettings {
+    /// Make a thumbnail when an image (JPEG, PNG, WebP, GIF) is uploaded.
+    pub enabled: bool,
+    /// Longest side of the thumbnail, in pixels (16..=4096).
+    pub max_side: u32,
+    /// Images with more pixels than this are not decoded (the thumbnail
+    /// fails with a clear error; the upload still succeeds).
+    pub max_pixels: u64,
+}
+
+impl Default for ThumbnailSettings {
+    fn default() -> Self {
+        ThumbnailSettings {
+            enabled: true,
+            max_side: 320,
+            max_pixels: 50_000_000,
+        }
+    }
 }
 
 /// Where the embedded local store keeps files by default.
@@ -152,16 +182,31 @@ fn figment_err(e: figment::Error) -> Error {
     // Parse errors span several lines (a source excerpt): keep one line.
     let msg = e
         .into_iter()
-        .map(|e| {
-            let text = e.to_string();
+        .map(|mut e| {
+            // figment 0.10 appends an `extract_inner("stores.NAME")` path
+            // after the field (`bucket.stores.NAME`): put it in front.
+            let n = e.path.len();
+            if n > 2 && e.path[n - 2] == "stores" {
+                e.path.rotate_right(2);
+            }
+            // With a key: `KEY: what is wrong`, the key as written in the
+            // file (figment's own text prefixes the profile, `default.`).
+            let text = if e.path.is_empty() {
+                e.to_string()
+            } else {
+                format!("{}: {}", e.path.join("."), e.kind)
+            };
             let mut line = text
                 .lines()
                 .filter(|l| !l.contains('|') && !l.trim().is_empty())
                 .map(str::trim)
                 .collect::<Vec<_>>()
                 .join(": ");
-            if let Some(src) = e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
-                let src = src.to_string();
+            if let Some(m) = e.metadata.as_ref() {
+                let src = match &m.source {
+                    Some(src) => src.to_string(),
+                    None => m.name.to_string(),
+                };
                 if !line.contains(&src) {
                     line = format!("{line} (in {src})");
                 }
@@ -195,6 +240,13 @@ impl Settings {
         let stores: BTreeMap<String, figment::value::Value> =
             figment.extract_inner("stores").map_err(figment_err)?;
         s.store_names = stores.keys().cloned().collect();
+        if !(16..=4096).contains(&s.thumbnail.max_side) {
+            return Err(Error::invalid_config(format!(
+                "thumbnail.max_side = {} (in {}) must be between 16 and 4096",
+                s.thumbnail.max_side,
+                origin(figment, "thumbnail.max_side")
+            )));
+        }
         if s.concurrency == 0 {
             return Err(Error::invalid_config(format!(
                 "concurrency must be at least 1 (in {})",
@@ -227,10 +279,10 @@ fn check_keys(figment: &Figment, name: &str, backend: &str, keys: &[&str]) -> Re
             ))
         })?;
     for k in dict.keys() {
-        if k != "backend" && !keys.contains(&k.as_str()) {
+        if !STORE_KEYS.contains(&k.as_str()) && !keys.contains(&k.as_str()) {
             let key = format!("{path}.{k}");
             return Err(Error::invalid_config(format!(
-                "unknown key `{key}` in {} (backend `{backend}` accepts: backend, {})",
+                "unknown key `{key}` in {} (backend `{backend}` accepts: backend, dedupe, {})",
                 origin(figment, &key),
                 keys.join(", ")
             )));
@@ -248,6 +300,23 @@ fn extract<T: serde::de::DeserializeOwned>(figment: &Figment, name: &str) -> Res
 
 /// Build one store from `stores.NAME`.
 pub async fn build_store(figment: &Figment, name: &str) -> Result<xferkit_core::DynHandler> {
+    build_store_from(figment, name).await.map_err(|e| match e {
+        // A backend's own checks name the key (`stores.NAME.KEY`); add
+        // where the table was written, as the facade's own errors do.
+        Error::InvalidConfig { message, source } if !message.contains("(in ") => {
+            Error::InvalidConfig {
+                message: format!(
+                    "{message} (in {})",
+                    origin(figment, &format!("stores.{name}"))
+                ),
+                source,
+            }
+        }
+        e => e,
+    })
+}
+
+async fn build_store_from(figment: &Figment, name: &str) -> Result<xferkit_core::DynHandler> {
     let key = format!("stores.{name}.backend");
     let backend: String = figment.extract_inner(&key).map_err(|_| {
         Error::invalid_config(format!(
@@ -310,6 +379,16 @@ pub async fn build_registry(figment: &Figment, settings: &Settings) -> Result<Re
             ));
         }
         reg.register(build_store(figment, name).await?);
+        let key = format!("stores.{name}.dedupe");
+        if let Ok(mode) = figment.extract_inner::<String>(&key) {
+            let what = format!("{key} (in {})", origin(figment, &key));
+            reg.set_dedupe(name, xferkit_core::Dedupe::parse(&mode, &what)?);
+        } else if figment.find_value(&key).is_ok() {
+            return Err(Error::invalid_config(format!(
+                "{key} (in {}) must be a string: \"content\" or \"off\"",
+                origin(figment, &key)
+            )));
+        }
     }
     reg.set_default(&settings.default_store)?;
     #[cfg(feature = "http")]
