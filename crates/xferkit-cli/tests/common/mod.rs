@@ -1,0 +1,306 @@
+//! Shared helpers for the `xfer` integration tests that need a sandbox, a
+//! clean environment and the emulator variables (bad_input.rs, secrets.rs,
+//! gc.rs). Each test binary uses a different subset.
+
+#![allow(dead_code, clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tempfile::TempDir;
+
+/// The unprivileged user `xfer` runs as when a test needs permissions to
+/// bite and the tests run as root (root reads a chmod-000 file anyway).
+pub const NOBODY: u32 = 65534;
+
+/// A temp home, XDG dirs, a working directory and (usually) a config file.
+pub struct Sandbox {
+    pub dir: TempDir,
+    pub config: Option<PathBuf>,
+    /// Run `xfer` as this uid/gid (see [`Sandbox::unprivileged`]).
+    pub uid: Option<u32>,
+    /// Extra environment variables for every run.
+    pub env: Vec<(String, String)>,
+}
+
+/// What one run of `xfer` did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout without its trailing newline.
+    pub fn out(&self) -> &str {
+        self.stdout.trim_end_matches('\n')
+    }
+}
+
+impl Sandbox {
+    /// A local store `local` rooted at `<sandbox>/root`.
+    pub fn local() -> Self {
+        let sb = Self::bare();
+        std::fs::create_dir(sb.root()).unwrap();
+        let toml = format!(
+            "[stores.local]\nbackend = \"local\"\nroot = {:?}\n",
+            sb.root().display().to_string()
+        );
+        sb.with_config(&toml)
+    }
+
+    /// No config file.
+    pub fn bare() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["home", "data", "cfg", "work"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        Sandbox {
+            dir,
+            config: None,
+            uid: None,
+            env: Vec::new(),
+        }
+    }
+
+    /// Use `toml` as the config file (`XFERKIT_CONFIG`).
+    pub fn with_config(mut self, toml: &str) -> Self {
+        let path = self.path("xferkit-test.toml");
+        std::fs::write(&path, toml).unwrap();
+        self.config = Some(path);
+        self
+    }
+
+    pub fn with_env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.path("work")
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.path("root")
+    }
+
+    /// `file://` URL prefix of the store `local`.
+    pub fn root_url(&self) -> String {
+        let root = std::fs::canonicalize(self.root()).unwrap();
+        format!("file://{}/", root.display())
+    }
+
+    /// Write a file in the working directory.
+    pub fn file(&self, name: impl AsRef<OsStr>, data: &[u8]) -> PathBuf {
+        let p = self.work().join(name.as_ref());
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    /// From now on run `xfer` as an unprivileged user if the tests run as
+    /// root, so that permission bits apply. Everything created so far is
+    /// opened up to that user; make the paths meant to be unreadable or
+    /// unwritable afterwards. Returns whether it switched.
+    pub fn unprivileged(&mut self) -> bool {
+        if !is_root() {
+            return false;
+        }
+        open_up(self.dir.path());
+        self.uid = Some(NOBODY);
+        true
+    }
+
+    pub fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xfer"));
+        cmd.args(args)
+            .current_dir(self.work())
+            .env_clear()
+            .env("HOME", self.path("home"))
+            .env("XDG_DATA_HOME", self.path("data"))
+            .env("XDG_CONFIG_HOME", self.path("cfg"))
+            // A panic would print its backtrace: more lines, caught below.
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null());
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        if let Some(c) = &self.config {
+            cmd.env("XFERKIT_CONFIG", c);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if let Some(uid) = self.uid {
+            cmd.uid(uid).gid(uid);
+        }
+        cmd
+    }
+
+    pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Run {
+        let out = self.command(args).output().unwrap();
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Run and expect success.
+    pub fn ok<S: AsRef<OsStr> + std::fmt::Debug>(&self, args: &[S]) -> Run {
+        let r = self.run(args);
+        assert_eq!(r.code, Some(0), "xfer {args:?} failed: {r:?}");
+        assert!(!r.stderr.contains("panicked"), "{r:?}");
+        r
+    }
+
+    /// Every file under the sandbox with its content (`None`: unreadable).
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+        let mut out = BTreeMap::new();
+        walk(self.dir.path(), &mut out);
+        out
+    }
+
+    /// Run `args`, expect the failure `check_failure` describes, and that
+    /// nothing changed: every file under the sandbox (sources, store, work
+    /// dir) has the same content as before, no file was added, and the
+    /// local store's temp directory is empty.
+    pub fn fails_cleanly<S: AsRef<OsStr> + std::fmt::Debug>(
+        &self,
+        args: &[S],
+        code: i32,
+        needles: &[&str],
+    ) -> Run {
+        let before = self.snapshot();
+        let r = self.run(args);
+        check_failure(&r, code, needles, &format!("{args:?}"));
+        let after = self.snapshot();
+        assert_eq!(
+            before.keys().collect::<Vec<_>>(),
+            after.keys().collect::<Vec<_>>(),
+            "xfer {args:?} added or removed files"
+        );
+        for (k, v) in &before {
+            assert!(after[k] == *v, "xfer {args:?} changed {}", k.display());
+        }
+        assert_no_temp_files(&self.root());
+        r
+    }
+}
+
+/// A failure: exit `code`, exactly one line on stderr that starts with
+/// `xfer: ` and contains every needle, no panic or backtrace.
+pub fn check_failure(r: &Run, code: i32, needles: &[&str], what: &str) {
+    assert_eq!(r.code, Some(code), "xfer {what}: {r:?}");
+    assert!(
+        r.stderr.ends_with('\n') && r.stderr.lines().count() == 1,
+        "xfer {what}: stderr is not exactly one line: {:?}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.starts_with("xfer: "),
+        "xfer {what}: {:?}",
+        r.stderr
+    );
+    for bad in ["panicked", "backtrace", "RUST_BACKTRACE"] {
+        assert!(!r.stderr.contains(bad), "xfer {what}: {:?}", r.stderr);
+    }
+    for n in needles {
+        assert!(
+            r.stderr.contains(n),
+            "xfer {what}: stderr does not name {n:?}: {:?}",
+            r.stderr
+        );
+    }
+}
+
+/// `root/.xferkit/tmp`, if present, holds nothing.
+pub fn assert_no_temp_files(root: &Path) {
+    let tmp = root.join(".xferkit").join("tmp");
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        let left: Vec<_> = entries.map(|e| e.unwrap().path()).collect();
+        assert!(left.is_empty(), "temp files left: {left:?}");
+    }
+}
+
+fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Option<Vec<u8>>>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        if meta.is_dir() {
+            walk(&p, out);
+        } else {
+            out.insert(p.clone(), std::fs::read(&p).ok());
+        }
+    }
+}
+
+/// chmod a+rwX everything under `dir` (and `dir`).
+fn open_up(dir: &Path) {
+    let meta = std::fs::symlink_metadata(dir).unwrap();
+    let mode = if meta.is_dir() { 0o777 } else { 0o666 };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+    if meta.is_dir() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            open_up(&e.unwrap().path());
+        }
+    }
+}
+
+/// Whether this process runs as root (uid 0), from `/proc/self/status`.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether missing emulators must fail tests (CI, `cargo xtask test`).
+pub fn required() -> bool {
+    ["CI", "XFERKIT_REQUIRE_EMULATORS"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0" && s != "false"))
+}
+
+/// The values of `vars`, or None (after failing under CI) when one is missing.
+pub fn emulator(vars: &[&str]) -> Option<Vec<String>> {
+    let vals: Vec<_> = vars
+        .iter()
+        .map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .collect();
+    if vals.iter().all(Option::is_some) {
+        return Some(vals.into_iter().flatten().collect());
+    }
+    assert!(
+        !required(),
+        "emulator variables {vars:?} are required (CI / XFERKIT_REQUIRE_EMULATORS)"
+    );
+    eprintln!(
+        "note: {vars:?} not set; skipping (start emulators with `cargo xtask emulators start`)"
+    );
+    None
+}
+
+/// A prefix unique to this test process and `tag`.
+pub fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{tag}-{}-{nanos}", std::process::id())
+}
