@@ -110,6 +110,9 @@ macro_rules! bail {
     ($($t:tt)*) => { return Err(Error(format!($($t)*))) };
 }
 
+// After `bail!`, so the module can use it.
+mod bench;
+
 // ---------------------------------------------------------------------------------------------
 // Entry point
 // ---------------------------------------------------------------------------------------------
@@ -122,6 +125,9 @@ usage:
   cargo xtask test [ARGS...]      run `cargo test --workspace --all-features ARGS...` against
                                   freshly started emulators, then stop them
   cargo xtask ci                  fmt --check, clippy -D warnings, test, cargo package
+  cargo xtask bench [--backend s3|gcs|azure|all] [--size 1GiB] [--runs 3] [--small-files 2000]
+                                  time xfer against curl, s5cmd, rclone, aws cli and cp on
+                                  its own emulator instances (see xtask/src/bench.rs)
 
 cache: $XFERKIT_EMULATOR_CACHE, or $HOME/.cache/xferkit-emulators";
 
@@ -151,6 +157,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
             Ok(exit_code(code))
         }
         ["ci"] => ci(&Workspace::locate()?),
+        ["bench", rest @ ..] => bench::run(&Workspace::locate()?, rest),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)

@@ -102,6 +102,14 @@ pub enum Command {
         /// Overwrite an existing local destination file.
         #[arg(long, short)]
         force: bool,
+        /// Copy a directory to a URL prefix, or everything under a URL prefix
+        /// to a directory, keeping relative paths as keys.
+        #[arg(long, short)]
+        recursive: bool,
+        /// With -r: files moving at once.
+        #[arg(long, value_name = "N", default_value_t = crate::tree::DEFAULT_TREE_CONCURRENCY,
+              value_parser = clap::value_parser!(u16).range(1..=1024))]
+        concurrency: u16,
     },
     /// Print a presigned URL for an object.
     Presign {

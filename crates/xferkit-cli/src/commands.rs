@@ -88,7 +88,16 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Cp { src, dst, force } => cp(cx, &src, &dst, force).await,
+        Command::Cp {
+            src,
+            dst,
+            force,
+            recursive: true,
+            concurrency,
+        } => crate::tree::cp(cx, &src, &dst, force, usize::from(concurrency)).await,
+        Command::Cp {
+            src, dst, force, ..
+        } => cp(cx, &src, &dst, force).await,
         Command::Presign {
             url,
             expires,

@@ -7,6 +7,7 @@ mod gc;
 mod output;
 mod target;
 mod transfer;
+mod tree;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
