@@ -25,3 +25,8 @@ fmt:
 
 clippy:
     cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+# Time xfer against curl, s5cmd, rclone, aws cli and cp on its own emulator instances
+# (e.g. `just bench --backend all`, `just bench --size 64MiB --runs 1 --small-files 200`).
+bench *ARGS:
+    cargo xtask bench {{ARGS}}
