@@ -20,8 +20,8 @@ use xferkit_core::key::{join_prefix, strip_prefix};
 use xferkit_core::url::{ObjectUrl, encode_path, object_url};
 use xferkit_core::{
     ByteRange, ByteStream, Capabilities, Error, FileTransferHandler, PendingUpload, PresignMethod,
-    PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx, UploadSource, async_trait,
-    validate_key,
+    PresignedUrl, PutOptions, RemoteObject, Result, RetryPolicy, TransferCtx, UploadSource,
+    async_trait, validate_key,
 };
 
 use crate::SCHEME;
@@ -35,6 +35,8 @@ pub struct AzureStore {
     pub(crate) name: String,
     pub(crate) cfg: Resolved,
     pub(crate) client: Client,
+    /// For requests outside a transfer (stat, list, delete, copy, GET).
+    pub(crate) retry: RetryPolicy,
 }
 
 impl fmt::Debug for AzureStore {
@@ -46,6 +48,7 @@ impl fmt::Debug for AzureStore {
             .field("prefix", &self.cfg.prefix)
             .field("endpoint", &self.cfg.endpoint.as_str())
             .field("credential", &self.cfg.credential)
+            .field("retry", &self.retry)
             .finish()
     }
 }
@@ -60,7 +63,16 @@ impl AzureStore {
             name: name.to_string(),
             cfg,
             client,
+            retry: RetryPolicy::default(),
         })
+    }
+
+    /// Retry requests made outside a transfer (stat, list, delete, copy,
+    /// opening a download) under `policy`. Uploads use the transfer's policy
+    /// ([`TransferCtx::retry_policy`]). The SDK's own retries are off.
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
     }
 
     /// Create the container if it does not exist (handy for tests and
@@ -134,10 +146,14 @@ impl AzureStore {
         let blob = self.blob(full);
         let mut delay = Duration::from_millis(100);
         loop {
-            let rsp = blob
-                .get_properties(None)
-                .await
-                .map_err(|e| map(Op::on(url), "poll copy", e))?;
+            let rsp = self
+                .retry
+                .retry(url, |_| async {
+                    blob.get_properties(None)
+                        .await
+                        .map_err(|e| map(Op::on(url), "poll copy", e))
+                })
+                .await?;
             let status = rsp
                 .copy_status()
                 .map_err(|e| map(Op::on(url), "poll copy", e))?;
@@ -265,12 +281,22 @@ impl FileTransferHandler for AzureStore {
             create_only: false,
             range: Some(&range_text),
         };
+        let blob = self.blob(&self.full_name(key));
         let res = self
-            .blob(&self.full_name(key))
-            .download(Some(options))
+            .retry
+            .retry(&url, |_| {
+                let options = options.clone();
+                let blob = &blob;
+                async move {
+                    blob.download(Some(options))
+                        .await
+                        .map_err(|e| map(op, "download", e))
+                }
+            })
             .await
-            .map_err(|e| match map(op, "download", e) {
-                // The object changed between the HEAD and the GET.
+            .map_err(|e| match e {
+                // The object changed between the HEAD and the GET: the caller
+                // may start over (a new HEAD, a new etag).
                 Error::PreconditionFailed { target, source } => Error::Transient {
                     target,
                     retry_after: None,
@@ -289,11 +315,15 @@ impl FileTransferHandler for AzureStore {
         validate_key(key)?;
         let full = self.full_name(key);
         let url = self.url_of_full(&full);
+        let blob = self.blob(&full);
         let rsp = self
-            .blob(&full)
-            .get_properties(None)
-            .await
-            .map_err(|e| map(Op::on(&url), "get blob properties", e))?;
+            .retry
+            .retry(&url, |_| async {
+                blob.get_properties(None)
+                    .await
+                    .map_err(|e| map(Op::on(&url), "get blob properties", e))
+            })
+            .await?;
         self.props_to_object(key, &url, &rsp)
     }
 
@@ -305,29 +335,68 @@ impl FileTransferHandler for AzureStore {
             self.cfg.container,
             encode_path(&full_prefix)
         );
-        let options = BlobContainerClientListBlobsOptions {
-            prefix: (!full_prefix.is_empty()).then_some(full_prefix),
-            include: Some(vec![ListBlobsIncludeItem::Metadata]),
-            ..Default::default()
-        };
-        let pager = match self.client.container.list_blobs(Some(options)) {
-            Ok(p) => p,
-            Err(e) => {
-                let err = map(Op::on(&target), "list blobs", e);
-                return Box::pin(futures::stream::once(async move { Err(err) }));
-            }
-        };
+        let prefix = (!full_prefix.is_empty()).then_some(full_prefix);
         // Items are mapped here, with a cheap clone of what they need.
         let store = ListCtx {
             prefix: self.cfg.prefix.clone(),
             account: self.cfg.account.clone(),
             container: self.cfg.container.clone(),
         };
-        let pages = pager.into_pages().map(move |page| {
-            let page = page.map_err(|e| map(Op::on(&target), "list blobs", e))?;
-            let model = page
-                .into_model()
-                .map_err(|e| map(Op::on(&target), "parse blob list", e))?;
+        let container = self.client.container.clone();
+        let policy = self.retry.clone();
+        // Paged by marker, one retried request per page: a failure repeats
+        // that page, not the listing.
+        let pages = futures::stream::try_unfold(Some(None::<String>), move |state| {
+            let (container, policy, target, prefix) = (
+                container.clone(),
+                policy.clone(),
+                target.clone(),
+                prefix.clone(),
+            );
+            async move {
+                let Some(marker) = state else {
+                    return Ok(None);
+                };
+                let model = policy
+                    .retry(&target, |_| {
+                        let options = BlobContainerClientListBlobsOptions {
+                            prefix: prefix.clone(),
+                            marker: marker.clone(),
+                            include: Some(vec![ListBlobsIncludeItem::Metadata]),
+                            ..Default::default()
+                        };
+                        let (container, target) = (&container, &target);
+                        async move {
+                            let pager = container
+                                .list_blobs(Some(options))
+                                .map_err(|e| map(Op::on(target), "list blobs", e))?;
+                            let page = pager
+                                .into_pages()
+                                .next()
+                                .await
+                                .ok_or_else(|| {
+                                    Error::backend(
+                                        target,
+                                        "list blobs returned no page",
+                                        "empty pager",
+                                    )
+                                })?
+                                .map_err(|e| map(Op::on(target), "list blobs", e))?;
+                            page.into_model()
+                                .map_err(|e| map(Op::on(target), "parse blob list", e))
+                        }
+                    })
+                    .await?;
+                let next = model
+                    .next_marker
+                    .clone()
+                    .filter(|m| !m.is_empty())
+                    .map(Some);
+                Ok::<_, Error>(Some((model, next)))
+            }
+        });
+        let pages = pages.map(move |model| {
+            let model = model?;
             Ok::<_, Error>(futures::stream::iter(
                 model
                     .blob_items
@@ -348,9 +417,22 @@ impl FileTransferHandler for AzureStore {
             delete_snapshots: Some(DeleteSnapshotsOptionType::Include),
             ..Default::default()
         };
-        match self.blob(&full).delete(Some(options)).await {
+        let blob = self.blob(&full);
+        let r = self
+            .retry
+            .retry(&url, |_| {
+                let options = options.clone();
+                let (blob, url) = (&blob, &url);
+                async move {
+                    blob.delete(Some(options))
+                        .await
+                        .map_err(|e| map(Op::on(url), "delete blob", e))
+                }
+            })
+            .await;
+        match r {
             Ok(_) => Ok(()),
-            Err(e) => match map(Op::on(&url), "delete blob", e) {
+            Err(e) => match e {
                 Error::NotFound { .. } => Ok(()),
                 other => Err(other),
             },
@@ -365,11 +447,16 @@ impl FileTransferHandler for AzureStore {
         // Copy Blob keeps content type, other properties and metadata when
         // the request sets none. Same-account copies finish at once on Azure
         // and Azurite; larger or cross-region ones are polled.
+        let blob = self.blob(&dst);
         let rsp = self
-            .blob(&dst)
-            .start_copy_from_url(self.authorized_url(&src), None)
+            .retry
+            .retry(&dst_url, |_| async {
+                blob.start_copy_from_url(self.authorized_url(&src), None)
+                    .await
+                    .map_err(|e| map(Op::on(&dst_url), "copy blob", e))
+            })
             .await
-            .map_err(|e| match map(Op::on(&dst_url), "copy blob", e) {
+            .map_err(|e| match e {
                 Error::NotFound { source, .. } => Error::NotFound {
                     target: src_url.clone(),
                     source,

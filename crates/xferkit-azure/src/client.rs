@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use azure_core::http::policies::{Policy, PolicyResult};
-use azure_core::http::{
-    ClientOptions, Context, ExponentialRetryOptions, Request, RetryOptions, Url,
-};
+use azure_core::http::{ClientOptions, Context, Request, RetryOptions, Url};
 use azure_storage_blob::{BlobContainerClient, BlobContainerClientOptions};
 use xferkit_core::{Error, Result};
 
@@ -57,7 +55,8 @@ pub(crate) fn append_query(url: &mut Url, extra: &str) {
 
 /// The SDK client plus what requests need to be authorized.
 pub(crate) struct Client {
-    pub container: BlobContainerClient,
+    /// Shared so a `'static` list stream can hold it.
+    pub container: Arc<BlobContainerClient>,
     /// The SAS appended to requests (and to copy sources), unless Entra ID.
     pub sas: Option<Arc<SasSource>>,
 }
@@ -81,16 +80,12 @@ impl Client {
             Credential::Sas(token) => Some(Arc::new(SasSource::Fixed(token.clone()))),
             Credential::EntraId => None,
         };
-        // The SDK retries throttling, 5xx and connection failures itself; keep
-        // that short (3 retries, ~1.5 s) and leave longer policies to a retry
-        // layer around the store, which sees those failures as `Transient`.
+        // Exactly one retry layer: xferkit's (`TransferCtx::retry` /
+        // `RetryPolicy::retry` around each request), which sees throttling,
+        // 5xx and connection failures as `Transient`. The SDK's own retries
+        // would multiply attempts and hide RetryLater from callers.
         let mut client_options = ClientOptions {
-            retry: RetryOptions::exponential(ExponentialRetryOptions {
-                initial_delay: azure_core::time::Duration::milliseconds(200),
-                max_retries: 3,
-                max_total_elapsed: azure_core::time::Duration::seconds(30),
-                max_delay: azure_core::time::Duration::seconds(4),
-            }),
+            retry: RetryOptions::none(),
             ..Default::default()
         };
         let credential: Option<Arc<dyn TokenCredential>> = match &sas {
@@ -126,7 +121,10 @@ impl Client {
                     crate::error::redact(&e.to_string())
                 ))
             })?;
-        Ok(Client { container, sas })
+        Ok(Client {
+            container: Arc::new(container),
+            sas,
+        })
     }
 }
 

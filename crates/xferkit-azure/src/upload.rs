@@ -6,6 +6,10 @@
 //! nothing exists under the key; if the upload fails or is stopped the staged
 //! blocks stay uncommitted, invisible, and Azure discards them after 7 days
 //! (there is no API to drop them earlier without creating a blob).
+//!
+//! Each request (Put Blob, each Put Block, Put Block List) goes through the
+//! transfer's retry policy on its own: a failed block is staged again, never
+//! the whole blob.
 
 use std::collections::HashMap;
 use std::num::NonZero;
@@ -155,10 +159,13 @@ async fn put_single(plan: &Plan<'_>, data: Bytes, ctx: &TransferCtx) -> Result<C
     };
     let blob = plan.store.blob(&plan.full);
     let rsp = ctx
-        .cancellable(&plan.url, async {
-            blob.upload(data.into(), Some(options))
-                .await
-                .map_err(|e| map(plan.op(), "put blob", e))
+        .retry(&plan.url, |_| {
+            let (data, options, blob) = (data.clone(), options.clone(), &blob);
+            async move {
+                blob.upload(data.into(), Some(options))
+                    .await
+                    .map_err(|e| map(plan.op(), "put blob", e))
+            }
         })
         .await?;
     ctx.add_progress(len);
@@ -176,28 +183,46 @@ fn block_id(upload: &Uuid, index: u32) -> Vec<u8> {
     id
 }
 
-/// Stage one block; returns its length once the service has it.
-async fn stage(plan: &Plan<'_>, upload: &Uuid, index: u32, data: Bytes) -> Result<u64> {
+/// Stage one block (retried on its own); returns its length once the
+/// service has it.
+async fn stage(
+    plan: &Plan<'_>,
+    upload: &Uuid,
+    index: u32,
+    data: Bytes,
+    ctx: &TransferCtx,
+) -> Result<u64> {
     let len = data.len() as u64;
-    plan.store
-        .blob(&plan.full)
-        .block_blob_client()
-        .stage_block(&block_id(upload, index), len, data.into(), None)
-        .await
-        .map_err(|e| map(plan.op(), "put block", e))?;
+    let blob = plan.store.blob(&plan.full).block_blob_client();
+    let id = block_id(upload, index);
+    ctx.retry(&format!("{} block {index}", plan.url), |_| {
+        let (data, blob, id) = (data.clone(), &blob, &id);
+        async move {
+            blob.stage_block(id, len, data.into(), None)
+                .await
+                .map_err(|e| map(plan.op(), "put block", e))
+        }
+    })
+    .await?;
     Ok(len)
 }
 
 /// A create-only upload of a key that already exists fails before any block
 /// is sent (the commit's `If-None-Match: *` still decides atomically).
-async fn precheck(plan: &Plan<'_>) -> Result<()> {
+async fn precheck(plan: &Plan<'_>, ctx: &TransferCtx) -> Result<()> {
     if plan.create_only {
-        match plan.store.blob(&plan.full).get_properties(None).await {
+        let blob = plan.store.blob(&plan.full);
+        let r = ctx
+            .retry(&plan.url, |_| async {
+                blob.get_properties(None)
+                    .await
+                    .map_err(|e| map(plan.op(), "check for existing blob", e))
+            })
+            .await;
+        match r {
             Ok(_) => return Err(Error::already_exists(&plan.url)),
-            Err(e) => match map(plan.op(), "check for existing blob", e) {
-                Error::NotFound { .. } => {}
-                other => return Err(other),
-            },
+            Err(Error::NotFound { .. }) => {}
+            Err(other) => return Err(other),
         }
     }
     Ok(())
@@ -212,26 +237,34 @@ async fn commit(
 ) -> Result<Committed> {
     // Past this point a stop would race the commit; check once, then finish.
     ctx.check(&plan.url)?;
-    let list = BlockLookupList {
-        latest: Some((0..blocks).map(|i| block_id(upload, i)).collect()),
-        ..Default::default()
-    };
-    let content: RequestContent<BlockLookupList, XmlFormat> = list
-        .try_into()
-        .map_err(|e| map(plan.op(), "encode block list", e))?;
     let options = BlockBlobClientCommitBlockListOptions {
         blob_content_type: Some(plan.content_type.clone()),
         metadata: Some(plan.metadata.clone()),
         if_none_match: plan.if_none_match(),
         ..Default::default()
     };
-    let rsp = plan
-        .store
-        .blob(&plan.full)
-        .block_blob_client()
-        .commit_block_list(content, Some(options))
-        .await
-        .map_err(|e| map(plan.op(), "put block list", e))?;
+    let blob = plan.store.blob(&plan.full).block_blob_client();
+    // Not cancellable (the policy's retry, not the transfer's): a commit
+    // dropped mid-flight may still take effect. Committing the same list
+    // again is harmless ("latest" finds the blocks committed by then).
+    let rsp = ctx
+        .retry_policy()
+        .retry(&plan.url, |_| {
+            let (options, blob) = (options.clone(), &blob);
+            async move {
+                let list = BlockLookupList {
+                    latest: Some((0..blocks).map(|i| block_id(upload, i)).collect()),
+                    ..Default::default()
+                };
+                let content: RequestContent<BlockLookupList, XmlFormat> = list
+                    .try_into()
+                    .map_err(|e| map(plan.op(), "encode block list", e))?;
+                blob.commit_block_list(content, Some(options))
+                    .await
+                    .map_err(|e| map(plan.op(), "put block list", e))
+            }
+        })
+        .await?;
     let bad = |e| map(plan.op(), "read put block list response", e);
     Ok(Committed {
         etag: rsp.etag().map_err(bad)?.as_ref().map(etag_text),
@@ -260,7 +293,7 @@ async fn staged_file(
         .ok()
         .filter(|n| u64::from(*n) <= MAX_BLOCKS)
         .ok_or_else(|| too_many_blocks(&plan.url))?;
-    precheck(plan).await?;
+    precheck(plan, ctx).await?;
     let upload = Uuid::new_v4();
     let label = path.display().to_string();
     let concurrency = plan.store.cfg.concurrency;
@@ -271,7 +304,7 @@ async fn staged_file(
                 let offset = u64::from(i) * bs;
                 let len = bs.min(size - offset);
                 let data = read_block(file, offset, len, &label).await?;
-                let n = stage(plan, &upload, i, data).await?;
+                let n = stage(plan, &upload, i, data, ctx).await?;
                 ctx.add_progress(n);
                 Ok::<_, Error>(())
             }
@@ -293,7 +326,7 @@ async fn staged_stream(
         None => plan.store.cfg.block_size,
     };
     let bs = usize::try_from(bs).unwrap_or(usize::MAX);
-    precheck(plan).await?;
+    precheck(plan, ctx).await?;
     let upload = Uuid::new_v4();
     let concurrency = plan.store.cfg.concurrency;
     let url = plan.url.clone();
@@ -309,7 +342,7 @@ async fn staged_stream(
                     .ok()
                     .filter(|n| u64::from(*n) < MAX_BLOCKS)
                     .ok_or_else(|| too_many_blocks(&url))?;
-                let n = stage(plan, &upload, index, block?).await?;
+                let n = stage(plan, &upload, index, block?, ctx).await?;
                 ctx.add_progress(n);
                 Ok::<_, Error>((index, n))
             }

@@ -244,10 +244,19 @@ async fn unreachable_endpoint_is_transient_and_leaks_nothing() {
     let mut c = AzureConfig::new(emu.account.clone(), CONTAINER);
     c.endpoint = Some(format!("http://127.0.0.1:{port}/{}", emu.account));
     c.account_key = Some(Secret::new(emu.key.clone()));
-    let s = AzureStore::new("down", c).await.unwrap();
+    let s = AzureStore::new("down", c)
+        .await
+        .unwrap()
+        .with_retry_policy(xferkit_core::RetryPolicy::none());
     let e = s.stat("k").await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Transient, "{}", e.chain());
-    assert!(e.is_retryable());
+    // One try (no retries), reported by the retry layer with the transient
+    // connection failure as its source.
+    assert_eq!(e.kind(), ErrorKind::RetriesExhausted, "{}", e.chain());
+    let xferkit_core::Error::RetriesExhausted { source, .. } = &e else {
+        unreachable!()
+    };
+    assert_eq!(source.kind(), ErrorKind::Transient, "{}", e.chain());
+    assert!(source.is_retryable());
     assert_no_secret(&e, &emu);
 }
 

@@ -17,8 +17,8 @@ use xferkit_core::key::{join_prefix, strip_prefix};
 use xferkit_core::url::{ObjectUrl, object_url};
 use xferkit_core::{
     ByteRange, ByteStream, Capabilities, Error, ErrorKind, FileTransferHandler, PendingUpload,
-    PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx, UploadSource,
-    async_trait, validate_key,
+    PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, RetryPolicy, TransferCtx,
+    UploadSource, async_trait, validate_key,
 };
 
 use crate::SCHEME;
@@ -39,6 +39,8 @@ pub struct GcsStore {
     threshold: u64,
     chunk_size: u64,
     gcs: Arc<Gcs>,
+    /// For requests outside a transfer (stat, list, delete, copy, GET).
+    retry: RetryPolicy,
 }
 
 impl fmt::Debug for GcsStore {
@@ -50,6 +52,7 @@ impl fmt::Debug for GcsStore {
             .field("multipart_threshold", &self.threshold)
             .field("chunk_size", &self.chunk_size)
             .field("client", &self.gcs)
+            .field("retry", &self.retry)
             .finish()
     }
 }
@@ -70,7 +73,17 @@ impl GcsStore {
             threshold: config.multipart_threshold,
             chunk_size: config.chunk_size,
             gcs: Arc::new(gcs),
+            retry: RetryPolicy::default(),
         })
+    }
+
+    /// Retry requests made outside a transfer (stat, list, delete, copy,
+    /// opening a download) under `policy`. Uploads use the transfer's policy
+    /// ([`TransferCtx::retry_policy`]). gcloud-storage is built without its
+    /// retry middleware, so this is the only retry layer.
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
     }
 
     /// Check `key`; its full object name and canonical URL.
@@ -87,11 +100,15 @@ impl GcsStore {
             object: full.to_string(),
             ..Default::default()
         };
-        self.gcs
-            .client
-            .get_object(&req)
+        self.retry
+            .retry(url, |_| async {
+                self.gcs
+                    .client
+                    .get_object(&req)
+                    .await
+                    .map_err(|e| map_sdk(url, e))
+            })
             .await
-            .map_err(|e| map_sdk(url, e))
     }
 
     fn can_sign(&self) -> bool {
@@ -186,11 +203,15 @@ impl FileTransferHandler for GcsStore {
             None => Range::default(),
         };
         let stream = self
-            .gcs
-            .client
-            .download_streamed_object(&req, &range)
-            .await
-            .map_err(|e| map_sdk(&url, e))?;
+            .retry
+            .retry(&url, |_| async {
+                self.gcs
+                    .client
+                    .download_streamed_object(&req, &range)
+                    .await
+                    .map_err(|e| map_sdk(&url, e))
+            })
+            .await?;
         let target = url;
         let stream: ByteStream = Box::pin(stream.map_err(move |e| map_sdk(&target, e)));
         Ok((remote, stream))
@@ -212,14 +233,17 @@ impl FileTransferHandler for GcsStore {
             format!("{store_prefix}/{prefix}")
         };
         let target = object_url(SCHEME, &bucket, &full_prefix);
+        let policy = self.retry.clone();
         // State: the next page token, or None once the last page was read.
+        // Each page is one retried request.
         let pages = futures::stream::try_unfold(Some(None::<String>), move |state| {
-            let (gcs, bucket, full_prefix, store_prefix, target) = (
+            let (gcs, bucket, full_prefix, store_prefix, target, policy) = (
                 gcs.clone(),
                 bucket.clone(),
                 full_prefix.clone(),
                 store_prefix.clone(),
                 target.clone(),
+                policy.clone(),
             );
             async move {
                 let Some(page_token) = state else {
@@ -231,11 +255,14 @@ impl FileTransferHandler for GcsStore {
                     page_token,
                     ..Default::default()
                 };
-                let resp = gcs
-                    .client
-                    .list_objects(&req)
-                    .await
-                    .map_err(|e| map_sdk(&target, e))?;
+                let resp = policy
+                    .retry(&target, |_| async {
+                        gcs.client
+                            .list_objects(&req)
+                            .await
+                            .map_err(|e| map_sdk(&target, e))
+                    })
+                    .await?;
                 let items: Vec<Result<RemoteObject>> = resp
                     .items
                     .unwrap_or_default()
@@ -266,9 +293,19 @@ impl FileTransferHandler for GcsStore {
             object: full,
             ..Default::default()
         };
-        match self.gcs.client.delete_object(&req).await {
+        let r = self
+            .retry
+            .retry(&url, |_| async {
+                self.gcs
+                    .client
+                    .delete_object(&req)
+                    .await
+                    .map_err(|e| map_sdk(&url, e))
+            })
+            .await;
+        match r {
             Ok(()) => Ok(()),
-            Err(e) => match map_sdk(&url, e) {
+            Err(e) => match e {
                 e if e.kind() == ErrorKind::NotFound => Ok(()),
                 e => Err(e),
             },
@@ -304,11 +341,15 @@ impl FileTransferHandler for GcsStore {
                 ..Default::default()
             };
             let resp = self
-                .gcs
-                .client
-                .rewrite_object(&req)
-                .await
-                .map_err(|e| map_sdk(&src_url, e))?;
+                .retry
+                .retry(&dst_url, |_| async {
+                    self.gcs
+                        .client
+                        .rewrite_object(&req)
+                        .await
+                        .map_err(|e| map_sdk(&src_url, e))
+                })
+                .await?;
             if resp.done {
                 let obj = match resp.resource {
                     Some(o) => o,

@@ -11,8 +11,15 @@
 //! progress is reported as the service acknowledges each. A failed or stopped
 //! upload cancels its session (`DELETE` on the session URI) before returning,
 //! so nothing is left behind.
+//!
+//! Retries (the transfer's `RetryPolicy`, through `TransferCtx::retry`) are
+//! per request: the one-request upload is sent again from its file or
+//! buffer; a failed chunk is not blindly resent: the next try first asks the
+//! session how much it has (`PUT` with `Content-Range: bytes */N`) and sends
+//! only the rest of the chunk.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -32,6 +39,34 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(1);
 const READ_BUF: usize = 256 * 1024;
 /// Chunk answers in a row that acknowledge nothing before giving up.
 const MAX_STALLS: u32 = 3;
+
+/// The body of a one-request upload, opened again for each try.
+enum Replay {
+    Path(PathBuf),
+    Bytes(Bytes),
+}
+
+impl Replay {
+    async fn open(&self, size: u64, target: &str) -> Result<ByteStream> {
+        match self {
+            Replay::Bytes(b) => {
+                let b = b.clone();
+                Ok(Box::pin(futures::stream::once(async move { Ok(b) })))
+            }
+            Replay::Path(path) => {
+                let shown = path.display().to_string();
+                let file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| Error::from_io(&shown, e))?;
+                let stream: ByteStream = Box::pin(
+                    tokio_util::io::ReaderStream::with_capacity(file, READ_BUF)
+                        .map_err(move |e| Error::from_io(&shown, e)),
+                );
+                Ok(exact_length(stream, size, target.to_string()))
+            }
+        }
+    }
+}
 
 /// One upload to do.
 pub(crate) struct UploadJob<'a> {
@@ -70,6 +105,13 @@ impl UploadJob<'_> {
                     .await
                     .map_err(|e| Error::from_io(&shown, e))?
                     .len();
+                if size <= self.threshold || size == 0 {
+                    ctx.set_total(size);
+                    return self
+                        .multipart(Replay::Path(path), size, ctx)
+                        .await
+                        .map_err(|e| self.create_only_error(e));
+                }
                 let stream: ByteStream = Box::pin(
                     tokio_util::io::ReaderStream::with_capacity(file, READ_BUF)
                         .map_err(move |e| Error::from_io(&shown, e)),
@@ -97,9 +139,14 @@ impl UploadJob<'_> {
 
     async fn sized(&self, stream: ByteStream, size: u64, ctx: &TransferCtx) -> Result<Object> {
         ctx.set_total(size);
-        let stream = exact_length(stream, size, self.target.clone());
+        let mut stream = exact_length(stream, size, self.target.clone());
         if size <= self.threshold || size == 0 {
-            self.multipart(stream, size, ctx).await
+            // Small: keep it in memory so a failed request can be sent again.
+            let mut buf = BytesMut::new();
+            while let Some(b) = next(&mut stream, ctx, &self.target).await? {
+                buf.extend_from_slice(&b);
+            }
+            self.multipart(Replay::Bytes(buf.freeze()), size, ctx).await
         } else {
             self.resumable(stream, Some(size), BytesMut::new(), ctx)
                 .await
@@ -119,8 +166,7 @@ impl UploadJob<'_> {
         if eof && buf.len() as u64 <= self.threshold {
             let size = buf.len() as u64;
             ctx.set_total(size);
-            let body: ByteStream = Box::pin(futures::stream::once(async move { Ok(buf.freeze()) }));
-            self.multipart(body, size, ctx).await
+            self.multipart(Replay::Bytes(buf.freeze()), size, ctx).await
         } else {
             self.resumable(stream, None, buf, ctx).await
         }
@@ -146,8 +192,19 @@ impl UploadJob<'_> {
         })
     }
 
-    /// One `uploadType=multipart` request, streaming the data.
-    async fn multipart(&self, data: ByteStream, size: u64, ctx: &TransferCtx) -> Result<Object> {
+    /// One `uploadType=multipart` request, streaming the data; retried as a whole.
+    async fn multipart(&self, data: Replay, size: u64, ctx: &TransferCtx) -> Result<Object> {
+        let obj = ctx
+            .retry(&self.target, |_| async {
+                let body = data.open(size, &self.target).await?;
+                self.multipart_once(body, size).await
+            })
+            .await?;
+        ctx.add_progress(size);
+        Ok(obj)
+    }
+
+    async fn multipart_once(&self, data: ByteStream, size: u64) -> Result<Object> {
         let boundary = format!("xferkit-{:032x}", rand::random::<u128>());
         let head = format!(
             "--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{}\r\n\
@@ -170,18 +227,12 @@ impl UploadJob<'_> {
             )
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(reqwest::Body::wrap_stream(body));
-        let obj = ctx
-            .cancellable(&self.target, async {
-                let resp = self.gcs.send(&self.target, rb).await?;
-                let body = resp
-                    .bytes()
-                    .await
-                    .map_err(|e| map_sdk(&self.target, e.into()))?;
-                parse_object(&self.target, &body)
-            })
-            .await?;
-        ctx.add_progress(size);
-        Ok(obj)
+        let resp = self.gcs.send(&self.target, rb).await?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| map_sdk(&self.target, e.into()))?;
+        parse_object(&self.target, &body)
     }
 
     /// A resumable upload; `buf` holds bytes already taken from `stream`.
@@ -200,7 +251,7 @@ impl UploadJob<'_> {
             }
         }
         let session_url = ctx
-            .cancellable(&self.target, self.start_session(declared))
+            .retry(&self.target, |_| self.start_session(declared))
             .await?;
         let session = self.gcs.client.get_resumable_upload(session_url);
         match self.send_chunks(&session, stream, declared, buf, ctx).await {
@@ -219,7 +270,7 @@ impl UploadJob<'_> {
             ..Default::default()
         };
         let r = ctx
-            .cancellable(&self.target, async {
+            .retry(&self.target, |_| async {
                 self.gcs
                     .client
                     .get_object(&req)
@@ -290,18 +341,11 @@ impl UploadJob<'_> {
             {
                 return Err(length_mismatch(&self.target, d, end, last));
             }
-            let range = if n == 0 {
-                ChunkSize::new(offset, offset, Some(offset))
-            } else {
-                ChunkSize::new(offset, end - 1, last.then_some(end))
-            };
             let data = buf.split_to(n).freeze();
+            let what = format!("{} chunk at byte {offset}", self.target);
             let status = ctx
-                .cancellable(&self.target, async {
-                    session
-                        .upload_multiple_chunk(data.clone(), &range)
-                        .await
-                        .map_err(|e| map_sdk(&self.target, e))
+                .retry(&what, |attempt| {
+                    self.send_chunk(session, &data, offset, last, declared, attempt)
                 })
                 .await?;
             let persisted = match status {
@@ -347,6 +391,52 @@ impl UploadJob<'_> {
             }
             offset = persisted;
         }
+    }
+
+    /// One try at the chunk `data` (bytes `offset..`; `last`: the end of
+    /// the object). After a failed try the session may hold part of it: ask
+    /// (`Content-Range: bytes */N`), then send only the rest.
+    async fn send_chunk(
+        &self,
+        session: &ResumableUploadClient,
+        data: &Bytes,
+        offset: u64,
+        last: bool,
+        declared: Option<u64>,
+        attempt: u32,
+    ) -> Result<UploadStatus> {
+        let map = |e| map_sdk(&self.target, e);
+        let end = offset + data.len() as u64;
+        let range_from = |start: u64| {
+            if start == end {
+                ChunkSize::new(start, start, Some(start))
+            } else {
+                ChunkSize::new(start, end - 1, last.then_some(end))
+            }
+        };
+        if attempt > 1 && !data.is_empty() {
+            match session.status(declared).await.map_err(map)? {
+                UploadStatus::Ok(obj) => return Ok(UploadStatus::Ok(obj)),
+                UploadStatus::ResumeIncomplete(r) if r.last_byte + 1 >= end => {
+                    return Ok(UploadStatus::ResumeIncomplete(r));
+                }
+                UploadStatus::ResumeIncomplete(r) if r.last_byte + 1 > offset => {
+                    let have = r.last_byte + 1;
+                    tracing::debug!(target = %self.target, offset, have, "resending the rest of a chunk");
+                    let skip = usize::try_from(have - offset).unwrap_or(0);
+                    return session
+                        .upload_multiple_chunk(data.slice(skip..), &range_from(have))
+                        .await
+                        .map_err(map);
+                }
+                // Nothing of this chunk arrived: send it all again.
+                _ => {}
+            }
+        }
+        session
+            .upload_multiple_chunk(data.clone(), &range_from(offset))
+            .await
+            .map_err(map)
     }
 
     /// Best effort: log and carry on if the session cannot be cancelled.

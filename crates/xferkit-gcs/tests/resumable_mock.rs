@@ -6,7 +6,11 @@
 //!   `AlreadyExists`, with the session cancelled;
 //! - bytes the service did not persist (`Range` shorter than the chunk) are
 //!   sent again;
-//! - a 503 on a chunk is `Transient`, and the session is cancelled.
+//! - a 503 on every chunk try ends, after the retry budget, in
+//!   `RetriesExhausted` over a `Transient` error, each retry asking the
+//!   session for its offset first, and the session is cancelled;
+//! - a chunk that failed after the service kept part of it is resumed from
+//!   the session's offset, not sent again from its start.
 
 // Test helpers outside #[test] functions: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -15,10 +19,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
 use xferkit_core::{
-    ErrorKind, FileTransferHandler, ProgressSink, PutOptions, TransferCtx, UploadSource,
+    Error, ErrorKind, FileTransferHandler, ProgressSink, PutOptions, RetryPolicy, TransferCtx,
+    UploadSource,
 };
 use xferkit_gcs::{GcsConfig, GcsStore};
 
@@ -278,6 +285,100 @@ async fn unpersisted_bytes_are_sent_again() {
     );
 }
 
+/// A retry policy that does not make the tests wait.
+fn quick(attempts: u32) -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_attempts(attempts)
+        .with_initial_backoff(Duration::from_millis(1))
+        .with_max_backoff(Duration::from_millis(5))
+}
+
+/// A status query (`Content-Range: bytes */N`) rather than data.
+fn is_status_query(r: &Req) -> bool {
+    r.headers
+        .get("content-range")
+        .is_some_and(|v| v.starts_with("bytes */"))
+}
+
+#[tokio::test]
+async fn a_failed_chunk_resumes_from_the_session_offset() {
+    let received = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (rec, failed) = (received.clone(), failed_once.clone());
+    let handler: Handler = Arc::new(move |r: &Req, base: &str| match r.method.as_str() {
+        "POST" => resp(200, &[("Location", &format!("{base}/session/4"))], "{}"),
+        "PUT" if is_status_query(r) => {
+            let have = rec.lock().unwrap().len();
+            if have == 0 {
+                resp(308, &[], "")
+            } else {
+                resp(308, &[("Range", &format!("bytes=0-{}", have - 1))], "")
+            }
+        }
+        "PUT" => {
+            let (a, _, total) = content_range(r);
+            let mut got = rec.lock().unwrap();
+            assert_eq!(
+                a as usize,
+                got.len(),
+                "data resumes at the persisted offset"
+            );
+            if !failed.swap(true, Ordering::SeqCst) {
+                // Keep the first 256 KiB of the first chunk, then fail.
+                got.extend_from_slice(&r.body[..256 * KIB]);
+                return resp(503, &[], &error_json(503, "Backend Error"));
+            }
+            got.extend_from_slice(&r.body);
+            let persisted = got.len() as u64;
+            match total {
+                Some(t) if persisted == t => resp(200, &[], &object_json("k/r.bin", t as usize)),
+                _ => resp(308, &[("Range", &format!("bytes=0-{}", persisted - 1))], ""),
+            }
+        }
+        "DELETE" => resp(499, &[], ""),
+        _ => resp(400, &[], ""),
+    });
+    let (base, log) = serve(handler).await;
+    let s = store(&base, 512 * KIB).await;
+    let data: Vec<u8> = (0..1024 * KIB).map(|i| (i % 241) as u8).collect();
+    let progress = Arc::new(Progress::default());
+    let ctx = TransferCtx::new(progress.clone(), Default::default()).with_retry_policy(quick(4));
+    let obj = s
+        .upload(
+            "k/r.bin",
+            UploadSource::from_bytes(data.clone()),
+            &PutOptions::default(),
+            &ctx,
+        )
+        .await
+        .unwrap();
+    assert_eq!(obj.size, data.len() as u64);
+    assert_eq!(
+        *received.lock().unwrap(),
+        data,
+        "bytes reassembled in order"
+    );
+    assert_eq!(progress.0.load(Ordering::SeqCst), data.len() as u64);
+    let log = log.lock().unwrap().clone();
+    let puts: Vec<&Req> = log.iter().filter(|r| r.method == "PUT").collect();
+    // chunk 1 (fails after 256 KiB), status query, rest of chunk 1, chunk 2.
+    assert_eq!(
+        puts.len(),
+        4,
+        "{:?}",
+        puts.iter()
+            .map(|r| r.headers.get("content-range"))
+            .collect::<Vec<_>>()
+    );
+    assert!(is_status_query(puts[1]));
+    assert_eq!(
+        content_range(puts[2]).0,
+        256 * KIB as u64,
+        "only the rest is resent"
+    );
+    assert_eq!(puts[2].body.len(), 256 * KIB);
+}
+
 #[tokio::test]
 async fn server_error_on_a_chunk_is_transient_and_cancels() {
     let handler: Handler = Arc::new(|r: &Req, base: &str| match r.method.as_str() {
@@ -293,17 +394,30 @@ async fn server_error_on_a_chunk_is_transient_and_cancels() {
             "k/y.bin",
             UploadSource::from_bytes(vec![1u8; 600 * KIB]),
             &PutOptions::default(),
-            &TransferCtx::none(),
+            &TransferCtx::none().with_retry_policy(quick(3)),
         )
         .await
         .unwrap_err();
-    assert!(err.is_retryable(), "{}", err.chain());
+    let Error::RetriesExhausted {
+        source, attempts, ..
+    } = &err
+    else {
+        panic!("expected RetriesExhausted: {}", err.chain());
+    };
+    assert_eq!(*attempts, 3);
+    assert!(source.is_retryable(), "{}", err.chain());
+    assert!(err.chain().contains("chunk at byte 0"), "{}", err.chain());
     assert!(
         !err.chain().contains("session/3"),
         "session URI leaked: {}",
         err.chain()
     );
     let log = log.lock().unwrap().clone();
+    // The data once, then before each retry a status query (which fails too).
+    let puts: Vec<&Req> = log.iter().filter(|r| r.method == "PUT").collect();
+    assert_eq!(puts.len(), 3);
+    assert!(!is_status_query(puts[0]));
+    assert!(is_status_query(puts[1]) && is_status_query(puts[2]));
     assert!(
         log.iter()
             .any(|r| r.method == "DELETE" && r.target == "/session/3"),

@@ -12,8 +12,8 @@ use futures::{StreamExt, TryStreamExt};
 use xferkit_core::url::ObjectUrl;
 use xferkit_core::{
     ByteRange, ByteStream, Capabilities, Error, ErrorKind, FileTransferHandler, PendingUpload,
-    PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx, UploadSource,
-    async_trait, validate_key,
+    PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, RetryPolicy, TransferCtx,
+    UploadSource, async_trait, validate_key,
 };
 
 use crate::S3Config;
@@ -26,6 +26,8 @@ use crate::writer::Upload;
 pub struct S3Store {
     name: String,
     core: Arc<Core>,
+    /// For requests outside a transfer (stat, list, delete, copy, GET).
+    retry: RetryPolicy,
 }
 
 impl fmt::Debug for S3Store {
@@ -33,6 +35,7 @@ impl fmt::Debug for S3Store {
         f.debug_struct("S3Store")
             .field("name", &self.name)
             .field("core", &self.core)
+            .field("retry", &self.retry)
             .finish()
     }
 }
@@ -47,7 +50,16 @@ impl S3Store {
         Ok(S3Store {
             name: name.to_string(),
             core: Arc::new(Core::new(&config).await?),
+            retry: RetryPolicy::default(),
         })
+    }
+
+    /// Retry requests made outside a transfer (stat, list, delete, copy,
+    /// opening a download) under `policy`. Uploads use the transfer's policy
+    /// ([`TransferCtx::retry_policy`]). The SDK's own retries are off.
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
     }
 
     /// The bucket this store lives in.
@@ -84,14 +96,18 @@ impl S3Store {
     async fn head(&self, key: &str, full: &str) -> Result<RemoteObject> {
         let target = self.core.url_full(full);
         let out = self
-            .core
-            .client
-            .head_object()
-            .bucket(&self.core.bucket)
-            .key(full)
-            .send()
-            .await
-            .map_err(|e| map_sdk("HeadObject", &target, Mode::Plain, e))?;
+            .retry
+            .retry(&target, |_| async {
+                self.core
+                    .client
+                    .head_object()
+                    .bucket(&self.core.bucket)
+                    .key(full)
+                    .send()
+                    .await
+                    .map_err(|e| map_sdk("HeadObject", &target, Mode::Plain, e))
+            })
+            .await?;
         Ok(self.core.object(
             key,
             out.content_length().unwrap_or(0).max(0) as u64,
@@ -121,18 +137,22 @@ impl S3Store {
             r.resolve(u64::MAX, &target)?;
         }
         let sent = self
-            .core
-            .client
-            .get_object()
-            .bucket(&self.core.bucket)
-            .key(full)
-            .set_range(range.map(|r| r.to_http_header()))
-            .send()
+            .retry
+            .retry(&target, |_| async {
+                self.core
+                    .client
+                    .get_object()
+                    .bucket(&self.core.bucket)
+                    .key(full)
+                    .set_range(range.map(|r| r.to_http_header()))
+                    .send()
+                    .await
+                    .map_err(|e| map_sdk("GetObject", &target, Mode::Plain, e))
+            })
             .await;
         let out = match sent {
             Ok(out) => out,
             Err(e) => {
-                let e = map_sdk("GetObject", &target, Mode::Plain, e);
                 return match (e.kind(), range) {
                     (ErrorKind::InvalidRange, Some(r)) => {
                         // Unsatisfiable for S3, but a suffix of an empty object is
@@ -276,17 +296,47 @@ impl FileTransferHandler for S3Store {
         let core = self.core.clone();
         let full_prefix = core.list_prefix(prefix);
         let target = core.url_full(&full_prefix);
-        let mut pages = core
-            .client
-            .list_objects_v2()
-            .bucket(&core.bucket)
-            .prefix(&full_prefix)
-            .into_paginator()
-            .send();
-        let pages = stream::poll_fn(move |cx| pages.poll_next(cx));
+        let policy = self.retry.clone();
+        // Paged by hand so each page is one retried request: a failure
+        // repeats that page, not the listing.
+        let page_core = core.clone();
+        let pages = stream::try_unfold(Some(None::<String>), move |token| {
+            let (core, policy, target, full_prefix) = (
+                page_core.clone(),
+                policy.clone(),
+                target.clone(),
+                full_prefix.clone(),
+            );
+            async move {
+                let Some(token) = token else {
+                    return Ok(None);
+                };
+                let page = policy
+                    .retry(&target, |_| {
+                        let req = core
+                            .client
+                            .list_objects_v2()
+                            .bucket(&core.bucket)
+                            .prefix(&full_prefix)
+                            .set_continuation_token(token.clone());
+                        let target = &target;
+                        async move {
+                            req.send()
+                                .await
+                                .map_err(|e| map_sdk("ListObjectsV2", target, Mode::Plain, e))
+                        }
+                    })
+                    .await?;
+                let next = match page.next_continuation_token() {
+                    Some(t) if page.is_truncated().unwrap_or(false) => Some(Some(t.to_string())),
+                    _ => None,
+                };
+                Ok::<_, Error>(Some((page, next)))
+            }
+        });
         pages
             .map(move |page| {
-                let page = page.map_err(|e| map_sdk("ListObjectsV2", &target, Mode::Plain, e))?;
+                let page = page?;
                 let objects = page
                     .contents()
                     .iter()
@@ -312,17 +362,23 @@ impl FileTransferHandler for S3Store {
     async fn delete(&self, key: &str) -> Result<()> {
         validate_key(key)?;
         let target = self.core.url(key);
+        let full = self.core.full(key);
         let r = self
-            .core
-            .client
-            .delete_object()
-            .bucket(&self.core.bucket)
-            .key(self.core.full(key))
-            .send()
+            .retry
+            .retry(&target, |_| async {
+                self.core
+                    .client
+                    .delete_object()
+                    .bucket(&self.core.bucket)
+                    .key(&full)
+                    .send()
+                    .await
+                    .map_err(|e| map_sdk("DeleteObject", &target, Mode::Plain, e))
+            })
             .await;
         match r {
             Ok(_) => Ok(()),
-            Err(e) => match map_sdk("DeleteObject", &target, Mode::Plain, e) {
+            Err(e) => match e {
                 // Deleting what is not there is done already (the bucket,
                 // though, must exist: S3 says NoSuchBucket then, kept).
                 e if e.kind() == ErrorKind::NotFound && !e.chain().contains("NoSuchBucket") => {
@@ -341,17 +397,21 @@ impl FileTransferHandler for S3Store {
         // `x-amz-copy-source` is `bucket/key`, percent-encoded (keeping `/`).
         let copy_source = xferkit_core::url::encode_path(&format!("{}/{}", self.core.bucket, src));
         let r = self
-            .core
-            .client
-            .copy_object()
-            .bucket(&self.core.bucket)
-            .key(&dst)
-            .copy_source(copy_source)
-            .metadata_directive(MetadataDirective::Copy)
-            .send()
+            .retry
+            .retry(&dst_url, |_| async {
+                self.core
+                    .client
+                    .copy_object()
+                    .bucket(&self.core.bucket)
+                    .key(&dst)
+                    .copy_source(&copy_source)
+                    .metadata_directive(MetadataDirective::Copy)
+                    .send()
+                    .await
+                    .map_err(|e| map_sdk("CopyObject", &dst_url, Mode::Plain, e))
+            })
             .await;
         if let Err(e) = r {
-            let e = map_sdk("CopyObject", &dst_url, Mode::Plain, e);
             return Err(match e {
                 // The destination needs no existing object; a missing one is the source.
                 Error::NotFound { source, .. } => Error::NotFound {
@@ -416,17 +476,26 @@ impl FileTransferHandler for S3Store {
         let mut out = Vec::new();
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
         loop {
+            let (km, im) = (key_marker.take(), id_marker.take());
             let page = self
-                .core
-                .client
-                .list_multipart_uploads()
-                .bucket(&self.core.bucket)
-                .prefix(&full_prefix)
-                .set_key_marker(key_marker.take())
-                .set_upload_id_marker(id_marker.take())
-                .send()
-                .await
-                .map_err(|e| map_sdk("ListMultipartUploads", &target, Mode::Plain, e))?;
+                .retry
+                .retry(&target, |_| {
+                    let req = self
+                        .core
+                        .client
+                        .list_multipart_uploads()
+                        .bucket(&self.core.bucket)
+                        .prefix(&full_prefix)
+                        .set_key_marker(km.clone())
+                        .set_upload_id_marker(im.clone());
+                    let target = &target;
+                    async move {
+                        req.send()
+                            .await
+                            .map_err(|e| map_sdk("ListMultipartUploads", target, Mode::Plain, e))
+                    }
+                })
+                .await?;
             for u in page.uploads() {
                 let (Some(full), Some(id)) = (u.key(), u.upload_id()) else {
                     continue;
@@ -560,9 +629,21 @@ mod tests {
 
     #[tokio::test]
     async fn connection_errors_are_transient_and_name_the_url() {
-        let s = S3Store::new("media", store_config()).await.unwrap();
+        let s = S3Store::new("media", store_config())
+            .await
+            .unwrap()
+            .with_retry_policy(RetryPolicy::none());
         let e = s.stat("k").await.unwrap_err();
-        assert!(e.is_retryable(), "{}", e.chain());
+        // One try, then the retry layer reports the (retryable) failure.
+        let Error::RetriesExhausted {
+            source,
+            attempts: 1,
+            ..
+        } = &e
+        else {
+            panic!("expected RetriesExhausted after 1 attempt: {e:?}");
+        };
+        assert!(source.is_retryable(), "{}", e.chain());
         assert!(e.to_string().contains("s3://bkt/p/q/k"), "{e}");
         assert!(!e.chain().contains("s3cr3t-value"));
     }

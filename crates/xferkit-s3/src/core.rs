@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::SystemTime;
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::DateTime;
@@ -85,6 +86,10 @@ impl Core {
             builder = builder.endpoint_url(ep.trim_end_matches('/'));
         }
         builder = builder.force_path_style(config.force_path_style);
+        // Exactly one retry layer: xferkit's (`TransferCtx::retry` around
+        // each request, see `xferkit_core::RetryPolicy`). The SDK's own
+        // retries would multiply attempts and hide RetryLater from callers.
+        builder = builder.retry_config(RetryConfig::disabled());
         Ok(Core {
             client: Client::from_conf(builder.build()),
             bucket: config.bucket.clone(),

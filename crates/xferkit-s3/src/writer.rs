@@ -1,5 +1,9 @@
 //! Uploads: one `PutObject` up to `multipart_threshold`, a multipart upload
 //! with bounded concurrent parts above it.
+//!
+//! Every request goes through the transfer's retry policy on its own
+//! (`TransferCtx::retry`): a failed part is sent again, never the file. A
+//! multipart upload that fails or is stopped is aborted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::SeekFrom;
@@ -13,13 +17,17 @@ use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::task::JoinSet;
 use xferkit_core::{
-    ByteStream, Error, PutOptions, RemoteObject, Result, TransferCtx, UploadSource,
+    ByteStream, Error, ErrorKind, PutOptions, RemoteObject, Result, RetryPolicy, TransferCtx,
+    UploadSource,
 };
 
 use crate::config::{MAX_PART_SIZE, MAX_PARTS};
 use crate::core::{Core, Mode, encode_metadata, map_sdk, unquote};
 
 const MIB: u64 = 1024 * 1024;
+
+/// Longest time spent aborting a failed or stopped multipart upload.
+const ABORT_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// One upload to one key.
 pub(crate) struct Upload<'a> {
@@ -33,6 +41,12 @@ pub(crate) struct Upload<'a> {
     /// As given, for the returned record.
     user_metadata: BTreeMap<String, String>,
     mode: Mode,
+}
+
+/// The body of a single `PutObject`, re-opened for each try.
+enum Body {
+    Path(PathBuf),
+    Bytes(Bytes),
 }
 
 /// Where the bytes of one part come from.
@@ -144,15 +158,7 @@ impl<'a> Upload<'a> {
                     .map_err(|e| Error::from_io(path.display().to_string(), e))?
                     .len();
                 if size <= threshold {
-                    let body = SdkStream::read_from()
-                        .path(&path)
-                        .length(Length::Exact(size))
-                        .build()
-                        .await
-                        .map_err(|e| {
-                            Error::backend(path.display().to_string(), "cannot read file", e)
-                        })?;
-                    self.put_single(body, size, ctx).await
+                    self.put_single(Body::Path(path), size, ctx).await
                 } else {
                     let parts = Parts::File {
                         path: Arc::from(path.as_path()),
@@ -192,8 +198,7 @@ impl<'a> Upload<'a> {
                 if eof {
                     let len = buf.len() as u64;
                     self.check_size(size, len)?;
-                    self.put_single(SdkStream::from(buf.freeze()), len, ctx)
-                        .await
+                    self.put_single(Body::Bytes(buf.freeze()), len, ctx).await
                 } else {
                     let parts = Parts::Stream {
                         stream,
@@ -243,28 +248,35 @@ impl<'a> Upload<'a> {
         o
     }
 
-    async fn put_single(
-        &self,
-        body: SdkStream,
-        size: u64,
-        ctx: &TransferCtx,
-    ) -> Result<RemoteObject> {
-        let mut req = self
-            .core
-            .client
-            .put_object()
-            .bucket(&self.core.bucket)
-            .key(&self.full)
-            .content_type(&self.content_type)
-            .set_metadata(self.metadata.clone())
-            .content_length(size as i64)
-            .body(body);
-        if self.mode == Mode::CreateOnly {
-            req = req.if_none_match("*");
-        }
-        // Dropping an unfinished PUT leaves nothing behind, so it may be cancelled.
+    async fn put_single(&self, body: Body, size: u64, ctx: &TransferCtx) -> Result<RemoteObject> {
+        // Dropping an unfinished PUT leaves nothing behind, so a try may be
+        // cancelled (ctx.retry does) and repeated.
         let out = ctx
-            .cancellable(&self.target, async {
+            .retry(&self.target, |_| async {
+                let body = match &body {
+                    Body::Bytes(b) => SdkStream::from(b.clone()),
+                    Body::Path(path) => SdkStream::read_from()
+                        .path(path)
+                        .length(Length::Exact(size))
+                        .build()
+                        .await
+                        .map_err(|e| {
+                            Error::backend(path.display().to_string(), "cannot read file", e)
+                        })?,
+                };
+                let mut req = self
+                    .core
+                    .client
+                    .put_object()
+                    .bucket(&self.core.bucket)
+                    .key(&self.full)
+                    .content_type(&self.content_type)
+                    .set_metadata(self.metadata.clone())
+                    .content_length(size as i64)
+                    .body(body);
+                if self.mode == Mode::CreateOnly {
+                    req = req.if_none_match("*");
+                }
                 req.send()
                     .await
                     .map_err(|e| map_sdk("PutObject", &self.target, self.mode, e))
@@ -285,28 +297,38 @@ impl<'a> Upload<'a> {
             // Fail before sending gigabytes. Only a hit counts: any failure
             // (missing key, or no read permission) goes on, and the
             // conditional complete below still makes the create atomic.
-            let head = client
-                .head_object()
-                .bucket(&self.core.bucket)
-                .key(&self.full)
-                .send()
+            let head = ctx
+                .retry(&self.target, |_| async {
+                    client
+                        .head_object()
+                        .bucket(&self.core.bucket)
+                        .key(&self.full)
+                        .send()
+                        .await
+                        .map_err(|e| map_sdk("HeadObject", &self.target, Mode::Plain, e))
+                })
                 .await;
             if head.is_ok() {
                 return Err(Error::already_exists(self.target.clone()));
             }
         }
-        // Not raced against cancellation: an upload created behind our back
-        // could not be aborted. The request is short; cancellation is checked
-        // right after it.
-        let created = client
-            .create_multipart_upload()
-            .bucket(&self.core.bucket)
-            .key(&self.full)
-            .content_type(&self.content_type)
-            .set_metadata(self.metadata.clone())
-            .send()
-            .await
-            .map_err(|e| map_sdk("CreateMultipartUpload", &self.target, Mode::Plain, e))?;
+        // Not raced against cancellation (the policy's retry, not the
+        // transfer's): an upload created behind our back could not be
+        // aborted. The request is short; cancellation is checked right after.
+        let created = ctx
+            .retry_policy()
+            .retry(&self.target, |_| async {
+                client
+                    .create_multipart_upload()
+                    .bucket(&self.core.bucket)
+                    .key(&self.full)
+                    .content_type(&self.content_type)
+                    .set_metadata(self.metadata.clone())
+                    .send()
+                    .await
+                    .map_err(|e| map_sdk("CreateMultipartUpload", &self.target, Mode::Plain, e))
+            })
+            .await?;
         let Some(upload_id) = created.upload_id().map(str::to_string) else {
             return Err(Error::Backend {
                 target: self.target.clone(),
@@ -317,25 +339,39 @@ impl<'a> Upload<'a> {
         match self.parts_and_complete(&upload_id, parts, size, ctx).await {
             Ok(o) => Ok(o),
             Err(e) => {
-                self.abort(&upload_id).await;
+                self.abort(&upload_id, ctx.retry_policy()).await;
                 Err(e)
             }
         }
     }
 
-    async fn abort(&self, upload_id: &str) {
-        let r = self
-            .core
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.core.bucket)
-            .key(&self.full)
-            .upload_id(upload_id)
-            .send()
+    /// Abort the multipart upload, retrying transient failures, but for at
+    /// most a few seconds: a stopped transfer must end within a second or
+    /// so, and a left-over upload is found by `list_pending_uploads` (and
+    /// `xfer gc`) later.
+    async fn abort(&self, upload_id: &str, policy: &RetryPolicy) {
+        let policy = policy
+            .clone()
+            .with_max_elapsed(ABORT_BUDGET.min(policy.max_elapsed))
+            .with_attempt_timeout(ABORT_BUDGET.min(policy.attempt_timeout));
+        let r = policy
+            .retry(&self.target, |_| async {
+                self.core
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.core.bucket)
+                    .key(&self.full)
+                    .upload_id(upload_id)
+                    .send()
+                    .await
+                    .map_err(|e| map_sdk("AbortMultipartUpload", &self.target, Mode::Plain, e))
+            })
             .await;
-        if let Err(e) = r {
-            let e = map_sdk("AbortMultipartUpload", &self.target, Mode::Plain, e);
-            tracing::warn!(target = %self.target, upload_id, error = %e.chain(), "could not abort multipart upload");
+        match r {
+            Ok(_) => tracing::debug!(target = %self.target, upload_id, "multipart upload aborted"),
+            Err(e) => {
+                tracing::warn!(target = %self.target, upload_id, error = %e.chain(), "could not abort multipart upload")
+            }
         }
     }
 
@@ -378,6 +414,7 @@ impl<'a> Upload<'a> {
                                     upload_id.to_string(),
                                     number,
                                     data,
+                                    ctx.clone(),
                                 ));
                             }
                             None => exhausted = true,
@@ -405,6 +442,7 @@ impl<'a> Upload<'a> {
         self.check_size(size, total)?;
         ctx.check(&self.target)?;
         done.sort_by_key(|(n, _)| *n);
+        let part_count = done.len();
         let completed = CompletedMultipartUpload::builder()
             .set_parts(Some(
                 done.into_iter()
@@ -412,24 +450,73 @@ impl<'a> Upload<'a> {
                     .collect(),
             ))
             .build();
-        let mut req = self
+        // Not cancellable (the policy's retry, not the transfer's): a
+        // complete dropped mid-flight may still take effect, and the caller
+        // would be told the object does not exist.
+        let r = ctx
+            .retry_policy()
+            .retry(&self.target, |attempt| {
+                let completed = completed.clone();
+                async move {
+                    let mut req = self
+                        .core
+                        .client
+                        .complete_multipart_upload()
+                        .bucket(&self.core.bucket)
+                        .key(&self.full)
+                        .upload_id(upload_id)
+                        .multipart_upload(completed);
+                    if self.mode == Mode::CreateOnly {
+                        req = req.if_none_match("*");
+                    }
+                    match req.send().await {
+                        Ok(out) => Ok(self.record(total, out.e_tag(), out.version_id())),
+                        Err(e) => {
+                            let e = map_sdk("CompleteMultipartUpload", &self.target, self.mode, e);
+                            self.completed_earlier(attempt, e, total, part_count).await
+                        }
+                    }
+                }
+            })
+            .await?;
+        Ok(r)
+    }
+
+    /// A complete that failed on a retry with "no such upload" (or, for a
+    /// create-only upload, "already exists") may be the echo of an earlier
+    /// try whose answer was lost: the upload is then gone because it became
+    /// the object. Accept the object if it is ours by size and part count
+    /// (a multipart ETag ends with `-PARTS`); otherwise return `err`.
+    async fn completed_earlier(
+        &self,
+        attempt: u32,
+        err: Error,
+        total: u64,
+        parts: usize,
+    ) -> Result<RemoteObject> {
+        let echo = matches!(err.kind(), ErrorKind::NotFound | ErrorKind::AlreadyExists);
+        if attempt == 1 || !echo {
+            return Err(err);
+        }
+        let head = self
             .core
             .client
-            .complete_multipart_upload()
+            .head_object()
             .bucket(&self.core.bucket)
             .key(&self.full)
-            .upload_id(upload_id)
-            .multipart_upload(completed);
-        if self.mode == Mode::CreateOnly {
-            req = req.if_none_match("*");
-        }
-        // Not cancellable: a complete dropped mid-flight may still take
-        // effect, and the caller would be told the object does not exist.
-        let out = req
             .send()
-            .await
-            .map_err(|e| map_sdk("CompleteMultipartUpload", &self.target, self.mode, e))?;
-        Ok(self.record(total, out.e_tag(), out.version_id()))
+            .await;
+        match head {
+            Ok(h)
+                if h.content_length() == Some(total as i64)
+                    && h.e_tag()
+                        .is_some_and(|t| unquote(t).ends_with(&format!("-{parts}"))) =>
+            {
+                tracing::debug!(target = %self.target, "an earlier CompleteMultipartUpload took effect");
+                Ok(self.record(total, h.e_tag(), h.version_id()))
+            }
+            _ => Err(err),
+        }
     }
 }
 
@@ -441,24 +528,32 @@ async fn upload_part(
     upload_id: String,
     number: i32,
     data: PartData,
+    ctx: TransferCtx,
 ) -> Result<(i32, String, u64)> {
     let bytes = match data {
         PartData::Bytes(b) => b,
         PartData::File { path, offset, len } => read_part(&path, offset, len).await?,
     };
     let len = bytes.len() as u64;
-    let out = core
-        .client
-        .upload_part()
-        .bucket(&core.bucket)
-        .key(&full)
-        .upload_id(upload_id)
-        .part_number(number)
-        .content_length(len as i64)
-        .body(SdkStream::from(bytes))
-        .send()
-        .await
-        .map_err(|e| map_sdk("UploadPart", &target, Mode::Plain, e))?;
+    // Only this part is sent again on a transient failure.
+    let out = ctx
+        .retry(&format!("{target} part {number}"), |_| {
+            let bytes = bytes.clone();
+            async {
+                core.client
+                    .upload_part()
+                    .bucket(&core.bucket)
+                    .key(&full)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .content_length(len as i64)
+                    .body(SdkStream::from(bytes))
+                    .send()
+                    .await
+                    .map_err(|e| map_sdk("UploadPart", &target, Mode::Plain, e))
+            }
+        })
+        .await?;
     let etag = out
         .e_tag()
         .map(str::to_string)

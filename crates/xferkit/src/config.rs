@@ -20,7 +20,13 @@ use figment::{Figment, Provider};
 use xferkit_core::{Error, Registry, Result};
 
 /// Top-level keys (anything else in the file is an error).
-pub const TOP_KEYS: &[&str] = &["default_store", "concurrency", "stores", "thumbnail"];
+pub const TOP_KEYS: &[&str] = &[
+    "default_store",
+    "concurrency",
+    "stores",
+    "thumbnail",
+    "retry",
+];
 
 /// Keys every store accepts, whatever its backend.
 pub const STORE_KEYS: &[&str] = &["backend", "dedupe"];
@@ -39,6 +45,9 @@ pub struct Settings {
     /// Thumbnails of image uploads (`[thumbnail]`).
     #[serde(default)]
     pub thumbnail: ThumbnailSettings,
+    /// How failed requests are retried (`[retry]`).
+    #[serde(default)]
+    pub retry: RetrySettings,
     /// Store names, in order.
     #[serde(skip)]
     pub store_names: Vec<String>,
@@ -66,6 +75,86 @@ impl Default for ThumbnailSettings {
             max_pixels: 50_000_000,
         }
     }
+}
+
+/// `[retry]`: how every store retries a request that failed transiently
+/// (5xx, throttling, timeouts, connection resets). Durations are humantime
+/// strings (`"200ms"`, `"10s"`, `"2m"`). See [`xferkit_core::RetryPolicy`].
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetrySettings {
+    /// Tries per request, the first included (1 = no retries).
+    pub max_attempts: u32,
+    /// Upper bound of the first wait (full jitter, doubling per try).
+    #[serde(deserialize_with = "humantime_duration")]
+    pub initial_backoff: std::time::Duration,
+    /// Upper bound of any computed wait.
+    #[serde(deserialize_with = "humantime_duration")]
+    pub max_backoff: std::time::Duration,
+    /// No retry starts later than this after a request's first try.
+    #[serde(deserialize_with = "humantime_duration")]
+    pub max_elapsed: std::time::Duration,
+    /// One try is abandoned (and retried) after this long.
+    #[serde(deserialize_with = "humantime_duration")]
+    pub attempt_timeout: std::time::Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        let p = xferkit_core::RetryPolicy::default();
+        RetrySettings {
+            max_attempts: p.max_attempts,
+            initial_backoff: p.initial_backoff,
+            max_backoff: p.max_backoff,
+            max_elapsed: p.max_elapsed,
+            attempt_timeout: p.attempt_timeout,
+        }
+    }
+}
+
+impl RetrySettings {
+    /// The policy these settings describe.
+    pub fn policy(&self) -> xferkit_core::RetryPolicy {
+        xferkit_core::RetryPolicy::default()
+            .with_max_attempts(self.max_attempts)
+            .with_initial_backoff(self.initial_backoff)
+            .with_max_backoff(self.max_backoff)
+            .with_max_elapsed(self.max_elapsed)
+            .with_attempt_timeout(self.attempt_timeout)
+    }
+
+    /// Read `[retry]` (defaults when absent) and check its values.
+    pub fn from_figment(figment: &Figment) -> Result<Self> {
+        let s: RetrySettings = match figment.find_value("retry") {
+            Ok(_) => figment.extract_inner("retry").map_err(figment_err)?,
+            Err(_) => RetrySettings::default(),
+        };
+        if s.max_attempts == 0 {
+            return Err(Error::invalid_config(format!(
+                "retry.max_attempts must be at least 1 (in {})",
+                origin(figment, "retry.max_attempts")
+            )));
+        }
+        if s.attempt_timeout.is_zero() {
+            return Err(Error::invalid_config(format!(
+                "retry.attempt_timeout must be more than 0 (in {})",
+                origin(figment, "retry.attempt_timeout")
+            )));
+        }
+        Ok(s)
+    }
+}
+
+fn humantime_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<std::time::Duration, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration ({e}); write e.g. \"200ms\", \"10s\", \"2m\""
+        ))
+    })
 }
 
 /// Where the embedded local store keeps files by default.
@@ -237,6 +326,7 @@ impl Settings {
             }
         }
         let mut s: Settings = figment.extract().map_err(figment_err)?;
+        s.retry = RetrySettings::from_figment(figment)?;
         let stores: BTreeMap<String, figment::value::Value> =
             figment.extract_inner("stores").map_err(figment_err)?;
         s.store_names = stores.keys().cloned().collect();
@@ -341,21 +431,30 @@ async fn build_store_from(figment: &Figment, name: &str) -> Result<xferkit_core:
             use xferkit_s3::{S3Config, S3Store};
             check_keys(figment, name, "s3", S3Config::KEYS)?;
             let c: S3Config = extract(figment, name)?;
-            Ok(std::sync::Arc::new(S3Store::new(name, c).await?))
+            let retry = RetrySettings::from_figment(figment)?.policy();
+            Ok(std::sync::Arc::new(
+                S3Store::new(name, c).await?.with_retry_policy(retry),
+            ))
         }
         #[cfg(feature = "gcs")]
         "gcs" => {
             use xferkit_gcs::{GcsConfig, GcsStore};
             check_keys(figment, name, "gcs", GcsConfig::KEYS)?;
             let c: GcsConfig = extract(figment, name)?;
-            Ok(std::sync::Arc::new(GcsStore::new(name, c).await?))
+            let retry = RetrySettings::from_figment(figment)?.policy();
+            Ok(std::sync::Arc::new(
+                GcsStore::new(name, c).await?.with_retry_policy(retry),
+            ))
         }
         #[cfg(feature = "azure")]
         "azure" => {
             use xferkit_azure::{AzureConfig, AzureStore};
             check_keys(figment, name, "azure", AzureConfig::KEYS)?;
             let c: AzureConfig = extract(figment, name)?;
-            Ok(std::sync::Arc::new(AzureStore::new(name, c).await?))
+            let retry = RetrySettings::from_figment(figment)?.policy();
+            Ok(std::sync::Arc::new(
+                AzureStore::new(name, c).await?.with_retry_policy(retry),
+            ))
         }
         b if ALL_BACKENDS.contains(&b) => Err(Error::invalid_config(format!(
             "{key} = {b:?} (in {}): this build lacks backend `{b}`; rebuild with feature `{b}`",

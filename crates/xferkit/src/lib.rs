@@ -45,7 +45,8 @@ impl Xferkit {
     pub async fn from_figment(figment: &figment::Figment) -> Result<Self> {
         let settings = Settings::from_figment(figment)?;
         let registry = Arc::new(config::build_registry(figment, &settings).await?);
-        let manager = TransferManager::with_concurrency(registry.clone(), settings.concurrency);
+        let manager = TransferManager::with_concurrency(registry.clone(), settings.concurrency)
+            .with_retry_policy(settings.retry.policy());
         Ok(Xferkit {
             registry,
             manager,
