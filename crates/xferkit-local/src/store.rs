@@ -20,6 +20,9 @@ use crate::LocalConfig;
 /// Name of the reserved directory under the root.
 const RESERVED: &str = ".xferkit";
 const CHUNK: usize = 1 << 20;
+/// Bytes per kernel copy call: big enough that the per-call cost vanishes,
+/// small enough for progress and a prompt stop.
+const COPY_STEP: u64 = 64 << 20;
 
 /// A store rooted at a local directory.
 #[derive(Debug, Clone)]
@@ -322,6 +325,88 @@ impl LocalStore {
         Ok(out)
     }
 
+    /// Copy the file `src` into `file` (a fresh temp file) with the kernel's
+    /// copy (`copy_file_range` through `std::io::copy`: no bytes through user
+    /// space, and a reflink where the filesystem does that for it), in
+    /// [`COPY_STEP`] steps for progress and cancellation, then fsync. The
+    /// SHA-256 for the sidecar is computed at the same time by a second
+    /// reader (from the page cache), so the copy does not wait for hashing.
+    /// Returns the hex digest. Fails if the source changed meanwhile.
+    async fn copy_path(
+        &self,
+        src: &Path,
+        file: &std::fs::File,
+        url: &str,
+        ctx: &TransferCtx,
+    ) -> Result<String> {
+        let src_s = src.display().to_string();
+        let input = std::fs::File::open(src).map_err(|e| Error::from_io(&src_s, e))?;
+        let before = input.metadata().map_err(|e| Error::from_io(&src_s, e))?;
+        let hash_input = std::fs::File::open(src).map_err(|e| Error::from_io(&src_s, e))?;
+        let stop = ctx.token().clone();
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut input = hash_input;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; CHUNK];
+            let mut total = 0u64;
+            loop {
+                if stop.is_cancelled() {
+                    return Ok(None);
+                }
+                let n = input.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(Some((hex::encode(h.finalize()), total)));
+                }
+                h.update(&buf[..n]);
+                total += n as u64;
+            }
+        });
+        let mut out = file.try_clone().map_err(|e| Error::from_io(url, e))?;
+        let mut input = input;
+        let mut copied = 0u64;
+        loop {
+            ctx.check(url)?;
+            let (n, i, o) = tokio::task::spawn_blocking(move || {
+                let n = std::io::copy(&mut (&input).take(COPY_STEP), &mut out)?;
+                Ok::<_, std::io::Error>((n, input, out))
+            })
+            .await
+            .map_err(|e| Error::backend(url, "worker task failed", e))?
+            .map_err(|e| Error::from_io(&src_s, e))?;
+            (input, out) = (i, o);
+            if n == 0 {
+                break;
+            }
+            copied += n;
+            ctx.add_progress(n);
+        }
+        let synced = tokio::task::spawn_blocking(move || out.sync_all())
+            .await
+            .map_err(|e| Error::backend(url, "worker task failed", e))?;
+        synced.map_err(|e| Error::from_io(url, e))?;
+        let hashed = hasher
+            .await
+            .map_err(|e| Error::backend(url, "hash task failed", e))?
+            .map_err(|e| Error::from_io(&src_s, e))?;
+        ctx.check(url)?;
+        let after = std::fs::metadata(src).map_err(|e| Error::from_io(&src_s, e))?;
+        match hashed {
+            Some((sha, total))
+                if total == copied
+                    && after.len() == before.len()
+                    && after.modified().ok() == before.modified().ok() =>
+            {
+                Ok(sha)
+            }
+            Some(_) => Err(Error::backend(
+                &src_s,
+                "the file changed while it was being uploaded",
+                "size or modification time changed",
+            )),
+            None => Err(Error::cancelled(url)),
+        }
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(LocalStore) -> Result<T> + Send + 'static,
@@ -383,27 +468,13 @@ impl FileTransferHandler for LocalStore {
         let mut hasher = Sha256::new();
         match source {
             UploadSource::Path(src) => {
-                let src_s = src.display().to_string();
-                let mut input = std::fs::File::open(&src).map_err(|e| Error::from_io(&src_s, e))?;
-                let mut buf = vec![0u8; CHUNK];
-                loop {
-                    ctx.check(&url)?;
-                    let (n, b, i, h, f) = tokio::task::spawn_blocking(move || {
-                        let n = input.read(&mut buf)?;
-                        file.write_all(&buf[..n])?;
-                        hasher.update(&buf[..n]);
-                        Ok::<_, std::io::Error>((n, buf, input, hasher, file))
-                    })
-                    .await
-                    .map_err(|e| Error::backend(&url, "worker task failed", e))?
-                    .map_err(|e| Error::from_io(&src_s, e))?;
-                    (buf, input, hasher, file) = (b, i, h, f);
-                    if n == 0 {
-                        break;
-                    }
-                    ctx.add_progress(n as u64);
-                }
-                file.sync_all().map_err(|e| Error::from_io(&url, e))?;
+                let sha = self.copy_path(&src, &file, &url, ctx).await?;
+                ctx.check(&url)?;
+                let key = key.to_string();
+                let opts = opts.clone();
+                return self
+                    .blocking(move |s| s.commit(&key, tmp, sha, &opts))
+                    .await;
             }
             UploadSource::Stream { mut stream, .. } => {
                 while let Some(chunk) = ctx
