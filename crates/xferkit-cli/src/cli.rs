@@ -61,6 +61,14 @@ pub enum Command {
         /// Fail if an object already exists under the key.
         #[arg(long)]
         if_not_exists: bool,
+        /// Also make a shareable URL valid this long (`15m`, `1h`, `7days`)
+        /// and print it instead of the canonical URL: S3/GCS presigned, Azure
+        /// SAS, or a signed `xfer serve` URL for a local store.
+        #[arg(long, value_name = "DURATION", value_parser = parse_expiry)]
+        share: Option<Duration>,
+        /// Do not store a thumbnail next to an image.
+        #[arg(long)]
+        no_thumbnail: bool,
     },
     /// Download an object (or a plain http(s) link) to a local file.
     Download {
@@ -124,6 +132,18 @@ pub enum Command {
     },
     /// List the configured stores.
     Stores,
+    /// Serve a local store over HTTP so its signed URLs (`xfer presign`,
+    /// `xfer upload --share`) work for anyone holding them. Needs
+    /// `serve_url` and `signing_key` in the store's config.
+    Serve {
+        /// The local store to serve (default: the default store).
+        #[arg(long, short)]
+        store: Option<String>,
+        /// Address to listen on (default: 127.0.0.1 and the port of the
+        /// store's `serve_url`).
+        #[arg(long, value_name = "ADDR")]
+        bind: Option<std::net::SocketAddr>,
+    },
     /// Abort orphaned multipart uploads older than an age (S3); other stores say why they need none.
     Gc {
         /// URL prefix (`s3://bucket/photos/`); default: every configured store.

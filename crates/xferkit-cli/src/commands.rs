@@ -39,6 +39,8 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             title,
             message,
             if_not_exists,
+            share,
+            no_thumbnail,
         } => {
             check_source(&file)?;
             let store = match store {
@@ -68,8 +70,19 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             if let Some(m) = message {
                 request = request.with_message(m);
             }
-            let obj = upload(cx, &file, &store, &key, request).await?;
-            print_object(cx, &obj, |o| o.url.clone())
+            if let Some(d) = share {
+                request = request.with_share(d);
+            }
+            if no_thumbnail {
+                request = request.without_thumbnail();
+            }
+            validate_key(&key)?;
+            request.url = store.url_for(&key);
+            let label = file
+                .file_name()
+                .map_or_else(|| key.clone(), |n| n.to_string_lossy().into_owned());
+            let info = transfer::run_info(cx.kit.manager(), request, &label, cx.progress).await?;
+            crate::share::print_upload(cx, &info)
         }
         Command::Download { url, dest, force } => download(cx, &url, dest.as_deref(), force).await,
         Command::Ls { prefix, store } => ls(cx, prefix.as_deref(), store.as_deref()).await,
@@ -104,6 +117,7 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             method,
         } => presign(cx, &url, expires, method).await,
         Command::Stores => stores(cx),
+        Command::Serve { store, bind } => crate::share::serve(cx, store.as_deref(), bind).await,
         Command::Gc {
             prefix,
             store,

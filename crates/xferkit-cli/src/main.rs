@@ -5,6 +5,7 @@ mod commands;
 mod fail;
 mod gc;
 mod output;
+mod share;
 mod target;
 mod transfer;
 mod tree;

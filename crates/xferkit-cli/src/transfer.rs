@@ -24,6 +24,23 @@ pub async fn run(
     label: &str,
     progress: bool,
 ) -> Result<RemoteObject, Failure> {
+    let info = run_info(manager, request, label, progress).await?;
+    info.object.ok_or_else(|| {
+        Failure::failed(format!(
+            "{}: transfer completed without an object record",
+            shown(&info.url)
+        ))
+    })
+}
+
+/// Like [`run`], returning the completed transfer's whole [`FileInfo`]
+/// (share URL, thumbnail, dedupe).
+pub async fn run_info(
+    manager: &TransferManager,
+    request: TransferRequest,
+    label: &str,
+    progress: bool,
+) -> Result<FileInfo, Failure> {
     let transfer = manager.file_instance(request)?;
     let mut rx = transfer.subscribe();
     let bar = progress.then(|| new_bar(label));
@@ -70,12 +87,7 @@ pub async fn run(
         bar.finish_and_clear();
     }
     match info.status {
-        TransferStatus::Completed => info.object.ok_or_else(|| {
-            Failure::failed(format!(
-                "{}: transfer completed without an object record",
-                shown(&info.url)
-            ))
-        }),
+        TransferStatus::Completed => Ok(info),
         TransferStatus::Cancelled if interrupted => Err(Failure {
             message: Some(format!(
                 "interrupted: stopped the transfer of {}; nothing was written",

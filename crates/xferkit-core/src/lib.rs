@@ -9,6 +9,7 @@ pub mod manager;
 mod registry;
 mod retry;
 mod secret;
+pub mod share;
 pub mod signed;
 mod types;
 pub mod url;
@@ -28,6 +29,7 @@ pub use manager::{
 pub use registry::{DynHandler, Registry};
 pub use retry::RetryPolicy;
 pub use secret::Secret;
+pub use share::{Dedupe, ShareOutcome, Thumbnailer};
 pub use types::{
     ByteRange, ByteStream, Capabilities, PendingUpload, PresignMethod, PresignedUrl, PutOptions,
     RemoteObject, UploadSource,

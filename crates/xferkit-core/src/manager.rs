@@ -17,9 +17,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::share::ShareRequest;
 use crate::{
     Error, ErrorKind, FileTransferExt, ProgressSink, PutOptions, Registry, RemoteObject, Result,
-    RetryPolicy, TransferCtx, UploadSource,
+    RetryPolicy, Thumbnailer, TransferCtx,
 };
 
 /// Default number of transfers running at once.
@@ -95,6 +96,21 @@ pub struct FileInfo {
     /// The stored object, once completed.
     #[serde(skip)]
     pub object: Option<RemoteObject>,
+    /// Upload: a URL anyone can GET until `share_expires_at` (Unix seconds),
+    /// when the request asked for one ([`TransferRequest::with_share`]).
+    pub share_url: Option<String>,
+    pub share_expires_at: Option<u64>,
+    /// Upload of an image: the thumbnail stored next to the object (canonical
+    /// URL, and a shareable one when sharing).
+    pub thumbnail_url: Option<String>,
+    pub thumbnail_share_url: Option<String>,
+    /// Why an image got no thumbnail (the upload itself succeeded).
+    pub thumbnail_error: Option<String>,
+    /// Upload to a store with `dedupe = "content"`: the content was already
+    /// stored, nothing was sent.
+    pub deduplicated: bool,
+    /// `sha256:HEX` of the uploaded content, when computed (dedupe).
+    pub checksum: Option<String>,
 }
 
 /// Receives every snapshot of every transfer of a manager, in order.
@@ -120,6 +136,11 @@ pub struct TransferRequest {
     pub priority: i32,
     /// Upload options (content type, metadata, create-only).
     pub options: PutOptions,
+    /// Upload: also make a shareable URL valid this long.
+    pub share_for: Option<Duration>,
+    /// Upload: make a thumbnail for images when the manager has a
+    /// thumbnailer (default true).
+    pub thumbnail: bool,
 }
 
 impl TransferRequest {
@@ -131,6 +152,8 @@ impl TransferRequest {
             path: dest.into(),
             priority: 0,
             options: PutOptions::default(),
+            share_for: None,
+            thumbnail: true,
         }
     }
 
@@ -143,7 +166,24 @@ impl TransferRequest {
             path: source.into(),
             priority: 0,
             options: PutOptions::default(),
+            share_for: None,
+            thumbnail: true,
         }
+    }
+
+    /// Upload: also return a shareable URL (S3/GCS presign, Azure SAS, a
+    /// signed `xfer serve` URL) valid for `valid_for`, in
+    /// [`FileInfo::share_url`]. Stores that cannot presign fail the transfer
+    /// before sending anything.
+    pub fn with_share(mut self, valid_for: Duration) -> Self {
+        self.share_for = Some(valid_for);
+        self
+    }
+
+    /// Upload: no thumbnail, even for an image.
+    pub fn without_thumbnail(mut self) -> Self {
+        self.thumbnail = false;
+        self
     }
 
     pub fn with_priority(mut self, priority: i32) -> Self {
@@ -291,7 +331,10 @@ impl Transfer {
             }
             if let Some(o) = obj {
                 i.size = Some(o.size);
-                i.transferred = i.transferred.max(o.size);
+                // A deduplicated upload moved nothing and says so.
+                if !i.deduplicated {
+                    i.transferred = i.transferred.max(o.size);
+                }
                 if i.content_type.is_none() {
                     i.content_type = o.content_type.clone();
                 }
@@ -409,6 +452,7 @@ struct ManagerInner {
     listeners: RwLock<Vec<Arc<dyn FileTransferListener>>>,
     runtime: tokio::runtime::Handle,
     retry: RwLock<RetryPolicy>,
+    thumbnailer: RwLock<Option<Arc<dyn Thumbnailer>>>,
 }
 
 /// Runs transfers against the stores of a [`Registry`].
@@ -445,6 +489,7 @@ impl TransferManager {
                 listeners: RwLock::new(Vec::new()),
                 runtime: tokio::runtime::Handle::current(),
                 retry: RwLock::new(RetryPolicy::default()),
+                thumbnailer: RwLock::new(None),
             }),
         }
     }
@@ -471,6 +516,16 @@ impl TransferManager {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Make thumbnails of image uploads with `t` (stored next to the object
+    /// as `KEY.thumb.jpg`); `None` turns thumbnails off.
+    pub fn set_thumbnailer(&self, t: Option<Arc<dyn Thumbnailer>>) {
+        *self
+            .inner
+            .thumbnailer
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = t;
     }
 
     /// Follow every transfer of this manager.
@@ -525,6 +580,13 @@ impl TransferManager {
             title: request.options.metadata.get("title").cloned(),
             message: request.options.metadata.get("message").cloned(),
             object: None,
+            share_url: None,
+            share_expires_at: None,
+            thumbnail_url: None,
+            thumbnail_share_url: None,
+            thumbnail_error: None,
+            deduplicated: false,
+            checksum: None,
         };
         let transfer = Transfer {
             inner: Arc::new(TransferInner {
@@ -606,7 +668,7 @@ async fn run(m: &Arc<ManagerInner>, t: Transfer) {
     let policy = m.retry.read().unwrap_or_else(|p| p.into_inner()).clone();
     let ctx = TransferCtx::new(Arc::new(Progress::new(t.clone())), token.clone())
         .with_retry_policy(policy);
-    let work = perform(m, &t.inner.request, &ctx);
+    let work = perform(m, &t, &ctx);
     // The handler is asked to stop through `ctx`; if it has not returned
     // shortly after, it is dropped so that stop always ends within a second.
     let deadline = async {
@@ -629,11 +691,8 @@ async fn run(m: &Arc<ManagerInner>, t: Transfer) {
     }
 }
 
-async fn perform(
-    m: &Arc<ManagerInner>,
-    req: &TransferRequest,
-    ctx: &TransferCtx,
-) -> Result<RemoteObject> {
+async fn perform(m: &Arc<ManagerInner>, t: &Transfer, ctx: &TransferCtx) -> Result<RemoteObject> {
+    let req = &t.inner.request;
     let (handler, key) = m.registry.resolve(&req.url)?;
     match req.direction {
         Direction::Download => handler.download_to_path(&key, &req.path, None, ctx).await,
@@ -649,14 +708,39 @@ async fn perform(
                 ));
             }
             ctx.set_total(meta.len());
-            handler
-                .upload(
-                    &key,
-                    UploadSource::Path(req.path.clone()),
-                    &req.options,
-                    ctx,
-                )
-                .await
+            let thumbnailer = if req.thumbnail {
+                m.thumbnailer
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            } else {
+                None
+            };
+            let share = ShareRequest {
+                handler: &handler,
+                key,
+                path: &req.path,
+                options: &req.options,
+                dedupe: m.registry.dedupe(handler.name()),
+                share_for: req.share_for,
+                thumbnailer,
+            };
+            let url_of = |k: &str| handler.url_for(k);
+            let out = crate::share::upload(share, ctx, |k| {
+                let url = url_of(k);
+                t.update(|i| i.url = url);
+            })
+            .await?;
+            t.update(|i| {
+                i.deduplicated = out.deduplicated;
+                i.checksum = out.checksum.clone();
+                i.share_url = out.share_url.clone();
+                i.share_expires_at = out.share_expires_at;
+                i.thumbnail_url = out.thumbnail_url.clone();
+                i.thumbnail_share_url = out.thumbnail_share_url.clone();
+                i.thumbnail_error = out.thumbnail_error.clone();
+            });
+            Ok(out.object)
         }
     }
 }

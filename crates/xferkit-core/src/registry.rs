@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::share::Dedupe;
 use crate::url::ObjectUrl;
 use crate::{Error, FileTransferHandler, Result};
 
@@ -14,6 +15,7 @@ pub type DynHandler = Arc<dyn FileTransferHandler>;
 pub struct Registry {
     stores: BTreeMap<String, DynHandler>,
     default_store: Option<String>,
+    dedupe: BTreeMap<String, Dedupe>,
 }
 
 impl Registry {
@@ -63,6 +65,17 @@ impl Registry {
     }
 
     /// Names of all stores, sorted.
+    /// Name uploads to store `name` by their content (see [`Dedupe`]).
+    pub fn set_dedupe(&mut self, name: &str, mode: Dedupe) -> &mut Self {
+        self.dedupe.insert(name.to_string(), mode);
+        self
+    }
+
+    /// The dedupe mode of store `name` (`Off` unless set).
+    pub fn dedupe(&self, name: &str) -> Dedupe {
+        self.dedupe.get(name).copied().unwrap_or_default()
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.stores.keys().cloned().collect()
     }

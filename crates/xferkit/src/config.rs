@@ -417,15 +417,7 @@ async fn build_store_from(figment: &Figment, name: &str) -> Result<xferkit_core:
     })?;
     match backend.as_str() {
         #[cfg(feature = "local")]
-        "local" => {
-            use xferkit_local::{LocalConfig, LocalStore};
-            check_keys(figment, name, "local", LocalConfig::KEYS)?;
-            let mut c: LocalConfig = extract(figment, name)?;
-            if c.root.is_none() {
-                c.root = Some(default_local_root());
-            }
-            Ok(std::sync::Arc::new(LocalStore::new(name, c).await?))
-        }
+        "local" => Ok(std::sync::Arc::new(local_store(figment, name).await?)),
         #[cfg(feature = "s3")]
         "s3" => {
             use xferkit_s3::{S3Config, S3Store};
@@ -464,6 +456,33 @@ async fn build_store_from(figment: &Figment, name: &str) -> Result<xferkit_core:
             "{key} = {other:?} (in {}) is not a known backend (expected one of: {})",
             origin(figment, &key),
             ALL_BACKENDS.join(", ")
+        ))),
+    }
+}
+
+#[cfg(feature = "local")]
+async fn local_store(figment: &Figment, name: &str) -> Result<xferkit_local::LocalStore> {
+    use xferkit_local::{LocalConfig, LocalStore};
+    check_keys(figment, name, "local", LocalConfig::KEYS)?;
+    let mut c: LocalConfig = extract(figment, name)?;
+    if c.root.is_none() {
+        c.root = Some(default_local_root());
+    }
+    LocalStore::new(name, c).await
+}
+
+/// Store `name` as a concrete local store (`xfer serve` needs its signer).
+#[cfg(feature = "local")]
+pub async fn build_local_store(figment: &Figment, name: &str) -> Result<xferkit_local::LocalStore> {
+    let key = format!("stores.{name}.backend");
+    match figment.extract_inner::<String>(&key) {
+        Ok(b) if b == "local" => local_store(figment, name).await,
+        Ok(b) => Err(Error::invalid_config(format!(
+            "store {name:?} has backend {b:?}; only local stores are served by `xfer serve` \
+             (S3, GCS and Azure sign their own URLs)"
+        ))),
+        Err(_) => Err(Error::invalid_config(format!(
+            "no store named {name:?} is configured"
         ))),
     }
 }

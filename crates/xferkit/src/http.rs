@@ -40,6 +40,21 @@ impl HttpStore {
         HttpStore { client }
     }
 
+    /// What a GET response says about the whole object: size from
+    /// `Content-Range` (ranged) or `Content-Length`, etag, content type.
+    fn describe(key: &str, resp: &reqwest::Response) -> RemoteObject {
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        let total = header("content-range")
+            .and_then(|v| v.rsplit('/').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| resp.content_length())
+            .unwrap_or(0);
+        let mut obj = RemoteObject::new(key, key, total);
+        obj.etag = header("etag").map(|s| s.trim_start_matches("W/").trim_matches('"').to_string());
+        obj.content_type = header("content-type").map(str::to_string);
+        obj
+    }
+
     fn status_error(url: &str, status: reqwest::StatusCode) -> Error {
         let target = shown(url);
         let source = Some(format!("HTTP {status}").into());
@@ -111,25 +126,7 @@ impl FileTransferHandler for HttpStore {
         if !status.is_success() {
             return Err(Self::status_error(key, status));
         }
-        let len = resp.content_length().unwrap_or(0);
-        let total = resp
-            .headers()
-            .get("content-range")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit('/').next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(len);
-        let mut obj = RemoteObject::new(key, key, total);
-        obj.etag = resp
-            .headers()
-            .get("etag")
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.trim_matches('"').to_string());
-        obj.content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let obj = Self::describe(key, &resp);
         let target = shown(key);
         let stream = resp.bytes_stream().map(move |r| {
             r.map_err(|e| Error::Transient {
@@ -138,12 +135,23 @@ impl FileTransferHandler for HttpStore {
                 source: Some(e.without_url().into()),
             })
         });
-        Ok((obj, Box::pin(stream)))
+        match range {
+            // A server that ignores `Range` answers 200 with everything:
+            // cut the wanted bytes out so callers never get the wrong ones.
+            Some(r) if status.as_u16() == 200 => {
+                let span = r.resolve(obj.size, &shown(key))?;
+                Ok((obj, Box::pin(slice(stream, span.start, span.end))))
+            }
+            _ => Ok((obj, Box::pin(stream))),
+        }
     }
     async fn stat(&self, key: &str) -> Result<RemoteObject> {
+        // GET of the first byte, not HEAD: a presigned URL is signed for GET
+        // only, and S3-style stores refuse a HEAD with it.
         let resp = self
             .client
-            .head(key)
+            .get(key)
+            .header("range", "bytes=0-0")
             .send()
             .await
             .map_err(|e| Error::Transient {
@@ -151,14 +159,17 @@ impl FileTransferHandler for HttpStore {
                 retry_after: None,
                 source: Some(e.without_url().into()),
             })?;
-        if !resp.status().is_success() {
-            return Err(Self::status_error(key, resp.status()));
+        let status = resp.status();
+        if status.as_u16() == 416 {
+            // Only an empty object has no first byte: `Content-Range: bytes */0`.
+            let mut obj = Self::describe(key, &resp);
+            obj.size = 0;
+            return Ok(obj);
         }
-        Ok(RemoteObject::new(
-            key,
-            key,
-            resp.content_length().unwrap_or(0),
-        ))
+        if !status.is_success() {
+            return Err(Self::status_error(key, status));
+        }
+        Ok(Self::describe(key, &resp))
     }
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<RemoteObject>> {
         let e = Error::not_supported(shown(prefix), "listing a plain http(s) link");
@@ -189,5 +200,66 @@ impl FileTransferHandler for HttpStore {
     }
     async fn list_pending_uploads(&self, _prefix: &str) -> Result<Vec<PendingUpload>> {
         Err(Error::not_supported("http", "listing pending uploads"))
+    }
+}
+
+/// Bytes `start..end` of `stream`.
+fn slice(
+    stream: impl futures::Stream<Item = Result<bytes::Bytes>> + Send + 'static,
+    start: u64,
+    end: u64,
+) -> impl futures::Stream<Item = Result<bytes::Bytes>> + Send + 'static {
+    let mut pos = 0u64;
+    stream
+        .map(move |chunk| {
+            chunk.map(|b| {
+                let from = pos;
+                let to = pos + b.len() as u64;
+                pos = to;
+                let lo = start.clamp(from, to) - from;
+                let hi = end.clamp(from, to) - from;
+                (b.slice(lo as usize..hi as usize), to >= end)
+            })
+        })
+        .scan(false, |done, item| {
+            if *done {
+                return futures::future::ready(None);
+            }
+            let out = match item {
+                Ok((b, last)) => {
+                    *done = last;
+                    Ok(b)
+                }
+                Err(e) => {
+                    *done = true;
+                    Err(e)
+                }
+            };
+            futures::future::ready(Some(out))
+        })
+        .filter(|r| futures::future::ready(!matches!(r, Ok(b) if b.is_empty())))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn slice_cuts_the_requested_bytes_across_chunks() {
+        let cases = [
+            (0, 10, "abcdefghij"),
+            (2, 5, "cde"),
+            (3, 7, "defg"),
+            (9, 10, "j"),
+        ];
+        for (start, end, want) in cases {
+            let chunks = ["abc", "defg", "hij"].map(|s| Ok(bytes::Bytes::from(s)));
+            let got: Vec<Result<bytes::Bytes>> = slice(futures::stream::iter(chunks), start, end)
+                .collect()
+                .await;
+            let got: Vec<u8> = got.into_iter().flat_map(|r| r.unwrap().to_vec()).collect();
+            assert_eq!(String::from_utf8(got).unwrap(), want, "{start}..{end}");
+        }
     }
 }

@@ -3,6 +3,8 @@
 pub mod config;
 #[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "thumbnail")]
+pub mod thumbnail;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,11 +28,25 @@ pub mod backends {
 }
 
 /// Stores built from configuration, and a transfer manager over them.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Xferkit {
     registry: Arc<Registry>,
     manager: TransferManager,
     settings: Settings,
+    figment: figment::Figment,
+}
+
+// Hand-written: the figment holds the raw configuration, secrets included
+// (a derived Debug printed `secret_access_key` in clear). The stores'
+// own Debug output redacts their credentials.
+impl std::fmt::Debug for Xferkit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Xferkit")
+            .field("registry", &self.registry)
+            .field("manager", &self.manager)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Xferkit {
@@ -47,10 +63,18 @@ impl Xferkit {
         let registry = Arc::new(config::build_registry(figment, &settings).await?);
         let manager = TransferManager::with_concurrency(registry.clone(), settings.concurrency)
             .with_retry_policy(settings.retry.policy());
+        #[cfg(feature = "thumbnail")]
+        if settings.thumbnail.enabled {
+            manager.set_thumbnailer(Some(Arc::new(thumbnail::ImageThumbnailer::new(
+                settings.thumbnail.max_side,
+                settings.thumbnail.max_pixels,
+            ))));
+        }
         Ok(Xferkit {
             registry,
             manager,
             settings,
+            figment: figment.clone(),
         })
     }
 
@@ -64,5 +88,13 @@ impl Xferkit {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Store `name` as a concrete local store, for `xfer serve` (which needs
+    /// its signer, not just the handler). Errors if `name` is not a
+    /// configured local store.
+    #[cfg(feature = "local")]
+    pub async fn local_store(&self, name: &str) -> Result<xferkit_local::LocalStore> {
+        config::build_local_store(&self.figment, name).await
     }
 }

@@ -1,0 +1,103 @@
+//! The sharing side of `xfer`: what `upload` prints (share URL, thumbnail,
+//! dedupe) and `xfer serve`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde_json::json;
+use xferkit::FileInfo;
+use xferkit_serve::{ServeOptions, Server, router};
+
+use crate::commands::Ctx;
+use crate::fail::Failure;
+use crate::output::{line, object_json};
+
+/// `upload`'s result: the share URL if one was asked for, else the canonical
+/// URL; `--json` carries everything. Thumbnail problems are warnings.
+pub fn print_upload(cx: &Ctx, info: &FileInfo) -> Result<(), Failure> {
+    let Some(obj) = &info.object else {
+        return Err(Failure::failed(format!(
+            "{}: upload completed without an object record",
+            info.url
+        )));
+    };
+    if let Some(e) = &info.thumbnail_error
+        && !cx.quiet
+        && !cx.json
+    {
+        eprintln!("warning: {}", crate::fail::one_line(e));
+    }
+    if info.deduplicated && !cx.quiet && !cx.json {
+        eprintln!("already stored (same content): nothing was sent");
+    }
+    if cx.json {
+        let mut v = object_json(obj);
+        v["share_url"] = json!(info.share_url);
+        v["share_expires_at"] = json!(info.share_expires_at);
+        v["thumbnail_url"] = json!(info.thumbnail_url);
+        v["thumbnail_share_url"] = json!(info.thumbnail_share_url);
+        v["thumbnail_error"] = json!(info.thumbnail_error);
+        v["deduplicated"] = json!(info.deduplicated);
+        v["transferred"] = json!(info.transferred);
+        if obj.checksum.is_none() {
+            v["checksum"] = json!(info.checksum);
+        }
+        line(v)
+    } else {
+        line(info.share_url.as_deref().unwrap_or(&obj.url))
+    }
+}
+
+/// `xfer serve`: serve a local store's signed URLs until Ctrl-C.
+pub async fn serve(cx: &Ctx, store: Option<&str>, bind: Option<SocketAddr>) -> Result<(), Failure> {
+    let name = match store {
+        Some(s) => s.to_string(),
+        None => cx.kit.settings().default_store.clone(),
+    };
+    let local = cx.kit.local_store(&name).await?;
+    let Some((base, signer)) = local.serve_config() else {
+        return Err(Failure::usage(format!(
+            "store {name:?} has no serve_url and signing_key: set stores.{name}.serve_url \
+             (e.g. \"http://127.0.0.1:8080\") and XFERKIT_STORES__{}__SIGNING_KEY",
+            name.to_uppercase()
+        )));
+    };
+    let base = base.to_string();
+    let signer = signer.clone();
+    let addr = match bind {
+        Some(a) => a,
+        None => {
+            let port = url::Url::parse(&base)
+                .ok()
+                .and_then(|u| u.port_or_known_default())
+                .unwrap_or(8080);
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::failed(format!("cannot listen on {addr}: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::failed(format!("cannot listen on {addr}: {e}")))?;
+    let root = local.root().display().to_string();
+    let app = router(
+        std::sync::Arc::new(local),
+        signer,
+        ServeOptions::for_serve_url(&base),
+    );
+    let server =
+        Server::start(listener, app).map_err(|e| Failure::failed(format!("{addr}: {e}")))?;
+    if cx.json {
+        line(
+            json!({ "store": name, "root": root, "serve_url": base, "listening": addr.to_string() }),
+        )?;
+    } else if !cx.quiet {
+        eprintln!("serving store {name} ({root}) as {base} on http://{addr}; Ctrl-C stops");
+    }
+    server
+        .run_until(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| Failure::failed(format!("server on {addr} failed: {e}")))
+}
