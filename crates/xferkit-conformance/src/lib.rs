@@ -21,6 +21,7 @@
 //! `conformance: s3@moto 38 passed, 0 failed, 2 skipped`.
 
 mod cases;
+pub mod fault;
 mod support;
 
 use std::future::Future;
