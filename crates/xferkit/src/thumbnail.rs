@@ -93,3 +93,73 @@ impl Thumbnailer for ImageThumbnailer {
             .then(|| self.make(path))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn gradient(w: u32, h: u32) -> image::RgbImage {
+        image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
+        })
+    }
+
+    #[test]
+    fn every_supported_format_gives_a_decodable_jpeg_within_max_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = ImageThumbnailer::new(64, 10_000_000);
+        for (name, ct) in [
+            ("a.png", "image/png"),
+            ("a.jpg", "image/jpeg"),
+            ("a.gif", "image/gif"),
+            ("a.webp", "image/webp"),
+        ] {
+            let p = dir.path().join(name);
+            gradient(300, 120).save(&p).unwrap();
+            let jpeg = t.thumbnail(&p, ct).unwrap().unwrap();
+            let img = image::load_from_memory_with_format(&jpeg, ImageFormat::Jpeg).unwrap();
+            assert_eq!((img.width(), img.height()), (64, 26), "{name}");
+        }
+    }
+
+    #[test]
+    fn non_images_get_no_thumbnail_and_bad_images_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = ImageThumbnailer::new(64, 10_000_000);
+        let p = dir.path().join("notes.txt");
+        std::fs::write(&p, "hello").unwrap();
+        assert!(t.thumbnail(&p, "text/plain").is_none());
+
+        let fake = dir.path().join("fake.png");
+        std::fs::write(&fake, b"\x89PNG\r\n\x1a\nthis is not a png").unwrap();
+        let e = t.thumbnail(&fake, "image/png").unwrap().unwrap_err();
+        assert!(
+            e.to_string().contains("fake.png") && e.to_string().contains("no thumbnail"),
+            "{e}"
+        );
+
+        let text_as_png = dir.path().join("text.png");
+        std::fs::write(&text_as_png, "plain text").unwrap();
+        let e = t.thumbnail(&text_as_png, "image/png").unwrap().unwrap_err();
+        assert!(
+            e.to_string().contains("not a JPEG, PNG, WebP or GIF"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn images_over_the_pixel_limit_are_refused_before_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.png");
+        gradient(400, 300).save(&p).unwrap();
+        let e = ImageThumbnailer::new(64, 100_000)
+            .make(&p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("400x300") && e.contains("thumbnail.max_pixels"),
+            "{e}"
+        );
+    }
+}
