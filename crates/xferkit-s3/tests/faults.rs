@@ -1,0 +1,309 @@
+//! Faults between the client and the emulator (the TCP fault proxy of
+//! `xferkit-conformance`): a flaky network costs no byte, and a dead one
+//! fails within the retry budget leaving no object and no pending upload.
+//!
+//! - 64 MiB up and down through resets mid-body and 503 `SlowDown`s finish
+//!   byte-identical (s3s-fs), and the proxy counts the faults it injected;
+//! - 503s or resets that never clear fail with `RetriesExhausted` naming the
+//!   request, and leave nothing visible (s3s-fs and moto); on moto no
+//!   multipart upload is left pending either (s3s-fs cannot list them).
+//!
+//! Each test skips when its emulator's variables are not set (and fails
+//! instead under `CI=true` or `XFERKIT_REQUIRE_EMULATORS=1`).
+
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::path::Path;
+use std::time::Duration;
+
+use xferkit_conformance::fault::{Fault, FaultProxy, Rule};
+use xferkit_core::{
+    Error, ErrorKind, FileTransferExt, FileTransferHandler, PutOptions, RetryPolicy, Secret,
+    TransferCtx, UploadSource,
+};
+use xferkit_s3::{S3Config, S3Store};
+
+const MIB: usize = 1024 * 1024;
+const BUCKET: &str = "xferkit-conformance";
+
+struct Emu {
+    name: &'static str,
+    endpoint: String,
+    access_key: String,
+    secret_key: String,
+}
+
+fn required() -> bool {
+    ["CI", "XFERKIT_REQUIRE_EMULATORS"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0" && s != "false"))
+}
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn skip(what: &str) -> Option<Emu> {
+    assert!(
+        !required(),
+        "{what} is not configured but emulators are required"
+    );
+    eprintln!("skipped: {what} not configured (cargo xtask emulators start)");
+    None
+}
+
+fn s3s() -> Option<Emu> {
+    match (
+        var("XFERKIT_S3S_ENDPOINT"),
+        var("XFERKIT_S3S_ACCESS_KEY"),
+        var("XFERKIT_S3S_SECRET_KEY"),
+    ) {
+        (Some(endpoint), Some(access_key), Some(secret_key)) => Some(Emu {
+            name: "s3s-fs",
+            endpoint,
+            access_key,
+            secret_key,
+        }),
+        _ => skip("s3s-fs"),
+    }
+}
+
+fn moto() -> Option<Emu> {
+    match var("XFERKIT_MOTO_ENDPOINT") {
+        Some(endpoint) => Some(Emu {
+            name: "moto",
+            endpoint,
+            access_key: "testing".into(),
+            secret_key: "testing".into(),
+        }),
+        None => skip("moto"),
+    }
+}
+
+/// A store on `endpoint` (the emulator's, or a proxy's) under a fresh
+/// prefix: 5 MiB parts (the S3 minimum), 4 in flight, so several parts are
+/// in play at once.
+async fn store(emu: &Emu, endpoint: &str, prefix: &str) -> S3Store {
+    let mut c = S3Config::new(BUCKET);
+    c.endpoint = Some(endpoint.to_string());
+    c.force_path_style = true;
+    c.access_key_id = Some(emu.access_key.clone());
+    c.secret_access_key = Some(Secret::new(emu.secret_key.clone()));
+    c.prefix = prefix.to_string();
+    c.part_size = 5 * MIB as u64;
+    c.multipart_threshold = 5 * MIB as u64;
+    c.concurrency = 4;
+    let s = S3Store::new("faults", c)
+        .await
+        .unwrap()
+        .with_retry_policy(quick(6));
+    s.ensure_bucket().await.unwrap();
+    s
+}
+
+fn prefix(test: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("xk-faults-{test}-{n:08x}")
+}
+
+/// Retries that do not make the tests wait.
+fn quick(attempts: u32) -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_attempts(attempts)
+        .with_initial_backoff(Duration::from_millis(10))
+        .with_max_backoff(Duration::from_millis(100))
+        .with_attempt_timeout(Duration::from_secs(60))
+}
+
+/// `len` pseudo-random bytes (xorshift; no two 8-byte words alike nearby).
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[tokio::test]
+async fn upload_64mib_through_resets_and_503s_is_byte_identical() {
+    let Some(emu) = s3s() else { return };
+    let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+    let pfx = prefix("up");
+    let via = store(&emu, &proxy.url(), &pfx).await;
+    let direct = store(&emu, &emu.endpoint, &pfx).await;
+    let body = data(64 * MIB, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let src = write_file(dir.path(), "src.bin", &body);
+
+    // Parts: every 4th is cut after 1 MiB, every 5th of the rest gets a 503.
+    proxy.set_rules(vec![
+        Rule::new(Fault::ResetRequestAfter(MIB as u64))
+            .method("PUT")
+            .path_contains("partNumber=")
+            .every(4),
+        Rule::new(Fault::Status(503))
+            .method("PUT")
+            .path_contains("partNumber=")
+            .every(5),
+    ]);
+    let ctx = TransferCtx::none().with_retry_policy(quick(6));
+    let obj = via
+        .upload(
+            "big.bin",
+            UploadSource::Path(src),
+            &PutOptions::default(),
+            &ctx,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("upload through faults: {}", e.chain()));
+    assert_eq!(obj.size, body.len() as u64);
+    let stats = proxy.stats();
+    assert!(stats.resets > 0 && stats.statuses > 0, "{stats:?}");
+
+    let dest = dir.path().join("back.bin");
+    direct
+        .download_to_path("big.bin", &dest, None, &TransferCtx::none())
+        .await
+        .unwrap();
+    assert!(std::fs::read(&dest).unwrap() == body, "stored bytes differ");
+    direct.delete("big.bin").await.unwrap();
+}
+
+#[tokio::test]
+async fn download_64mib_through_resets_and_503s_is_byte_identical() {
+    let Some(emu) = s3s() else { return };
+    let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+    let pfx = prefix("down");
+    let via = store(&emu, &proxy.url(), &pfx).await;
+    let direct = store(&emu, &emu.endpoint, &pfx).await;
+    let body = data(64 * MIB, 11);
+    let dir = tempfile::tempdir().unwrap();
+    let src = write_file(dir.path(), "src.bin", &body);
+    direct
+        .upload(
+            "big.bin",
+            UploadSource::Path(src),
+            &PutOptions::default(),
+            &TransferCtx::none(),
+        )
+        .await
+        .unwrap();
+
+    // GETs: every 3rd is cut 3 MiB into its answer, every 4th of the rest is a 503.
+    proxy.set_rules(vec![
+        Rule::new(Fault::ResetResponseAfter(3 * MIB as u64))
+            .method("GET")
+            .every(3),
+        Rule::new(Fault::Status(503)).method("GET").every(4),
+    ]);
+    let dest = dir.path().join("back.bin");
+    let ctx = TransferCtx::none().with_retry_policy(quick(6));
+    let obj = via
+        .download_to_path("big.bin", &dest, None, &ctx)
+        .await
+        .unwrap_or_else(|e| panic!("download through faults: {}", e.chain()));
+    assert_eq!(obj.size, body.len() as u64);
+    let stats = proxy.stats();
+    assert!(stats.resets > 0 && stats.statuses > 0, "{stats:?}");
+    assert!(
+        std::fs::read(&dest).unwrap() == body,
+        "downloaded bytes differ"
+    );
+    direct.delete("big.bin").await.unwrap();
+}
+
+/// Check a failure after the budget: `RetriesExhausted` after exactly
+/// `attempts` tries, naming what failed, over a retryable last error.
+fn assert_exhausted(e: &Error, attempts: u32, names: &str) {
+    let Error::RetriesExhausted {
+        attempts: n,
+        source,
+        ..
+    } = e
+    else {
+        panic!("expected RetriesExhausted, got {}", e.chain());
+    };
+    assert_eq!(*n, attempts, "{}", e.chain());
+    assert!(source.is_retryable(), "{}", e.chain());
+    assert!(e.to_string().contains(names), "{}", e.chain());
+    assert!(e.chain().contains("gave up after"), "{}", e.chain());
+}
+
+#[tokio::test]
+async fn faults_that_never_clear_fail_within_the_budget_leaving_nothing() {
+    for emu in [s3s(), moto()].into_iter().flatten() {
+        let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+        let pfx = prefix("dead");
+        let via = store(&emu, &proxy.url(), &pfx).await;
+        let direct = store(&emu, &emu.endpoint, &pfx).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = TransferCtx::none().with_retry_policy(quick(3));
+
+        // Multipart: every part upload answers 503, forever; the abort
+        // (DELETE) still gets through, as it would with a broken data path.
+        proxy.set_rules(vec![
+            Rule::new(Fault::Status(503))
+                .method("PUT")
+                .path_contains("partNumber="),
+        ]);
+        let src = write_file(dir.path(), "multi.bin", &data(12 * MIB, 3));
+        let e = via
+            .upload(
+                "multi.bin",
+                UploadSource::Path(src),
+                &PutOptions::default(),
+                &ctx,
+            )
+            .await
+            .expect_err("parts that always fail must fail the upload");
+        assert_exhausted(&e, 3, "part");
+        assert!(proxy.stats().statuses >= 3, "{:?}", proxy.stats());
+
+        // Single PUT: every try is cut 64 KiB into the body, forever.
+        proxy.set_rules(vec![
+            Rule::new(Fault::ResetRequestAfter(64 * 1024)).method("PUT"),
+        ]);
+        let src = write_file(dir.path(), "single.bin", &data(MIB, 5));
+        let before = proxy.stats().resets;
+        let e = via
+            .upload(
+                "single.bin",
+                UploadSource::Path(src),
+                &PutOptions::default(),
+                &ctx,
+            )
+            .await
+            .expect_err("a PUT that is always cut must fail");
+        assert_exhausted(&e, 3, "single.bin");
+        assert_eq!(proxy.stats().resets - before, 3, "one reset per try");
+
+        proxy.clear();
+        for key in ["multi.bin", "single.bin"] {
+            let e = direct.stat(key).await.expect_err("nothing may be visible");
+            assert_eq!(e.kind(), ErrorKind::NotFound, "{}: {}", emu.name, e.chain());
+        }
+        let listed: Vec<_> = futures::StreamExt::collect::<Vec<_>>(direct.list("")).await;
+        assert!(listed.is_empty(), "{}: {listed:?}", emu.name);
+        if emu.name == "moto" {
+            let pending = direct.list_pending_uploads("").await.unwrap();
+            assert!(
+                pending.is_empty(),
+                "multipart upload left behind: {pending:?}"
+            );
+        }
+    }
+}
