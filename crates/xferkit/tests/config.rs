@@ -146,3 +146,51 @@ fn explicit_missing_file_is_an_error() {
         Ok(())
     });
 }
+
+/// The shipped examples in `config/` stay valid: their top-level keys and
+/// settings parse (stores are not built: they name real buckets and paths).
+#[test]
+fn shipped_config_examples_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let fig = figment_for(Some(&path)).unwrap();
+            let s = Settings::from_figment(&fig)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(!s.store_names.is_empty(), "{}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "expected the four backend examples, found {seen}");
+}
+
+#[test]
+fn dedupe_and_thumbnail_settings_are_checked() {
+    Jail::expect_with(|jail| {
+        isolate(jail);
+        jail.create_file(
+            "a.toml",
+            "[stores.local]\nbackend = \"local\"\nroot = \"f\"\ndedupe = \"content\"\n",
+        )?;
+        let reg = load(jail, Some("a.toml")).unwrap();
+        assert_eq!(reg.dedupe("local"), xferkit::Dedupe::Content);
+
+        jail.create_file(
+            "b.toml",
+            "[stores.local]\nbackend = \"local\"\nroot = \"f\"\ndedupe = \"hash\"\n",
+        )?;
+        let e = load(jail, Some("b.toml")).unwrap_err().to_string();
+        assert!(e.contains("stores.local.dedupe") && e.contains("b.toml"), "{e}");
+
+        jail.create_file("c.toml", "[thumbnail]\nmax_side = 5\n")?;
+        let e = load(jail, Some("c.toml")).unwrap_err().to_string();
+        assert!(e.contains("thumbnail.max_side") && e.contains("c.toml"), "{e}");
+
+        jail.create_file("d.toml", "[thumbnail]\nsize = 5\n")?;
+        let e = load(jail, Some("d.toml")).unwrap_err().to_string();
+        assert!(e.contains("size"), "{e}");
+        Ok(())
+    });
+}
