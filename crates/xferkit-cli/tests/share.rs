@@ -196,6 +196,16 @@ async fn upload_share_is_fetchable_by_anyone_and_tampering_is_refused() {
     assert_eq!((img.width(), img.height()), (MAX_SIDE, MAX_SIDE / 2));
     assert!(v["share_expires_at"].as_u64().unwrap() > 0);
 
+    // A large shared file comes down through the ranged, resumable path of
+    // the http link store (several concurrent Range GETs against xfer serve).
+    let big: Vec<u8> = (0..40_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(d.join("big.bin"), &big).unwrap();
+    let big_link = ok(d, &["upload", "big.bin", "--share", "10m"]);
+    ok(d, &["download", &big_link, "big-back.bin"]);
+    assert!(std::fs::read(d.join("big-back.bin")).unwrap() == big, "ranged download differs");
+
     // The server never logs the signing key or a signature.
     server.0.kill().unwrap();
     let mut log = String::new();
@@ -207,6 +217,8 @@ async fn upload_share_is_fetchable_by_anyone_and_tampering_is_refused() {
         .read_to_string(&mut log)
         .unwrap();
     assert!(log.contains("served"), "expected request logs: {log}");
+    let ranged = log.lines().filter(|l| l.contains("big.bin") && l.contains("206")).count();
+    assert!(ranged >= 2, "expected several ranged GETs of big.bin: {log}");
     assert!(!log.contains(SIGNING_KEY), "signing key in the server log");
     let sig = link.split("sig=").nth(1).unwrap();
     assert!(!log.contains(sig), "a signature in the server log: {log}");
