@@ -298,7 +298,10 @@ fn transport_error(target: &str, e: reqwest::Error) -> Error {
         return status_error(target, s.as_u16(), String::new());
     }
     // The URL may be a resumable session URI (a bearer capability): drop it.
-    let transient = e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
+    // A "decode" error that is not a JSON error is a body cut off mid-way
+    // (connection reset while streaming a download): retryable.
+    let cut_body = e.is_decode() && !chain_has(&e, |x| x.is::<serde_json::Error>());
+    let transient = e.is_timeout() || e.is_connect() || e.is_request() || e.is_body() || cut_body;
     let e = e.without_url();
     if transient {
         Error::transient(target, e)
