@@ -617,8 +617,8 @@ impl Bench {
     }
 
     /// Run every tool `runs` times, interleaved; a failing tool gets an error cell.
-    fn job(&self, name: &str, tools: &[Tool<'_>]) -> JobResult {
-        let slug: String = name
+    fn job(&self, tag: &str, name: &str, tools: &[Tool<'_>]) -> JobResult {
+        let slug: String = format!("{tag}-{name}")
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect();
@@ -850,7 +850,11 @@ impl Bench {
                 }),
                 after: Box::new(|r| rm(format!("up/rclone-{r}.bin"))),
             });
-            results.push(self.job(&format!("upload {}", human(opts.size)), &tools));
+            results.push(self.job(
+                backend.name(),
+                &format!("upload {}", human(opts.size)),
+                &tools,
+            ));
         }
 
         // --- download of the big file ---
@@ -904,7 +908,11 @@ impl Bench {
                 }),
                 after: clean("rclone"),
             });
-            results.push(self.job(&format!("download {}", human(opts.size)), &tools));
+            results.push(self.job(
+                backend.name(),
+                &format!("download {}", human(opts.size)),
+                &tools,
+            ));
         }
 
         // --- many small files ---
@@ -952,7 +960,11 @@ impl Bench {
                 }),
                 after: Box::new(nothing),
             });
-            results.push(self.job(&format!("upload {} × 16 KiB", opts.small_files), &tools));
+            results.push(self.job(
+                backend.name(),
+                &format!("upload {} × 16 KiB", opts.small_files),
+                &tools,
+            ));
         }
 
         // --- xfer's peak RSS on a big file ---
@@ -1035,7 +1047,7 @@ impl Bench {
             },
         ];
         let size = fs::metadata(big)?.len();
-        let r = self.job(&format!("local copy {}", human(size)), &tools);
+        let r = self.job("local", &format!("local copy {}", human(size)), &tools);
         Ok(table(&[r], &[]))
     }
 
