@@ -522,24 +522,33 @@ impl FileTransferHandler for S3Store {
     async fn abort_pending_upload(&self, pending: &PendingUpload) -> Result<()> {
         let full = self.core.full(&pending.key);
         let target = self.core.url_full(&full);
+        // Through the retry layer like every request (the SDK's own retries
+        // are off); an abort is idempotent.
         let r = self
-            .core
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.core.bucket)
-            .key(&full)
-            .upload_id(&pending.upload_id)
-            .send()
+            .retry
+            .retry(&target, |_| {
+                let req = self
+                    .core
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.core.bucket)
+                    .key(&full)
+                    .upload_id(&pending.upload_id);
+                let target = &target;
+                async move {
+                    req.send()
+                        .await
+                        .map_err(|e| map_sdk("AbortMultipartUpload", target, Mode::Plain, e))
+                }
+            })
             .await;
         match r {
             Ok(_) => Ok(()),
-            Err(e) => match map_sdk("AbortMultipartUpload", &target, Mode::Plain, e) {
-                // NoSuchUpload: completed or aborted meanwhile; gone either way.
-                e if e.kind() == ErrorKind::NotFound && !e.chain().contains("NoSuchBucket") => {
-                    Ok(())
-                }
-                e => Err(e),
-            },
+            // NoSuchUpload: completed or aborted meanwhile; gone either way.
+            Err(e) if e.kind() == ErrorKind::NotFound && !e.chain().contains("NoSuchBucket") => {
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 }
