@@ -47,12 +47,7 @@ pub async fn run(
         }
         let pending = store.list_pending_uploads(&prefix).await?;
         for p in pending {
-            // Unknown age: only an explicit `--older-than 0s` takes it.
-            let old = match p.initiated {
-                Some(t) => t <= cutoff,
-                None => older_than.is_zero(),
-            };
-            if !old {
+            if !is_old(p.initiated, cutoff, older_than) {
                 continue;
             }
             let result = if dry_run {
@@ -85,6 +80,16 @@ pub async fn run(
                 .map(|m| format!("{m} (and {} more aborts failed)", n - 1));
             Err(f)
         }
+    }
+}
+
+/// Whether an upload started at `initiated` is older than `older_than`
+/// (started at or before `cutoff`, which is now − `older_than`). An upload
+/// of unknown age is taken only by an explicit `--older-than 0s`.
+fn is_old(initiated: Option<SystemTime>, cutoff: SystemTime, older_than: Duration) -> bool {
+    match initiated {
+        Some(t) => t <= cutoff,
+        None => older_than.is_zero(),
     }
 }
 
@@ -141,4 +146,32 @@ fn report(cx: &Ctx, store: &DynHandler, p: &PendingUpload, action: &str) -> Resu
         time(p.initiated).unwrap_or_else(|| "-".into()),
         p.upload_id
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_uploads_older_than_the_age_are_collected() {
+        let now = SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        let cutoff = now - day;
+        assert!(is_old(Some(now - 2 * day), cutoff, day));
+        assert!(is_old(Some(cutoff), cutoff, day));
+        assert!(!is_old(Some(now - day / 2), cutoff, day));
+        assert!(!is_old(Some(now), cutoff, day));
+        // Unknown age: only with --older-than 0s.
+        assert!(!is_old(None, cutoff, day));
+        assert!(is_old(None, now, Duration::ZERO));
+        // 0s takes everything started up to now.
+        assert!(is_old(Some(now), now, Duration::ZERO));
+    }
+
+    #[test]
+    fn stores_without_uploads_say_why() {
+        assert!(nothing_to_collect("az://acct/c/x").contains("7 days"));
+        assert!(nothing_to_collect("gs://b/x").contains("7 days"));
+        assert!(nothing_to_collect("file:///r/x").contains(".xferkit/tmp"));
+    }
 }
