@@ -188,6 +188,41 @@ async fn dedupe_through(handler: xferkit::DynHandler) {
     let got = xferkit::FileTransferExt::read_bytes(&*handler, &key, None).await;
     assert!(got.unwrap() == body, "{name}: stored content differs");
     handler.delete(&key).await.unwrap();
+
+    // Four uploads of the same new content at once (different source files,
+    // so four transfers): all complete, one object, whoever loses the
+    // create-only race reports a dedupe instead of an error.
+    let fresh: Vec<u8> = body.iter().map(|b| b ^ 0x5a).collect();
+    let mut transfers = Vec::new();
+    for i in 0..4 {
+        let p = dir.path().join(format!("copy{i}.bin"));
+        std::fs::write(&p, &fresh).unwrap();
+        transfers.push(
+            m.start(TransferRequest::upload(
+                &p,
+                handler.url_for(&format!("y/copy{i}.bin")),
+            ))
+            .unwrap(),
+        );
+    }
+    let mut urls = std::collections::BTreeSet::new();
+    for t in transfers {
+        let info = t.wait().await;
+        assert_eq!(info.status, TransferStatus::Completed, "{name}: {info:?}");
+        urls.insert(info.url);
+    }
+    assert_eq!(
+        urls.len(),
+        1,
+        "{name}: concurrent identical uploads gave {urls:?}"
+    );
+    let url = urls.into_iter().next().unwrap();
+    let key = handler
+        .key_for_url(&xferkit::url::ObjectUrl::parse(&url).unwrap())
+        .unwrap();
+    let got = xferkit::FileTransferExt::read_bytes(&*handler, &key, None).await;
+    assert!(got.unwrap() == fresh, "{name}: stored content differs");
+    handler.delete(&key).await.unwrap();
 }
 
 fn prefix(label: &str) -> String {
