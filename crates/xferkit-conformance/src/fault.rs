@@ -75,6 +75,7 @@ pub struct Rule {
     path_contains: Option<String>,
     every: u64,
     remaining: Option<u64>,
+    after: u64,
     matched: u64,
 }
 
@@ -87,6 +88,7 @@ impl Rule {
             path_contains: None,
             every: 1,
             remaining: None,
+            after: 0,
             matched: 0,
         }
     }
@@ -110,6 +112,13 @@ impl Rule {
         self
     }
 
+    /// Let the first `n` matching requests through untouched (counting
+    /// starts after them).
+    pub fn after(mut self, n: u64) -> Self {
+        self.after = n;
+        self
+    }
+
     /// Fire at most `k` times, then let requests through.
     pub fn times(mut self, k: u64) -> Self {
         self.remaining = Some(k);
@@ -130,7 +139,10 @@ impl Rule {
             return false;
         }
         self.matched += 1;
-        if !self.matched.is_multiple_of(self.every) {
+        if self.matched <= self.after {
+            return false;
+        }
+        if !(self.matched - self.after).is_multiple_of(self.every) {
             return false;
         }
         if let Some(r) = &mut self.remaining {
@@ -153,6 +165,10 @@ pub struct FaultStats {
     pub statuses: u64,
     /// Requests stalled by a fault.
     pub stalls: u64,
+    /// Bytes forwarded to the upstream (request heads and bodies).
+    pub bytes_up: u64,
+    /// Bytes forwarded to clients (response heads and bodies).
+    pub bytes_down: u64,
 }
 
 impl FaultStats {
@@ -169,6 +185,8 @@ struct Counters {
     resets: AtomicU64,
     statuses: AtomicU64,
     stalls: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
 }
 
 struct Shared {
@@ -294,6 +312,8 @@ impl FaultProxy {
             resets: c.resets.load(Ordering::SeqCst),
             statuses: c.statuses.load(Ordering::SeqCst),
             stalls: c.stalls.load(Ordering::SeqCst),
+            bytes_up: c.bytes_up.load(Ordering::SeqCst),
+            bytes_down: c.bytes_down.load(Ordering::SeqCst),
         }
     }
 }
@@ -375,6 +395,8 @@ struct Pipe<'a> {
     to: Option<&'a mut TcpStream>,
     budget: Option<u64>,
     sent: u64,
+    /// Counts the bytes written to `to`.
+    counter: Option<&'a AtomicU64>,
 }
 
 impl Pipe<'_> {
@@ -394,6 +416,9 @@ impl Pipe<'_> {
             to.write_all(data).await?;
             if cut {
                 to.flush().await?;
+            }
+            if let Some(c) = self.counter {
+                c.fetch_add(data.len() as u64, Ordering::SeqCst);
             }
         }
         self.sent += data.len() as u64;
@@ -535,6 +560,7 @@ async fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
                     to: None,
                     budget: None,
                     sent: 0,
+                    counter: None,
                 };
                 body(&mut client, &req, false, &mut sink).await?;
                 client
@@ -567,6 +593,7 @@ async fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
             to: Some(up.get_mut()),
             budget: req_budget,
             sent: 0,
+            counter: Some(&shared.counters.bytes_up),
         };
         let whole =
             pipe.send(&req.bytes()).await? && body(&mut client, &req, false, &mut pipe).await?;
@@ -587,6 +614,7 @@ async fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
             to: Some(client.get_mut()),
             budget: resp_budget,
             sent: 0,
+            counter: Some(&shared.counters.bytes_down),
         };
         let (resp, cut) = loop {
             let Some(mut resp) = read_head(up).await? else {
@@ -671,6 +699,7 @@ mod tests {
                             to: None,
                             budget: None,
                             sent: 0,
+                            counter: None,
                         };
                         if body(&mut r, &h, false, &mut sink).await.is_err() {
                             return;
@@ -727,6 +756,7 @@ mod tests {
         }
         let s = p.stats();
         assert_eq!((s.requests, s.faults()), (3, 0));
+        assert!(s.bytes_up > 3 * 5000 && s.bytes_down > 0, "{s:?}");
         assert_eq!(s.connections, 1, "keep-alive connection reused");
         assert_eq!(
             p.endpoint_for("http://h:1/devstoreaccount1"),

@@ -4,6 +4,7 @@ mod ctx;
 mod error;
 mod ext;
 mod handler;
+pub mod journal;
 pub mod key;
 pub mod manager;
 mod registry;

@@ -28,6 +28,8 @@ pub struct S3Store {
     core: Arc<Core>,
     /// For requests outside a transfer (stat, list, delete, copy, GET).
     retry: RetryPolicy,
+    /// Journals of multipart uploads of files (resume after a crash).
+    state_dir: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for S3Store {
@@ -36,6 +38,7 @@ impl fmt::Debug for S3Store {
             .field("name", &self.name)
             .field("core", &self.core)
             .field("retry", &self.retry)
+            .field("state_dir", &self.state_dir)
             .finish()
     }
 }
@@ -51,7 +54,17 @@ impl S3Store {
             name: name.to_string(),
             core: Arc::new(Core::new(&config).await?),
             retry: RetryPolicy::default(),
+            state_dir: None,
         })
+    }
+
+    /// Keep a journal of each multipart upload of a file under
+    /// `DIR/uploads/` (see [`xferkit_core::journal`]): running the same
+    /// upload again after the process died sends only the parts S3 has not
+    /// acknowledged (checked with ListParts). `None` (the default): no journal.
+    pub fn with_state_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.state_dir = dir;
+        self
     }
 
     /// Retry requests made outside a transfer (stat, list, delete, copy,
@@ -275,7 +288,10 @@ impl FileTransferHandler for S3Store {
         ctx: &TransferCtx,
     ) -> Result<RemoteObject> {
         validate_key(key)?;
-        Upload::new(&self.core, key, opts)?.run(source, ctx).await
+        Upload::new(&self.core, key, opts)?
+            .with_state_dir(self.state_dir.as_deref())
+            .run(source, ctx)
+            .await
     }
 
     async fn download_stream(

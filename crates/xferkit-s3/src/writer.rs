@@ -16,6 +16,9 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::task::JoinSet;
+use xferkit_core::journal::{
+    JournalFile, JournalPart, SourceFingerprint, UploadJournal, crc32c_of_range,
+};
 use xferkit_core::{
     ByteStream, Error, ErrorKind, PutOptions, RemoteObject, Result, RetryPolicy, TransferCtx,
     UploadSource,
@@ -41,6 +44,24 @@ pub(crate) struct Upload<'a> {
     /// As given, for the returned record.
     user_metadata: BTreeMap<String, String>,
     mode: Mode,
+    /// Where multipart uploads of files keep their journal (resume after a crash).
+    state_dir: Option<PathBuf>,
+}
+
+/// The journal of a multipart upload of a file, kept up to date as parts
+/// are acknowledged.
+struct Journaled {
+    file: JournalFile,
+    data: UploadJournal,
+}
+
+impl Journaled {
+    async fn record(&mut self, part: JournalPart) {
+        self.data.parts.push(part);
+        if let Err(e) = self.file.save(&self.data).await {
+            tracing::warn!(path = %self.file.path().display(), error = %e.chain(), "could not update the upload journal");
+        }
+    }
 }
 
 /// The body of a single `PutObject`, re-opened for each try.
@@ -145,7 +166,15 @@ impl<'a> Upload<'a> {
             } else {
                 Mode::Plain
             },
+            state_dir: None,
         })
+    }
+
+    /// Journal multipart uploads of files under `dir`, so that the same
+    /// upload run again after a crash sends only the missing parts.
+    pub fn with_state_dir(mut self, dir: Option<&Path>) -> Self {
+        self.state_dir = dir.map(Path::to_path_buf);
+        self
     }
 
     pub async fn run(&self, source: UploadSource, ctx: &TransferCtx) -> Result<RemoteObject> {
@@ -312,6 +341,164 @@ impl<'a> Upload<'a> {
                 return Err(Error::already_exists(self.target.clone()));
             }
         }
+        let file = match &parts {
+            Parts::File {
+                path, part_size, ..
+            } => Some((path.clone(), *part_size)),
+            Parts::Stream { .. } => None,
+        };
+        let mut journal = match file {
+            Some((path, part_size)) => self.resumable(&path, part_size, ctx).await,
+            None => None,
+        };
+        let resumed = journal
+            .as_ref()
+            .filter(|j| !j.data.upload_id.is_empty())
+            .map(|j| j.data.upload_id.clone());
+        let upload_id = match resumed {
+            Some(id) => id,
+            None => {
+                let id = self.create(ctx).await?;
+                if let Some(j) = journal.as_mut() {
+                    j.data.upload_id = id.clone();
+                    j.data.parts.clear();
+                    if let Err(e) = j.file.save(&j.data).await {
+                        tracing::warn!(error = %e.chain(), "upload journal not written; this upload cannot resume after a crash");
+                        journal = None;
+                    }
+                }
+                id
+            }
+        };
+        let r = self
+            .parts_and_complete(&upload_id, parts, size, journal.as_mut(), ctx)
+            .await;
+        if r.is_err() {
+            self.abort(&upload_id, ctx.retry_policy()).await;
+        }
+        // Completed, failed or stopped: nothing to resume.
+        if let Some(j) = &journal {
+            j.file.remove().await;
+        }
+        r
+    }
+
+    /// For a file and a state directory: the journal to keep, resuming a
+    /// previous run's upload when its journal matches this file (same
+    /// fingerprint, part size and mode) and the store still has that upload.
+    /// Then `upload_id` is set and `parts` holds the parts to reuse (still
+    /// listed by the store with the same ETag, bytes unchanged); otherwise
+    /// `upload_id` is empty.
+    async fn resumable(&self, path: &Path, part_size: u64, ctx: &TransferCtx) -> Option<Journaled> {
+        let dir = self.state_dir.as_ref()?;
+        let fingerprint = match SourceFingerprint::of(path).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(error = %e.chain(), "no upload journal: cannot fingerprint the source");
+                return None;
+            }
+        };
+        let file = JournalFile::for_upload(dir, &self.target, path);
+        let create_only = self.mode == Mode::CreateOnly;
+        let fresh = UploadJournal::new(
+            self.target.clone(),
+            path.to_path_buf(),
+            fingerprint.clone(),
+            String::new(),
+            part_size,
+            create_only,
+        );
+        let Some(old) = file.load().await else {
+            return Some(Journaled { file, data: fresh });
+        };
+        let same = old.target == self.target
+            && old.fingerprint == fingerprint
+            && old.part_size == part_size
+            && old.create_only == create_only;
+        if !same {
+            tracing::info!(target = %self.target, "the source changed since the interrupted upload; starting over");
+            self.abort(&old.upload_id, ctx.retry_policy()).await;
+            return Some(Journaled { file, data: fresh });
+        }
+        let listed = match self.list_parts(&old.upload_id, ctx).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::info!(target = %self.target, error = %e.chain(), "the interrupted upload cannot be resumed; starting over");
+                return Some(Journaled { file, data: fresh });
+            }
+        };
+        let mut keep = Vec::new();
+        for p in old.parts {
+            // The store must still have the part, at that size and (when
+            // it lists ETags; s3s-fs does not) with that ETag. Complete
+            // checks the ETags again.
+            let listed_same = listed.get(&p.number).is_some_and(|(etag, len)| {
+                *len == p.len
+                    && etag
+                        .as_deref()
+                        .is_none_or(|e| unquote(e) == unquote(&p.etag))
+            });
+            if listed_same && crc32c_of_range(path, p.offset, p.len).await == Some(p.crc32c) {
+                keep.push(p);
+            }
+        }
+        let stored: u64 = keep.iter().map(|p| p.len).sum();
+        tracing::info!(
+            target = %self.target,
+            parts = keep.len(),
+            bytes = stored,
+            "resuming an interrupted upload: {stored} bytes already stored"
+        );
+        let mut data = fresh;
+        data.upload_id = old.upload_id;
+        data.parts = keep;
+        Some(Journaled { file, data })
+    }
+
+    /// The parts the store has for `upload_id`: number → (ETag if listed, size).
+    async fn list_parts(
+        &self,
+        upload_id: &str,
+        ctx: &TransferCtx,
+    ) -> Result<HashMap<u32, (Option<String>, u64)>> {
+        let mut out = HashMap::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let m = marker.take();
+            let page = ctx
+                .retry(&self.target, |_| {
+                    let req = self
+                        .core
+                        .client
+                        .list_parts()
+                        .bucket(&self.core.bucket)
+                        .key(&self.full)
+                        .upload_id(upload_id)
+                        .set_part_number_marker(m.clone());
+                    async move {
+                        req.send()
+                            .await
+                            .map_err(|e| map_sdk("ListParts", &self.target, Mode::Plain, e))
+                    }
+                })
+                .await?;
+            for p in page.parts() {
+                if let Some(n) = p.part_number() {
+                    let n = u32::try_from(n).unwrap_or(0);
+                    let size = u64::try_from(p.size().unwrap_or(0)).unwrap_or(0);
+                    out.insert(n, (p.e_tag().map(str::to_string), size));
+                }
+            }
+            marker = page.next_part_number_marker().map(str::to_string);
+            if !page.is_truncated().unwrap_or(false) || marker.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// CreateMultipartUpload; the new upload id.
+    async fn create(&self, ctx: &TransferCtx) -> Result<String> {
+        let client = &self.core.client;
         // Not raced against cancellation (the policy's retry, not the
         // transfer's): an upload created behind our back could not be
         // aborted. The request is short; cancellation is checked right after.
@@ -329,20 +516,14 @@ impl<'a> Upload<'a> {
                     .map_err(|e| map_sdk("CreateMultipartUpload", &self.target, Mode::Plain, e))
             })
             .await?;
-        let Some(upload_id) = created.upload_id().map(str::to_string) else {
-            return Err(Error::Backend {
+        created
+            .upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| Error::Backend {
                 target: self.target.clone(),
                 message: "CreateMultipartUpload returned no upload id".into(),
                 source: None,
-            });
-        };
-        match self.parts_and_complete(&upload_id, parts, size, ctx).await {
-            Ok(o) => Ok(o),
-            Err(e) => {
-                self.abort(&upload_id, ctx.retry_policy()).await;
-                Err(e)
-            }
-        }
+            })
     }
 
     /// Abort the multipart upload, retrying transient failures, but for at
@@ -380,12 +561,21 @@ impl<'a> Upload<'a> {
         upload_id: &str,
         mut parts: Parts,
         size: Option<u64>,
+        mut journal: Option<&mut Journaled>,
         ctx: &TransferCtx,
     ) -> Result<RemoteObject> {
         ctx.check(&self.target)?;
-        let mut tasks: JoinSet<Result<(i32, String, u64)>> = JoinSet::new();
+        let mut tasks: JoinSet<Result<PartDone>> = JoinSet::new();
         let mut done: Vec<(i32, String)> = Vec::new();
         let mut total = 0u64;
+        // Parts a previous run stored: counted, not sent.
+        let mut skip = std::collections::HashSet::new();
+        for p in journal.iter().flat_map(|j| j.data.parts.iter()) {
+            skip.insert(p.number);
+            done.push((i32::try_from(p.number).unwrap_or(0), p.etag.clone()));
+            ctx.add_progress(p.len);
+            total += p.len;
+        }
         let sent = ctx
             .cancellable(&self.target, async {
                 let mut next_number: u64 = 1;
@@ -407,6 +597,9 @@ impl<'a> Upload<'a> {
                                 // `next_number` <= 10 000, so it fits.
                                 let number = next_number as i32;
                                 next_number += 1;
+                                if skip.contains(&(number as u32)) {
+                                    continue;
+                                }
                                 tasks.spawn(upload_part(
                                     self.core.clone(),
                                     self.full.clone(),
@@ -423,14 +616,24 @@ impl<'a> Upload<'a> {
                     let Some(joined) = tasks.join_next().await else {
                         return Ok(());
                     };
-                    let (number, etag, len) = joined.map_err(|e| Error::Backend {
+                    let part = joined.map_err(|e| Error::Backend {
                         target: self.target.clone(),
                         message: "part upload task failed".into(),
                         source: Some(e.into()),
                     })??;
-                    ctx.add_progress(len);
-                    total += len;
-                    done.push((number, etag));
+                    ctx.add_progress(part.len);
+                    total += part.len;
+                    if let Some(j) = journal.as_deref_mut() {
+                        j.record(JournalPart::new(
+                            part.number as u32,
+                            part.offset,
+                            part.len,
+                            part.etag.clone(),
+                            part.crc32c,
+                        ))
+                        .await;
+                    }
+                    done.push((part.number, part.etag));
                 }
             })
             .await;
@@ -520,6 +723,15 @@ impl<'a> Upload<'a> {
     }
 }
 
+/// What an acknowledged part is.
+struct PartDone {
+    number: i32,
+    etag: String,
+    offset: u64,
+    len: u64,
+    crc32c: u32,
+}
+
 /// Upload one part (a spawned task): read its bytes, send them.
 async fn upload_part(
     core: Arc<Core>,
@@ -529,11 +741,12 @@ async fn upload_part(
     number: i32,
     data: PartData,
     ctx: TransferCtx,
-) -> Result<(i32, String, u64)> {
-    let bytes = match data {
-        PartData::Bytes(b) => b,
-        PartData::File { path, offset, len } => read_part(&path, offset, len).await?,
+) -> Result<PartDone> {
+    let (offset, bytes) = match data {
+        PartData::Bytes(b) => (0, b),
+        PartData::File { path, offset, len } => (offset, read_part(&path, offset, len).await?),
     };
+    let crc32c = xferkit_core::journal::crc32c(&bytes);
     let len = bytes.len() as u64;
     // Only this part is sent again on a transient failure.
     let out = ctx
@@ -562,7 +775,13 @@ async fn upload_part(
             message: format!("UploadPart {number} returned no ETag"),
             source: None,
         })?;
-    Ok((number, etag, len))
+    Ok(PartDone {
+        number,
+        etag,
+        offset,
+        len,
+        crc32c,
+    })
 }
 
 /// `len` bytes at `offset` of the file at `path` (its own handle, so parts
