@@ -26,6 +26,7 @@ pub const TOP_KEYS: &[&str] = &[
     "stores",
     "thumbnail",
     "retry",
+    "state_dir",
 ];
 
 /// Keys every store accepts, whatever its backend.
@@ -48,6 +49,10 @@ pub struct Settings {
     /// How failed requests are retried (`[retry]`).
     #[serde(default)]
     pub retry: RetrySettings,
+    /// Where interrupted uploads keep their journals (resume after a crash);
+    /// `None`: [`default_state_dir`].
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
     /// Store names, in order.
     #[serde(skip)]
     pub store_names: Vec<String>,
@@ -155,6 +160,22 @@ fn humantime_duration<'de, D: serde::Deserializer<'de>>(
             "{text:?} is not a duration ({e}); write e.g. \"200ms\", \"10s\", \"2m\""
         ))
     })
+}
+
+/// Where upload journals live by default: `<state dir>/xferkit`
+/// (`~/.local/state/xferkit` on Linux), else under the data directory.
+pub fn default_state_dir() -> PathBuf {
+    dirs::state_dir()
+        .or_else(dirs::data_local_dir)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("xferkit")
+}
+
+/// `state_dir` from the configuration, or the default.
+fn state_dir(figment: &Figment) -> PathBuf {
+    figment
+        .extract_inner::<PathBuf>("state_dir")
+        .unwrap_or_else(|_| default_state_dir())
 }
 
 /// Where the embedded local store keeps files by default.
@@ -425,7 +446,10 @@ async fn build_store_from(figment: &Figment, name: &str) -> Result<xferkit_core:
             let c: S3Config = extract(figment, name)?;
             let retry = RetrySettings::from_figment(figment)?.policy();
             Ok(std::sync::Arc::new(
-                S3Store::new(name, c).await?.with_retry_policy(retry),
+                S3Store::new(name, c)
+                    .await?
+                    .with_retry_policy(retry)
+                    .with_state_dir(Some(state_dir(figment))),
             ))
         }
         #[cfg(feature = "gcs")]

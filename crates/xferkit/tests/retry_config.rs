@@ -70,14 +70,33 @@ fn unknown_keys_and_bad_values_are_errors_naming_the_key() {
         let e = settings(jail, "[retry]\ninitial_backoff = \"soon\"\n").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidConfig);
         let msg = e.to_string();
-        assert!(msg.contains("initial_backoff") && msg.contains("soon"), "{msg}");
+        assert!(
+            msg.contains("initial_backoff") && msg.contains("soon"),
+            "{msg}"
+        );
 
         let e = settings(jail, "[retry]\nmax_backoff = 10\n").unwrap_err();
         assert!(e.to_string().contains("max_backoff"), "{e}");
 
         let e = settings(jail, "[retry]\nmax_attempts = 0\n").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("retry.max_attempts") && msg.contains("x.toml"), "{msg}");
+        assert!(
+            msg.contains("retry.max_attempts") && msg.contains("x.toml"),
+            "{msg}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn state_dir_is_a_known_key_with_a_default() {
+    Jail::expect_with(|jail| {
+        isolate(jail);
+        let s = settings(jail, "").unwrap();
+        assert_eq!(s.state_dir, None);
+        assert!(xferkit::config::default_state_dir().ends_with("xferkit"));
+        let s = settings(jail, "state_dir = \"journals\"\n").unwrap();
+        assert_eq!(s.state_dir, Some(std::path::PathBuf::from("journals")));
         Ok(())
     });
 }
