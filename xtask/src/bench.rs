@@ -14,7 +14,9 @@
 //!    matches);
 //! 4. per backend, starts its OWN emulator instance on a free port (state under
 //!    `target/bench/emulators`; the harness's `target/emulators*` are never touched), creates a
-//!    bucket, and runs every job `--runs` times, the tools interleaved within each run;
+//!    bucket, and runs every job `--runs` times, the tools interleaved within each run (each
+//!    run starting with the next tool) and `sync` run before each timed command, so dirty
+//!    pages one tool left are not written back on another's time;
 //! 5. prints a table of medians (and writes it to `target/bench/results-BACKEND.md`): the ratio
 //!    of `xfer` to the fastest peer and to raw curl, and peak RSS of every tool.
 //!
@@ -545,6 +547,8 @@ fn measure(cmd: &Cmd, log: &Path) -> Result<Sample> {
         c.env(k, v);
     }
     let out = fs::File::create(log)?;
+    // Write back what earlier commands left dirty, so it is not charged to this one.
+    let _ = Command::new("sync").status();
     let start = Instant::now();
     let status = c
         .stdin(Stdio::null())
@@ -625,7 +629,10 @@ impl Bench {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
         let mut errors: Vec<Option<String>> = vec![None; tools.len()];
         for run in 0..self.runs {
-            for (t, tool) in tools.iter().enumerate() {
+            // Each run starts with the next tool, so no tool always goes first.
+            let order = (0..tools.len()).map(|i| (i + run) % tools.len());
+            for t in order {
+                let tool = &tools[t];
                 if errors[t].is_some() {
                     continue;
                 }
