@@ -37,6 +37,8 @@ pub struct AzureStore {
     pub(crate) client: Client,
     /// For requests outside a transfer (stat, list, delete, copy, GET).
     pub(crate) retry: RetryPolicy,
+    /// Journals of staged uploads of files (resume after a crash).
+    pub(crate) state_dir: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for AzureStore {
@@ -64,7 +66,18 @@ impl AzureStore {
             cfg,
             client,
             retry: RetryPolicy::default(),
+            state_dir: None,
         })
+    }
+
+    /// Keep a journal of each staged upload of a file under `DIR/uploads/`
+    /// (see [`xferkit_core::journal`]): running the same upload again after
+    /// the process died stages only the blocks Azure does not hold
+    /// uncommitted (checked with Get Block List). `None` (the default): no
+    /// journal.
+    pub fn with_state_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.state_dir = dir;
+        self
     }
 
     /// Retry requests made outside a transfer (stat, list, delete, copy,

@@ -11,7 +11,7 @@
 //! transfer's retry policy on its own: a failed block is staged again, never
 //! the whole blob.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZero;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,12 +19,16 @@ use std::time::SystemTime;
 
 use azure_core::Uuid;
 use azure_core::http::{Etag, RequestContent, XmlFormat};
+use azure_storage_blob::models::BlockListType;
 use azure_storage_blob::models::{
     BlobClientUploadOptions, BlockBlobClientCommitBlockListOptions,
     BlockBlobClientCommitBlockListResultHeaders, BlockLookupList,
 };
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
+use xferkit_core::journal::{
+    JournalFile, JournalPart, SourceFingerprint, UploadJournal, crc32c_of_range,
+};
 use xferkit_core::{
     ByteStream, Error, PutOptions, RemoteObject, Result, TransferCtx, UploadSource,
 };
@@ -294,25 +298,152 @@ async fn staged_file(
         .filter(|n| u64::from(*n) <= MAX_BLOCKS)
         .ok_or_else(|| too_many_blocks(&plan.url))?;
     precheck(plan, ctx).await?;
-    let upload = Uuid::new_v4();
+    let mut journal = match &plan.store.state_dir {
+        Some(dir) => resumable(plan, dir, path, bs, ctx).await,
+        None => None,
+    };
+    let upload = journal
+        .as_ref()
+        .and_then(|j| Uuid::parse_str(&j.data.upload_id).ok())
+        .unwrap_or_else(Uuid::new_v4);
+    // Blocks a previous run staged: counted, not sent.
+    let mut skip = HashSet::new();
+    if let Some(j) = journal.as_mut() {
+        for p in &j.data.parts {
+            skip.insert(p.number);
+            ctx.add_progress(p.len);
+        }
+        if j.data.upload_id.is_empty() {
+            j.data.upload_id = upload.to_string();
+            if let Err(e) = j.file.save(&j.data).await {
+                tracing::warn!(error = %e.chain(), "upload journal not written; this upload cannot resume after a crash");
+                journal = None;
+            }
+        }
+    }
+    let journal = tokio::sync::Mutex::new(journal);
     let label = path.display().to_string();
     let concurrency = plan.store.cfg.concurrency;
-    let staging = futures::stream::iter(0..blocks)
+    let staging = futures::stream::iter((0..blocks).filter(|i| !skip.contains(i)))
         .map(|i| {
-            let (file, label, upload) = (file.clone(), label.clone(), upload);
+            let (file, label, upload, journal) = (file.clone(), label.clone(), upload, &journal);
             async move {
                 let offset = u64::from(i) * bs;
                 let len = bs.min(size - offset);
                 let data = read_block(file, offset, len, &label).await?;
+                let crc = xferkit_core::journal::crc32c(&data);
                 let n = stage(plan, &upload, i, data, ctx).await?;
                 ctx.add_progress(n);
+                if let Some(j) = journal.lock().await.as_mut() {
+                    j.data.parts.push(JournalPart::new(
+                        i,
+                        offset,
+                        len,
+                        format!("{upload}/{i}"),
+                        crc,
+                    ));
+                    if let Err(e) = j.file.save(&j.data).await {
+                        tracing::warn!(error = %e.chain(), "could not update the upload journal");
+                    }
+                }
                 Ok::<_, Error>(())
             }
         })
         .buffer_unordered(concurrency)
         .try_for_each(|()| async { Ok(()) });
-    ctx.cancellable(&plan.url, staging).await?;
-    commit(plan, &upload, blocks, ctx).await
+    let r = match ctx.cancellable(&plan.url, staging).await {
+        Ok(()) => commit(plan, &upload, blocks, ctx).await,
+        Err(e) => Err(e),
+    };
+    // Committed, failed or stopped: nothing to resume (staged blocks of a
+    // failed upload stay uncommitted and expire).
+    if let Some(j) = journal.into_inner() {
+        j.file.remove().await;
+    }
+    r
+}
+
+/// The journal of a staged upload of a file.
+struct Journaled {
+    file: JournalFile,
+    data: UploadJournal,
+}
+
+/// For a file and a state directory: the journal to keep, resuming a
+/// previous run's upload when its journal matches this file (fingerprint,
+/// block size, mode) and the blob still has those blocks uncommitted. Then
+/// `upload_id` is that run's upload (block id prefix) and `parts` the blocks
+/// to reuse (listed with the same size, bytes unchanged); otherwise
+/// `upload_id` is empty.
+async fn resumable(
+    plan: &Plan<'_>,
+    dir: &Path,
+    path: &Path,
+    block_size: u64,
+    ctx: &TransferCtx,
+) -> Option<Journaled> {
+    let fingerprint = SourceFingerprint::of(path).await.ok()?;
+    let file = JournalFile::for_upload(dir, &plan.url, path);
+    let fresh = UploadJournal::new(
+        plan.url.clone(),
+        path.to_path_buf(),
+        fingerprint.clone(),
+        String::new(),
+        block_size,
+        plan.create_only,
+    );
+    let Some(old) = file.load().await else {
+        return Some(Journaled { file, data: fresh });
+    };
+    let upload = Uuid::parse_str(&old.upload_id).ok();
+    let same = old.target == plan.url
+        && old.fingerprint == fingerprint
+        && old.part_size == block_size
+        && old.create_only == plan.create_only;
+    let Some(upload) = upload.filter(|_| same) else {
+        tracing::info!(target = %plan.url, "the source changed since the interrupted upload; starting over");
+        return Some(Journaled { file, data: fresh });
+    };
+    let blob = plan.store.blob(&plan.full).block_blob_client();
+    let listed = ctx
+        .retry(&plan.url, |_| async {
+            blob.get_block_list(BlockListType::Uncommitted, None)
+                .await
+                .map_err(|e| map(plan.op(), "get block list", e))?
+                .into_model()
+                .map_err(|e| map(plan.op(), "read block list", e))
+        })
+        .await;
+    let listed: HashMap<Vec<u8>, u64> = match listed {
+        Ok(list) => list
+            .uncommitted_blocks
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|b| Some((b.name?, u64::try_from(b.size?).ok()?)))
+            .collect(),
+        Err(e) => {
+            tracing::info!(target = %plan.url, error = %e.chain(), "the interrupted upload cannot be resumed; starting over");
+            return Some(Journaled { file, data: fresh });
+        }
+    };
+    let mut keep = Vec::new();
+    for p in old.parts {
+        let staged = listed.get(&block_id(&upload, p.number)) == Some(&p.len);
+        if staged && crc32c_of_range(path, p.offset, p.len).await == Some(p.crc32c) {
+            keep.push(p);
+        }
+    }
+    let stored: u64 = keep.iter().map(|p| p.len).sum();
+    tracing::info!(
+        target = %plan.url,
+        blocks = keep.len(),
+        bytes = stored,
+        "resuming an interrupted upload: {stored} bytes already stored"
+    );
+    let mut data = fresh;
+    data.upload_id = upload.to_string();
+    data.parts = keep;
+    Some(Journaled { file, data })
 }
 
 async fn staged_stream(

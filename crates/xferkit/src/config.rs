@@ -469,7 +469,10 @@ async fn build_store_from(figment: &Figment, name: &str) -> Result<xferkit_core:
             let c: AzureConfig = extract(figment, name)?;
             let retry = RetrySettings::from_figment(figment)?.policy();
             Ok(std::sync::Arc::new(
-                AzureStore::new(name, c).await?.with_retry_policy(retry),
+                AzureStore::new(name, c)
+                    .await?
+                    .with_retry_policy(retry)
+                    .with_state_dir(Some(state_dir(figment))),
             ))
         }
         b if ALL_BACKENDS.contains(&b) => Err(Error::invalid_config(format!(
