@@ -225,6 +225,12 @@ pub fn crc32c(data: &[u8]) -> u32 {
     crc32c::crc32c(data)
 }
 
+/// CRC32C of the bytes before and then `data` (`crc` is the CRC32C of the
+/// bytes before).
+pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, data)
+}
+
 /// CRC32C of `len` bytes at `offset` of `path`, or `None` if they cannot
 /// be read (the file shrank).
 pub async fn crc32c_of_range(path: &Path, offset: u64, len: u64) -> Option<u32> {

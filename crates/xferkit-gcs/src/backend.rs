@@ -41,6 +41,8 @@ pub struct GcsStore {
     gcs: Arc<Gcs>,
     /// For requests outside a transfer (stat, list, delete, copy, GET).
     retry: RetryPolicy,
+    /// Journals of resumable uploads of files (resume after a crash).
+    state_dir: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for GcsStore {
@@ -74,7 +76,19 @@ impl GcsStore {
             chunk_size: config.chunk_size,
             gcs: Arc::new(gcs),
             retry: RetryPolicy::default(),
+            state_dir: None,
         })
+    }
+
+    /// Keep a journal of each resumable upload of a file under
+    /// `DIR/uploads/` (see [`xferkit_core::journal`]): running the same
+    /// upload again after the process died continues the session from the
+    /// offset GCS reports. The journal holds the session URI, which
+    /// authorizes uploading to that one object until the session expires
+    /// (a week): it is written owner-only. `None` (the default): no journal.
+    pub fn with_state_dir(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.state_dir = dir;
+        self
     }
 
     /// Retry requests made outside a transfer (stat, list, delete, copy,
@@ -171,6 +185,7 @@ impl FileTransferHandler for GcsStore {
             create_only: opts.if_not_exists,
             threshold: self.threshold,
             chunk_size: self.chunk_size,
+            state_dir: self.state_dir.as_deref(),
         };
         let obj = job.run(source, ctx).await?;
         Ok(to_remote(url, key.to_string(), &obj))

@@ -19,7 +19,7 @@
 //! only the rest of the chunk.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -29,6 +29,10 @@ use gcloud_storage::http::resumable_upload_client::{
     ChunkSize, ResumableUploadClient, UploadStatus,
 };
 use reqwest_middleware::reqwest;
+use tokio::io::AsyncSeekExt;
+use xferkit_core::journal::{
+    JournalFile, JournalPart, SourceFingerprint, UploadJournal, crc32c_of_range,
+};
 use xferkit_core::{ByteStream, Error, ErrorKind, Result, TransferCtx, UploadSource};
 
 use crate::client::{Gcs, map_sdk, parse_object};
@@ -81,6 +85,24 @@ pub(crate) struct UploadJob<'a> {
     pub create_only: bool,
     pub threshold: u64,
     pub chunk_size: u64,
+    /// Journal resumable uploads of files here (resume after a crash).
+    pub state_dir: Option<&'a Path>,
+}
+
+/// The journal of a resumable upload of a file: the session URI and how
+/// much of the file the service has (one record: bytes `0..len`, CRC32C).
+struct Journaled {
+    file: JournalFile,
+    data: UploadJournal,
+}
+
+impl Journaled {
+    async fn persisted(&mut self, len: u64, crc32c: u32) {
+        self.data.parts = vec![JournalPart::new(0, 0, len, String::new(), crc32c)];
+        if let Err(e) = self.file.save(&self.data).await {
+            tracing::warn!(error = %e.chain(), "could not update the upload journal");
+        }
+    }
 }
 
 impl UploadJob<'_> {
@@ -109,6 +131,14 @@ impl UploadJob<'_> {
                     ctx.set_total(size);
                     return self
                         .multipart(Replay::Path(path), size, ctx)
+                        .await
+                        .map_err(|e| self.create_only_error(e));
+                }
+                if let Some(dir) = self.state_dir {
+                    drop(file);
+                    ctx.set_total(size);
+                    return self
+                        .resumable_file(&path, size, dir, ctx)
                         .await
                         .map_err(|e| self.create_only_error(e));
                 }
@@ -254,13 +284,144 @@ impl UploadJob<'_> {
             .retry(&self.target, |_| self.start_session(declared))
             .await?;
         let session = self.gcs.client.get_resumable_upload(session_url);
-        match self.send_chunks(&session, stream, declared, buf, ctx).await {
+        match self
+            .send_chunks(&session, stream, declared, buf, 0, None, ctx)
+            .await
+        {
             Ok(obj) => Ok(obj),
             Err(e) => {
                 self.cancel_session(session).await;
                 Err(e)
             }
         }
+    }
+
+    /// A resumable upload of the file at `path` with a journal under `dir`:
+    /// a previous run's session is continued from the offset the service
+    /// reports when the journal matches this file (fingerprint, chunk size,
+    /// mode) and the bytes it recorded are unchanged.
+    async fn resumable_file(
+        &self,
+        path: &Path,
+        size: u64,
+        dir: &Path,
+        ctx: &TransferCtx,
+    ) -> Result<Object> {
+        if self.create_only && self.exists(ctx).await? {
+            return Err(Error::already_exists(&self.target));
+        }
+        let fingerprint = SourceFingerprint::of(path).await?;
+        let file = JournalFile::for_upload(dir, &self.target, path);
+        let mut resumed: Option<(ResumableUploadClient, u64)> = None;
+        if let Some(old) = file.load().await {
+            let same = old.target == self.target
+                && old.fingerprint == fingerprint
+                && old.part_size == self.chunk_size
+                && old.create_only == self.create_only;
+            let prefix_unchanged = match old.parts.first() {
+                Some(p) => crc32c_of_range(path, 0, p.len).await == Some(p.crc32c),
+                None => true,
+            };
+            if same && prefix_unchanged {
+                let session = self.gcs.client.get_resumable_upload(old.upload_id.clone());
+                let status = ctx
+                    .retry(&self.target, |_| async {
+                        session
+                            .status(Some(size))
+                            .await
+                            .map_err(|e| map_sdk(&self.target, e))
+                    })
+                    .await;
+                match status {
+                    Ok(UploadStatus::Ok(obj)) if u64::try_from(obj.size) == Ok(size) => {
+                        // The crash came after the last chunk was stored.
+                        file.remove().await;
+                        ctx.add_progress(size);
+                        return Ok(obj);
+                    }
+                    Ok(UploadStatus::ResumeIncomplete(r)) if r.last_byte < size => {
+                        resumed = Some((session, r.last_byte + 1));
+                    }
+                    Ok(UploadStatus::NotStarted) => resumed = Some((session, 0)),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::info!(target = %self.target, error = %e.chain(), "the interrupted upload cannot be resumed; starting over");
+                    }
+                }
+            } else {
+                tracing::info!(target = %self.target, "the source changed since the interrupted upload; starting over");
+            }
+        }
+        let (session, start) = match resumed {
+            Some((session, start)) => {
+                tracing::info!(
+                    target = %self.target,
+                    bytes = start,
+                    "resuming an interrupted upload: {start} bytes already stored"
+                );
+                (session, start)
+            }
+            None => {
+                let url = ctx
+                    .retry(&self.target, |_| self.start_session(Some(size)))
+                    .await?;
+                (self.gcs.client.get_resumable_upload(url), 0)
+            }
+        };
+        let mut journal = Journaled {
+            file,
+            data: UploadJournal::new(
+                self.target.clone(),
+                path.to_path_buf(),
+                fingerprint,
+                session.url().to_string(),
+                self.chunk_size,
+                self.create_only,
+            ),
+        };
+        let crc = if start == 0 {
+            Some(0)
+        } else {
+            crc32c_of_range(path, 0, start).await
+        };
+        let Some(crc) = crc else {
+            return Err(Error::backend(
+                path.display().to_string(),
+                "the source file shrank",
+                "cannot read the bytes already stored",
+            ));
+        };
+        journal.persisted(start, crc).await;
+        ctx.add_progress(start);
+        let shown = path.display().to_string();
+        let mut f = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| Error::from_io(&shown, e))?;
+        f.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|e| Error::from_io(&shown, e))?;
+        let stream: ByteStream = Box::pin(
+            tokio_util::io::ReaderStream::with_capacity(f, READ_BUF)
+                .map_err(move |e| Error::from_io(&shown, e)),
+        );
+        let stream = exact_length(stream, size - start, self.target.clone());
+        let r = self
+            .send_chunks(
+                &session,
+                stream,
+                Some(size),
+                BytesMut::new(),
+                start,
+                Some((&mut journal, crc)),
+                ctx,
+            )
+            .await;
+        // Completed, failed or stopped: nothing to resume.
+        journal.file.remove().await;
+        if r.is_err() {
+            self.cancel_session(session).await;
+        }
+        r
     }
 
     async fn exists(&self, ctx: &TransferCtx) -> Result<bool> {
@@ -313,16 +474,22 @@ impl UploadJob<'_> {
         })
     }
 
+    /// Send `stream` (the object from byte `start` on, `buf` first) in
+    /// chunks. With a journal (and the CRC32C of bytes `0..start`), record
+    /// how much the service has after each chunk.
+    #[allow(clippy::too_many_arguments)]
     async fn send_chunks(
         &self,
         session: &ResumableUploadClient,
         mut stream: ByteStream,
         declared: Option<u64>,
         mut buf: BytesMut,
+        start: u64,
+        mut journal: Option<(&mut Journaled, u32)>,
         ctx: &TransferCtx,
     ) -> Result<Object> {
         let chunk = usize::try_from(self.chunk_size).unwrap_or(usize::MAX);
-        let mut offset: u64 = 0; // bytes the service has persisted
+        let mut offset: u64 = start; // bytes the service has persisted
         let mut eof = false;
         let mut stalls = 0;
         loop {
@@ -371,6 +538,11 @@ impl UploadJob<'_> {
                 ));
             }
             ctx.add_progress(persisted - offset);
+            if let Some((j, crc)) = journal.as_mut() {
+                let acked = usize::try_from(persisted - offset).unwrap_or(0);
+                *crc = xferkit_core::journal::crc32c_append(*crc, &data[..acked]);
+                j.persisted(persisted, *crc).await;
+            }
             if persisted < end {
                 // Resend what was not persisted, ahead of what is buffered.
                 let acked = usize::try_from(persisted - offset).unwrap_or(0);

@@ -459,7 +459,10 @@ async fn build_store_from(figment: &Figment, name: &str) -> Result<xferkit_core:
             let c: GcsConfig = extract(figment, name)?;
             let retry = RetrySettings::from_figment(figment)?.policy();
             Ok(std::sync::Arc::new(
-                GcsStore::new(name, c).await?.with_retry_policy(retry),
+                GcsStore::new(name, c)
+                    .await?
+                    .with_retry_policy(retry)
+                    .with_state_dir(Some(state_dir(figment))),
             ))
         }
         #[cfg(feature = "azure")]
