@@ -979,22 +979,29 @@ impl Bench {
         if let Some(rss) = rss {
             let size = fs::metadata(rss)?.len();
             let key = "rss.bin";
+            // A failure here (e.g. an in-memory emulator full) is a row, not the end of the run.
             let up = measure(
                 &self.xfer(&config).args(["upload", "--key", key]).arg(rss),
                 &logs.join(format!("rss-upload-{}.log", backend.name())),
-            )?;
+            )
+            .map_err(|e| e.to_string());
             let dest = out.join("rss.bin");
-            let down = measure(
-                &self
-                    .xfer(&config)
-                    .arg("download")
-                    .arg(url(key))
-                    .arg(&dest)
-                    .arg("--force"),
-                &logs.join(format!("rss-download-{}.log", backend.name())),
-            )?;
+            let down = if up.is_ok() {
+                measure(
+                    &self
+                        .xfer(&config)
+                        .arg("download")
+                        .arg(url(key))
+                        .arg(&dest)
+                        .arg("--force"),
+                    &logs.join(format!("rss-download-{}.log", backend.name())),
+                )
+                .map_err(|e| e.to_string())
+            } else {
+                Err("skipped: the upload failed".into())
+            };
             let _ = fs::remove_file(&dest);
-            rm(key.to_string())?;
+            let _ = rm(key.to_string());
             rss_rows.push((format!("xfer upload {}", human(size)), up));
             rss_rows.push((format!("xfer download {}", human(size)), down));
         }
@@ -1189,7 +1196,7 @@ impl Bench {
 }
 
 /// The markdown table of one backend's jobs.
-fn table(results: &[JobResult], rss_rows: &[(String, Sample)]) -> String {
+fn table(results: &[JobResult], rss_rows: &[(String, Result<Sample, String>)]) -> String {
     let mut tools: Vec<&'static str> = Vec::new();
     for r in results {
         for (t, _, _) in &r.cells {
@@ -1270,12 +1277,14 @@ fn table(results: &[JobResult], rss_rows: &[(String, Sample)]) -> String {
     if !rss_rows.is_empty() {
         let _ = writeln!(s, "\n| xfer, one run | time | peak RSS |\n|---|---:|---:|");
         for (name, sample) in rss_rows {
-            let _ = writeln!(
-                s,
-                "| {name} | {:.2} s | {} MiB |",
-                sample.secs,
-                sample.rss_kib / 1024
-            );
+            let _ = match sample {
+                Ok(x) => writeln!(s, "| {name} | {:.2} s | {} MiB |", x.secs, x.rss_kib / 1024),
+                Err(e) => writeln!(
+                    s,
+                    "| {name} | failed: {} | — |",
+                    e.lines().last().unwrap_or("")
+                ),
+            };
         }
     }
     let failures: Vec<String> = results
