@@ -92,11 +92,15 @@ impl AzureStore {
     /// first-time setup; needs permission to create containers).
     pub async fn create_container_if_missing(&self) -> Result<()> {
         let target = format!("{SCHEME}://{}/{}", self.cfg.account, self.cfg.container);
-        match self.client.container.create(None).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.http_status().map(u16::from) == Some(409) => Ok(()),
-            Err(e) => Err(map(Op::on(&target), "create container", e)),
-        }
+        self.retry
+            .retry(&target, |_| async {
+                match self.client.container.create(None).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.http_status().map(u16::from) == Some(409) => Ok(()),
+                    Err(e) => Err(map(Op::on(&target), "create container", e)),
+                }
+            })
+            .await
     }
 
     /// Full object name (store prefix + key).

@@ -84,26 +84,32 @@ impl S3Store {
     /// setup); a bucket that already exists is fine.
     pub async fn ensure_bucket(&self) -> Result<()> {
         let target = format!("{SCHEME}://{}", self.core.bucket);
-        let mut req = self.core.client.create_bucket().bucket(&self.core.bucket);
-        if self.core.region != "us-east-1" {
-            req = req.create_bucket_configuration(
-                aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                    .location_constraint(self.core.region.as_str().into())
-                    .build(),
-            );
-        }
-        match req.send().await {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    aws_sdk_s3::error::ProvideErrorMetadata::code(&e),
-                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(map_sdk("CreateBucket", &target, Mode::Plain, e)),
-        }
+        // Retried like every request (emulators answer 500 to concurrent
+        // creates of one bucket; the retry then finds it exists).
+        self.retry
+            .retry(&target, |_| async {
+                let mut req = self.core.client.create_bucket().bucket(&self.core.bucket);
+                if self.core.region != "us-east-1" {
+                    req = req.create_bucket_configuration(
+                        aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                            .location_constraint(self.core.region.as_str().into())
+                            .build(),
+                    );
+                }
+                match req.send().await {
+                    Ok(_) => Ok(()),
+                    Err(e)
+                        if matches!(
+                            aws_sdk_s3::error::ProvideErrorMetadata::code(&e),
+                            Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+                        ) =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(map_sdk("CreateBucket", &target, Mode::Plain, e)),
+                }
+            })
+            .await
     }
 
     async fn head(&self, key: &str, full: &str) -> Result<RemoteObject> {
