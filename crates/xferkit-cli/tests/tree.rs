@@ -287,3 +287,57 @@ fn figment_store<T: serde::de::DeserializeOwned>(toml: &str) -> T {
     table.remove("backend");
     table.try_into().unwrap()
 }
+
+/// A 40 MiB object is above the ranged-download threshold (32 MiB): it comes
+/// back from s3s-fs in 16 MiB ranges, byte-identical, with no partial or
+/// journal file left next to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_object_downloads_in_ranges_byte_identical_from_s3() {
+    let Some(v) = env(&[
+        "XFERKIT_S3S_ENDPOINT",
+        "XFERKIT_S3S_ACCESS_KEY",
+        "XFERKIT_S3S_SECRET_KEY",
+    ]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let store_toml = format!(
+        "backend = \"s3\"\nbucket = \"xferkit-tree\"\nendpoint = {:?}\nforce_path_style = true\n\
+         access_key_id = {:?}\nsecret_access_key = {:?}\n",
+        v[0], v[1], v[2]
+    );
+    std::fs::write(
+        d.join("xferkit.toml"),
+        format!("default_store = \"remote\"\n[stores.remote]\n{store_toml}"),
+    )
+    .unwrap();
+    let fig: xferkit_s3::S3Config = figment_store(&store_toml);
+    let store = xferkit_s3::S3Store::new("remote", fig).await.unwrap();
+    store.ensure_bucket().await.unwrap();
+
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..40 * 1024 * 1024 + 3)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(d.join("big.bin"), &data).unwrap();
+    let url = format!("s3://xferkit-tree/ranges-{}/big.bin", std::process::id());
+    ok(d, &["cp", "big.bin", &url]);
+    std::fs::create_dir(d.join("out")).unwrap();
+    ok(d, &["cp", &url, "out/big.bin"]);
+    assert!(
+        std::fs::read(d.join("out/big.bin")).unwrap() == data,
+        "download differs"
+    );
+    let names: Vec<_> = std::fs::read_dir(d.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("big.bin")]);
+    ok(d, &["rm", &url]);
+}
