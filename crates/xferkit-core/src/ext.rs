@@ -408,32 +408,47 @@ struct Shared {
 }
 
 /// Fsync the data, then write the journal: an entry never claims bytes that a
-/// power cut could still lose.
-async fn flush_journal(
+/// power cut could still lose. Runs on the blocking pool without being polled,
+/// so ranges keep streaming meanwhile.
+fn start_flush(
     file: &Arc<std::fs::File>,
     shared: &Arc<Mutex<Shared>>,
     path: &Path,
-    target: &str,
-) -> Result<()> {
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
     let file = file.clone();
     let shared = shared.clone();
     let path = path.to_path_buf();
-    let target = target.to_string();
     tokio::task::spawn_blocking(move || {
-        file.sync_data()
-            .map_err(|e| Error::from_io(path.display().to_string(), e))?;
+        // Snapshot first: every part listed is already written, so the fsync
+        // that follows covers it.
         let journal = {
             let mut s = lock(&shared);
             s.dirty = false;
             s.last_flush = Instant::now();
             s.journal.clone()
         };
-        journal
-            .store(&path)
-            .map_err(|e| Error::from_io(path.display().to_string(), e))
+        file.sync_data()?;
+        journal.store(&path)
     })
-    .await
-    .map_err(|e| Error::backend(target, "journal task failed", e))?
+}
+
+/// Wait for a flush; its failure only costs resumability, so it is logged.
+async fn finish_flush(
+    handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    target: &str,
+) -> bool {
+    let Some(h) = handle else { return true };
+    match h.await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!(url = %target, error = %e, "cannot write the resume journal");
+            false
+        }
+        Err(e) => {
+            tracing::debug!(url = %target, error = %e, "journal task failed");
+            false
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -527,6 +542,7 @@ async fn download_ranges<H: FileTransferHandler + ?Sized>(
         dirty: false,
     }));
 
+    let mut flusher = None;
     let run = async {
         let mut parts = futures::stream::iter(pending.into_iter().map(|(i, span)| {
             let file = file.clone();
@@ -546,26 +562,32 @@ async fn download_ranges<H: FileTransferHandler + ?Sized>(
                 s.dirty = true;
                 opts.resume && s.last_flush.elapsed() >= JOURNAL_INTERVAL
             };
-            if due {
-                flush_journal(&file, &shared, &paths.journal, &target).await?;
+            if due
+                && flusher
+                    .as_ref()
+                    .is_none_or(|f: &tokio::task::JoinHandle<_>| f.is_finished())
+            {
+                finish_flush(flusher.take(), &target).await;
+                flusher = Some(start_flush(&file, &shared, &paths.journal));
             }
         }
         Ok::<_, Error>(())
     };
-    if let Err(e) = run.await {
+    let outcome = run.await;
+    // No journal write may still be running when the files are removed or renamed.
+    finish_flush(flusher.take(), &target).await;
+    if let Err(e) = outcome {
         // A transient failure keeps what is done for the next attempt; a stop,
         // or an error that a retry cannot fix, leaves nothing behind.
         let keep = opts.resume
             && !etag.is_empty()
             && matches!(e.kind(), ErrorKind::Transient | ErrorKind::RetriesExhausted);
         if keep && lock(&shared).dirty {
-            if flush_journal(&file, &shared, &paths.journal, &target)
-                .await
-                .is_err()
-            {
+            let last = start_flush(&file, &shared, &paths.journal);
+            if !finish_flush(Some(last), &target).await {
                 paths.remove();
             }
-        } else if !keep {
+        } else if !keep || !paths.journal.exists() {
             paths.remove();
         }
         return Err(e);
