@@ -405,6 +405,26 @@ struct Shared {
     journal: Journal,
     last_flush: Instant,
     dirty: bool,
+    /// The download was dropped mid-way and its files removed: write no journal.
+    abandoned: bool,
+}
+
+/// Removes the partial file and journal when the download future is dropped
+/// before it decided what to keep (e.g. the manager abandons a stopped
+/// transfer that did not return in time).
+struct Cleanup {
+    paths: PartialPaths,
+    shared: Arc<Mutex<Shared>>,
+    armed: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.shared).abandoned = true;
+            self.paths.remove();
+        }
+    }
 }
 
 /// Fsync the data, then write the journal: an entry never claims bytes that a
@@ -428,6 +448,9 @@ fn start_flush(
             s.journal.clone()
         };
         file.sync_data()?;
+        if lock(&shared).abandoned {
+            return Ok(());
+        }
         journal.store(&path)
     })
 }
@@ -540,7 +563,13 @@ async fn download_ranges<H: FileTransferHandler + ?Sized>(
         journal,
         last_flush: Instant::now(),
         dirty: false,
+        abandoned: false,
     }));
+    let mut cleanup = Cleanup {
+        paths: paths.clone(),
+        shared: shared.clone(),
+        armed: true,
+    };
 
     let mut flusher = None;
     let run = async {
@@ -590,6 +619,7 @@ async fn download_ranges<H: FileTransferHandler + ?Sized>(
         } else if !keep || !paths.journal.exists() {
             paths.remove();
         }
+        cleanup.armed = false;
         return Err(e);
     }
 
@@ -646,6 +676,7 @@ async fn download_ranges<H: FileTransferHandler + ?Sized>(
     if let Err(e) = done {
         return fail(e);
     }
+    cleanup.armed = false;
     let _ = std::fs::remove_file(&paths.journal);
     Ok(obj)
 }

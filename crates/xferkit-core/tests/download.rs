@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 use sha2::{Digest, Sha256};
 use xferkit_core::url::{ObjectUrl, object_url};
@@ -56,6 +57,8 @@ struct RangeStore {
     /// Replace the object (new data, new etag) when the n-th GET (1-based) arrives.
     change_at_get: Mutex<Option<(usize, Bytes)>>,
     get_count: AtomicUsize,
+    /// A GET whose range starts here sends one chunk, then nothing, forever.
+    hang_at: Mutex<Option<u64>>,
 }
 
 fn random_bytes(n: usize, seed: u64) -> Bytes {
@@ -84,6 +87,7 @@ impl RangeStore {
             cuts: Mutex::new(Vec::new()),
             change_at_get: Mutex::new(None),
             get_count: AtomicUsize::new(0),
+            hang_at: Mutex::new(None),
         }
     }
     fn cut(&self, start: usize, after: usize) {
@@ -181,6 +185,11 @@ impl FileTransferHandler for RangeStore {
             .map(|r| r.as_ref().map_or(0, |b| b.len() as u64))
             .sum();
         self.served.fetch_add(total, Ordering::SeqCst);
+        if *self.hang_at.lock().unwrap() == Some(span.start) {
+            items.truncate(1);
+            let stream = futures::stream::iter(items).chain(futures::stream::pending());
+            return Ok((obj, Box::pin(stream)));
+        }
         Ok((obj, Box::pin(futures::stream::iter(items))))
     }
     async fn stat(&self, key: &str) -> Result<RemoteObject> {
@@ -536,4 +545,27 @@ impl FileTransferHandler for WrongSum {
     async fn list_pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
         self.0.list_pending_uploads(prefix).await
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_dropped_mid_way_leaves_nothing() {
+    // What the manager does to a stopped transfer that has not returned in
+    // time: it drops the future. The partial file and journal go with it.
+    let store = RangeStore::new(random_bytes(4 * MIB, 13), Sum::None);
+    *store.hang_at.lock().unwrap() = Some(2 * MIB as u64);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("d.bin");
+    let o = opts(MIB, 4);
+    let ctx = TransferCtx::none();
+    let r = tokio::time::timeout(
+        Duration::from_millis(300),
+        store.download_to_path_with("d.bin", &dest, None, &o, &ctx),
+    )
+    .await;
+    assert!(r.is_err(), "the download should still hang");
+    assert!(
+        names_in(dir.path()).is_empty(),
+        "{:?}",
+        names_in(dir.path())
+    );
 }
