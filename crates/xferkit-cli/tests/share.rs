@@ -204,7 +204,10 @@ async fn upload_share_is_fetchable_by_anyone_and_tampering_is_refused() {
     std::fs::write(d.join("big.bin"), &big).unwrap();
     let big_link = ok(d, &["upload", "big.bin", "--share", "10m"]);
     ok(d, &["download", &big_link, "big-back.bin"]);
-    assert!(std::fs::read(d.join("big-back.bin")).unwrap() == big, "ranged download differs");
+    assert!(
+        std::fs::read(d.join("big-back.bin")).unwrap() == big,
+        "ranged download differs"
+    );
 
     // The server never logs the signing key or a signature.
     server.0.kill().unwrap();
@@ -217,8 +220,14 @@ async fn upload_share_is_fetchable_by_anyone_and_tampering_is_refused() {
         .read_to_string(&mut log)
         .unwrap();
     assert!(log.contains("served"), "expected request logs: {log}");
-    let ranged = log.lines().filter(|l| l.contains("big.bin") && l.contains("206")).count();
-    assert!(ranged >= 2, "expected several ranged GETs of big.bin: {log}");
+    let ranged = log
+        .lines()
+        .filter(|l| l.contains("big.bin") && l.contains("206"))
+        .count();
+    assert!(
+        ranged >= 2,
+        "expected several ranged GETs of big.bin: {log}"
+    );
     assert!(!log.contains(SIGNING_KEY), "signing key in the server log");
     let sig = link.split("sig=").nth(1).unwrap();
     assert!(!log.contains(sig), "a signature in the server log: {log}");
