@@ -80,11 +80,17 @@ pub fn note(message: &str) {
     let _ = writeln!(std::io::stderr(), "xfer: note: {}", one_line(message));
 }
 
-/// Log to stderr. `XFERKIT_LOG` is a tracing filter (default `warn`, or
-/// `error` with `--quiet`); each `-v` raises the level of xferkit's own
+/// Log to stderr. `XFERKIT_LOG` is a tracing filter (default `warn` plus the
+/// backends' resume notices, or `error` with `--quiet`); each `-v` raises the level of xferkit's own
 /// crates (info, debug, trace) without opening up every dependency's logs.
 fn init_logging(cli: &Cli) {
-    let fallback = if cli.quiet { "error" } else { "warn" };
+    // The backends log at info only to say an upload resumes (or cannot,
+    // and starts over): xfer says so by default.
+    let fallback = if cli.quiet {
+        "error"
+    } else {
+        "warn,xferkit_s3=info,xferkit_gcs=info,xferkit_azure=info"
+    };
     let env = std::env::var("XFERKIT_LOG")
         .ok()
         .filter(|s| !s.trim().is_empty());

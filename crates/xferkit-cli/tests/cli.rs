@@ -548,52 +548,64 @@ fn stores_lists_backends_and_the_default() {
     );
 }
 
-/// A one-connection HTTP server: answers with `len` bytes, `chunk` bytes
-/// every `pause`. Sends the request line on the returned channel once the
-/// first bytes are out, and again when all are.
+/// A plain HTTP server that ignores `Range`: every request on every
+/// connection gets `len` bytes, `chunk` bytes every `pause`. Sends each
+/// request line on the returned channel once the first bytes are out, and
+/// again when all are. (xfer asks for the first byte before downloading, so
+/// the server must take several connections.)
 fn serve(len: usize, chunk: usize, pause: Duration) -> (u16, std::sync::mpsc::Receiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let Ok((mut conn, _)) = listener.accept() else {
-            return;
-        };
-        let mut request_line = String::new();
-        let mut reader = BufReader::new(conn.try_clone().unwrap());
-        let _ = reader.read_line(&mut request_line);
-        loop {
-            let mut l = String::new();
-            if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
-                break;
-            }
+        while let Ok((conn, _)) = listener.accept() {
+            let tx = tx.clone();
+            std::thread::spawn(move || answer(conn, len, chunk, pause, &tx));
         }
-        let header = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\n\r\n"
-        );
-        if conn.write_all(header.as_bytes()).is_err() {
-            return;
-        }
-        let body = pseudo_random(len);
-        let mut sent = 0;
-        let mut told = false;
-        while sent < len {
-            let n = chunk.min(len - sent);
-            if conn.write_all(&body[sent..sent + n]).is_err() {
-                return;
-            }
-            sent += n;
-            if !told {
-                let _ = tx.send(request_line.clone());
-                told = true;
-            }
-            std::thread::sleep(pause);
-        }
-        let _ = tx.send(request_line);
-        let mut rest = Vec::new();
-        let _ = conn.read_to_end(&mut rest);
     });
     (port, rx)
+}
+
+fn answer(
+    mut conn: std::net::TcpStream,
+    len: usize,
+    chunk: usize,
+    pause: Duration,
+    tx: &std::sync::mpsc::Sender<String>,
+) {
+    let mut request_line = String::new();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let _ = reader.read_line(&mut request_line);
+    loop {
+        let mut l = String::new();
+        if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
+            break;
+        }
+    }
+    let header = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+    );
+    if conn.write_all(header.as_bytes()).is_err() {
+        return;
+    }
+    let body = pseudo_random(len);
+    let mut sent = 0;
+    let mut told = false;
+    while sent < len {
+        let n = chunk.min(len - sent);
+        if conn.write_all(&body[sent..sent + n]).is_err() {
+            return;
+        }
+        sent += n;
+        if !told {
+            let _ = tx.send(request_line.clone());
+            told = true;
+        }
+        std::thread::sleep(pause);
+    }
+    let _ = tx.send(request_line);
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
 }
 
 #[test]

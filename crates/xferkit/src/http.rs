@@ -31,10 +31,17 @@ fn shown(url: &str) -> String {
     }
 }
 
+/// Longest wait for any bytes from a link's server.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl HttpStore {
     pub fn new() -> Self {
+        // A server that accepts and then says nothing must not hang a
+        // transfer forever: a read that waits this long is a transient error
+        // (retried, or resumed with a range).
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(30))
+            .read_timeout(READ_TIMEOUT)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         HttpStore { client }
