@@ -8,28 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-fn required() -> bool {
-    ["CI", "XFERKIT_REQUIRE_EMULATORS"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0" && s != "false"))
-}
-
-/// The values of `vars`, or None (after failing under CI) when one is missing.
-fn env(vars: &[&str]) -> Option<Vec<String>> {
-    let vals: Vec<_> = vars
-        .iter()
-        .map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-        .collect();
-    if vals.iter().all(Option::is_some) {
-        return Some(vals.into_iter().flatten().collect());
-    }
-    assert!(
-        !required(),
-        "emulator variables {vars:?} are required (CI / XFERKIT_REQUIRE_EMULATORS)"
-    );
-    eprintln!("note: {vars:?} not set; start emulators with `cargo xtask emulators start`");
-    None
-}
+use xferkit_conformance::emulator_env as env;
 
 fn xfer(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_xfer"))

@@ -147,13 +147,34 @@ impl Target {
     }
 }
 
-fn emulators_required() -> bool {
+/// True under `CI` or `XFERKIT_REQUIRE_EMULATORS` (set, not `0`/`false`):
+/// tests that need an emulator must then fail, not skip, when it is missing.
+pub fn emulators_required() -> bool {
     let on = |v: &str| {
         std::env::var(v)
             .map(|s| !s.is_empty() && s != "0" && s != "false")
             .unwrap_or(false)
     };
     on("CI") || on("XFERKIT_REQUIRE_EMULATORS")
+}
+
+/// The values of the environment variables `vars` (emulator endpoints,
+/// credentials), in order; `None` with a note on stderr when one is missing —
+/// or a panic naming them when [`emulators_required`].
+pub fn emulator_env(vars: &[&str]) -> Option<Vec<String>> {
+    let vals: Vec<_> = vars
+        .iter()
+        .map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .collect();
+    if vals.iter().all(Option::is_some) {
+        return Some(vals.into_iter().flatten().collect());
+    }
+    assert!(
+        !emulators_required(),
+        "emulator variables {vars:?} are required (CI / XFERKIT_REQUIRE_EMULATORS)"
+    );
+    eprintln!("note: {vars:?} not set; start emulators with `cargo xtask emulators start`");
+    None
 }
 
 fn summary_dir() -> PathBuf {

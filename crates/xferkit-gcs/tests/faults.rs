@@ -34,11 +34,7 @@ use xferkit_gcs::{GcsConfig, GcsStore};
 const MIB: usize = 1024 * 1024;
 const BUCKET: &str = "xferkit-conformance";
 
-fn required() -> bool {
-    ["CI", "XFERKIT_REQUIRE_EMULATORS"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0" && s != "false"))
-}
+use xferkit_conformance::emulators_required as required;
 
 fn emulator() -> Option<String> {
     match std::env::var("XFERKIT_FAKE_GCS_ENDPOINT") {

@@ -33,11 +33,7 @@ struct Emu {
     secret_key: String,
 }
 
-fn required() -> bool {
-    ["CI", "XFERKIT_REQUIRE_EMULATORS"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0" && s != "false"))
-}
+use xferkit_conformance::emulators_required as required;
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())

@@ -157,13 +157,16 @@ fn shipped_config_examples_parse() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let fig = figment_for(Some(&path)).unwrap();
-            let s = Settings::from_figment(&fig)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let s =
+                Settings::from_figment(&fig).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert!(!s.store_names.is_empty(), "{}", path.display());
             seen += 1;
         }
     }
-    assert!(seen >= 4, "expected the four backend examples, found {seen}");
+    assert!(
+        seen >= 4,
+        "expected the four backend examples, found {seen}"
+    );
 }
 
 #[test]
@@ -182,11 +185,17 @@ fn dedupe_and_thumbnail_settings_are_checked() {
             "[stores.local]\nbackend = \"local\"\nroot = \"f\"\ndedupe = \"hash\"\n",
         )?;
         let e = load(jail, Some("b.toml")).unwrap_err().to_string();
-        assert!(e.contains("stores.local.dedupe") && e.contains("b.toml"), "{e}");
+        assert!(
+            e.contains("stores.local.dedupe") && e.contains("b.toml"),
+            "{e}"
+        );
 
         jail.create_file("c.toml", "[thumbnail]\nmax_side = 5\n")?;
         let e = load(jail, Some("c.toml")).unwrap_err().to_string();
-        assert!(e.contains("thumbnail.max_side") && e.contains("c.toml"), "{e}");
+        assert!(
+            e.contains("thumbnail.max_side") && e.contains("c.toml"),
+            "{e}"
+        );
 
         jail.create_file("d.toml", "[thumbnail]\nsize = 5\n")?;
         let e = load(jail, Some("d.toml")).unwrap_err().to_string();

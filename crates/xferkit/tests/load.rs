@@ -31,11 +31,7 @@ const PER_TRANSFER: usize = 3;
 /// Measured peak here: baseline + 46 of the bound's + 80.
 const SLACK_PER_SLOT: usize = 2;
 
-fn required() -> bool {
-    ["CI", "XFERKIT_REQUIRE_EMULATORS"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0" && s != "false"))
-}
+use xferkit_conformance::emulators_required as required;
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()

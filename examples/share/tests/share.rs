@@ -16,27 +16,7 @@ use xferkit_example_share::Message;
 
 const MAX_SIDE: u32 = 96;
 
-fn required() -> bool {
-    ["CI", "XFERKIT_REQUIRE_EMULATORS"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0" && s != "false"))
-}
-
-fn env(vars: &[&str]) -> Option<Vec<String>> {
-    let vals: Vec<_> = vars
-        .iter()
-        .map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-        .collect();
-    if vals.iter().all(Option::is_some) {
-        return Some(vals.into_iter().flatten().collect());
-    }
-    assert!(
-        !required(),
-        "emulator variables {vars:?} are required (CI / XFERKIT_REQUIRE_EMULATORS)"
-    );
-    eprintln!("note: {vars:?} not set; start emulators with `cargo xtask emulators start`");
-    None
-}
+use xferkit_conformance::emulator_env as env;
 
 /// A noisy 640x400 PNG (about 750 KB): big enough to need several reads,
 /// small enough for a quick test.

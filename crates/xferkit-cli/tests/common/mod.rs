@@ -271,11 +271,7 @@ pub fn is_root() -> bool {
 }
 
 /// Whether missing emulators must fail tests (CI, `cargo xtask test`).
-pub fn required() -> bool {
-    ["CI", "XFERKIT_REQUIRE_EMULATORS"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok_and(|s| !s.is_empty() && s != "0" && s != "false"))
-}
+pub use xferkit_conformance::emulators_required as required;
 
 /// The values of `vars`, or None (after failing under CI) when one is missing.
 pub fn emulator(vars: &[&str]) -> Option<Vec<String>> {
