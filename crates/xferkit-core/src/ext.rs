@@ -160,21 +160,21 @@ pub trait FileTransferExt: FileTransferHandler {
     ) -> Result<RemoteObject> {
         let target = self.url_for(key);
         refuse_directory(dest)?;
-        if range.is_none() && self.capabilities().range {
-            let obj = ctx
-                .retry(&format!("{target} stat"), |_| {
-                    ctx.cancellable(&target, self.stat(key))
-                })
-                .await?;
-            let sequential_checksum =
-                opts.verify_checksum && matches!(Checksum::parse(&obj), Some(Checksum::Sha256(_)));
-            if obj.size >= opts.parallel_threshold.max(1) && !sequential_checksum {
-                return download_ranges(self, key, dest, obj, opts, ctx).await;
-            }
-        }
+        // One GET for everything: its headers tell the size, etag and
+        // checksum. A big object's stream is dropped unread (the connection
+        // closes) and fetched in ranges instead; a small one just streams, so
+        // small files cost no extra request.
         let (obj, stream) = ctx
             .cancellable(&target, self.download_stream(key, range))
             .await?;
+        if range.is_none() && self.capabilities().range {
+            let sequential_checksum =
+                opts.verify_checksum && matches!(Checksum::parse(&obj), Some(Checksum::Sha256(_)));
+            if obj.size >= opts.parallel_threshold.max(1) && !sequential_checksum {
+                drop(stream);
+                return download_ranges(self, key, dest, obj, opts, ctx).await;
+            }
+        }
         let expected = match range {
             Some(r) => {
                 let span = r.resolve(obj.size, &target)?;
