@@ -9,8 +9,8 @@
 //! - **Ranges** (whole-object download, the store has
 //!   [`Capabilities::range`](crate::Capabilities), the object is at least
 //!   [`DownloadOptions::parallel_threshold`], and its stored checksum, if any,
-//!   can be checked per part): `stat` first (size and etag are remembered),
-//!   then up to [`DownloadOptions::concurrency`] ranged GETs of
+//!   can be checked per part): the first whole-object GET's headers give the
+//!   size and etag (remembered; the body is dropped unread), then up to [`DownloadOptions::concurrency`] ranged GETs of
 //!   [`DownloadOptions::part_size`] bytes each, written with positional writes
 //!   into a pre-sized file `.NAME.xferkit-partial` next to the destination.
 //!   Each range buffers at most [`RANGE_WRITE_BUFFER`] bytes before writing,
