@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::DownloadOptions;
 use crate::share::ShareRequest;
 use crate::{
     Error, ErrorKind, FileTransferExt, ProgressSink, PutOptions, Registry, RemoteObject, Result,
@@ -453,6 +454,7 @@ struct ManagerInner {
     runtime: tokio::runtime::Handle,
     retry: RwLock<RetryPolicy>,
     thumbnailer: RwLock<Option<Arc<dyn Thumbnailer>>>,
+    download: RwLock<DownloadOptions>,
 }
 
 /// Runs transfers against the stores of a [`Registry`].
@@ -490,6 +492,7 @@ impl TransferManager {
                 runtime: tokio::runtime::Handle::current(),
                 retry: RwLock::new(RetryPolicy::default()),
                 thumbnailer: RwLock::new(None),
+                download: RwLock::new(DownloadOptions::default()),
             }),
         }
     }
@@ -513,6 +516,24 @@ impl TransferManager {
     pub fn retry_policy(&self) -> RetryPolicy {
         self.inner
             .retry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How downloads started from now on split into ranged GETs.
+    pub fn set_download_options(&self, options: DownloadOptions) {
+        *self
+            .inner
+            .download
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = options;
+    }
+
+    /// The download options new transfers get.
+    pub fn download_options(&self) -> DownloadOptions {
+        self.inner
+            .download
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -695,7 +716,12 @@ async fn perform(m: &Arc<ManagerInner>, t: &Transfer, ctx: &TransferCtx) -> Resu
     let req = &t.inner.request;
     let (handler, key) = m.registry.resolve(&req.url)?;
     match req.direction {
-        Direction::Download => handler.download_to_path(&key, &req.path, None, ctx).await,
+        Direction::Download => {
+            let opts = m.download.read().unwrap_or_else(|p| p.into_inner()).clone();
+            handler
+                .download_to_path_with(&key, &req.path, None, &opts, ctx)
+                .await
+        }
         Direction::Upload => {
             let meta = tokio::fs::metadata(&req.path)
                 .await

@@ -27,6 +27,7 @@ pub const TOP_KEYS: &[&str] = &[
     "thumbnail",
     "retry",
     "state_dir",
+    "download",
 ];
 
 /// Keys every store accepts, whatever its backend.
@@ -49,6 +50,9 @@ pub struct Settings {
     /// How failed requests are retried (`[retry]`).
     #[serde(default)]
     pub retry: RetrySettings,
+    /// How big downloads are split into ranged GETs (`[download]`).
+    #[serde(default)]
+    pub download: DownloadSettings,
     /// Where interrupted uploads keep their journals (resume after a crash);
     /// `None`: [`default_state_dir`].
     #[serde(default)]
@@ -56,6 +60,59 @@ pub struct Settings {
     /// Store names, in order.
     #[serde(skip)]
     pub store_names: Vec<String>,
+}
+
+/// `[download]`: ranged downloads (every store with range support, and
+/// http(s) links). See [`xferkit_core::DownloadOptions`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DownloadSettings {
+    /// Bytes per ranged GET (at least 64 KiB).
+    pub part_size: u64,
+    /// Ranged GETs in flight per download (1..=64).
+    pub concurrency: usize,
+    /// Objects at least this big are fetched in ranges; smaller ones in one GET.
+    pub parallel_threshold: u64,
+}
+
+impl Default for DownloadSettings {
+    fn default() -> Self {
+        let d = xferkit_core::DownloadOptions::default();
+        DownloadSettings {
+            part_size: d.part_size,
+            concurrency: d.concurrency,
+            parallel_threshold: d.parallel_threshold,
+        }
+    }
+}
+
+impl DownloadSettings {
+    /// The engine options these settings stand for.
+    pub fn options(&self) -> xferkit_core::DownloadOptions {
+        xferkit_core::DownloadOptions::default()
+            .with_part_size(self.part_size)
+            .with_concurrency(self.concurrency)
+            .with_parallel_threshold(self.parallel_threshold)
+    }
+
+    fn check(&self, figment: &Figment) -> Result<()> {
+        if self.part_size < 64 * 1024 {
+            return Err(Error::invalid_config(format!(
+                "download.part_size = {} (in {}) must be at least 65536 bytes",
+                self.part_size,
+                origin(figment, "download.part_size")
+            )));
+        }
+        if !(1..=64).contains(&self.concurrency) {
+            return Err(Error::invalid_config(format!(
+                "download.concurrency = {} (in {}) must be between 1 and 64",
+                self.concurrency,
+                origin(figment, "download.concurrency")
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// `[thumbnail]`: previews of image uploads (feature `thumbnail`).
@@ -348,6 +405,7 @@ impl Settings {
         }
         let mut s: Settings = figment.extract().map_err(figment_err)?;
         s.retry = RetrySettings::from_figment(figment)?;
+        s.download.check(figment)?;
         let stores: BTreeMap<String, figment::value::Value> =
             figment.extract_inner("stores").map_err(figment_err)?;
         s.store_names = stores.keys().cloned().collect();

@@ -63,6 +63,7 @@ impl Xferkit {
         let registry = Arc::new(config::build_registry(figment, &settings).await?);
         let manager = TransferManager::with_concurrency(registry.clone(), settings.concurrency)
             .with_retry_policy(settings.retry.policy());
+        manager.set_download_options(settings.download.options());
         #[cfg(feature = "thumbnail")]
         if settings.thumbnail.enabled {
             manager.set_thumbnailer(Some(Arc::new(thumbnail::ImageThumbnailer::new(

@@ -203,3 +203,31 @@ fn dedupe_and_thumbnail_settings_are_checked() {
         Ok(())
     });
 }
+
+#[test]
+fn download_settings_reach_the_manager_and_bad_values_are_named() {
+    Jail::expect_with(|jail| {
+        isolate(jail);
+        jail.create_file(
+            "a.toml",
+            "[download]\npart_size = 4194304\nconcurrency = 3\nparallel_threshold = 1048576\n",
+        )?;
+        let fig = figment_for(Some(&jail.directory().join("a.toml"))).unwrap();
+        let kit = rt().block_on(xferkit::Xferkit::from_figment(&fig)).unwrap();
+        let opts = kit.manager().download_options();
+        assert_eq!(
+            (opts.part_size, opts.concurrency, opts.parallel_threshold),
+            (4_194_304, 3, 1_048_576)
+        );
+        for (body, want) in [
+            ("[download]\npart_size = 100\n", "download.part_size = 100"),
+            ("[download]\nconcurrency = 0\n", "download.concurrency = 0"),
+            ("[download]\nparts = 3\n", "parts"),
+        ] {
+            jail.create_file("b.toml", body)?;
+            let e = load(jail, Some("b.toml")).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        Ok(())
+    });
+}
