@@ -156,34 +156,11 @@ async fn xfer_against_gcs_from_config() {
         return;
     };
     let endpoint = v[0].trim_end_matches('/').to_string();
-    // Create the bucket (409 when it exists is fine).
-    let resp = reqwest::Client::new()
-        .post(format!("{endpoint}/storage/v1/b?project=xferkit-test"))
-        .header("content-type", "application/json")
-        .body(r#"{"name":"xferkit-cli"}"#)
-        .send()
+    xferkit_conformance::gcs::ensure_bucket(&endpoint, "xferkit-cli")
         .await
         .unwrap();
-    assert!(
-        resp.status().is_success() || resp.status().as_u16() == 409,
-        "{}",
-        resp.status()
-    );
-    let key = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../xferkit-gcs/tests/fixtures/TEST-ONLY-rsa-2048.pem");
     let dir = tempfile::tempdir().unwrap();
-    let cred = dir.path().join("sa.json");
-    let pem = std::fs::read_to_string(&key).unwrap();
-    let sa = serde_json::json!({
-        "type": "service_account",
-        "project_id": "xferkit-test",
-        "private_key_id": "test",
-        "private_key": pem,
-        "client_email": "xferkit-test@xferkit-test.iam.gserviceaccount.com",
-        "client_id": "1",
-        "token_uri": "http://127.0.0.1:1/token",
-    });
-    std::fs::write(&cred, sa.to_string()).unwrap();
+    let cred = xferkit_conformance::gcs::service_account_file(dir.path()).unwrap();
     let toml = format!(
         "backend = \"gcs\"\nbucket = \"xferkit-cli\"\nendpoint = {endpoint:?}\nanonymous = true\n\
          credentials_file = {:?}\nprefix = {:?}\n",

@@ -18,7 +18,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::{Sandbox, emulator, unique};
 use xferkit::Secret;
@@ -254,15 +254,10 @@ fn s3_secrets_never_printed_at_trace_level() {
 
 // ------------------------------------------------------------------- GCS
 
-fn pem_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../xferkit-gcs/tests/fixtures/TEST-ONLY-rsa-2048.pem")
-}
-
 /// The base64 body of the test key (header and footer lines dropped), as
 /// one string and line by line.
 fn pem_secrets(s: &mut Secrets) {
-    let pem = std::fs::read_to_string(pem_path()).unwrap();
+    let pem = xferkit_conformance::gcs::TEST_KEY_PEM;
     let lines: Vec<&str> = pem
         .lines()
         .filter(|l| !l.starts_with("-----") && !l.trim().is_empty())
@@ -274,24 +269,6 @@ fn pem_secrets(s: &mut Secrets) {
     }
 }
 
-/// A service-account key file holding the test PEM; `token_uri` points at
-/// a closed port, so a non-anonymous store fails to get a token.
-fn service_account(dir: &Path) -> PathBuf {
-    let pem = std::fs::read_to_string(pem_path()).unwrap();
-    let sa = serde_json::json!({
-        "type": "service_account",
-        "project_id": "xferkit-test",
-        "private_key_id": "test",
-        "private_key": pem,
-        "client_email": "xferkit-test@xferkit-test.iam.gserviceaccount.com",
-        "client_id": "1",
-        "token_uri": "http://127.0.0.1:1/token",
-    });
-    let p = dir.join("sa.json");
-    std::fs::write(&p, sa.to_string()).unwrap();
-    p
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcs_secrets_never_printed_at_trace_level() {
     let Some(v) = emulator(&["XFERKIT_FAKE_GCS_ENDPOINT"]) else {
@@ -299,19 +276,14 @@ async fn gcs_secrets_never_printed_at_trace_level() {
     };
     let endpoint = v[0].trim_end_matches('/').to_string();
     let bucket = "xferkit-secrets";
-    let resp = reqwest::Client::new()
-        .post(format!("{endpoint}/storage/v1/b?project=xferkit-test"))
-        .header("content-type", "application/json")
-        .body(format!(r#"{{"name":"{bucket}"}}"#))
-        .send()
+    xferkit_conformance::gcs::ensure_bucket(&endpoint, bucket)
         .await
         .unwrap();
-    assert!(resp.status().is_success() || resp.status().as_u16() == 409);
 
     let mut secrets = Secrets::default();
     pem_secrets(&mut secrets);
     let keydir = tempfile::tempdir().unwrap();
-    let cred = service_account(keydir.path());
+    let cred = xferkit_conformance::gcs::service_account_file(keydir.path()).unwrap();
     let toml = |anonymous: bool| {
         format!(
             "default_store = \"g\"\n[stores.g]\nbackend = \"gcs\"\nbucket = {bucket:?}\n\
@@ -542,7 +514,7 @@ async fn debug_of_every_config_and_store_hides_secrets() {
     let mut c = gcs::GcsConfig::new("b");
     c.endpoint = Some("http://127.0.0.1:1".into());
     c.anonymous = true;
-    c.credentials_file = Some(service_account(dir.path()));
+    c.credentials_file = Some(xferkit_conformance::gcs::service_account_file(dir.path()).unwrap());
     printed.push(format!("{c:?} {c:#?}"));
     // Anonymous with a key file: the key is loaded (to sign URLs) and held.
     let store = gcs::GcsStore::new("g", c).await.unwrap();
@@ -554,7 +526,10 @@ async fn debug_of_every_config_and_store_hides_secrets() {
          access_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = {s3_secret:?}\n\
          [stores.az]\nbackend = \"azure\"\ncontainer = \"media\"\nconnection_string = {conn:?}\n\
          [stores.g]\nbackend = \"gcs\"\nbucket = \"b\"\nanonymous = true\ncredentials_file = {:?}\n",
-        service_account(dir.path()).display().to_string()
+        xferkit_conformance::gcs::service_account_file(dir.path())
+            .unwrap()
+            .display()
+            .to_string()
     );
     let file = dir.path().join("xferkit.toml");
     std::fs::write(&file, toml).unwrap();

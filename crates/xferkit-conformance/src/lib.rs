@@ -22,6 +22,7 @@
 
 mod cases;
 pub mod fault;
+pub mod gcs;
 mod support;
 
 use std::future::Future;

@@ -17,7 +17,7 @@ const THRESHOLD: u64 = MIB;
 
 /// A throwaway key (tests/fixtures/README.md): fake-gcs-server does not check
 /// signatures, but the URLs are signed exactly as for GCS.
-const TEST_KEY_PEM: &str = include_str!("fixtures/TEST-ONLY-rsa-2048.pem");
+use xferkit_conformance::gcs::TEST_KEY_PEM;
 
 fn main() -> ExitCode {
     run(vec![
@@ -51,28 +51,7 @@ fn main() -> ExitCode {
 
 /// Create the bucket unless it exists.
 async fn ensure_bucket(endpoint: &str) -> Result<()> {
-    let url = format!(
-        "{}/storage/v1/b?project=xferkit-test",
-        endpoint.trim_end_matches('/')
-    );
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(format!(r#"{{"name":"{BUCKET}"}}"#))
-        .send()
-        .await
-        .map_err(|e| Error::backend(&url, "creating the test bucket", e))?;
-    let status = resp.status();
-    if status.is_success() || status.as_u16() == 409 {
-        Ok(())
-    } else {
-        let body = resp.text().await.unwrap_or_default();
-        Err(Error::backend(
-            &url,
-            "creating the test bucket",
-            format!("HTTP {status}: {body}"),
-        ))
-    }
+    xferkit_conformance::gcs::ensure_bucket(endpoint, BUCKET).await
 }
 
 /// A service-account JSON file holding the throwaway test key.

@@ -51,18 +51,9 @@ fn emulator() -> Option<String> {
 }
 
 async fn ensure_bucket(endpoint: &str) {
-    let resp = reqwest::Client::new()
-        .post(format!("{endpoint}/storage/v1/b?project=xferkit-test"))
-        .header("content-type", "application/json")
-        .body(format!(r#"{{"name":"{BUCKET}"}}"#))
-        .send()
+    xferkit_conformance::gcs::ensure_bucket(endpoint, BUCKET)
         .await
         .unwrap();
-    assert!(
-        resp.status().is_success() || resp.status().as_u16() == 409,
-        "{}",
-        resp.status()
-    );
 }
 
 /// A store on `endpoint` under `prefix`: resumable (in 2 MiB chunks) above

@@ -304,37 +304,13 @@ async fn share_on_gcs() {
         return;
     };
     let endpoint = v[0].trim_end_matches('/').to_string();
-    let resp = reqwest::Client::new()
-        .post(format!("{endpoint}/storage/v1/b?project=xferkit-test"))
-        .header("content-type", "application/json")
-        .body(r#"{"name":"xferkit-share"}"#)
-        .send()
+    xferkit_conformance::gcs::ensure_bucket(&endpoint, "xferkit-share")
         .await
         .unwrap();
-    assert!(
-        resp.status().is_success() || resp.status().as_u16() == 409,
-        "{}",
-        resp.status()
-    );
     // Signed URLs need a service-account key; the emulator does not check
     // signatures, so the repository's throwaway test key serves.
-    let pem = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../crates/xferkit-gcs/tests/fixtures/TEST-ONLY-rsa-2048.pem"),
-    )
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cred = dir.path().join("sa.json");
-    let sa = serde_json::json!({
-        "type": "service_account",
-        "project_id": "xferkit-test",
-        "private_key_id": "test",
-        "private_key": pem,
-        "client_email": "xferkit-test@xferkit-test.iam.gserviceaccount.com",
-        "client_id": "1",
-        "token_uri": "http://127.0.0.1:1/token",
-    });
-    std::fs::write(&cred, sa.to_string()).unwrap();
+    let cred = xferkit_conformance::gcs::service_account_file(dir.path()).unwrap();
     let toml = format!(
         "backend = \"gcs\"\nbucket = \"xferkit-share\"\nendpoint = {endpoint:?}\nanonymous = true\n\
          credentials_file = {:?}\nprefix = {:?}\n",
