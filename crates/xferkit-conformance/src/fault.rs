@@ -14,7 +14,9 @@
 //!   timeouts;
 //! - answer **HTTP 500/503** without forwarding (the body is S3's
 //!   `SlowDown`/`InternalError` XML, with `x-ms-error-code: ServerBusy` for
-//!   Azure), so nothing reaches the store.
+//!   Azure), so nothing reaches the store;
+//! - **corrupt** one byte of a request or response body in transit (framing
+//!   and headers untouched): what a checksum has to catch.
 //!
 //! A [`Rule`] says which requests a fault hits (method, a piece of the
 //! path/query), how often (every n-th match) and how many times (or forever:
@@ -65,6 +67,13 @@ pub enum Fault {
     /// Read the request and answer with this HTTP status (500 or 503 with an
     /// S3 error body) without forwarding anything.
     Status(u16),
+    /// Forward the request with the byte at this offset of its body
+    /// (payload bytes only, not chunk framing) flipped. Counted in
+    /// [`FaultStats::corruptions`] only when the body is that long.
+    CorruptRequestBody(u64),
+    /// Forward the response with the byte at this offset of its body
+    /// flipped (same counting).
+    CorruptResponseBody(u64),
 }
 
 /// Which requests a fault hits, how often and how many times.
@@ -165,6 +174,8 @@ pub struct FaultStats {
     pub statuses: u64,
     /// Requests stalled by a fault.
     pub stalls: u64,
+    /// Bodies forwarded with a byte flipped.
+    pub corruptions: u64,
     /// Bytes forwarded to the upstream (request heads and bodies).
     pub bytes_up: u64,
     /// Bytes forwarded to clients (response heads and bodies).
@@ -174,7 +185,7 @@ pub struct FaultStats {
 impl FaultStats {
     /// Faults injected, of every kind.
     pub fn faults(&self) -> u64 {
-        self.resets + self.statuses + self.stalls
+        self.resets + self.statuses + self.stalls + self.corruptions
     }
 }
 
@@ -185,6 +196,7 @@ struct Counters {
     resets: AtomicU64,
     statuses: AtomicU64,
     stalls: AtomicU64,
+    corruptions: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
 }
@@ -196,9 +208,55 @@ struct Shared {
     origin: String,
     rules: Mutex<Vec<Rule>>,
     counters: Counters,
+    /// The last [`HEADS_KEPT`] request heads, for [`FaultProxy::requests`].
+    heads: Mutex<std::collections::VecDeque<SeenRequest>>,
+}
+
+/// How many request heads [`FaultProxy::requests`] remembers.
+const HEADS_KEPT: usize = 4096;
+
+/// A request as the proxy saw it: its method, target and headers
+/// (lowercase names; `authorization` left out, so no test log ever holds a
+/// signature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenRequest {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl SeenRequest {
+    /// The value of header `name` (any case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl Shared {
+    fn remember(&self, method: &str, target: &str, head: &Head) {
+        let headers = head
+            .lines
+            .iter()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .filter(|(k, _)| k != "authorization")
+            .collect();
+        let mut heads = self.heads.lock().unwrap_or_else(|p| p.into_inner());
+        if heads.len() == HEADS_KEPT {
+            heads.pop_front();
+        }
+        heads.push_back(SeenRequest {
+            method: method.to_string(),
+            target: target.to_string(),
+            headers,
+        });
+    }
+
     fn pick(&self, method: &str, target: &str) -> Option<Fault> {
         let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
         rules
@@ -258,6 +316,7 @@ impl FaultProxy {
             origin: format!("http://{addr}"),
             rules: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            heads: Mutex::new(std::collections::VecDeque::new()),
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -304,6 +363,12 @@ impl FaultProxy {
         self.set_rules(Vec::new());
     }
 
+    /// The requests seen so far (the last few thousand), oldest first.
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        let heads = self.shared.heads.lock().unwrap_or_else(|p| p.into_inner());
+        heads.iter().cloned().collect()
+    }
+
     pub fn stats(&self) -> FaultStats {
         let c = &self.shared.counters;
         FaultStats {
@@ -312,6 +377,7 @@ impl FaultProxy {
             resets: c.resets.load(Ordering::SeqCst),
             statuses: c.statuses.load(Ordering::SeqCst),
             stalls: c.stalls.load(Ordering::SeqCst),
+            corruptions: c.corruptions.load(Ordering::SeqCst),
             bytes_up: c.bytes_up.load(Ordering::SeqCst),
             bytes_down: c.bytes_down.load(Ordering::SeqCst),
         }
@@ -397,9 +463,49 @@ struct Pipe<'a> {
     sent: u64,
     /// Counts the bytes written to `to`.
     counter: Option<&'a AtomicU64>,
+    /// Flip the body payload byte at this offset.
+    flip_at: Option<u64>,
+    /// Body payload bytes seen so far (for `flip_at`).
+    data_seen: u64,
+    /// Counts flipped bytes.
+    flips: Option<&'a AtomicU64>,
 }
 
-impl Pipe<'_> {
+impl<'a> Pipe<'a> {
+    fn new(
+        to: Option<&'a mut TcpStream>,
+        budget: Option<u64>,
+        counter: Option<&'a AtomicU64>,
+    ) -> Self {
+        Pipe {
+            to,
+            budget,
+            sent: 0,
+            counter,
+            flip_at: None,
+            data_seen: 0,
+            flips: None,
+        }
+    }
+
+    /// Forward body payload bytes, flipping the one at `flip_at`.
+    async fn send_data(&mut self, data: &[u8]) -> io::Result<bool> {
+        let start = self.data_seen;
+        self.data_seen += data.len() as u64;
+        match self.flip_at {
+            Some(at) if at >= start && at < self.data_seen => {
+                let mut owned = data.to_vec();
+                let i = usize::try_from(at - start).unwrap_or(0);
+                owned[i] ^= 0x01;
+                if let Some(f) = self.flips {
+                    f.fetch_add(1, Ordering::SeqCst);
+                }
+                self.send(&owned).await
+            }
+            _ => self.send(data).await,
+        }
+    }
+
     /// Forward `data`; `Ok(false)` once the budget is used up (the rest is
     /// not sent).
     async fn send(&mut self, data: &[u8]) -> io::Result<bool> {
@@ -461,13 +567,13 @@ async fn body(
                     }
                 }
             }
-            if !copy_n(r, size + 2, pipe).await? {
+            if !copy_n(r, size, pipe, true).await? || !copy_n(r, 2, pipe, false).await? {
                 return Ok(false);
             }
         }
     }
     match head.content_length {
-        Some(n) => copy_n(r, n, pipe).await,
+        Some(n) => copy_n(r, n, pipe, true).await,
         None if to_eof => {
             let mut buf = vec![0u8; 64 * 1024];
             loop {
@@ -475,7 +581,7 @@ async fn body(
                 if n == 0 {
                     return Ok(true);
                 }
-                if !pipe.send(&buf[..n]).await? {
+                if !pipe.send_data(&buf[..n]).await? {
                     return Ok(false);
                 }
             }
@@ -484,7 +590,13 @@ async fn body(
     }
 }
 
-async fn copy_n(r: &mut BufReader<TcpStream>, mut n: u64, pipe: &mut Pipe<'_>) -> io::Result<bool> {
+/// Forward `n` bytes; `data`: they are body payload (may be corrupted).
+async fn copy_n(
+    r: &mut BufReader<TcpStream>,
+    mut n: u64,
+    pipe: &mut Pipe<'_>,
+    data: bool,
+) -> io::Result<bool> {
     let mut buf = vec![0u8; 64 * 1024];
     while n > 0 {
         let want = usize::try_from(n.min(buf.len() as u64)).unwrap_or(buf.len());
@@ -492,7 +604,12 @@ async fn copy_n(r: &mut BufReader<TcpStream>, mut n: u64, pipe: &mut Pipe<'_>) -
         if got == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        if !pipe.send(&buf[..got]).await? {
+        let ok = if data {
+            pipe.send_data(&buf[..got]).await?
+        } else {
+            pipe.send(&buf[..got]).await?
+        };
+        if !ok {
             return Ok(false);
         }
         n -= got as u64;
@@ -541,6 +658,7 @@ async fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
         let method = parts.next().unwrap_or("").to_string();
         let target = parts.next().unwrap_or("").to_string();
         let is_head = method == "HEAD";
+        shared.remember(&method, &target, &req);
         let fault = shared.pick(&method, &target);
         if req.expect_continue {
             // Answer `100 Continue` here and do not forward the expectation,
@@ -556,12 +674,7 @@ async fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
         match fault {
             Some(Fault::Status(code)) => {
                 shared.counters.statuses.fetch_add(1, Ordering::SeqCst);
-                let mut sink = Pipe {
-                    to: None,
-                    budget: None,
-                    sent: 0,
-                    counter: None,
-                };
+                let mut sink = Pipe::new(None, None, None);
                 body(&mut client, &req, false, &mut sink).await?;
                 client
                     .get_mut()
@@ -589,12 +702,15 @@ async fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
             Some(Fault::ResetRequestAfter(n)) => Some(n),
             _ => None,
         };
-        let mut pipe = Pipe {
-            to: Some(up.get_mut()),
-            budget: req_budget,
-            sent: 0,
-            counter: Some(&shared.counters.bytes_up),
-        };
+        let mut pipe = Pipe::new(
+            Some(up.get_mut()),
+            req_budget,
+            Some(&shared.counters.bytes_up),
+        );
+        if let Some(Fault::CorruptRequestBody(at)) = fault {
+            pipe.flip_at = Some(at);
+            pipe.flips = Some(&shared.counters.corruptions);
+        }
         let whole =
             pipe.send(&req.bytes()).await? && body(&mut client, &req, false, &mut pipe).await?;
         if !whole {
@@ -610,12 +726,15 @@ async fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
             Some(Fault::ResetResponseAfter(n)) => Some(n),
             _ => None,
         };
-        let mut pipe = Pipe {
-            to: Some(client.get_mut()),
-            budget: resp_budget,
-            sent: 0,
-            counter: Some(&shared.counters.bytes_down),
-        };
+        let mut pipe = Pipe::new(
+            Some(client.get_mut()),
+            resp_budget,
+            Some(&shared.counters.bytes_down),
+        );
+        if let Some(Fault::CorruptResponseBody(at)) = fault {
+            pipe.flip_at = Some(at);
+            pipe.flips = Some(&shared.counters.corruptions);
+        }
         let (resp, cut) = loop {
             let Some(mut resp) = read_head(up).await? else {
                 return Ok(()); // upstream closed without answering
@@ -695,24 +814,32 @@ mod tests {
                 tokio::spawn(async move {
                     let mut r = BufReader::new(s);
                     while let Ok(Some(h)) = read_head(&mut r).await {
-                        let mut sink = Pipe {
-                            to: None,
-                            budget: None,
-                            sent: 0,
-                            counter: None,
+                        // Request bodies are kept for `x-sum`, the sum of
+                        // their bytes (seen corrupted or not).
+                        let mut got =
+                            vec![0u8; usize::try_from(h.content_length.unwrap_or(0)).unwrap_or(0)];
+                        let len = if h.content_length.is_some() {
+                            if r.read_exact(&mut got).await.is_err() {
+                                return;
+                            }
+                            got.len() as u64
+                        } else {
+                            let mut sink = Pipe::new(None, None, None);
+                            if body(&mut r, &h, false, &mut sink).await.is_err() {
+                                return;
+                            }
+                            sink.sent
                         };
-                        if body(&mut r, &h, false, &mut sink).await.is_err() {
-                            return;
-                        }
+                        let sum: u64 = got.iter().map(|b| u64::from(*b)).sum();
                         let resp = if h.first().starts_with("GET /big") {
                             let mut v =
                                 b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
                             v.extend(std::iter::repeat_n(b'x', 1 << 20));
                             v
                         } else {
-                            let b = sink.sent.to_string();
+                            let b = len.to_string();
                             format!(
-                                "HTTP/1.1 200 OK\r\nLocation: http://{addr}/session/1\r\nContent-Length: {}\r\n\r\n{b}",
+                                "HTTP/1.1 200 OK\r\nLocation: http://{addr}/session/1\r\nx-sum: {sum}\r\nContent-Length: {}\r\n\r\n{b}",
                                 b.len()
                             )
                             .into_bytes()
@@ -758,6 +885,13 @@ mod tests {
         assert_eq!((s.requests, s.faults()), (3, 0));
         assert!(s.bytes_up > 3 * 5000 && s.bytes_down > 0, "{s:?}");
         assert_eq!(s.connections, 1, "keep-alive connection reused");
+        let seen = p.requests();
+        assert_eq!(seen.len(), 3);
+        assert_eq!(
+            (seen[0].method.as_str(), seen[0].target.as_str()),
+            ("PUT", "/x")
+        );
+        assert_eq!(seen[0].header("Content-Length"), Some("5000"));
         assert_eq!(
             p.endpoint_for("http://h:1/devstoreaccount1"),
             format!("{}/devstoreaccount1", p.url())
@@ -834,6 +968,70 @@ mod tests {
         let s = p.stats();
         assert_eq!(s.resets, 2);
         assert!(s.connections >= 2);
+    }
+
+    #[tokio::test]
+    async fn corruption_flips_one_body_byte_each_way() {
+        let up = upstream().await;
+        let p = FaultProxy::start(&up.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        p.set_rules(vec![
+            Rule::new(Fault::CorruptRequestBody(3000))
+                .method("PUT")
+                .times(1),
+            Rule::new(Fault::CorruptResponseBody(500_000))
+                .path_contains("/big")
+                .times(1),
+        ]);
+        let c = client();
+        let mut sums = Vec::new();
+        for _ in 0..2 {
+            let r = c
+                .put(format!("{}/x", p.url()))
+                .body(vec![2u8; 5000])
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            sums.push(
+                r.headers()
+                    .get("x-sum")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string(),
+            );
+            assert_eq!(r.text().await.unwrap_or_default(), "5000", "length kept");
+        }
+        // 2 ^ 1 == 3: one more than the untouched body.
+        assert_eq!(sums, vec!["10001".to_string(), "10000".to_string()]);
+        let big = |()| async {
+            c.get(format!("{}/big", p.url()))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .bytes()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let first = big(()).await;
+        assert_eq!(first.len(), 1 << 20);
+        let bad: Vec<usize> = (0..first.len()).filter(|i| first[*i] != b'x').collect();
+        assert_eq!(bad, vec![500_000]);
+        assert!(big(()).await.iter().all(|b| *b == b'x'), "fired once");
+        assert_eq!(p.stats().corruptions, 2);
+        // A body shorter than the offset is forwarded whole and not counted.
+        p.set_rules(vec![Rule::new(Fault::CorruptRequestBody(10_000))]);
+        let r = c
+            .put(format!("{}/x", p.url()))
+            .body(vec![2u8; 100])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            r.headers().get("x-sum").and_then(|v| v.to_str().ok()),
+            Some("200")
+        );
+        assert_eq!(p.stats().corruptions, 2);
     }
 
     #[tokio::test]
