@@ -44,6 +44,40 @@ impl Policy for SasPolicy {
     }
 }
 
+/// The MD5 of a request's body, put into the call's [`Context`] by the
+/// upload code; [`ContentMd5Policy`] sends it as `Content-MD5`.
+#[derive(Debug, Clone)]
+pub(crate) struct ContentMd5(pub String);
+
+/// Sends a call's [`ContentMd5`] as the `Content-MD5` header, which the
+/// service checks against the body it received (400 `Md5Mismatch` if they
+/// differ). It exists for Put Blob: the SDK's managed upload has no option
+/// for a transactional MD5 (Put Block has one, `transactional_content_md5`).
+#[derive(Debug)]
+struct ContentMd5Policy;
+
+#[allow(elided_lifetimes_in_paths)]
+#[async_trait::async_trait]
+impl Policy for ContentMd5Policy {
+    async fn send(
+        &self,
+        ctx: &Context,
+        request: &mut Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
+        if let Some(ContentMd5(b64)) = ctx.value::<ContentMd5>() {
+            request.insert_header("content-md5", b64.clone());
+        }
+        match next.split_first() {
+            Some((first, rest)) => first.send(ctx, request, rest).await,
+            None => Err(azure_core::Error::with_message(
+                azure_core::error::ErrorKind::Other,
+                "Content-MD5 policy is the last policy of the pipeline",
+            )),
+        }
+    }
+}
+
 /// `url` with `extra` (an encoded query string) added to its query.
 pub(crate) fn append_query(url: &mut Url, extra: &str) {
     let q = match url.query() {
@@ -88,6 +122,9 @@ impl Client {
             retry: RetryOptions::none(),
             ..Default::default()
         };
+        client_options
+            .per_call_policies
+            .push(Arc::new(ContentMd5Policy));
         let credential: Option<Arc<dyn TokenCredential>> = match &sas {
             Some(s) => {
                 client_options

@@ -125,6 +125,17 @@ pub(crate) fn classify(status: u16, code: Option<&str>, create_only: bool) -> Cl
     }
 }
 
+/// Whether the service refused a body because its transactional checksum
+/// did not match: Azure says `Md5Mismatch` / `Crc64Mismatch`; Azurite says
+/// `InvalidOperation` "Provided contentMD5 doesn't match."
+pub(crate) fn checksum_refused(code: Option<&str>, message: Option<&str>) -> bool {
+    match code {
+        Some("Md5Mismatch" | "Crc64Mismatch") => true,
+        Some("InvalidOperation") => message.is_some_and(|m| m.contains("contentMD5")),
+        _ => false,
+    }
+}
+
 /// Pull `<Message>…</Message>` (first line) out of an XML error body.
 fn xml_message(body: &[u8]) -> Option<String> {
     let s = std::str::from_utf8(body).ok()?;
@@ -160,13 +171,14 @@ pub(crate) fn map(op: Op<'_>, what: &str, err: azure_core::Error) -> Error {
                 text.push_str(&format!(": {m}"));
             }
             let source = AzureError::new(text);
-            from_class(
-                classify(status_u16, code, op.create_only),
-                op,
-                target,
-                retry_after,
-                source,
-            )
+            let class = if checksum_refused(code, message.as_deref()) {
+                // The body was corrupted on the way: sending it again is
+                // the cure, like for a reset connection.
+                Class::Transient
+            } else {
+                classify(status_u16, code, op.create_only)
+            };
+            from_class(class, op, target, retry_after, source)
         }
         AzKind::Connection | AzKind::Io => Error::Transient {
             target,
@@ -308,6 +320,39 @@ mod tests {
         assert_eq!(kind(500, Some("OperationTimedOut"), false), K::Transient);
         assert_eq!(kind(400, Some("InvalidHeaderValue"), false), K::Backend);
         assert_eq!(kind(409, Some("LeaseIdMissing"), false), K::Backend);
+    }
+
+    #[test]
+    fn a_refused_transactional_checksum_is_retried() {
+        let refused = |code: &str, body: &str| {
+            map(
+                Op::on("az://a/c/k"),
+                "put block",
+                http_err(400, Some(code), body),
+            )
+        };
+        let azure = refused(
+            "Md5Mismatch",
+            "<Error><Code>Md5Mismatch</Code><Message>The MD5 value specified in the request did not match with the MD5 value calculated by the server.</Message></Error>",
+        );
+        assert!(azure.is_retryable(), "{}", azure.chain());
+        assert!(refused("Crc64Mismatch", "").is_retryable());
+        let azurite = refused(
+            "InvalidOperation",
+            "<Error><Code>InvalidOperation</Code><Message>Provided contentMD5 doesn't match.</Message></Error>",
+        );
+        assert!(azurite.is_retryable(), "{}", azurite.chain());
+        assert!(
+            azurite.chain().contains("contentMD5"),
+            "{}",
+            azurite.chain()
+        );
+        // Any other InvalidOperation is a plain failure.
+        let other = refused(
+            "InvalidOperation",
+            "<Error><Code>InvalidOperation</Code><Message>The size of the request body 3 mismatches the content-length 4.</Message></Error>",
+        );
+        assert_eq!(other.kind(), ErrorKind::Backend);
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //!   request, and no blob becomes visible (staged blocks stay uncommitted;
 //!   Azure drops them after 7 days).
 //!
+//! - a byte flipped in transit is refused by Azurite (the transactional
+//!   `Content-MD5` of each Put Blob and Put Block) and sent again: the blob
+//!   is byte-identical; flipped on every try, the upload fails and nothing
+//!   is visible.
+//!
 //! Each test skips when `XFERKIT_AZURITE_*` is not set (and fails instead
 //! under `CI=true` or `XFERKIT_REQUIRE_EMULATORS=1`).
 
@@ -269,4 +274,103 @@ async fn faults_that_never_clear_fail_within_the_budget_leaving_nothing() {
     }
     let listed: Vec<_> = futures::StreamExt::collect::<Vec<_>>(direct.list("")).await;
     assert!(listed.is_empty(), "{listed:?}");
+}
+
+/// One byte flipped on the way to Azurite, in a Put Blob and in one Put
+/// Block: the service checks the MD5 sent with each body, refuses the bad
+/// one, the retry sends it again, and the blob is byte-identical. Every
+/// body request carried a `Content-MD5`.
+#[tokio::test]
+async fn a_byte_corrupted_in_transit_is_refused_by_the_store_and_resent() {
+    let Some(emu) = emulator() else { return };
+    let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+    let pfx = prefix("corrupt");
+    let via = store(&emu, &proxy.endpoint_for(&emu.endpoint), &pfx).await;
+    let direct = store(&emu, &emu.endpoint, &pfx).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = TransferCtx::none().with_retry_policy(quick(4));
+    for (key, len, rule) in [
+        (
+            "single.bin",
+            MIB,
+            Rule::new(Fault::CorruptRequestBody(300_000)).method("PUT"),
+        ),
+        (
+            "staged.bin",
+            12 * MIB,
+            Rule::new(Fault::CorruptRequestBody(1_000_000))
+                .method("PUT")
+                .path_contains("blockid="),
+        ),
+    ] {
+        let body = data(len, len as u64);
+        let src = write_file(dir.path(), key, &body);
+        let before = proxy.stats().corruptions;
+        proxy.set_rules(vec![rule.times(1)]);
+        via.upload(key, UploadSource::Path(src), &PutOptions::default(), &ctx)
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {}", e.chain()));
+        assert_eq!(proxy.stats().corruptions - before, 1, "{key}");
+        proxy.clear();
+        let dest = dir.path().join(format!("{key}.back"));
+        direct
+            .download_to_path(key, &dest, None, &TransferCtx::none())
+            .await
+            .unwrap();
+        assert!(
+            std::fs::read(&dest).unwrap() == body,
+            "{key}: Azurite kept a corrupted body"
+        );
+    }
+    let bodies: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && !r.target.contains("comp=blocklist"))
+        .filter(|r| r.header("content-length").is_some_and(|l| l != "0"))
+        .collect();
+    assert!(bodies.len() >= 5, "{bodies:?}");
+    for r in &bodies {
+        assert!(
+            r.header("content-md5").is_some_and(|v| v.len() == 24),
+            "no Content-MD5 on {} {}",
+            r.method,
+            r.target
+        );
+    }
+}
+
+/// Every try of a body flipped in transit: the upload fails within the
+/// budget naming the blob, and nothing is visible.
+#[tokio::test]
+async fn a_body_corrupted_on_every_try_fails_leaving_nothing() {
+    let Some(emu) = emulator() else { return };
+    let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+    let pfx = prefix("corrupt-dead");
+    let via = store(&emu, &proxy.endpoint_for(&emu.endpoint), &pfx).await;
+    let direct = store(&emu, &emu.endpoint, &pfx).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = TransferCtx::none().with_retry_policy(quick(3));
+    proxy.set_rules(vec![
+        Rule::new(Fault::CorruptRequestBody(1000))
+            .method("PUT")
+            .path_contains("blockid="),
+        Rule::new(Fault::CorruptRequestBody(1000)).method("PUT"),
+    ]);
+    for (key, len, names) in [
+        ("single.bin", MIB, "single.bin"),
+        ("staged.bin", 12 * MIB, "block"),
+    ] {
+        let src = write_file(dir.path(), key, &data(len, 9));
+        let e = via
+            .upload(key, UploadSource::Path(src), &PutOptions::default(), &ctx)
+            .await
+            .expect_err("a body corrupted on every try must fail");
+        assert_exhausted(&e, 3, names);
+        assert!(e.chain().contains("Md5Mismatch"), "{}", e.chain());
+    }
+    proxy.clear();
+    for key in ["single.bin", "staged.bin"] {
+        let e = direct.stat(key).await.expect_err("nothing may be visible");
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{}", e.chain());
+    }
 }
