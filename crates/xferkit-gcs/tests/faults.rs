@@ -5,7 +5,13 @@
 //! - 64 MiB up (one request, sent again whole) and down (ranged GETs) through
 //!   resets mid-body and 503s finish byte-identical;
 //! - 503s or resets that never clear fail with `RetriesExhausted` naming the
-//!   request, and leave no object (resumable chunks and one-request uploads).
+//!   request, and leave no object (resumable chunks and one-request uploads);
+//! - a byte flipped on the way up (fake-gcs-server checks no client checksum
+//!   and stores it) is caught by comparing the CRC32C the store reports with
+//!   the one computed while streaming: a one-request upload is sent again
+//!   and stored intact (or, corrupted every time, fails leaving nothing); a
+//!   resumable one fails with `ChecksumMismatch` leaving nothing; the last
+//!   chunk carries `X-Goog-Hash: crc32c=...` (which GCS itself checks).
 //!
 //! Retrying a *resumable chunk* against fake-gcs-server cannot be shown:
 //! before resending, xferkit asks the session how much it holds (`PUT` with
@@ -321,4 +327,233 @@ async fn fake_gcs_server_completes_a_session_on_a_status_query() {
     let obj = s.stat(&name).await.unwrap();
     assert_eq!(obj.size, 256 * 1024, "a truncated object became visible");
     s.delete(&name).await.unwrap();
+}
+
+/// The CRC32C as GCS writes it in `X-Goog-Hash` and object resources.
+fn crc_base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    let crc = xferkit_core::journal::crc32c(bytes);
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
+
+/// One flipped byte in a one-request upload (fake-gcs-server stores it: it
+/// checks no client checksum) is caught by comparing the CRC32C the store
+/// reports with the one computed while streaming; the corrupted generation
+/// is deleted and the request sent again. Both kinds of one-request body:
+/// a file (streamed) and a stream source (in memory, its CRC32C also in
+/// the object resource).
+#[tokio::test]
+async fn a_corrupted_one_request_upload_is_sent_again_and_stored_intact() {
+    let Some(emu) = emulator() else { return };
+    ensure_bucket(&emu).await;
+    let proxy = FaultProxy::start(&emu).await.unwrap();
+    let pfx = prefix("crc1");
+    let via = store(&proxy.url(), &pfx, 2 * MIB).await;
+    let direct = store(&emu, &pfx, 2 * MIB).await;
+    let body = data(MIB, 13);
+    let dir = tempfile::tempdir().unwrap();
+    let src = write_file(dir.path(), "src.bin", &body);
+    let ctx = TransferCtx::none().with_retry_policy(quick(3));
+
+    for (n, key) in ["file.bin", "stream.bin"].into_iter().enumerate() {
+        // 100,000 bytes into the body: past the resource part, in the data.
+        proxy.set_rules(vec![
+            Rule::new(Fault::CorruptRequestBody(100_000))
+                .method("POST")
+                .path_contains("uploadType=multipart")
+                .times(1),
+        ]);
+        let source = if key == "file.bin" {
+            UploadSource::Path(src.clone())
+        } else {
+            let chunks: Vec<xferkit_core::Result<bytes::Bytes>> = body
+                .chunks(64 * 1024)
+                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+                .collect();
+            UploadSource::Stream {
+                stream: Box::pin(futures::stream::iter(chunks)),
+                size: Some(body.len() as u64),
+            }
+        };
+        let before = proxy.requests().len();
+        let obj = via
+            .upload(key, source, &PutOptions::default(), &ctx)
+            .await
+            .unwrap_or_else(|e| panic!("upload of {key} through one corruption: {}", e.chain()));
+        assert_eq!(obj.size, body.len() as u64);
+        assert_eq!(proxy.stats().corruptions, n as u64 + 1, "{key}: one flip");
+        let posts = proxy.requests()[before..]
+            .iter()
+            .filter(|r| r.method == "POST" && r.target.contains("uploadType=multipart"))
+            .count();
+        assert_eq!(posts, 2, "{key}: sent again once after the mismatch");
+
+        // Read back without the proxy: the bytes sent, not the flipped ones.
+        let dest = dir.path().join(format!("back-{key}"));
+        direct
+            .download_to_path(key, &dest, None, &TransferCtx::none())
+            .await
+            .unwrap();
+        assert!(
+            std::fs::read(&dest).unwrap() == body,
+            "{key}: stored bytes differ"
+        );
+        direct.delete(key).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_one_request_upload_corrupted_every_time_fails_leaving_nothing() {
+    let Some(emu) = emulator() else { return };
+    ensure_bucket(&emu).await;
+    let proxy = FaultProxy::start(&emu).await.unwrap();
+    let pfx = prefix("crcdead");
+    let via = store(&proxy.url(), &pfx, 2 * MIB).await;
+    let direct = store(&emu, &pfx, 2 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = write_file(dir.path(), "single.bin", &data(MIB, 17));
+    proxy.set_rules(vec![
+        Rule::new(Fault::CorruptRequestBody(200_000))
+            .method("POST")
+            .path_contains("uploadType=multipart"),
+    ]);
+    let ctx = TransferCtx::none().with_retry_policy(quick(3));
+    let e = via
+        .upload(
+            "single.bin",
+            UploadSource::Path(src),
+            &PutOptions::default(),
+            &ctx,
+        )
+        .await
+        .expect_err("an upload corrupted on every try must fail");
+    assert_exhausted(&e, 3, "single.bin");
+    assert!(
+        e.chain()
+            .contains("the store's checksum did not match what was sent"),
+        "{}",
+        e.chain()
+    );
+    assert_eq!(proxy.stats().corruptions, 3, "{:?}", proxy.stats());
+
+    proxy.clear();
+    let e = direct
+        .stat("single.bin")
+        .await
+        .expect_err("no corrupted object may stay visible");
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{}", e.chain());
+    let listed: Vec<_> = futures::StreamExt::collect::<Vec<_>>(direct.list("")).await;
+    assert!(listed.is_empty(), "{listed:?}");
+}
+
+/// A resumable upload (4 chunks of at most 2 MiB) whose second chunk is
+/// corrupted: the session is complete when the mismatch shows, so the
+/// upload fails with `ChecksumMismatch` and the stored object is deleted.
+/// (No chunk is retried, so no offset query reaches fake-gcs-server.)
+#[tokio::test]
+async fn a_corrupted_resumable_upload_fails_with_checksum_mismatch_leaving_nothing() {
+    let Some(emu) = emulator() else { return };
+    ensure_bucket(&emu).await;
+    let proxy = FaultProxy::start(&emu).await.unwrap();
+    let pfx = prefix("crcres");
+    let via = store(&proxy.url(), &pfx, 2 * MIB).await;
+    let direct = store(&emu, &pfx, 2 * MIB).await;
+    let body = data(7 * MIB, 19);
+    let dir = tempfile::tempdir().unwrap();
+    let src = write_file(dir.path(), "big.bin", &body);
+    proxy.set_rules(vec![
+        Rule::new(Fault::CorruptRequestBody(12_345))
+            .method("PUT")
+            .path_contains("upload_id=")
+            .after(1)
+            .times(1),
+    ]);
+    let ctx = TransferCtx::none().with_retry_policy(quick(3));
+    let e = via
+        .upload(
+            "big.bin",
+            UploadSource::Path(src),
+            &PutOptions::default(),
+            &ctx,
+        )
+        .await
+        .expect_err("a corrupted resumable upload must fail");
+    let url = format!("gs://{BUCKET}/{pfx}/big.bin");
+    let crc = xferkit_core::journal::crc32c(&body);
+    match &e {
+        Error::ChecksumMismatch {
+            target,
+            expected,
+            actual,
+        } => {
+            assert_eq!(target, &url);
+            assert_eq!(expected, &format!("crc32c:{crc:08x}"));
+            assert_ne!(actual, expected);
+        }
+        other => panic!("expected ChecksumMismatch, got {}", other.chain()),
+    }
+    assert!(e.to_string().contains(&url), "{}", e.chain());
+    assert_eq!(proxy.stats().corruptions, 1, "{:?}", proxy.stats());
+    let chunks: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.target.contains("upload_id="))
+        .collect();
+    assert_eq!(chunks.len(), 4, "each chunk once: {chunks:?}");
+    assert!(
+        chunks.iter().all(|r| !r
+            .header("content-range")
+            .unwrap_or("")
+            .starts_with("bytes */")),
+        "no offset query: {chunks:?}"
+    );
+
+    proxy.clear();
+    let e = direct
+        .stat("big.bin")
+        .await
+        .expect_err("no corrupted object may stay visible");
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{}", e.chain());
+}
+
+/// The last request of a resumable upload carries the whole object's
+/// CRC32C in `X-Goog-Hash` (GCS checks it before creating the object);
+/// the other chunks carry none.
+#[tokio::test]
+async fn the_last_resumable_chunk_carries_the_objects_crc32c() {
+    let Some(emu) = emulator() else { return };
+    ensure_bucket(&emu).await;
+    let proxy = FaultProxy::start(&emu).await.unwrap();
+    let pfx = prefix("crchdr");
+    let via = store(&proxy.url(), &pfx, 2 * MIB).await;
+    let body = data(5 * MIB + 1234, 23);
+    let dir = tempfile::tempdir().unwrap();
+    let src = write_file(dir.path(), "big.bin", &body);
+    let obj = via
+        .upload(
+            "big.bin",
+            UploadSource::Path(src),
+            &PutOptions::default(),
+            &TransferCtx::none(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("upload: {}", e.chain()));
+    assert_eq!(obj.size, body.len() as u64);
+    let chunks: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.target.contains("upload_id="))
+        .collect();
+    assert_eq!(chunks.len(), 3, "{chunks:?}");
+    let (last, rest) = chunks.split_last().unwrap();
+    assert_eq!(
+        last.header("x-goog-hash"),
+        Some(format!("crc32c={}", crc_base64(&body)).as_str()),
+        "{last:?}"
+    );
+    assert!(
+        rest.iter().all(|r| r.header("x-goog-hash").is_none()),
+        "{rest:?}"
+    );
+    via.delete("big.bin").await.unwrap();
 }

@@ -10,7 +10,12 @@
 //!   `RetriesExhausted` over a `Transient` error, each retry asking the
 //!   session for its offset first, and the session is cancelled;
 //! - a chunk that failed after the service kept part of it is resumed from
-//!   the session's offset, not sent again from its start.
+//!   the session's offset, not sent again from its start;
+//! - GCS's checksum refusals (400 "Provided CRC32C ... doesn't match
+//!   calculated CRC32C ..."), which fake-gcs-server 1.54 never sends: on the
+//!   last chunk (`X-Goog-Hash`) it is `ChecksumMismatch` and the session is
+//!   cancelled; on a one-request upload of in-memory data (`crc32c` in the
+//!   object resource) the request is sent again.
 
 // Test helpers outside #[test] functions: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -66,6 +71,20 @@ fn object_json(name: &str, size: usize) -> String {
         "generation":"7","metageneration":"1","etag":"abc","contentType":"application/octet-stream",
         "selfLink":"x","mediaLink":"x"}}"#
     )
+}
+
+/// GCS's CRC32C text: base64 of the big-endian bytes.
+fn crc_base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    let crc = xferkit_core::journal::crc32c(bytes);
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
+
+/// An object resource with the CRC32C of `data`, as GCS returns it.
+fn object_json_with_crc(name: &str, data: &[u8]) -> String {
+    let mut o: serde_json::Value = serde_json::from_str(&object_json(name, data.len())).unwrap();
+    o["crc32c"] = crc_base64(data).into();
+    o.to_string()
 }
 
 type Handler = Arc<dyn Fn(&Req, &str) -> Resp + Send + Sync>;
@@ -459,7 +478,9 @@ async fn a_crashed_upload_continues_from_the_session_offset() {
             got.extend_from_slice(&r.body);
             let persisted = got.len() as u64;
             match total {
-                Some(t) if persisted == t => resp(200, &[], &object_json("k/c.bin", t as usize)),
+                // With the CRC32C of what arrived: the resumed upload's
+                // (journaled prefix + streamed rest) must equal it.
+                Some(t) if persisted == t => resp(200, &[], &object_json_with_crc("k/c.bin", &got)),
                 _ => resp(308, &[("Range", &format!("bytes=0-{}", persisted - 1))], ""),
             }
         }
@@ -533,4 +554,134 @@ async fn a_crashed_upload_continues_from_the_session_offset() {
     assert_eq!(sent, data.len() as u64 - have, "only the rest was sent");
     assert_eq!(progress.0.load(Ordering::SeqCst), data.len() as u64);
     assert!(journal.load().await.is_none(), "journal removed");
+}
+
+/// GCS checks `X-Goog-Hash: crc32c=...` on the last chunk and, when the
+/// bytes it got do not match, answers 400 and creates nothing. Here the
+/// service "receives" one flipped byte: the upload fails with
+/// `ChecksumMismatch` (the session cannot resend a chunk) naming the URL,
+/// and the session is cancelled. The header carries the CRC32C of the whole
+/// object, on the last chunk only.
+#[tokio::test]
+async fn a_last_chunk_refused_for_its_crc32c_is_checksum_mismatch_and_cancels() {
+    let received = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let rec = received.clone();
+    let handler: Handler = Arc::new(move |r: &Req, base: &str| match r.method.as_str() {
+        "POST" => resp(200, &[("Location", &format!("{base}/session/6"))], "{}"),
+        "PUT" => {
+            let (_, b, total) = content_range(r);
+            let mut got = rec.lock().unwrap();
+            got.extend_from_slice(&r.body);
+            if got.len() > 1000 {
+                got[1000] ^= 0x01; // corrupted on the way
+            }
+            if total.is_none() {
+                return resp(308, &[("Range", &format!("bytes=0-{b}"))], "");
+            }
+            let provided = r
+                .headers
+                .get("x-goog-hash")
+                .and_then(|h| h.strip_prefix("crc32c="))
+                .unwrap_or("")
+                .to_string();
+            let calculated = crc_base64(&got);
+            if provided == calculated {
+                resp(200, &[], &object_json_with_crc("k/z.bin", &got))
+            } else {
+                let msg = format!(
+                    "Provided CRC32C \\\"{provided}\\\" doesn't match calculated CRC32C \\\"{calculated}\\\"."
+                );
+                resp(400, &[], &error_json(400, &msg))
+            }
+        }
+        "DELETE" => resp(499, &[], ""),
+        _ => resp(400, &[], ""),
+    });
+    let (base, log) = serve(handler).await;
+    let s = store(&base, 256 * KIB).await;
+    let data: Vec<u8> = (0..600 * KIB).map(|i| (i % 233) as u8).collect();
+    let err = s
+        .upload(
+            "k/z.bin",
+            UploadSource::from_bytes(data.clone()),
+            &PutOptions::default(),
+            &TransferCtx::none().with_retry_policy(quick(3)),
+        )
+        .await
+        .unwrap_err();
+    let Error::ChecksumMismatch {
+        target,
+        expected,
+        actual,
+    } = &err
+    else {
+        panic!("expected ChecksumMismatch: {}", err.chain());
+    };
+    assert_eq!(target, "gs://bkt/k/z.bin");
+    let crc = xferkit_core::journal::crc32c(&data);
+    assert_eq!(expected, &format!("crc32c:{crc:08x}"));
+    assert!(
+        actual.contains("doesn't match calculated CRC32C"),
+        "{actual}"
+    );
+    let log = log.lock().unwrap().clone();
+    let puts: Vec<&Req> = log.iter().filter(|r| r.method == "PUT").collect();
+    assert_eq!(puts.len(), 3, "600 KiB in 256 KiB chunks, none resent");
+    assert_eq!(
+        puts[2].headers.get("x-goog-hash").map(String::as_str),
+        Some(format!("crc32c={}", crc_base64(&data)).as_str())
+    );
+    assert!(
+        puts[..2]
+            .iter()
+            .all(|r| !r.headers.contains_key("x-goog-hash"))
+    );
+    assert!(
+        log.iter()
+            .any(|r| r.method == "DELETE" && r.target == "/session/6"),
+        "session not cancelled"
+    );
+}
+
+/// A one-request upload of data in memory puts its CRC32C in the object
+/// resource, so GCS checks the bytes before storing them; a refusal (400,
+/// "Provided CRC32C ... doesn't match ...") is retryable: the request is
+/// sent again.
+#[tokio::test]
+async fn an_in_memory_upload_sends_its_crc32c_and_a_refusal_is_sent_again() {
+    let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handler: Handler = Arc::new(move |r: &Req, _base: &str| match r.method.as_str() {
+        "POST" if !refused.swap(true, Ordering::SeqCst) => resp(
+            400,
+            &[],
+            &error_json(
+                400,
+                "Provided CRC32C \\\"AAAAAA==\\\" doesn't match calculated CRC32C \\\"2HvlZg==\\\".",
+            ),
+        ),
+        "POST" => resp(200, &[], &object_json("k/m.bin", 100 * KIB)),
+        _ => resp(400, &[], ""),
+    });
+    let (base, log) = serve(handler).await;
+    let s = store(&base, 256 * KIB).await;
+    let data: Vec<u8> = (0..100 * KIB).map(|i| (i % 229) as u8).collect();
+    let obj = s
+        .upload(
+            "k/m.bin",
+            UploadSource::from_bytes(data.clone()),
+            &PutOptions::default(),
+            &TransferCtx::none().with_retry_policy(quick(3)),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("upload after one refusal: {}", e.chain()));
+    assert_eq!(obj.size, data.len() as u64);
+    let log = log.lock().unwrap().clone();
+    let posts: Vec<&Req> = log.iter().filter(|r| r.method == "POST").collect();
+    assert_eq!(posts.len(), 2, "sent again once");
+    let field = format!(r#""crc32c":"{}""#, crc_base64(&data));
+    for p in posts {
+        assert!(p.target.contains("uploadType=multipart"), "{}", p.target);
+        let body = String::from_utf8_lossy(&p.body);
+        assert!(body.contains(&field), "no {field} in the resource");
+    }
 }
