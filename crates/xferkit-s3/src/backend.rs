@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::presigning::PresigningConfig;
-use aws_sdk_s3::types::MetadataDirective;
+use aws_sdk_s3::types::{ChecksumMode, MetadataDirective};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
@@ -17,7 +17,7 @@ use xferkit_core::{
 };
 
 use crate::S3Config;
-use crate::core::{Core, Mode, SCHEME, body_error, map_sdk};
+use crate::core::{Core, Mode, SCHEME, body_error, full_object_crc32c, map_sdk};
 use crate::writer::Upload;
 
 /// An S3 bucket (or a prefix of one) as a store: Amazon S3 or any
@@ -122,12 +122,15 @@ impl S3Store {
                     .head_object()
                     .bucket(&self.core.bucket)
                     .key(full)
+                    // Ask for the stored checksum: downloads verify a
+                    // full-object CRC32C against the bytes they wrote.
+                    .checksum_mode(ChecksumMode::Enabled)
                     .send()
                     .await
                     .map_err(|e| map_sdk("HeadObject", &target, Mode::Plain, e))
             })
             .await?;
-        Ok(self.core.object(
+        let mut obj = self.core.object(
             key,
             out.content_length().unwrap_or(0).max(0) as u64,
             out.e_tag(),
@@ -135,7 +138,9 @@ impl S3Store {
             out.content_type(),
             out.last_modified(),
             out.metadata(),
-        ))
+        );
+        obj.checksum = full_object_crc32c(out.checksum_crc32_c());
+        Ok(obj)
     }
 
     async fn get(
@@ -193,7 +198,7 @@ impl S3Store {
             (Some((_, total)), _) => total,
             (None, _) => length,
         };
-        let obj = self.core.object(
+        let mut obj = self.core.object(
             key,
             size,
             out.e_tag(),
@@ -202,6 +207,11 @@ impl S3Store {
             out.last_modified(),
             out.metadata(),
         );
+        if partial.is_none() {
+            // A whole-object answer may carry the stored checksum (the SDK
+            // asks for it and checks the body against it as it streams).
+            obj.checksum = full_object_crc32c(out.checksum_crc32_c());
+        }
         let body = out.body;
         let stream_target = target.clone();
         let mut bytes: ByteStream = Box::pin(

@@ -154,6 +154,21 @@ impl Core {
     }
 }
 
+/// The `crc32c:HEX` checksum of a whole object from S3's
+/// `x-amz-checksum-crc32c` (base64 of 4 big-endian bytes). A composite
+/// checksum (`…-N`, a checksum of the parts' checksums) says nothing about
+/// the bytes of a download, so it gives `None`, as does anything malformed.
+pub(crate) fn full_object_crc32c(value: Option<&str>) -> Option<String> {
+    use base64::Engine as _;
+    let v = value?;
+    if v.contains('-') {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
+    let bytes: [u8; 4] = raw.try_into().ok()?;
+    Some(format!("crc32c:{:08x}", u32::from_be_bytes(bytes)))
+}
+
 /// An entity tag without its quotes.
 pub(crate) fn unquote(etag: &str) -> String {
     etag.trim_matches('"').to_string()
@@ -469,6 +484,19 @@ impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_full_object_crc32cs_become_checksums() {
+        // crc32c("123456789") = e3069283, base64 "4waSgw==".
+        assert_eq!(
+            full_object_crc32c(Some("4waSgw==")).as_deref(),
+            Some("crc32c:e3069283")
+        );
+        assert_eq!(full_object_crc32c(Some("4waSgw==-3")), None, "composite");
+        assert_eq!(full_object_crc32c(Some("not base64!")), None);
+        assert_eq!(full_object_crc32c(Some("AAAAAAA=")), None, "5 bytes");
+        assert_eq!(full_object_crc32c(None), None);
+    }
     use xferkit_core::ErrorKind;
 
     fn kind(status: Option<u16>, code: Option<&str>, mode: Mode) -> Error {

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aws_sdk_s3::primitives::{ByteStream as SdkStream, Length};
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart,
+};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -25,7 +27,7 @@ use xferkit_core::{
 };
 
 use crate::config::{MAX_PART_SIZE, MAX_PARTS};
-use crate::core::{Core, Mode, encode_metadata, map_sdk, unquote};
+use crate::core::{Core, Mode, encode_metadata, full_object_crc32c, map_sdk, unquote};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -302,6 +304,10 @@ impl<'a> Upload<'a> {
                     .content_type(&self.content_type)
                     .set_metadata(self.metadata.clone())
                     .content_length(size as i64)
+                    // Computed while the body streams, sent as a trailer,
+                    // verified by the store and kept as the object's
+                    // full-object CRC32C, which downloads check.
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32C)
                     .body(body);
                 if self.mode == Mode::CreateOnly {
                     req = req.if_none_match("*");
@@ -511,6 +517,10 @@ impl<'a> Upload<'a> {
                     .key(&self.full)
                     .content_type(&self.content_type)
                     .set_metadata(self.metadata.clone())
+                    // Each part carries its CRC32C; the complete carries
+                    // the whole object's, combined from them (no second read).
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                    .checksum_type(ChecksumType::FullObject)
                     .send()
                     .await
                     .map_err(|e| map_sdk("CreateMultipartUpload", &self.target, Mode::Plain, e))
@@ -566,13 +576,19 @@ impl<'a> Upload<'a> {
     ) -> Result<RemoteObject> {
         ctx.check(&self.target)?;
         let mut tasks: JoinSet<Result<PartDone>> = JoinSet::new();
-        let mut done: Vec<(i32, String)> = Vec::new();
+        // (number, etag, crc32c, len) of every stored part.
+        let mut done: Vec<(i32, String, u32, u64)> = Vec::new();
         let mut total = 0u64;
         // Parts a previous run stored: counted, not sent.
         let mut skip = std::collections::HashSet::new();
         for p in journal.iter().flat_map(|j| j.data.parts.iter()) {
             skip.insert(p.number);
-            done.push((i32::try_from(p.number).unwrap_or(0), p.etag.clone()));
+            done.push((
+                i32::try_from(p.number).unwrap_or(0),
+                p.etag.clone(),
+                p.crc32c,
+                p.len,
+            ));
             ctx.add_progress(p.len);
             total += p.len;
         }
@@ -633,7 +649,7 @@ impl<'a> Upload<'a> {
                         ))
                         .await;
                     }
-                    done.push((part.number, part.etag));
+                    done.push((part.number, part.etag, part.crc32c, part.len));
                 }
             })
             .await;
@@ -644,12 +660,22 @@ impl<'a> Upload<'a> {
         }
         self.check_size(size, total)?;
         ctx.check(&self.target)?;
-        done.sort_by_key(|(n, _)| *n);
+        done.sort_by_key(|(n, ..)| *n);
         let part_count = done.len();
+        let whole = done.iter().fold(0u32, |crc, (_, _, part, len)| {
+            crc32c::crc32c_combine(crc, *part, usize::try_from(*len).unwrap_or(usize::MAX))
+        });
+        let whole = crc32c_b64(whole);
         let completed = CompletedMultipartUpload::builder()
             .set_parts(Some(
                 done.into_iter()
-                    .map(|(n, etag)| CompletedPart::builder().part_number(n).e_tag(etag).build())
+                    .map(|(n, etag, crc, _)| {
+                        CompletedPart::builder()
+                            .part_number(n)
+                            .e_tag(etag)
+                            .checksum_crc32_c(crc32c_b64(crc))
+                            .build()
+                    })
                     .collect(),
             ))
             .build();
@@ -659,7 +685,7 @@ impl<'a> Upload<'a> {
         let r = ctx
             .retry_policy()
             .retry(&self.target, |attempt| {
-                let completed = completed.clone();
+                let (completed, whole) = (completed.clone(), whole.clone());
                 async move {
                     let mut req = self
                         .core
@@ -668,12 +694,17 @@ impl<'a> Upload<'a> {
                         .bucket(&self.core.bucket)
                         .key(&self.full)
                         .upload_id(upload_id)
+                        .checksum_crc32_c(&whole)
+                        .checksum_type(ChecksumType::FullObject)
                         .multipart_upload(completed);
                     if self.mode == Mode::CreateOnly {
                         req = req.if_none_match("*");
                     }
                     match req.send().await {
-                        Ok(out) => Ok(self.record(total, out.e_tag(), out.version_id())),
+                        Ok(out) => {
+                            self.check_stored(out.checksum_crc32_c(), &whole).await?;
+                            Ok(self.record(total, out.e_tag(), out.version_id()))
+                        }
                         Err(e) => {
                             let e = map_sdk("CompleteMultipartUpload", &self.target, self.mode, e);
                             self.completed_earlier(attempt, e, total, part_count).await
@@ -683,6 +714,56 @@ impl<'a> Upload<'a> {
             })
             .await?;
         Ok(r)
+    }
+
+    /// S3 checks the whole object's CRC32C we send with the complete and
+    /// refuses a mismatch. A store that instead computes its own from what
+    /// it received (moto) and answers with it is checked here: a different
+    /// value means a part was corrupted on the way, and the object, already
+    /// visible, is deleted so no wrong object stays under the key.
+    /// When the complete's answer has no checksum, a HEAD asks for it; a
+    /// store that keeps none (s3s-fs) is not checked.
+    async fn check_stored(&self, stored: Option<&str>, sent_b64: &str) -> Result<()> {
+        let Some(sent) = full_object_crc32c(Some(sent_b64)) else {
+            return Ok(());
+        };
+        let stored = match stored {
+            Some(v) => full_object_crc32c(Some(v)),
+            None => self
+                .core
+                .client
+                .head_object()
+                .bucket(&self.core.bucket)
+                .key(&self.full)
+                .checksum_mode(ChecksumMode::Enabled)
+                .send()
+                .await
+                .ok()
+                .and_then(|h| full_object_crc32c(h.checksum_crc32_c())),
+        };
+        let Some(stored) = stored else {
+            return Ok(());
+        };
+        if stored == sent {
+            return Ok(());
+        }
+        tracing::warn!(target = %self.target, %sent, %stored, "the store's checksum differs from the uploaded bytes'; deleting the object");
+        let deleted = self
+            .core
+            .client
+            .delete_object()
+            .bucket(&self.core.bucket)
+            .key(&self.full)
+            .send()
+            .await;
+        if let Err(e) = deleted {
+            tracing::warn!(target = %self.target, error = %map_sdk("DeleteObject", &self.target, Mode::Plain, e), "could not delete the corrupted object");
+        }
+        Err(Error::ChecksumMismatch {
+            target: self.target.clone(),
+            expected: sent,
+            actual: stored,
+        })
     }
 
     /// A complete that failed on a retry with "no such upload" (or, for a
@@ -723,6 +804,12 @@ impl<'a> Upload<'a> {
     }
 }
 
+/// A CRC32C as S3 spells it: base64 of its 4 big-endian bytes.
+pub(crate) fn crc32c_b64(crc: u32) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
+
 /// What an acknowledged part is.
 struct PartDone {
     number: i32,
@@ -760,6 +847,9 @@ async fn upload_part(
                     .upload_id(&upload_id)
                     .part_number(number)
                     .content_length(len as i64)
+                    // Already computed for the journal: sent as a header,
+                    // the SDK computes no other.
+                    .checksum_crc32_c(crc32c_b64(crc32c))
                     .body(SdkStream::from(bytes))
                     .send()
                     .await

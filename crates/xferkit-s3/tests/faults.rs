@@ -8,6 +8,17 @@
 //!   request, and leave nothing visible (s3s-fs and moto); on moto no
 //!   multipart upload is left pending either (s3s-fs cannot list them).
 //!
+//! - every PutObject and UploadPart body carries a CRC32C, and the complete
+//!   of a multipart upload the whole object's (combined from the parts'),
+//!   so S3 keeps a full-object CRC32C that every download checks; a byte
+//!   corrupted on the way up never ends as a wrong file: the store refuses
+//!   it (s3s-fs checks part checksums), xferkit sees the store's checksum
+//!   differ and deletes the object (moto computes its own for multipart),
+//!   or the download refuses it (moto and s3s-fs keep a PutObject's
+//!   trailer unverified);
+//! - a byte corrupted on the way down fails a ranged download on the
+//!   combined CRC32C, leaving no file.
+//!
 //! Each test skips when its emulator's variables are not set (and fails
 //! instead under `CI=true` or `XFERKIT_REQUIRE_EMULATORS=1`).
 
@@ -302,4 +313,202 @@ async fn faults_that_never_clear_fail_within_the_budget_leaving_nothing() {
             );
         }
     }
+}
+
+/// The checksums travel with every upload: each PutObject announces an
+/// `x-amz-checksum-crc32c` trailer (computed while the body streams), each
+/// UploadPart carries its part's as a header, and the complete carries the
+/// whole object's with `x-amz-checksum-type: FULL_OBJECT`; stat then
+/// reports that full-object CRC32C, for downloads to verify.
+#[tokio::test]
+async fn every_upload_carries_crc32cs_and_stat_reports_the_whole_objects() {
+    for emu in [s3s(), moto()].into_iter().flatten() {
+        let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+        let pfx = prefix("crc-sent");
+        let via = store(&emu, &proxy.url(), &pfx).await;
+        let dir = tempfile::tempdir().unwrap();
+        for (key, len) in [("single.bin", MIB), ("multi.bin", 12 * MIB)] {
+            let body = data(len, 21);
+            let src = write_file(dir.path(), key, &body);
+            via.upload(
+                key,
+                UploadSource::Path(src),
+                &PutOptions::default(),
+                &TransferCtx::none(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{}: {key}: {}", emu.name, e.chain()));
+            let want = format!("crc32c:{:08x}", crc32c::crc32c(&body));
+            let stat = via.stat(key).await.unwrap();
+            // s3s-fs 0.14 keeps no checksum for a multipart object.
+            let kept = !(emu.name == "s3s-fs" && key == "multi.bin");
+            let expected = kept.then_some(want.as_str());
+            assert_eq!(stat.checksum.as_deref(), expected, "{}: {key}", emu.name);
+        }
+        let seen = proxy.requests();
+        let puts: Vec<_> = seen
+            .iter()
+            .filter(|r| r.method == "PUT" && r.target.contains(".bin"))
+            .collect();
+        // One PutObject and three 5 MiB parts (5 + 5 + 2).
+        assert_eq!(puts.len(), 4, "{}: {puts:?}", emu.name);
+        for r in &puts {
+            let announced = if r.target.contains("partNumber=") {
+                r.header("x-amz-checksum-crc32c").map(|v| v.len() == 8)
+            } else {
+                r.header("x-amz-trailer")
+                    .map(|t| t == "x-amz-checksum-crc32c")
+            };
+            assert_eq!(
+                announced,
+                Some(true),
+                "{}: {} {}",
+                emu.name,
+                r.method,
+                r.target
+            );
+        }
+        let complete = seen
+            .iter()
+            .find(|r| r.method == "POST" && r.target.contains("uploadId="))
+            .expect("a CompleteMultipartUpload");
+        assert_eq!(complete.header("x-amz-checksum-type"), Some("FULL_OBJECT"));
+        assert!(complete.header("x-amz-checksum-crc32c").is_some());
+        via.delete("single.bin").await.unwrap();
+        via.delete("multi.bin").await.unwrap();
+    }
+}
+
+/// One byte flipped on the way up, in a PutObject and in one part of a
+/// multipart upload, on both emulators: whatever each one does with it,
+/// no wrong file comes out. Either the upload fails with
+/// `ChecksumMismatch` and nothing is left under the key, or it succeeds and
+/// a download gives the original bytes or fails on the checksum leaving no
+/// file.
+#[tokio::test]
+async fn a_body_corrupted_on_the_way_up_never_downloads_as_a_wrong_file() {
+    for emu in [s3s(), moto()].into_iter().flatten() {
+        let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+        let pfx = prefix("corrupt");
+        let via = store(&emu, &proxy.url(), &pfx).await;
+        let direct = store(&emu, &emu.endpoint, &pfx).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = TransferCtx::none().with_retry_policy(quick(3));
+        for (key, len, rule) in [
+            (
+                "single.bin",
+                MIB,
+                Rule::new(Fault::CorruptRequestBody(300_000)).method("PUT"),
+            ),
+            (
+                "multi.bin",
+                12 * MIB,
+                Rule::new(Fault::CorruptRequestBody(1_000_000))
+                    .method("PUT")
+                    .path_contains("partNumber=2"),
+            ),
+        ] {
+            let body = data(len, 33);
+            let src = write_file(dir.path(), key, &body);
+            let before = proxy.stats().corruptions;
+            proxy.set_rules(vec![rule.times(1)]);
+            let up = via
+                .upload(key, UploadSource::Path(src), &PutOptions::default(), &ctx)
+                .await;
+            proxy.clear();
+            let who = format!("{}: {key}", emu.name);
+            assert_eq!(proxy.stats().corruptions - before, 1, "{who}");
+            let outcome = match up {
+                Err(e) => {
+                    assert_eq!(
+                        e.kind(),
+                        ErrorKind::ChecksumMismatch,
+                        "{who}: {}",
+                        e.chain()
+                    );
+                    let gone = direct
+                        .stat(key)
+                        .await
+                        .expect_err("a corrupted object stayed");
+                    assert_eq!(gone.kind(), ErrorKind::NotFound, "{who}");
+                    "refused at upload"
+                }
+                Ok(_) => {
+                    let dest = dir.path().join(format!("{key}.back"));
+                    match direct.download_to_path(key, &dest, None, &ctx).await {
+                        Ok(_) => {
+                            assert!(
+                                std::fs::read(&dest).unwrap() == body,
+                                "{who}: a corrupted object downloaded as if whole"
+                            );
+                            "stored intact"
+                        }
+                        Err(e) => {
+                            assert!(
+                                e.chain().to_ascii_lowercase().contains("checksum"),
+                                "{who}: {}",
+                                e.chain()
+                            );
+                            assert!(!dest.exists(), "{who}: a refused download left a file");
+                            "refused at download"
+                        }
+                    }
+                }
+            };
+            eprintln!("{who}: {outcome}");
+            let _ = direct.delete(key).await;
+        }
+    }
+}
+
+/// One byte flipped on the way down in one range of a ranged download
+/// (40 MiB, 16 MiB ranges): the CRC32C combined from the ranges differs
+/// from the object's, the download fails with `ChecksumMismatch`, and no
+/// file is left.
+#[tokio::test]
+async fn a_byte_corrupted_on_the_way_down_fails_a_ranged_download() {
+    // moto: it keeps the full-object CRC32C of a multipart upload.
+    let Some(emu) = moto() else { return };
+    let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+    let pfx = prefix("corrupt-down");
+    let via = store(&emu, &proxy.url(), &pfx).await;
+    let body = data(40 * MIB, 44);
+    let dir = tempfile::tempdir().unwrap();
+    let src = write_file(dir.path(), "big.bin", &body);
+    via.upload(
+        "big.bin",
+        UploadSource::Path(src),
+        &PutOptions::default(),
+        &TransferCtx::none(),
+    )
+    .await
+    .unwrap();
+    proxy.set_rules(vec![
+        Rule::new(Fault::CorruptResponseBody(5 * MIB as u64))
+            .method("GET")
+            .path_contains("big.bin")
+            .after(2)
+            .times(1),
+    ]);
+    let dest = dir.path().join("back.bin");
+    let e = via
+        .download_to_path("big.bin", &dest, None, &TransferCtx::none())
+        .await
+        .expect_err("a corrupted range must fail the download");
+    assert_eq!(proxy.stats().corruptions, 1);
+    assert_eq!(e.kind(), ErrorKind::ChecksumMismatch, "{}", e.chain());
+    assert!(e.to_string().contains("big.bin"), "{e}");
+    assert!(!dest.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("xferkit"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    proxy.clear();
+    via.download_to_path("big.bin", &dest, None, &TransferCtx::none())
+        .await
+        .unwrap();
+    assert!(std::fs::read(&dest).unwrap() == body);
+    via.delete("big.bin").await.unwrap();
 }
