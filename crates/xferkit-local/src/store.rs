@@ -6,7 +6,6 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use sha2::{Digest, Sha256};
 use xferkit_core::signed::UrlSigner;
 use xferkit_core::url::{ObjectUrl, file_url};
 use xferkit_core::{
@@ -39,6 +38,13 @@ struct Sidecar {
     content_type: Option<String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    /// CRC32C of the content, 8 hex digits (written since the copy got a
+    /// CRC32C instead of a SHA-256: the SHA-256 was the copy's bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc32c: Option<String>,
+    /// SHA-256 of the content, hex: sidecars written before that still
+    /// carry it and are still read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     sha256: Option<String>,
     size: u64,
     mtime_ns: u128,
@@ -50,6 +56,13 @@ fn mtime_ns(m: &std::fs::Metadata) -> u128 {
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_nanos())
         .unwrap_or(0)
+}
+
+/// The result of a background fdatasync of the copy.
+async fn flushed(f: tokio::task::JoinHandle<std::io::Result<()>>, url: &str) -> Result<()> {
+    f.await
+        .map_err(|e| Error::backend(url, "worker task failed", e))?
+        .map_err(|e| Error::from_io(url, e))
 }
 
 impl LocalStore {
@@ -181,8 +194,15 @@ impl LocalStore {
             .is_some_and(|s| s.size == m.len() && s.mtime_ns == mtime_ns(m));
         match side {
             Some(s) if fresh => {
-                obj.etag = s.sha256.as_ref().map(|h| h[..32.min(h.len())].to_string());
-                obj.checksum = s.sha256.map(|h| format!("sha256:{h}"));
+                if let Some(c) = s.crc32c {
+                    // Content, size and write time: a new upload of the
+                    // same bytes is a new version to a cache.
+                    obj.etag = Some(format!("{c}-{:x}-{:x}", mtime_ns(m), m.len()));
+                    obj.checksum = Some(format!("crc32c:{c}"));
+                } else {
+                    obj.etag = s.sha256.as_ref().map(|h| h[..32.min(h.len())].to_string());
+                    obj.checksum = s.sha256.map(|h| format!("sha256:{h}"));
+                }
                 obj.content_type = s.content_type;
                 obj.metadata = s.metadata;
             }
@@ -225,7 +245,7 @@ impl LocalStore {
         &self,
         key: &str,
         tmp: tempfile::NamedTempFile,
-        sha: String,
+        crc: u32,
         opts: &PutOptions,
     ) -> Result<RemoteObject> {
         let url = self.url(key);
@@ -245,7 +265,8 @@ impl LocalStore {
         let side = Sidecar {
             content_type: Some(opts.content_type_for(key)),
             metadata: opts.metadata.clone(),
-            sha256: Some(sha),
+            crc32c: Some(format!("{crc:08x}")),
+            sha256: None,
             size: m.len(),
             mtime_ns: mtime_ns(&m),
         };
@@ -329,16 +350,16 @@ impl LocalStore {
     /// copy (`copy_file_range` through `std::io::copy`: no bytes through user
     /// space, and a reflink where the filesystem does that for it), in
     /// [`COPY_STEP`] steps for progress and cancellation, then fsync. The
-    /// SHA-256 for the sidecar is computed at the same time by a second
-    /// reader (from the page cache), so the copy does not wait for hashing.
-    /// Returns the hex digest. Fails if the source changed meanwhile.
+    /// CRC32C for the sidecar is computed at the same time by a second
+    /// reader (from the page cache), so the copy does not wait for it.
+    /// Returns the CRC32C. Fails if the source changed meanwhile.
     async fn copy_path(
         &self,
         src: &Path,
         file: &std::fs::File,
         url: &str,
         ctx: &TransferCtx,
-    ) -> Result<String> {
+    ) -> Result<u32> {
         let src_s = src.display().to_string();
         let input = std::fs::File::open(src).map_err(|e| Error::from_io(&src_s, e))?;
         let before = input.metadata().map_err(|e| Error::from_io(&src_s, e))?;
@@ -346,7 +367,7 @@ impl LocalStore {
         let stop = ctx.token().clone();
         let hasher = tokio::task::spawn_blocking(move || {
             let mut input = hash_input;
-            let mut h = Sha256::new();
+            let mut crc = 0u32;
             let mut buf = vec![0u8; CHUNK];
             let mut total = 0u64;
             loop {
@@ -355,16 +376,23 @@ impl LocalStore {
                 }
                 let n = input.read(&mut buf)?;
                 if n == 0 {
-                    return Ok(Some((hex::encode(h.finalize()), total)));
+                    return Ok(Some((crc, total)));
                 }
-                h.update(&buf[..n]);
+                crc = crc32c::crc32c_append(crc, &buf[..n]);
                 total += n as u64;
             }
         });
         let mut out = file.try_clone().map_err(|e| Error::from_io(url, e))?;
         let mut input = input;
         let mut copied = 0u64;
+        // Write-back runs beside the copy: after each step, unless one is
+        // still running, an fdatasync of what is copied so far starts on the
+        // blocking pool, so the final fsync has only the last steps left
+        // (the disk works while the kernel copies, not after).
+        let mut flushing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
         loop {
+            // A stop drops a running flush (it ends on its own; the temp
+            // file goes with the caller's handle).
             ctx.check(url)?;
             let (n, i, o) = tokio::task::spawn_blocking(move || {
                 let n = std::io::copy(&mut (&input).take(COPY_STEP), &mut out)?;
@@ -379,6 +407,16 @@ impl LocalStore {
             }
             copied += n;
             ctx.add_progress(n);
+            if flushing.as_ref().is_none_or(|f| f.is_finished()) {
+                if let Some(f) = flushing.take() {
+                    flushed(f, url).await?;
+                }
+                let handle = out.try_clone().map_err(|e| Error::from_io(url, e))?;
+                flushing = Some(tokio::task::spawn_blocking(move || handle.sync_data()));
+            }
+        }
+        if let Some(f) = flushing.take() {
+            flushed(f, url).await?;
         }
         let synced = tokio::task::spawn_blocking(move || out.sync_all())
             .await
@@ -391,12 +429,12 @@ impl LocalStore {
         ctx.check(url)?;
         let after = std::fs::metadata(src).map_err(|e| Error::from_io(&src_s, e))?;
         match hashed {
-            Some((sha, total))
+            Some((crc, total))
                 if total == copied
                     && after.len() == before.len()
                     && after.modified().ok() == before.modified().ok() =>
             {
-                Ok(sha)
+                Ok(crc)
             }
             Some(_) => Err(Error::backend(
                 &src_s,
@@ -465,15 +503,15 @@ impl FileTransferHandler for LocalStore {
             .as_file()
             .try_clone()
             .map_err(|e| Error::from_io(&url, e))?;
-        let mut hasher = Sha256::new();
+        let mut crc = 0u32;
         match source {
             UploadSource::Path(src) => {
-                let sha = self.copy_path(&src, &file, &url, ctx).await?;
+                let crc = self.copy_path(&src, &file, &url, ctx).await?;
                 ctx.check(&url)?;
                 let key = key.to_string();
                 let opts = opts.clone();
                 return self
-                    .blocking(move |s| s.commit(&key, tmp, sha, &opts))
+                    .blocking(move |s| s.commit(&key, tmp, crc, &opts))
                     .await;
             }
             UploadSource::Stream { mut stream, .. } => {
@@ -484,17 +522,16 @@ impl FileTransferHandler for LocalStore {
                     let chunk = chunk?;
                     file.write_all(&chunk)
                         .map_err(|e| Error::from_io(&url, e))?;
-                    hasher.update(&chunk);
+                    crc = crc32c::crc32c_append(crc, &chunk);
                     ctx.add_progress(chunk.len() as u64);
                 }
                 file.sync_all().map_err(|e| Error::from_io(&url, e))?;
             }
         }
         ctx.check(&url)?;
-        let sha = hex::encode(hasher.finalize());
         let key = key.to_string();
         let opts = opts.clone();
-        self.blocking(move |s| s.commit(&key, tmp, sha, &opts))
+        self.blocking(move |s| s.commit(&key, tmp, crc, &opts))
             .await
     }
 
