@@ -67,6 +67,9 @@ impl Journaled {
 }
 
 /// The body of a single `PutObject`, re-opened for each try.
+/// Files up to this size are read into memory for a single PUT.
+const SMALL_IN_MEMORY: u64 = 1024 * 1024;
+
 enum Body {
     Path(PathBuf),
     Bytes(Bytes),
@@ -188,7 +191,17 @@ impl<'a> Upload<'a> {
                     .await
                     .map_err(|e| Error::from_io(path.display().to_string(), e))?
                     .len();
-                if size <= threshold {
+                if size <= SMALL_IN_MEMORY {
+                    // Small: one read, then a body the SDK checksums and
+                    // signs up front (no aws-chunked framing, no file stream
+                    // to reopen on a retry). Many small files go faster.
+                    let data = tokio::fs::read(&path)
+                        .await
+                        .map_err(|e| Error::from_io(path.display().to_string(), e))?;
+                    let len = data.len() as u64;
+                    self.put_single(Body::Bytes(Bytes::from(data)), len, ctx)
+                        .await
+                } else if size <= threshold {
                     self.put_single(Body::Path(path), size, ctx).await
                 } else {
                     let parts = Parts::File {

@@ -315,9 +315,10 @@ async fn faults_that_never_clear_fail_within_the_budget_leaving_nothing() {
     }
 }
 
-/// The checksums travel with every upload: each PutObject announces an
-/// `x-amz-checksum-crc32c` trailer (computed while the body streams), each
-/// UploadPart carries its part's as a header, and the complete carries the
+/// The checksums travel with every upload: a PutObject streamed from a file
+/// announces an `x-amz-checksum-crc32c` trailer (computed while the body
+/// streams), a small file's PutObject and each UploadPart carry it as a
+/// header, and the complete carries the
 /// whole object's with `x-amz-checksum-type: FULL_OBJECT`; stat then
 /// reports that full-object CRC32C, for downloads to verify.
 #[tokio::test]
@@ -327,7 +328,11 @@ async fn every_upload_carries_crc32cs_and_stat_reports_the_whole_objects() {
         let pfx = prefix("crc-sent");
         let via = store(&emu, &proxy.url(), &pfx).await;
         let dir = tempfile::tempdir().unwrap();
-        for (key, len) in [("single.bin", MIB), ("multi.bin", 12 * MIB)] {
+        for (key, len) in [
+            ("single.bin", MIB),
+            ("streamed.bin", 3 * MIB),
+            ("multi.bin", 12 * MIB),
+        ] {
             let body = data(len, 21);
             let src = write_file(dir.path(), key, &body);
             via.upload(
@@ -350,14 +355,16 @@ async fn every_upload_carries_crc32cs_and_stat_reports_the_whole_objects() {
             .iter()
             .filter(|r| r.method == "PUT" && r.target.contains(".bin"))
             .collect();
-        // One PutObject and three 5 MiB parts (5 + 5 + 2).
-        assert_eq!(puts.len(), 4, "{}: {puts:?}", emu.name);
+        // Two PutObjects and three 5 MiB parts (5 + 5 + 2).
+        assert_eq!(puts.len(), 5, "{}: {puts:?}", emu.name);
         for r in &puts {
-            let announced = if r.target.contains("partNumber=") {
-                r.header("x-amz-checksum-crc32c").map(|v| v.len() == 8)
-            } else {
+            // A file streamed from disk announces a trailer; a small file
+            // (read into memory) and a part carry the header.
+            let announced = if r.target.contains("streamed.bin") {
                 r.header("x-amz-trailer")
                     .map(|t| t == "x-amz-checksum-crc32c")
+            } else {
+                r.header("x-amz-checksum-crc32c").map(|v| v.len() == 8)
             };
             assert_eq!(
                 announced,
@@ -374,8 +381,9 @@ async fn every_upload_carries_crc32cs_and_stat_reports_the_whole_objects() {
             .expect("a CompleteMultipartUpload");
         assert_eq!(complete.header("x-amz-checksum-type"), Some("FULL_OBJECT"));
         assert!(complete.header("x-amz-checksum-crc32c").is_some());
-        via.delete("single.bin").await.unwrap();
-        via.delete("multi.bin").await.unwrap();
+        for key in ["single.bin", "streamed.bin", "multi.bin"] {
+            via.delete(key).await.unwrap();
+        }
     }
 }
 
