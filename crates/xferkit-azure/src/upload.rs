@@ -206,20 +206,25 @@ fn block_id(upload: &Uuid, index: u32) -> Vec<u8> {
     id
 }
 
-/// Stage one block (retried on its own); returns its length once the
-/// service has it.
+/// Stage one block (retried on its own) with its MD5 (computed here when
+/// the caller has none); returns its length once the service has it.
 async fn stage(
     plan: &Plan<'_>,
     upload: &Uuid,
     index: u32,
     data: Bytes,
+    md5: Option<Vec<u8>>,
     ctx: &TransferCtx,
 ) -> Result<u64> {
     let len = data.len() as u64;
     let blob = plan.store.blob(&plan.full).block_blob_client();
     let id = block_id(upload, index);
+    let md5 = match md5 {
+        Some(m) => m,
+        None => md5_of(&plan.url, &data).await?,
+    };
     let options = BlockBlobClientStageBlockOptions {
-        transactional_content_md5: Some(md5_of(&plan.url, &data).await?),
+        transactional_content_md5: Some(md5),
         ..Default::default()
     };
     ctx.retry(&format!("{} block {index}", plan.url), |_| {
@@ -353,9 +358,8 @@ async fn staged_file(
             async move {
                 let offset = u64::from(i) * bs;
                 let len = bs.min(size - offset);
-                let data = read_block(file, offset, len, &label).await?;
-                let crc = xferkit_core::journal::crc32c(&data);
-                let n = stage(plan, &upload, i, data, ctx).await?;
+                let (data, crc, md5) = read_block(file, offset, len, &label).await?;
+                let n = stage(plan, &upload, i, data, Some(md5), ctx).await?;
                 ctx.add_progress(n);
                 if let Some(j) = journal.lock().await.as_mut() {
                     j.data.parts.push(JournalPart::new(
@@ -496,7 +500,7 @@ async fn staged_stream(
                     .ok()
                     .filter(|n| u64::from(*n) < MAX_BLOCKS)
                     .ok_or_else(|| too_many_blocks(&url))?;
-                let n = stage(plan, &upload, index, block?, ctx).await?;
+                let n = stage(plan, &upload, index, block?, None, ctx).await?;
                 ctx.add_progress(n);
                 Ok::<_, Error>((index, n))
             }
@@ -518,13 +522,24 @@ fn too_many_blocks(url: &str) -> Error {
     )
 }
 
-/// Read `len` bytes at `offset` without moving a shared cursor.
-async fn read_block(file: Arc<std::fs::File>, offset: u64, len: u64, label: &str) -> Result<Bytes> {
+/// Read `len` bytes at `offset` without moving a shared cursor, with their
+/// CRC32C (for the resume journal) and MD5 (for the service to check),
+/// computed in the same blocking task while the block is hot in cache.
+async fn read_block(
+    file: Arc<std::fs::File>,
+    offset: u64,
+    len: u64,
+    label: &str,
+) -> Result<(Bytes, u32, Vec<u8>)> {
+    use md5::Digest;
     let len = usize::try_from(len)
         .map_err(|_| Error::backend(label, "block too large", "block too large"))?;
     let res = tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; len];
-        read_exact_at(&file, &mut buf, offset).map(|()| Bytes::from(buf))
+        read_exact_at(&file, &mut buf, offset)?;
+        let crc = xferkit_core::journal::crc32c(&buf);
+        let md5 = md5::Md5::digest(&buf).to_vec();
+        Ok::<_, std::io::Error>((Bytes::from(buf), crc, md5))
     })
     .await;
     match res {
