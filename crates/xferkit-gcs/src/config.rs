@@ -53,7 +53,9 @@ pub struct GcsConfig {
     /// ones a single multipart request. Default 16 MiB, at most 5 GiB.
     pub multipart_threshold: u64,
     /// Resumable-upload chunk size in bytes: a multiple of 256 KiB, at most
-    /// 1 GiB. Default 8 MiB. One chunk is held in memory per upload.
+    /// 1 GiB. Default 16 MiB (as Google's Go client and rclone; 256 MiB to
+    /// fake-gcs-server took 6.1–6.3 s against 9.1–13.5 s at 8 MiB). One
+    /// chunk is held in memory per upload.
     pub chunk_size: u64,
 }
 
@@ -67,7 +69,7 @@ impl Default for GcsConfig {
             credentials_file: None,
             anonymous: false,
             multipart_threshold: 16 * MIB,
-            chunk_size: 8 * MIB,
+            chunk_size: 16 * MIB,
         }
     }
 }
@@ -225,7 +227,7 @@ mod tests {
         let c = GcsConfig::new("bkt");
         c.validate("media").unwrap();
         assert_eq!(c.multipart_threshold, 16 * MIB);
-        assert_eq!(c.chunk_size, 8 * MIB);
+        assert_eq!(c.chunk_size, 16 * MIB);
         assert_eq!(c.endpoint_url(), "https://storage.googleapis.com");
     }
 
