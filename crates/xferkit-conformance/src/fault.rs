@@ -64,8 +64,9 @@ pub enum Fault {
     ResetResponseAfter(u64),
     /// Wait this long, then forward the request (a hung server).
     Stall(Duration),
-    /// Read the request and answer with this HTTP status (500 or 503 with an
-    /// S3 error body) without forwarding anything.
+    /// Read the request and answer with this HTTP status (500, 503 or 403
+    /// with an S3 error body: `InternalError`, `SlowDown`, `AccessDenied`)
+    /// without forwarding anything.
     Status(u16),
     /// Forward the request with the byte at this offset of its body
     /// (payload bytes only, not chunk framing) flipped. Counted in
@@ -82,6 +83,7 @@ pub struct Rule {
     fault: Fault,
     method: Option<String>,
     path_contains: Option<String>,
+    header: Option<String>,
     every: u64,
     remaining: Option<u64>,
     after: u64,
@@ -95,6 +97,7 @@ impl Rule {
             fault,
             method: None,
             path_contains: None,
+            header: None,
             every: 1,
             remaining: None,
             after: 0,
@@ -112,6 +115,12 @@ impl Rule {
     /// (`partNumber=`, `comp=block`, `upload_id=`).
     pub fn path_contains(mut self, needle: &str) -> Self {
         self.path_contains = Some(needle.to_string());
+        self
+    }
+
+    /// Only requests that carry header `name` (any case, any value).
+    pub fn with_header(mut self, name: &str) -> Self {
+        self.header = Some(name.to_ascii_lowercase());
         self
     }
 
@@ -134,12 +143,18 @@ impl Rule {
         self
     }
 
-    fn matches(&self, method: &str, target: &str) -> bool {
+    fn matches(&self, method: &str, target: &str, head: &Head) -> bool {
         self.method.as_deref().is_none_or(|m| m == method)
             && self
                 .path_contains
                 .as_deref()
                 .is_none_or(|p| target.contains(p))
+            && self.header.as_deref().is_none_or(|h| {
+                head.lines.iter().skip(1).any(|l| {
+                    l.split_once(':')
+                        .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case(h))
+                })
+            })
     }
 
     /// Count a matching request; whether the fault fires on it.
@@ -257,11 +272,11 @@ impl Shared {
         });
     }
 
-    fn pick(&self, method: &str, target: &str) -> Option<Fault> {
+    fn pick(&self, method: &str, target: &str, head: &Head) -> Option<Fault> {
         let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
         rules
             .iter_mut()
-            .filter(|r| r.matches(method, target))
+            .filter(|r| r.matches(method, target, head))
             .find_map(|r| r.fire().then_some(r.fault))
     }
 }
@@ -627,6 +642,7 @@ fn error_response(status: u16, head_request: bool) -> Vec<u8> {
     let (reason, code) = match status {
         503 => ("Slow Down", "SlowDown"),
         500 => ("Internal Server Error", "InternalError"),
+        403 => ("Forbidden", "AccessDenied"),
         _ => ("Error", "InternalError"),
     };
     let body = format!(
@@ -659,7 +675,7 @@ async fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
         let target = parts.next().unwrap_or("").to_string();
         let is_head = method == "HEAD";
         shared.remember(&method, &target, &req);
-        let fault = shared.pick(&method, &target);
+        let fault = shared.pick(&method, &target, &req);
         if req.expect_continue {
             // Answer `100 Continue` here and do not forward the expectation,
             // so the body flows whatever the fault.
@@ -922,6 +938,22 @@ mod tests {
         }
         assert_eq!(codes, vec![503, 503, 200]);
         assert_eq!(p.stats().statuses, 2);
+        // A rule on a header fires only on requests that carry it.
+        p.set_rules(vec![
+            Rule::new(Fault::Status(403)).with_header("X-Amz-Checksum-Mode"),
+        ]);
+        let plain = c.get(format!("{}/k", p.url())).send().await;
+        let asked = c
+            .get(format!("{}/k", p.url()))
+            .header("x-amz-checksum-mode", "ENABLED")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plain.map(|r| r.status().as_u16()).unwrap_or(0), 200);
+        assert_eq!(asked.status().as_u16(), 403);
+        let text = asked.text().await.unwrap_or_default();
+        assert!(text.contains("<Code>AccessDenied</Code>"), "{text}");
+        p.clear();
         // GETs never matched the rule.
         let r = c
             .get(format!("{}/k", p.url()))

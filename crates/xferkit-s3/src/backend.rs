@@ -114,22 +114,30 @@ impl S3Store {
 
     async fn head(&self, key: &str, full: &str) -> Result<RemoteObject> {
         let target = self.core.url_full(full);
-        let out = self
-            .retry
-            .retry(&target, |_| async {
-                self.core
-                    .client
-                    .head_object()
-                    .bucket(&self.core.bucket)
-                    .key(full)
-                    // Ask for the stored checksum: downloads verify a
-                    // full-object CRC32C against the bytes they wrote.
-                    .checksum_mode(ChecksumMode::Enabled)
-                    .send()
-                    .await
-                    .map_err(|e| map_sdk("HeadObject", &target, Mode::Plain, e))
+        let head = |mode: Option<ChecksumMode>| {
+            let target = &target;
+            self.retry.retry(target, move |_| {
+                let mode = mode.clone();
+                async move {
+                    self.core
+                        .client
+                        .head_object()
+                        .bucket(&self.core.bucket)
+                        .key(full)
+                        .set_checksum_mode(mode)
+                        .send()
+                        .await
+                        .map_err(|e| map_sdk("HeadObject", target, Mode::Plain, e))
+                }
             })
-            .await?;
+        };
+        // Ask for the stored checksum: downloads verify a full-object
+        // CRC32C against the bytes they wrote. S3 wants kms:Decrypt for it
+        // on an SSE-KMS object; a caller without that still gets the stat.
+        let out = match head(Some(ChecksumMode::Enabled)).await {
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => head(None).await?,
+            other => other?,
+        };
         let mut obj = self.core.object(
             key,
             out.content_length().unwrap_or(0).max(0) as u64,

@@ -520,3 +520,51 @@ async fn a_byte_corrupted_on_the_way_down_fails_a_ranged_download() {
     assert!(std::fs::read(&dest).unwrap() == body);
     via.delete("big.bin").await.unwrap();
 }
+
+/// S3 wants `kms:Decrypt` to return the checksum of an SSE-KMS object: a
+/// HEAD asking for it (`x-amz-checksum-mode`) answered 403 is asked again
+/// without it, so stat works for a caller who may read the object but not
+/// decrypt its checksum.
+#[tokio::test]
+async fn stat_works_when_the_checksum_may_not_be_read() {
+    let Some(emu) = s3s() else { return };
+    let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+    let pfx = prefix("kms");
+    let via = store(&emu, &proxy.url(), &pfx).await;
+    let direct = store(&emu, &emu.endpoint, &pfx).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = write_file(dir.path(), "k.bin", &data(MIB, 5));
+    direct
+        .upload(
+            "k.bin",
+            UploadSource::Path(src),
+            &PutOptions::default(),
+            &TransferCtx::none(),
+        )
+        .await
+        .unwrap();
+    assert!(direct.stat("k.bin").await.unwrap().checksum.is_some());
+    proxy.set_rules(vec![
+        Rule::new(Fault::Status(403))
+            .method("HEAD")
+            .with_header("x-amz-checksum-mode"),
+    ]);
+    let st = via
+        .stat("k.bin")
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.chain()));
+    assert_eq!(st.size, MIB as u64);
+    assert_eq!(proxy.stats().statuses, 1, "{:?}", proxy.stats());
+    let heads: Vec<bool> = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "HEAD")
+        .map(|r| r.header("x-amz-checksum-mode").is_some())
+        .collect();
+    assert_eq!(heads, vec![true, false], "asked again without the mode");
+    // A HEAD refused without the checksum mode is still refused.
+    proxy.set_rules(vec![Rule::new(Fault::Status(403)).method("HEAD")]);
+    let e = via.stat("k.bin").await.expect_err("refused");
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{}", e.chain());
+    direct.delete("k.bin").await.unwrap();
+}
