@@ -18,14 +18,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
-use std::path::Path;
-use std::time::Duration;
-
 use xferkit_azure::{AzureConfig, AzureStore};
 use xferkit_conformance::fault::{Fault, FaultProxy, Rule};
+use xferkit_conformance::testkit::{
+    assert_exhausted, data, quick_retry, unique_prefix, write_file,
+};
 use xferkit_core::{
-    Error, ErrorKind, FileTransferExt, FileTransferHandler, PutOptions, RetryPolicy, Secret,
-    TransferCtx, UploadSource,
+    ErrorKind, FileTransferExt, FileTransferHandler, PutOptions, Secret, TransferCtx, UploadSource,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -63,14 +62,6 @@ fn emulator() -> Option<Emulator> {
     }
 }
 
-fn prefix(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("xk-faults-{test}-{nanos:x}")
-}
-
 /// A store on `endpoint` under `prefix`: staged above 4 MiB, 4 MiB blocks,
 /// 4 in flight, so several blocks are in play at once.
 async fn store(emu: &Emulator, endpoint: &str, prefix: &str) -> AzureStore {
@@ -84,43 +75,16 @@ async fn store(emu: &Emulator, endpoint: &str, prefix: &str) -> AzureStore {
     let s = AzureStore::new("faults", c)
         .await
         .unwrap()
-        .with_retry_policy(quick(6));
+        .with_retry_policy(quick_retry(6));
     s.create_container_if_missing().await.unwrap();
     s
-}
-
-fn quick(attempts: u32) -> RetryPolicy {
-    RetryPolicy::default()
-        .with_max_attempts(attempts)
-        .with_initial_backoff(Duration::from_millis(10))
-        .with_max_backoff(Duration::from_millis(100))
-        .with_attempt_timeout(Duration::from_secs(60))
-}
-
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
 }
 
 #[tokio::test]
 async fn upload_64mib_through_resets_and_503s_is_byte_identical() {
     let Some(emu) = emulator() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-    let pfx = prefix("up");
+    let pfx = unique_prefix("faults", "up");
     let via = store(&emu, &proxy.endpoint_for(&emu.endpoint), &pfx).await;
     let direct = store(&emu, &emu.endpoint, &pfx).await;
     let body = data(64 * MIB, 7);
@@ -139,7 +103,7 @@ async fn upload_64mib_through_resets_and_503s_is_byte_identical() {
             .path_contains("blockid=")
             .every(5),
     ]);
-    let ctx = TransferCtx::none().with_retry_policy(quick(6));
+    let ctx = TransferCtx::none().with_retry_policy(quick_retry(6));
     let obj = via
         .upload(
             "big.bin",
@@ -166,7 +130,7 @@ async fn upload_64mib_through_resets_and_503s_is_byte_identical() {
 async fn download_64mib_through_resets_and_503s_is_byte_identical() {
     let Some(emu) = emulator() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-    let pfx = prefix("down");
+    let pfx = unique_prefix("faults", "down");
     let via = store(&emu, &proxy.endpoint_for(&emu.endpoint), &pfx).await;
     let direct = store(&emu, &emu.endpoint, &pfx).await;
     let body = data(64 * MIB, 11);
@@ -189,7 +153,7 @@ async fn download_64mib_through_resets_and_503s_is_byte_identical() {
         Rule::new(Fault::Status(503)).method("GET").every(4),
     ]);
     let dest = dir.path().join("back.bin");
-    let ctx = TransferCtx::none().with_retry_policy(quick(6));
+    let ctx = TransferCtx::none().with_retry_policy(quick_retry(6));
     let obj = via
         .download_to_path("big.bin", &dest, None, &ctx)
         .await
@@ -204,29 +168,15 @@ async fn download_64mib_through_resets_and_503s_is_byte_identical() {
     direct.delete("big.bin").await.unwrap();
 }
 
-fn assert_exhausted(e: &Error, attempts: u32, names: &str) {
-    let Error::RetriesExhausted {
-        attempts: n,
-        source,
-        ..
-    } = e
-    else {
-        panic!("expected RetriesExhausted, got {}", e.chain());
-    };
-    assert_eq!(*n, attempts, "{}", e.chain());
-    assert!(source.is_retryable(), "{}", e.chain());
-    assert!(e.to_string().contains(names), "{}", e.chain());
-}
-
 #[tokio::test]
 async fn faults_that_never_clear_fail_within_the_budget_leaving_nothing() {
     let Some(emu) = emulator() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-    let pfx = prefix("dead");
+    let pfx = unique_prefix("faults", "dead");
     let via = store(&emu, &proxy.endpoint_for(&emu.endpoint), &pfx).await;
     let direct = store(&emu, &emu.endpoint, &pfx).await;
     let dir = tempfile::tempdir().unwrap();
-    let ctx = TransferCtx::none().with_retry_policy(quick(3));
+    let ctx = TransferCtx::none().with_retry_policy(quick_retry(3));
 
     // Staged: every Put Block answers 503, forever.
     proxy.set_rules(vec![
@@ -284,11 +234,11 @@ async fn faults_that_never_clear_fail_within_the_budget_leaving_nothing() {
 async fn a_byte_corrupted_in_transit_is_refused_by_the_store_and_resent() {
     let Some(emu) = emulator() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-    let pfx = prefix("corrupt");
+    let pfx = unique_prefix("faults", "corrupt");
     let via = store(&emu, &proxy.endpoint_for(&emu.endpoint), &pfx).await;
     let direct = store(&emu, &emu.endpoint, &pfx).await;
     let dir = tempfile::tempdir().unwrap();
-    let ctx = TransferCtx::none().with_retry_policy(quick(4));
+    let ctx = TransferCtx::none().with_retry_policy(quick_retry(4));
     for (key, len, rule) in [
         (
             "single.bin",
@@ -345,11 +295,11 @@ async fn a_byte_corrupted_in_transit_is_refused_by_the_store_and_resent() {
 async fn a_body_corrupted_on_every_try_fails_leaving_nothing() {
     let Some(emu) = emulator() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-    let pfx = prefix("corrupt-dead");
+    let pfx = unique_prefix("faults", "corrupt-dead");
     let via = store(&emu, &proxy.endpoint_for(&emu.endpoint), &pfx).await;
     let direct = store(&emu, &emu.endpoint, &pfx).await;
     let dir = tempfile::tempdir().unwrap();
-    let ctx = TransferCtx::none().with_retry_policy(quick(3));
+    let ctx = TransferCtx::none().with_retry_policy(quick_retry(3));
     proxy.set_rules(vec![
         Rule::new(Fault::CorruptRequestBody(1000))
             .method("PUT")

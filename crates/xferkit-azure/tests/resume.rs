@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use xferkit_azure::{AzureConfig, AzureStore};
 use xferkit_conformance::fault::{Fault, FaultProxy, Rule};
+use xferkit_conformance::testkit::{data, unique_prefix};
 use xferkit_core::journal::JournalFile;
 use xferkit_core::{
     FileTransferExt, FileTransferHandler, PutOptions, Secret, TransferCtx, UploadSource,
@@ -69,27 +70,6 @@ async fn store(emu: &Emulator, endpoint: &str, prefix: &str, state: Option<&Path
         .with_state_dir(state.map(Path::to_path_buf));
     s.create_container_if_missing().await.unwrap();
     s
-}
-
-fn prefix(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("xk-resume-{test}-{nanos:x}")
-}
-
-fn data(len: u64, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len as usize + 8);
-    while (out.len() as u64) < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len as usize);
-    out
 }
 
 /// Upload `src` through `proxy` and let it die once the journal lists
@@ -149,11 +129,11 @@ async fn a_crashed_upload_resumes_staging_only_the_missing_blocks() {
     let Some(emu) = emulator() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
     let via = proxy.endpoint_for(&emu.endpoint);
-    let pfx = prefix("crash");
+    let pfx = unique_prefix("resume", "crash");
     let state = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let size = 8 * BLOCK;
-    let body = data(size, 5);
+    let body = data(size as usize, 5);
     let src = dir.path().join("src.bin");
     std::fs::write(&src, &body).unwrap();
 
@@ -201,17 +181,17 @@ async fn a_changed_source_starts_over() {
     let Some(emu) = emulator() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
     let via = proxy.endpoint_for(&emu.endpoint);
-    let pfx = prefix("changed");
+    let pfx = unique_prefix("resume", "changed");
     let state = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let size = 4 * BLOCK;
     let src = dir.path().join("src.bin");
-    std::fs::write(&src, data(size, 7)).unwrap();
+    std::fs::write(&src, data(size as usize, 7)).unwrap();
 
     let first = store(&emu, &via, &pfx, Some(state.path())).await;
     upload_then_crash(&proxy, first, "k.bin", &src, state.path(), 2).await;
 
-    let body = data(size, 8);
+    let body = data(size as usize, 8);
     std::fs::write(&src, &body).unwrap();
     let again = store(&emu, &via, &pfx, Some(state.path())).await;
     let before = proxy.stats().bytes_up;

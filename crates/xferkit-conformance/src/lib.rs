@@ -24,6 +24,7 @@ mod cases;
 pub mod fault;
 pub mod gcs;
 mod support;
+pub mod testkit;
 
 use std::future::Future;
 use std::path::PathBuf;

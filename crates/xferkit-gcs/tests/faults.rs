@@ -27,13 +27,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
-use std::path::Path;
-use std::time::Duration;
-
 use xferkit_conformance::fault::{Fault, FaultProxy, Rule};
+use xferkit_conformance::testkit::{
+    assert_exhausted, data, quick_retry, unique_prefix, write_file,
+};
 use xferkit_core::{
-    Error, ErrorKind, FileTransferExt, FileTransferHandler, PutOptions, RetryPolicy, TransferCtx,
-    UploadSource,
+    Error, ErrorKind, FileTransferExt, FileTransferHandler, PutOptions, TransferCtx, UploadSource,
 };
 use xferkit_gcs::{GcsConfig, GcsStore};
 
@@ -74,42 +73,7 @@ async fn store(endpoint: &str, prefix: &str, threshold: usize) -> GcsStore {
     GcsStore::new("faults", c)
         .await
         .unwrap()
-        .with_retry_policy(quick(6))
-}
-
-fn prefix(test: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("xk-faults-{test}-{n:08x}")
-}
-
-fn quick(attempts: u32) -> RetryPolicy {
-    RetryPolicy::default()
-        .with_max_attempts(attempts)
-        .with_initial_backoff(Duration::from_millis(10))
-        .with_max_backoff(Duration::from_millis(100))
-        .with_attempt_timeout(Duration::from_secs(60))
-}
-
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
+        .with_retry_policy(quick_retry(6))
 }
 
 #[tokio::test]
@@ -117,7 +81,7 @@ async fn upload_64mib_through_resets_and_503s_is_byte_identical() {
     let Some(emu) = emulator() else { return };
     ensure_bucket(&emu).await;
     let proxy = FaultProxy::start(&emu).await.unwrap();
-    let pfx = prefix("up");
+    let pfx = unique_prefix("faults", "up");
     // One request (below the resumable threshold), so a retry resends it whole.
     let via = store(&proxy.url(), &pfx, 128 * MIB).await;
     let direct = store(&emu, &pfx, 2 * MIB).await;
@@ -141,7 +105,7 @@ async fn upload_64mib_through_resets_and_503s_is_byte_identical() {
             .path_contains("uploadType=multipart")
             .times(1),
     ]);
-    let ctx = TransferCtx::none().with_retry_policy(quick(6));
+    let ctx = TransferCtx::none().with_retry_policy(quick_retry(6));
     let obj = via
         .upload(
             "big.bin",
@@ -169,7 +133,7 @@ async fn download_64mib_through_resets_and_503s_is_byte_identical() {
     let Some(emu) = emulator() else { return };
     ensure_bucket(&emu).await;
     let proxy = FaultProxy::start(&emu).await.unwrap();
-    let pfx = prefix("down");
+    let pfx = unique_prefix("faults", "down");
     let via = store(&proxy.url(), &pfx, 2 * MIB).await;
     let direct = store(&emu, &pfx, 2 * MIB).await;
     let body = data(64 * MIB, 11);
@@ -193,7 +157,7 @@ async fn download_64mib_through_resets_and_503s_is_byte_identical() {
         Rule::new(Fault::Status(503)).method("GET").every(4),
     ]);
     let dest = dir.path().join("back.bin");
-    let ctx = TransferCtx::none().with_retry_policy(quick(6));
+    let ctx = TransferCtx::none().with_retry_policy(quick_retry(6));
     let obj = via
         .download_to_path("big.bin", &dest, None, &ctx)
         .await
@@ -208,30 +172,16 @@ async fn download_64mib_through_resets_and_503s_is_byte_identical() {
     direct.delete("big.bin").await.unwrap();
 }
 
-fn assert_exhausted(e: &Error, attempts: u32, names: &str) {
-    let Error::RetriesExhausted {
-        attempts: n,
-        source,
-        ..
-    } = e
-    else {
-        panic!("expected RetriesExhausted, got {}", e.chain());
-    };
-    assert_eq!(*n, attempts, "{}", e.chain());
-    assert!(source.is_retryable(), "{}", e.chain());
-    assert!(e.to_string().contains(names), "{}", e.chain());
-}
-
 #[tokio::test]
 async fn faults_that_never_clear_fail_within_the_budget_leaving_nothing() {
     let Some(emu) = emulator() else { return };
     ensure_bucket(&emu).await;
     let proxy = FaultProxy::start(&emu).await.unwrap();
-    let pfx = prefix("dead");
+    let pfx = unique_prefix("faults", "dead");
     let via = store(&proxy.url(), &pfx, 2 * MIB).await;
     let direct = store(&emu, &pfx, 2 * MIB).await;
     let dir = tempfile::tempdir().unwrap();
-    let ctx = TransferCtx::none().with_retry_policy(quick(3));
+    let ctx = TransferCtx::none().with_retry_policy(quick_retry(3));
 
     // Resumable: every chunk (and status query) answers 503, forever; the
     // session's cancel (DELETE) still gets through.
@@ -290,7 +240,7 @@ async fn faults_that_never_clear_fail_within_the_budget_leaving_nothing() {
 async fn fake_gcs_server_completes_a_session_on_a_status_query() {
     let Some(emu) = emulator() else { return };
     ensure_bucket(&emu).await;
-    let name = format!("{}/probe.bin", prefix("status"));
+    let name = format!("{}/probe.bin", unique_prefix("faults", "status"));
     let http = reqwest::Client::new();
     let started = http
         .post(format!(
@@ -347,13 +297,13 @@ async fn a_corrupted_one_request_upload_is_sent_again_and_stored_intact() {
     let Some(emu) = emulator() else { return };
     ensure_bucket(&emu).await;
     let proxy = FaultProxy::start(&emu).await.unwrap();
-    let pfx = prefix("crc1");
+    let pfx = unique_prefix("faults", "crc1");
     let via = store(&proxy.url(), &pfx, 2 * MIB).await;
     let direct = store(&emu, &pfx, 2 * MIB).await;
     let body = data(MIB, 13);
     let dir = tempfile::tempdir().unwrap();
     let src = write_file(dir.path(), "src.bin", &body);
-    let ctx = TransferCtx::none().with_retry_policy(quick(3));
+    let ctx = TransferCtx::none().with_retry_policy(quick_retry(3));
 
     for (n, key) in ["file.bin", "stream.bin"].into_iter().enumerate() {
         // 100,000 bytes into the body: past the resource part, in the data.
@@ -407,7 +357,7 @@ async fn a_one_request_upload_corrupted_every_time_fails_leaving_nothing() {
     let Some(emu) = emulator() else { return };
     ensure_bucket(&emu).await;
     let proxy = FaultProxy::start(&emu).await.unwrap();
-    let pfx = prefix("crcdead");
+    let pfx = unique_prefix("faults", "crcdead");
     let via = store(&proxy.url(), &pfx, 2 * MIB).await;
     let direct = store(&emu, &pfx, 2 * MIB).await;
     let dir = tempfile::tempdir().unwrap();
@@ -417,7 +367,7 @@ async fn a_one_request_upload_corrupted_every_time_fails_leaving_nothing() {
             .method("POST")
             .path_contains("uploadType=multipart"),
     ]);
-    let ctx = TransferCtx::none().with_retry_policy(quick(3));
+    let ctx = TransferCtx::none().with_retry_policy(quick_retry(3));
     let e = via
         .upload(
             "single.bin",
@@ -455,7 +405,7 @@ async fn a_corrupted_resumable_upload_fails_with_checksum_mismatch_leaving_nothi
     let Some(emu) = emulator() else { return };
     ensure_bucket(&emu).await;
     let proxy = FaultProxy::start(&emu).await.unwrap();
-    let pfx = prefix("crcres");
+    let pfx = unique_prefix("faults", "crcres");
     let via = store(&proxy.url(), &pfx, 2 * MIB).await;
     let direct = store(&emu, &pfx, 2 * MIB).await;
     let body = data(7 * MIB, 19);
@@ -468,7 +418,7 @@ async fn a_corrupted_resumable_upload_fails_with_checksum_mismatch_leaving_nothi
             .after(1)
             .times(1),
     ]);
-    let ctx = TransferCtx::none().with_retry_policy(quick(3));
+    let ctx = TransferCtx::none().with_retry_policy(quick_retry(3));
     let e = via
         .upload(
             "big.bin",
@@ -524,7 +474,7 @@ async fn the_last_resumable_chunk_carries_the_objects_crc32c() {
     let Some(emu) = emulator() else { return };
     ensure_bucket(&emu).await;
     let proxy = FaultProxy::start(&emu).await.unwrap();
-    let pfx = prefix("crchdr");
+    let pfx = unique_prefix("faults", "crchdr");
     let via = store(&proxy.url(), &pfx, 2 * MIB).await;
     let body = data(5 * MIB + 1234, 23);
     let dir = tempfile::tempdir().unwrap();

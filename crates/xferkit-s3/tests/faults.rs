@@ -24,13 +24,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
-use std::path::Path;
-use std::time::Duration;
-
 use xferkit_conformance::fault::{Fault, FaultProxy, Rule};
+use xferkit_conformance::testkit::{
+    assert_exhausted, data, quick_retry, unique_prefix, write_file,
+};
 use xferkit_core::{
-    Error, ErrorKind, FileTransferExt, FileTransferHandler, PutOptions, RetryPolicy, Secret,
-    TransferCtx, UploadSource,
+    ErrorKind, FileTransferExt, FileTransferHandler, PutOptions, Secret, TransferCtx, UploadSource,
 };
 use xferkit_s3::{S3Config, S3Store};
 
@@ -103,53 +102,16 @@ async fn store(emu: &Emu, endpoint: &str, prefix: &str) -> S3Store {
     let s = S3Store::new("faults", c)
         .await
         .unwrap()
-        .with_retry_policy(quick(6));
+        .with_retry_policy(quick_retry(6));
     s.ensure_bucket().await.unwrap();
     s
-}
-
-fn prefix(test: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("xk-faults-{test}-{n:08x}")
-}
-
-/// Retries that do not make the tests wait.
-fn quick(attempts: u32) -> RetryPolicy {
-    RetryPolicy::default()
-        .with_max_attempts(attempts)
-        .with_initial_backoff(Duration::from_millis(10))
-        .with_max_backoff(Duration::from_millis(100))
-        .with_attempt_timeout(Duration::from_secs(60))
-}
-
-/// `len` pseudo-random bytes (xorshift; no two 8-byte words alike nearby).
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
 }
 
 #[tokio::test]
 async fn upload_64mib_through_resets_and_503s_is_byte_identical() {
     let Some(emu) = s3s() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-    let pfx = prefix("up");
+    let pfx = unique_prefix("faults", "up");
     let via = store(&emu, &proxy.url(), &pfx).await;
     let direct = store(&emu, &emu.endpoint, &pfx).await;
     let body = data(64 * MIB, 7);
@@ -167,7 +129,7 @@ async fn upload_64mib_through_resets_and_503s_is_byte_identical() {
             .path_contains("partNumber=")
             .every(5),
     ]);
-    let ctx = TransferCtx::none().with_retry_policy(quick(6));
+    let ctx = TransferCtx::none().with_retry_policy(quick_retry(6));
     let obj = via
         .upload(
             "big.bin",
@@ -194,7 +156,7 @@ async fn upload_64mib_through_resets_and_503s_is_byte_identical() {
 async fn download_64mib_through_resets_and_503s_is_byte_identical() {
     let Some(emu) = s3s() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-    let pfx = prefix("down");
+    let pfx = unique_prefix("faults", "down");
     let via = store(&emu, &proxy.url(), &pfx).await;
     let direct = store(&emu, &emu.endpoint, &pfx).await;
     let body = data(64 * MIB, 11);
@@ -218,7 +180,7 @@ async fn download_64mib_through_resets_and_503s_is_byte_identical() {
         Rule::new(Fault::Status(503)).method("GET").every(4),
     ]);
     let dest = dir.path().join("back.bin");
-    let ctx = TransferCtx::none().with_retry_policy(quick(6));
+    let ctx = TransferCtx::none().with_retry_policy(quick_retry(6));
     let obj = via
         .download_to_path("big.bin", &dest, None, &ctx)
         .await
@@ -233,32 +195,15 @@ async fn download_64mib_through_resets_and_503s_is_byte_identical() {
     direct.delete("big.bin").await.unwrap();
 }
 
-/// Check a failure after the budget: `RetriesExhausted` after exactly
-/// `attempts` tries, naming what failed, over a retryable last error.
-fn assert_exhausted(e: &Error, attempts: u32, names: &str) {
-    let Error::RetriesExhausted {
-        attempts: n,
-        source,
-        ..
-    } = e
-    else {
-        panic!("expected RetriesExhausted, got {}", e.chain());
-    };
-    assert_eq!(*n, attempts, "{}", e.chain());
-    assert!(source.is_retryable(), "{}", e.chain());
-    assert!(e.to_string().contains(names), "{}", e.chain());
-    assert!(e.chain().contains("gave up after"), "{}", e.chain());
-}
-
 #[tokio::test]
 async fn faults_that_never_clear_fail_within_the_budget_leaving_nothing() {
     for emu in [s3s(), moto()].into_iter().flatten() {
         let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-        let pfx = prefix("dead");
+        let pfx = unique_prefix("faults", "dead");
         let via = store(&emu, &proxy.url(), &pfx).await;
         let direct = store(&emu, &emu.endpoint, &pfx).await;
         let dir = tempfile::tempdir().unwrap();
-        let ctx = TransferCtx::none().with_retry_policy(quick(3));
+        let ctx = TransferCtx::none().with_retry_policy(quick_retry(3));
 
         // Multipart: every part upload answers 503, forever; the abort
         // (DELETE) still gets through, as it would with a broken data path.
@@ -325,7 +270,7 @@ async fn faults_that_never_clear_fail_within_the_budget_leaving_nothing() {
 async fn every_upload_carries_crc32cs_and_stat_reports_the_whole_objects() {
     for emu in [s3s(), moto()].into_iter().flatten() {
         let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-        let pfx = prefix("crc-sent");
+        let pfx = unique_prefix("faults", "crc-sent");
         let via = store(&emu, &proxy.url(), &pfx).await;
         let dir = tempfile::tempdir().unwrap();
         for (key, len) in [
@@ -397,11 +342,11 @@ async fn every_upload_carries_crc32cs_and_stat_reports_the_whole_objects() {
 async fn a_body_corrupted_on_the_way_up_never_downloads_as_a_wrong_file() {
     for emu in [s3s(), moto()].into_iter().flatten() {
         let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-        let pfx = prefix("corrupt");
+        let pfx = unique_prefix("faults", "corrupt");
         let via = store(&emu, &proxy.url(), &pfx).await;
         let direct = store(&emu, &emu.endpoint, &pfx).await;
         let dir = tempfile::tempdir().unwrap();
-        let ctx = TransferCtx::none().with_retry_policy(quick(3));
+        let ctx = TransferCtx::none().with_retry_policy(quick_retry(3));
         for (key, len, rule) in [
             (
                 "single.bin",
@@ -478,7 +423,7 @@ async fn a_byte_corrupted_on_the_way_down_fails_a_ranged_download() {
     // moto: it keeps the full-object CRC32C of a multipart upload.
     let Some(emu) = moto() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-    let pfx = prefix("corrupt-down");
+    let pfx = unique_prefix("faults", "corrupt-down");
     let via = store(&emu, &proxy.url(), &pfx).await;
     let body = data(40 * MIB, 44);
     let dir = tempfile::tempdir().unwrap();
@@ -529,7 +474,7 @@ async fn a_byte_corrupted_on_the_way_down_fails_a_ranged_download() {
 async fn stat_works_when_the_checksum_may_not_be_read() {
     let Some(emu) = s3s() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-    let pfx = prefix("kms");
+    let pfx = unique_prefix("faults", "kms");
     let via = store(&emu, &proxy.url(), &pfx).await;
     let direct = store(&emu, &emu.endpoint, &pfx).await;
     let dir = tempfile::tempdir().unwrap();

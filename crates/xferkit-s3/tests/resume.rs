@@ -16,6 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use xferkit_conformance::fault::{Fault, FaultProxy, Rule};
+use xferkit_conformance::testkit::{data, unique_prefix};
 use xferkit_core::journal::JournalFile;
 use xferkit_core::{
     FileTransferExt, FileTransferHandler, PutOptions, Secret, TransferCtx, UploadSource,
@@ -76,27 +77,6 @@ async fn store(emu: &Emu, endpoint: &str, prefix: &str, state: Option<&Path>) ->
     s
 }
 
-fn prefix(test: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("xk-resume-{test}-{n:08x}")
-}
-
-fn data(len: u64, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len as usize + 8);
-    while (out.len() as u64) < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len as usize);
-    out
-}
-
 /// Upload `src` to `key` through `proxy` and let it die once the journal
 /// lists `parts` acknowledged parts (later parts stall, so it cannot finish).
 async fn upload_then_crash(
@@ -150,11 +130,11 @@ async fn upload_then_crash(
 async fn a_crashed_upload_resumes_sending_only_the_missing_parts() {
     let Some(emu) = s3s() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-    let pfx = prefix("crash");
+    let pfx = unique_prefix("resume", "crash");
     let state = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let size = 8 * PART;
-    let body = data(size, 5);
+    let body = data(size as usize, 5);
     let src = dir.path().join("src.bin");
     std::fs::write(&src, &body).unwrap();
 
@@ -203,18 +183,18 @@ async fn a_crashed_upload_resumes_sending_only_the_missing_parts() {
 async fn a_changed_source_starts_over() {
     let Some(emu) = s3s() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-    let pfx = prefix("changed");
+    let pfx = unique_prefix("resume", "changed");
     let state = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let size = 4 * PART;
     let src = dir.path().join("src.bin");
-    std::fs::write(&src, data(size, 7)).unwrap();
+    std::fs::write(&src, data(size as usize, 7)).unwrap();
 
     let first = store(&emu, &proxy.url(), &pfx, Some(state.path())).await;
     upload_then_crash(&proxy, first, "k.bin", &src, state.path(), 2).await;
 
     // The file changes (same size) before the re-run.
-    let body = data(size, 8);
+    let body = data(size as usize, 8);
     std::fs::write(&src, &body).unwrap();
     let again = store(&emu, &proxy.url(), &pfx, Some(state.path())).await;
     let before = proxy.stats().bytes_up;

@@ -1,0 +1,56 @@
+//! Small helpers the backends' own integration tests share (fault, resume
+//! tests): reproducible data, a unique key prefix per run, a retry policy
+//! that does not make tests wait, and the check of a spent retry budget.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use xferkit_core::{Error, RetryPolicy};
+
+pub use crate::support::data;
+
+/// `xk-KIND-TEST-NANOS`: a prefix no other run (or test) of the suite uses,
+/// so tests on one shared emulator never see each other's objects.
+pub fn unique_prefix(kind: &str, test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("xk-{kind}-{test}-{nanos:x}")
+}
+
+/// Retries that do not make the tests wait: `attempts` tries, 10–100 ms
+/// apart, 60 s per attempt.
+pub fn quick_retry(attempts: u32) -> RetryPolicy {
+    RetryPolicy::default()
+        .with_max_attempts(attempts)
+        .with_initial_backoff(Duration::from_millis(10))
+        .with_max_backoff(Duration::from_millis(100))
+        .with_attempt_timeout(Duration::from_secs(60))
+}
+
+/// Write `bytes` to `dir/name`; panics on failure (test helper).
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    if let Err(e) = std::fs::write(&p, bytes) {
+        panic!("cannot write {}: {e}", p.display());
+    }
+    p
+}
+
+/// Check a failure after the budget: `RetriesExhausted` after exactly
+/// `attempts` tries, naming `names`, over a retryable last error.
+pub fn assert_exhausted(e: &Error, attempts: u32, names: &str) {
+    let Error::RetriesExhausted {
+        attempts: n,
+        source,
+        ..
+    } = e
+    else {
+        panic!("expected RetriesExhausted, got {}", e.chain());
+    };
+    assert_eq!(*n, attempts, "{}", e.chain());
+    assert!(source.is_retryable(), "{}", e.chain());
+    assert!(e.to_string().contains(names), "{}", e.chain());
+    assert!(e.chain().contains("gave up after"), "{}", e.chain());
+}
