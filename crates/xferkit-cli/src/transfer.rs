@@ -82,7 +82,12 @@ pub async fn run_info(
             }
         }
     }
-    let info = transfer.wait().await;
+    let info = transfer.wait_info().await;
+    if interrupted {
+        // The stopped transfer's cleanup (a multipart abort, temp files)
+        // runs in the background: let it finish before the process exits.
+        settle(manager).await;
+    }
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -104,6 +109,18 @@ pub async fn run_info(
             info.error
                 .unwrap_or_else(|| format!("{}: transfer failed", shown(&info.url))),
         )),
+    }
+}
+
+/// How long `xfer` waits, after Ctrl-C, for stopped transfers to clean up.
+pub const CLEANUP_GRACE: Duration = Duration::from_secs(30);
+
+/// Wait for the cleanups of stopped transfers, saying so if one is slow.
+pub async fn settle(manager: &TransferManager) {
+    if !manager.settled(CLEANUP_GRACE).await {
+        tracing::warn!(
+            "a stopped transfer was still cleaning up after {CLEANUP_GRACE:?}; `xfer gc` finds what it left"
+        );
     }
 }
 

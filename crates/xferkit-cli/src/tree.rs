@@ -419,10 +419,10 @@ async fn run_all(
                 }
             };
             let info = tokio::select! {
-                info = t.wait() => info,
+                info = t.wait_info() => info,
                 _ = stop.cancelled() => {
                     t.stop();
-                    t.wait().await
+                    t.wait_info().await
                 }
             };
             Some(match info.status {
@@ -479,6 +479,10 @@ async fn run_all(
                 }
             }
         }
+    }
+    drop(results);
+    if stop.is_cancelled() {
+        crate::transfer::settle(&manager).await;
     }
     if let Some(bar) = &bar {
         bar.finish_and_clear();

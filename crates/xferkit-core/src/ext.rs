@@ -158,37 +158,7 @@ pub trait FileTransferExt: FileTransferHandler {
         opts: &DownloadOptions,
         ctx: &TransferCtx,
     ) -> Result<RemoteObject> {
-        let target = self.url_for(key);
-        refuse_directory(dest)?;
-        // One GET for everything: its headers tell the size, etag and
-        // checksum. A big object's stream is dropped unread (the connection
-        // closes) and fetched in ranges instead; a small one just streams, so
-        // small files cost no extra request.
-        let (obj, stream) = ctx
-            .cancellable(&target, self.download_stream(key, range))
-            .await?;
-        if range.is_none() && self.capabilities().range {
-            let sequential_checksum =
-                opts.verify_checksum && matches!(Checksum::parse(&obj), Some(Checksum::Sha256(_)));
-            if obj.size >= opts.parallel_threshold.max(1) && !sequential_checksum {
-                drop(stream);
-                return download_ranges(self, key, dest, obj, opts, ctx).await;
-            }
-        }
-        let expected = match range {
-            Some(r) => {
-                let span = r.resolve(obj.size, &target)?;
-                span.end - span.start
-            }
-            None => obj.size,
-        };
-        let verify = match range {
-            None if opts.verify_checksum => Checksum::parse(&obj),
-            _ => None,
-        };
-        ctx.set_total(expected);
-        write_stream_verified(stream, dest, expected, &target, ctx, verify).await?;
-        Ok(obj)
+        download_file(self, key, dest, range, opts, ctx, None).await
     }
 
     /// Read a whole object (or a range) into memory. For small objects.
@@ -203,6 +173,71 @@ pub trait FileTransferExt: FileTransferHandler {
 }
 
 impl<T: FileTransferHandler + ?Sized> FileTransferExt for T {}
+
+/// Where a complete, verified and fsynced download goes instead of being
+/// renamed over its destination: called once, on a blocking thread, with the
+/// file's path. It may rename the file away; whatever is left at that path
+/// afterwards is removed. The transfer manager uses it to hand one download
+/// to every caller that asked for the same URL.
+pub(crate) type Deliver = Arc<dyn Fn(&Path) -> Result<()> + Send + Sync>;
+
+/// The download engine behind [`FileTransferExt::download_to_path_with`]:
+/// `dest` names the destination (temp, partial and journal files sit next to
+/// it); `deliver`, if given, places the verified file instead of a rename
+/// over `dest`.
+pub(crate) async fn download_file<H: FileTransferHandler + ?Sized>(
+    h: &H,
+    key: &str,
+    dest: &Path,
+    range: Option<ByteRange>,
+    opts: &DownloadOptions,
+    ctx: &TransferCtx,
+    deliver: Option<Deliver>,
+) -> Result<RemoteObject> {
+    let target = h.url_for(key);
+    refuse_directory(dest)?;
+    // One GET for everything: its headers tell the size, etag and
+    // checksum. A big object's stream is dropped unread (the connection
+    // closes) and fetched in ranges instead; a small one just streams, so
+    // small files cost no extra request.
+    let (obj, stream) = ctx
+        .cancellable(&target, h.download_stream(key, range))
+        .await?;
+    if range.is_none() && h.capabilities().range {
+        let sequential_checksum =
+            opts.verify_checksum && matches!(Checksum::parse(&obj), Some(Checksum::Sha256(_)));
+        if obj.size >= opts.parallel_threshold.max(1) && !sequential_checksum {
+            drop(stream);
+            return download_ranges(h, key, dest, obj, opts, ctx, deliver).await;
+        }
+    }
+    let expected = match range {
+        Some(r) => {
+            let span = r.resolve(obj.size, &target)?;
+            span.end - span.start
+        }
+        None => obj.size,
+    };
+    let verify = match range {
+        None if opts.verify_checksum => Checksum::parse(&obj),
+        _ => None,
+    };
+    ctx.set_total(expected);
+    write_stream_verified(stream, dest, expected, &target, ctx, verify, deliver).await?;
+    Ok(obj)
+}
+
+/// Hand the verified file at `path` to `deliver` on a blocking thread, then
+/// remove what is left at `path`.
+async fn run_deliver(deliver: Deliver, path: PathBuf, target: &str) -> Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let r = deliver(&path);
+        let _ = std::fs::remove_file(&path);
+        r
+    })
+    .await
+    .map_err(|e| Error::backend(target, "file task failed", e))?
+}
 
 fn refuse_directory(dest: &Path) -> Result<()> {
     if dest.is_dir() {
@@ -271,7 +306,7 @@ pub async fn write_stream_atomically(
     target: &str,
     ctx: &TransferCtx,
 ) -> Result<()> {
-    write_stream_verified(stream, dest, expected, target, ctx, None).await
+    write_stream_verified(stream, dest, expected, target, ctx, None, None).await
 }
 
 enum Hasher {
@@ -286,6 +321,7 @@ async fn write_stream_verified(
     target: &str,
     ctx: &TransferCtx,
     verify: Option<Checksum>,
+    deliver: Option<Deliver>,
 ) -> Result<()> {
     let dest_s = dest.display().to_string();
     let parent = parent_of(dest);
@@ -344,9 +380,19 @@ async fn write_stream_verified(
         .map_err(|e| Error::from_io(&dest_s, e))?;
     drop(file);
     ctx.check(target)?;
-    tmp.persist(dest)
-        .map_err(|e| Error::from_io(&dest_s, e.error))?;
-    Ok(())
+    match deliver {
+        None => {
+            tmp.persist(dest)
+                .map_err(|e| Error::from_io(&dest_s, e.error))?;
+            Ok(())
+        }
+        Some(d) => {
+            let path = tmp.into_temp_path();
+            let r = run_deliver(d, path.to_path_buf(), target).await;
+            drop(path);
+            r
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -491,6 +537,7 @@ async fn download_ranges<H: FileTransferHandler + ?Sized>(
     obj: RemoteObject,
     opts: &DownloadOptions,
     ctx: &TransferCtx,
+    deliver: Option<Deliver>,
 ) -> Result<RemoteObject> {
     let target = h.url_for(key);
     let paths = PartialPaths::for_dest(dest);
@@ -666,15 +713,25 @@ async fn download_ranges<H: FileTransferHandler + ?Sized>(
         let file = file.clone();
         let data = paths.data.clone();
         let dest = dest.to_path_buf();
-        tokio::task::spawn_blocking(move || {
+        let synced = tokio::task::spawn_blocking(move || {
             file.sync_all()
                 .map_err(|e| Error::from_io(data.display().to_string(), e))?;
             drop(file);
-            std::fs::rename(&data, &dest).map_err(|e| Error::from_io(dest.display().to_string(), e))
+            match deliver {
+                None => std::fs::rename(&data, &dest)
+                    .map_err(|e| Error::from_io(dest.display().to_string(), e))
+                    .map(|()| None),
+                Some(d) => Ok(Some(d)),
+            }
         })
         .await
         .map_err(|e| Error::backend(&target, "file task failed", e))
-        .and_then(|r| r)
+        .and_then(|r| r);
+        match synced {
+            Ok(Some(d)) => run_deliver(d, paths.data.clone(), &target).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        }
     };
     if let Err(e) = done {
         return fail(e);

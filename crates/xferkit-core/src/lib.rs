@@ -24,8 +24,8 @@ pub use ext::{
 pub use handler::FileTransferHandler;
 pub use key::{MAX_KEY_LEN, validate_key};
 pub use manager::{
-    Direction, FileInfo, FileTransferListener, Transfer, TransferManager, TransferRequest,
-    TransferStatus,
+    Direction, FileInfo, FileTransferListener, Transfer, TransferError, TransferManager,
+    TransferRequest, TransferStatus,
 };
 pub use registry::{DynHandler, Registry};
 pub use retry::RetryPolicy;

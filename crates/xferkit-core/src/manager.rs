@@ -4,32 +4,65 @@
 //! |---|---|
 //! | `getFileInstance` | [`TransferManager::file_instance`]: the transfer already in flight for the same URL (download) or source + destination (upload), else a new idle one |
 //! | `startFileTransfer` | [`Transfer::start`]: idempotent, queued under a concurrency cap with priority, never blocks |
-//! | `stopFileTransfer` | [`Transfer::stop`]: ends within a second, status `Cancelled`, nothing partial visible |
+//! | `stopFileTransfer` | [`Transfer::stop`]: `Cancelled` at once; the store-side cleanup (abort) runs to its end in the background |
 //! | `updateFileTransferProgress` / listener | [`FileTransferListener`] and [`Transfer::subscribe`]: [`FileInfo`] snapshots, in order, monotonic |
-//! | `isFileTransferEnabled` | [`TransferManager::is_enabled`] / [`TransferManager::set_enabled`] |
+//! | `isFileTransferEnabled` | [`TransferManager::is_enabled`] / [`TransferManager::set_enabled`] (see below) |
+//!
+//! # What callers are promised
+//!
+//! - **One network transfer per file, one handle per caller.** A download is
+//!   one network transfer per URL: every caller that asks for the URL while it
+//!   is in flight gets its own [`Transfer`] (own id, own status, own
+//!   destination) attached to that one download, and every destination
+//!   receives the verified file (a hard link where the filesystem allows it,
+//!   else a copy made after verification). Asking again for the same URL *and*
+//!   destination returns the same handle. An upload is identified by its
+//!   source file and destination URL: asking again returns the same handle;
+//!   uploads of in-memory bytes or streams are never merged.
+//! - **Each caller's outcome is its own.** Failing to write one destination
+//!   fails only that caller's handle. Stopping one handle stops the network
+//!   transfer only when no other caller still wants it.
+//! - **Stop.** [`Transfer::stop`] returns at once and the handle is
+//!   `Cancelled` at once. The network transfer, if nobody else wants it, is
+//!   told to stop and runs its cleanup (aborting a multipart upload, removing
+//!   temp files) to the end in the background, holding its concurrency slot
+//!   meanwhile; [`TransferManager::shutdown`] waits for such cleanups.
+//! - **Listeners.** Listeners are called with no lock of the manager held, so
+//!   a listener may call [`Transfer::info`], [`Transfer::stop`] or
+//!   [`Transfer::start`] on any transfer, start new transfers or add
+//!   listeners. Each transfer's snapshots reach every listener in order (one
+//!   snapshot at a time per transfer), and [`Transfer::wait`] returns only
+//!   after every listener has seen the final one. A listener that panics is
+//!   logged and skipped; the transfer goes on.
+//! - **Outcomes.** [`Transfer::wait`] gives `Ok(FileInfo)` for a completed
+//!   transfer and a [`TransferError`] carrying the original typed [`Error`]
+//!   otherwise.
+//!
+//! `is_enabled` / `set_enabled` mirror mesibo's `isFileTransferEnabled`
+//! (a global switch for automatic transfers): while disabled, started
+//! transfers queue and none begins; transfers already moving bytes go on.
 
-use std::collections::{BinaryHeap, HashMap};
-use std::path::PathBuf;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::watch;
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::DownloadOptions;
-use crate::share::ShareRequest;
+use crate::share::{ShareOutcome, ShareRequest, ShareSource};
 use crate::{
-    Error, ErrorKind, FileTransferExt, ProgressSink, PutOptions, Registry, RemoteObject, Result,
-    RetryPolicy, Thumbnailer, TransferCtx,
+    ByteStream, Error, ErrorKind, ProgressSink, PutOptions, Registry, RemoteObject, Result,
+    RetryPolicy, Thumbnailer, TransferCtx, UploadSource,
 };
 
 /// Default number of transfers running at once.
 pub const DEFAULT_CONCURRENCY: usize = 4;
-
-/// How long a stopped transfer's handler gets to clean up before the
-/// manager abandons it and reports `Cancelled` anyway.
-const STOP_GRACE: Duration = Duration::from_millis(900);
 
 /// Upload or download.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -74,7 +107,8 @@ pub struct FileInfo {
     pub direction: Direction,
     /// Download: the source URL. Upload: the destination URL.
     pub url: String,
-    /// Download: the destination file. Upload: the source file.
+    /// Download: the destination file. Upload: the source file (empty for
+    /// an upload of bytes or a stream).
     pub path: PathBuf,
     /// Total bytes, once known.
     pub size: Option<u64>,
@@ -114,8 +148,11 @@ pub struct FileInfo {
     pub checksum: Option<String>,
 }
 
-/// Receives every snapshot of every transfer of a manager, in order.
-/// Called on the transfer's task: keep it quick and non-blocking.
+/// Receives every snapshot of every transfer of a manager.
+///
+/// Called with no lock of the manager held, on whichever task reported the
+/// change: keep it quick. Each transfer's snapshots arrive one at a time and
+/// in order; a listener may call back into the manager (see the module docs).
 pub trait FileTransferListener: Send + Sync {
     fn on_progress(&self, info: &FileInfo);
 }
@@ -126,12 +163,35 @@ impl<F: Fn(&FileInfo) + Send + Sync> FileTransferListener for F {
     }
 }
 
+/// What an upload reads.
+#[derive(Clone)]
+enum Body {
+    /// The file at [`TransferRequest::path`].
+    File,
+    Bytes(Bytes),
+    /// Taken by the one network transfer that runs it.
+    Stream(Arc<Mutex<Option<ByteStream>>>, Option<u64>),
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::File => f.write_str("File"),
+            Body::Bytes(b) => write!(f, "Bytes({})", b.len()),
+            Body::Stream(_, size) => write!(f, "Stream(size: {size:?})"),
+        }
+    }
+}
+
 /// What to transfer.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct TransferRequest {
     pub direction: Direction,
     pub url: String,
+    /// Download: the destination file. Upload: the source file (empty for
+    /// [`upload_bytes`](Self::upload_bytes) and
+    /// [`upload_stream`](Self::upload_stream)).
     pub path: PathBuf,
     /// Higher runs first when transfers queue.
     pub priority: i32,
@@ -140,36 +200,73 @@ pub struct TransferRequest {
     /// Upload: also make a shareable URL valid this long.
     pub share_for: Option<Duration>,
     /// Upload: make a thumbnail for images when the manager has a
-    /// thumbnailer (default true).
+    /// thumbnailer (default true; files only).
     pub thumbnail: bool,
+    body: Body,
 }
 
 impl TransferRequest {
-    /// Download `url` to the local file `dest`.
-    pub fn download(url: impl Into<String>, dest: impl Into<PathBuf>) -> Self {
+    fn new(direction: Direction, url: String, path: PathBuf, body: Body) -> Self {
         TransferRequest {
-            direction: Direction::Download,
-            url: url.into(),
-            path: dest.into(),
+            direction,
+            url,
+            path,
             priority: 0,
             options: PutOptions::default(),
             share_for: None,
             thumbnail: true,
+            body,
         }
+    }
+
+    /// Download `url` to the local file `dest`.
+    pub fn download(url: impl Into<String>, dest: impl Into<PathBuf>) -> Self {
+        Self::new(Direction::Download, url.into(), dest.into(), Body::File)
     }
 
     /// Upload the local file `source` to `url` (a canonical store URL, see
     /// [`crate::FileTransferHandler::url_for`]).
     pub fn upload(source: impl Into<PathBuf>, url: impl Into<String>) -> Self {
-        TransferRequest {
-            direction: Direction::Upload,
-            url: url.into(),
-            path: source.into(),
-            priority: 0,
-            options: PutOptions::default(),
-            share_for: None,
-            thumbnail: true,
-        }
+        Self::new(Direction::Upload, url.into(), source.into(), Body::File)
+    }
+
+    /// Upload `data` from memory to `url`. Such uploads are never merged
+    /// with another caller's; content dedupe and thumbnails apply to files
+    /// only.
+    pub fn upload_bytes(data: impl Into<Bytes>, url: impl Into<String>) -> Self {
+        Self::new(
+            Direction::Upload,
+            url.into(),
+            PathBuf::new(),
+            Body::Bytes(data.into()),
+        )
+    }
+
+    /// Upload what `stream` yields to `url`; `size` if known in advance (an
+    /// unknown size goes as a multipart/block/resumable upload with bounded
+    /// memory, as the store's backend does for streams). The stream is read
+    /// once: a second start of an ended transfer of it fails.
+    pub fn upload_stream(stream: ByteStream, size: Option<u64>, url: impl Into<String>) -> Self {
+        Self::new(
+            Direction::Upload,
+            url.into(),
+            PathBuf::new(),
+            Body::Stream(Arc::new(Mutex::new(Some(stream))), size),
+        )
+    }
+
+    /// Upload everything `reader` yields to `url` (see
+    /// [`upload_stream`](Self::upload_stream)).
+    pub fn upload_reader(
+        reader: impl tokio::io::AsyncRead + Send + 'static,
+        size: Option<u64>,
+        url: impl Into<String>,
+    ) -> Self {
+        let url = url.into();
+        let shown = url.clone();
+        let stream = tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20)
+            .map(move |r| r.map_err(|e| Error::from_io(format!("upload source for {shown}"), e)));
+        Self::upload_stream(Box::pin(stream), size, url)
     }
 
     /// Upload: also return a shareable URL (S3/GCS presign, Azure SAS, a
@@ -208,33 +305,98 @@ impl TransferRequest {
         self
     }
 
-    fn identity(&self) -> String {
-        match self.direction {
-            Direction::Download => format!("D\0{}", self.url),
-            Direction::Upload => format!("U\0{}\0{}", self.path.display(), self.url),
+    /// The network transfer this request shares with other callers, and the
+    /// handle it shares with callers asking for the very same thing.
+    fn identities(&self, unique: u64) -> (String, String) {
+        match (self.direction, &self.body) {
+            (Direction::Download, _) => {
+                let job = format!("D\0{}", self.url);
+                let handle = format!("{job}\0{}", self.path.display());
+                (job, handle)
+            }
+            (Direction::Upload, Body::File) => {
+                let job = format!("U\0{}\0{}", self.path.display(), self.url);
+                (job.clone(), job)
+            }
+            (Direction::Upload, _) => {
+                let job = format!("U\0#{unique}\0{}", self.url);
+                (job.clone(), job)
+            }
         }
     }
 }
 
+/// A transfer that did not complete: its final snapshot and the typed error
+/// (`Cancelled` for a stopped one).
+#[derive(Debug, Clone)]
+pub struct TransferError {
+    info: Box<FileInfo>,
+    error: Arc<Error>,
+}
+
+impl TransferError {
+    /// The final snapshot (`Failed` or `Cancelled`).
+    pub fn info(&self) -> &FileInfo {
+        &self.info
+    }
+    /// The error, as the store or the filesystem reported it.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+    /// The error's kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.error.kind()
+    }
+    /// The final snapshot, owned.
+    pub fn into_info(self) -> FileInfo {
+        *self.info
+    }
+}
+
+impl fmt::Display for TransferError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for TransferError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.error)
+    }
+}
+
+#[derive(Default)]
+struct Outbox {
+    queue: VecDeque<FileInfo>,
+    /// Some thread is delivering this transfer's snapshots.
+    busy: bool,
+}
+
 struct TransferInner {
     id: u64,
+    /// The network transfer's identity.
     identity: String,
+    /// This handle's identity (the same request returns this handle).
+    handle_key: String,
     request: TransferRequest,
     manager: Weak<ManagerInner>,
     info: Mutex<FileInfo>,
+    outbox: Mutex<Outbox>,
     watch: watch::Sender<FileInfo>,
-    cancel: CancellationToken,
-    started: Mutex<Option<Instant>>,
+    /// Set before the terminal snapshot of a failed or stopped transfer.
+    error: Mutex<Option<Arc<Error>>>,
+    /// The network transfer this handle is attached to, once started.
+    job: Mutex<Option<Arc<Job>>>,
 }
 
-/// One transfer. Cheap to clone; clones refer to the same transfer.
+/// One caller's transfer. Cheap to clone; clones refer to the same handle.
 #[derive(Clone)]
 pub struct Transfer {
     inner: Arc<TransferInner>,
 }
 
-impl std::fmt::Debug for Transfer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for Transfer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transfer")
             .field("id", &self.inner.id)
             .field("url", &self.inner.request.url)
@@ -244,7 +406,7 @@ impl std::fmt::Debug for Transfer {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A listener that panicked must not wedge every later transfer.
+    // A panic elsewhere must not wedge every later transfer.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -259,29 +421,65 @@ impl Transfer {
     }
 
     /// A receiver of the latest snapshot (skips intermediate ones when slow).
+    /// A snapshot is sent after every listener has seen it.
     pub fn subscribe(&self) -> watch::Receiver<FileInfo> {
         self.inner.watch.subscribe()
     }
 
-    /// Queue the transfer (idempotent; never blocks).
+    /// Queue the transfer (idempotent; never blocks). If another caller's
+    /// network transfer for the same file is in flight, this handle joins
+    /// it instead.
     pub fn start(&self) {
         if let Some(m) = self.inner.manager.upgrade() {
             ManagerInner::start(&m, self);
         }
     }
 
-    /// Stop the transfer: within a second its status is `Cancelled`, and
-    /// nothing partial is left under its destination.
+    /// Stop this caller's transfer: its status is `Cancelled` when this
+    /// returns, and nothing is ever left under its destination. The network
+    /// transfer stops only if no other caller still wants it; its cleanup
+    /// then runs to the end in the background.
     pub fn stop(&self) {
-        self.inner.cancel.cancel();
-        let status = self.info().status;
-        if matches!(status, TransferStatus::Idle | TransferStatus::Queued) {
-            self.finish(TransferStatus::Cancelled, None, None);
+        if self.info().status.is_terminal() {
+            return;
         }
+        let job = lock(&self.inner.job).clone();
+        if let (Some(job), Some(m)) = (job, self.inner.manager.upgrade()) {
+            let mut st = lock(&m.state);
+            let mut js = lock(&job.m);
+            js.handles.retain(|h| !Arc::ptr_eq(&h.inner, &self.inner));
+            if js.handles.is_empty() && !js.closed {
+                js.closed = true;
+                job.cancel.cancel();
+                drop(js);
+                if st.jobs.get(&job.identity).is_some_and(|j| Arc::ptr_eq(j, &job)) {
+                    st.jobs.remove(&job.identity);
+                }
+            }
+        }
+        let err = Error::cancelled(&self.inner.request.url);
+        self.finish(TransferStatus::Cancelled, Some(Arc::new(err)), None, |_| {});
     }
 
-    /// Wait for a terminal status and return the final snapshot.
-    pub async fn wait(&self) -> FileInfo {
+    /// Wait for the end: `Ok` with the final snapshot when completed, else
+    /// the typed error with the final snapshot.
+    pub async fn wait(&self) -> std::result::Result<FileInfo, TransferError> {
+        let info = self.wait_info().await;
+        if info.status == TransferStatus::Completed {
+            return Ok(info);
+        }
+        let error = lock(&self.inner.error)
+            .clone()
+            .unwrap_or_else(|| Arc::new(Error::cancelled(&self.inner.request.url)));
+        Err(TransferError {
+            info: Box::new(info),
+            error,
+        })
+    }
+
+    /// Wait for a terminal status and return the final snapshot, whatever
+    /// the outcome.
+    pub async fn wait_info(&self) -> FileInfo {
         let mut rx = self.subscribe();
         loop {
             let info = rx.borrow_and_update().clone();
@@ -294,39 +492,73 @@ impl Transfer {
         }
     }
 
-    fn update(&self, f: impl FnOnce(&mut FileInfo)) {
+    /// Apply `f` and queue the snapshot for the listeners; true if the
+    /// caller must then [`dispatch`](Self::dispatch). Takes only this
+    /// handle's own locks, briefly.
+    fn record(&self, f: impl FnOnce(&mut FileInfo)) -> bool {
         let mut info = lock(&self.inner.info);
         if info.status.is_terminal() {
-            return;
+            return false;
         }
         f(&mut info);
-        if let Some(start) = *lock(&self.inner.started) {
-            let secs = start.elapsed().as_secs_f64();
-            if secs > 0.0 {
-                info.rate = info.transferred as f64 / secs;
-            }
-        }
-        let snapshot = info.clone();
-        // Listeners run under the lock so every listener sees snapshots in
-        // order, and before `wait()` wakes, so a waiter finds that every
-        // listener has already heard the final status.
-        if let Some(m) = self.inner.manager.upgrade() {
-            let listeners = m
-                .listeners
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            for l in listeners {
-                l.on_progress(&snapshot);
-            }
-        }
-        self.inner.watch.send_replace(snapshot);
+        let mut out = lock(&self.inner.outbox);
+        out.queue.push_back(info.clone());
+        !std::mem::replace(&mut out.busy, true)
     }
 
-    fn finish(&self, status: TransferStatus, err: Option<Error>, obj: Option<RemoteObject>) {
-        self.update(|i| {
+    /// Deliver queued snapshots, in order, with no lock held while a
+    /// listener runs. Snapshots that a listener causes are queued and
+    /// delivered by this same loop after it returns.
+    fn dispatch(&self) {
+        let manager = self.inner.manager.upgrade();
+        loop {
+            let next = {
+                let mut out = lock(&self.inner.outbox);
+                match out.queue.pop_front() {
+                    Some(i) => i,
+                    None => {
+                        out.busy = false;
+                        return;
+                    }
+                }
+            };
+            if let Some(m) = &manager {
+                let listeners = m
+                    .listeners
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                for l in listeners {
+                    let call = std::panic::AssertUnwindSafe(|| l.on_progress(&next));
+                    if std::panic::catch_unwind(call).is_err() {
+                        tracing::warn!(id = next.id, "a transfer listener panicked");
+                    }
+                }
+            }
+            self.inner.watch.send_replace(next);
+        }
+    }
+
+    fn finish(
+        &self,
+        status: TransferStatus,
+        err: Option<Arc<Error>>,
+        obj: Option<RemoteObject>,
+        extra: impl FnOnce(&mut FileInfo),
+    ) {
+        if err.is_some() {
+            let mut slot = lock(&self.inner.error);
+            if slot.is_none() && !self.info().status.is_terminal() {
+                slot.clone_from(&err);
+            }
+        }
+        let dispatch = self.record(|i| {
+            extra(i);
             i.status = status;
-            if let Some(e) = &err {
+            i.retry_at = None;
+            if let Some(e) = &err
+                && status == TransferStatus::Failed
+            {
                 i.error_kind = Some(e.kind());
                 i.error = Some(e.chain());
             }
@@ -345,42 +577,113 @@ impl Transfer {
         if let Some(m) = self.inner.manager.upgrade() {
             let mut st = lock(&m.state);
             if st
-                .active
-                .get(&self.inner.identity)
+                .handles
+                .get(&self.inner.handle_key)
                 .is_some_and(|t| Arc::ptr_eq(&t.inner, &self.inner))
             {
-                st.active.remove(&self.inner.identity);
+                st.handles.remove(&self.inner.handle_key);
+            }
+        }
+        if dispatch {
+            self.dispatch();
+        }
+    }
+}
+
+/// One network transfer, shared by every handle attached to it.
+struct Job {
+    identity: String,
+    /// The first caller's request (URL, options; for a download, the
+    /// destination whose directory holds the temp and partial files).
+    request: TransferRequest,
+    cancel: CancellationToken,
+    m: Mutex<JobState>,
+    /// True once the job's task has ended, cleanup included.
+    done: watch::Sender<bool>,
+    /// A stopped job for the same identity still cleaning up: this one
+    /// starts after it (so the two never share partial files).
+    after: Option<Arc<Job>>,
+}
+
+struct JobState {
+    /// The handles that want this transfer.
+    handles: Vec<Transfer>,
+    /// No more handles may attach (the result is being handed out, or
+    /// every caller stopped).
+    closed: bool,
+    status: TransferStatus,
+    size: Option<u64>,
+    transferred: u64,
+    retry_at: Option<SystemTime>,
+    started: Option<Instant>,
+    /// Upload: the final URL (dedupe may change it).
+    url: Option<String>,
+}
+
+impl JobState {
+    /// Copy the shared progress into one handle's snapshot.
+    fn mirror(&self, i: &mut FileInfo) {
+        i.status = self.status;
+        i.retry_at = self.retry_at;
+        if self.size.is_some() {
+            i.size = self.size;
+        }
+        i.transferred = i.transferred.max(self.transferred);
+        if let Some(u) = &self.url {
+            i.url.clone_from(u);
+        }
+        if let Some(start) = self.started {
+            let secs = start.elapsed().as_secs_f64();
+            if secs > 0.0 {
+                i.rate = i.transferred as f64 / secs;
             }
         }
     }
 }
 
-struct Progress {
-    transfer: Transfer,
+impl Job {
+    /// Change the shared state and tell every attached handle.
+    fn progress(&self, f: impl FnOnce(&mut JobState)) {
+        let due: Vec<Transfer> = {
+            let mut js = lock(&self.m);
+            f(&mut js);
+            let js = &*js;
+            js.handles
+                .iter()
+                .filter(|h| h.record(|i| js.mirror(i)))
+                .cloned()
+                .collect()
+        };
+        for h in due {
+            h.dispatch();
+        }
+    }
+
+    /// Close the job to newcomers and return the handles that want it.
+    fn close(&self) -> Vec<Transfer> {
+        let mut js = lock(&self.m);
+        js.closed = true;
+        js.handles.clone()
+    }
+}
+
+struct JobProgress {
+    job: Arc<Job>,
     /// Requests (parts) currently waiting to retry.
     waiting: AtomicUsize,
 }
 
-impl Progress {
-    fn new(transfer: Transfer) -> Self {
-        Progress {
-            transfer,
-            waiting: AtomicUsize::new(0),
-        }
-    }
-}
-
-impl ProgressSink for Progress {
+impl ProgressSink for JobProgress {
     fn add(&self, n: u64) {
-        self.transfer.update(|i| {
-            i.transferred += n;
-            if let Some(s) = i.size {
-                i.transferred = i.transferred.min(s);
+        self.job.progress(|j| {
+            j.transferred += n;
+            if let Some(s) = j.size {
+                j.transferred = j.transferred.min(s);
             }
         });
     }
     fn set_total(&self, total: u64) {
-        self.transfer.update(|i| i.size = Some(total));
+        self.job.progress(|j| j.size = Some(total));
     }
     // RetryLater while any request waits (showing the latest announced
     // time), back to InProgress when the last one tries again.
@@ -388,9 +691,9 @@ impl ProgressSink for Progress {
         match at {
             Some(t) => {
                 self.waiting.fetch_add(1, Ordering::SeqCst);
-                self.transfer.update(|i| {
-                    i.status = TransferStatus::RetryLater;
-                    i.retry_at = Some(t);
+                self.job.progress(|j| {
+                    j.status = TransferStatus::RetryLater;
+                    j.retry_at = Some(t);
                 });
             }
             None => {
@@ -401,9 +704,9 @@ impl ProgressSink for Progress {
                     })
                     .unwrap_or(0);
                 if before <= 1 {
-                    self.transfer.update(|i| {
-                        i.status = TransferStatus::InProgress;
-                        i.retry_at = None;
+                    self.job.progress(|j| {
+                        j.status = TransferStatus::InProgress;
+                        j.retry_at = None;
                     });
                 }
             }
@@ -414,7 +717,7 @@ impl ProgressSink for Progress {
 struct Queued {
     priority: i32,
     seq: u64,
-    transfer: Transfer,
+    job: Arc<Job>,
 }
 impl PartialEq for Queued {
     fn eq(&self, o: &Self) -> bool {
@@ -438,10 +741,17 @@ impl Ord for Queued {
 
 #[derive(Default)]
 struct State {
-    active: HashMap<String, Transfer>,
+    /// Handles not yet ended, by handle identity.
+    handles: HashMap<String, Transfer>,
+    /// Network transfers that handles may still join, by identity.
+    jobs: HashMap<String, Arc<Job>>,
+    /// Stopped jobs whose task is still cleaning up, by identity.
+    cleaning: HashMap<String, Arc<Job>>,
     queue: BinaryHeap<Queued>,
+    /// Jobs whose task is running (cleanup included).
     running: usize,
     seq: u64,
+    shut_down: bool,
 }
 
 struct ManagerInner {
@@ -450,6 +760,8 @@ struct ManagerInner {
     enabled: AtomicBool,
     next_id: AtomicU64,
     state: Mutex<State>,
+    /// Woken whenever a job's task ends.
+    ended: Notify,
     listeners: RwLock<Vec<Arc<dyn FileTransferListener>>>,
     runtime: tokio::runtime::Handle,
     retry: RwLock<RetryPolicy>,
@@ -457,14 +769,15 @@ struct ManagerInner {
     download: RwLock<DownloadOptions>,
 }
 
-/// Runs transfers against the stores of a [`Registry`].
+/// Runs transfers against the stores of a [`Registry`]; see the module docs
+/// for what it promises callers and listeners.
 #[derive(Clone)]
 pub struct TransferManager {
     inner: Arc<ManagerInner>,
 }
 
-impl std::fmt::Debug for TransferManager {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for TransferManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TransferManager")
             .field("stores", &self.inner.registry.names())
             .field("concurrency", &self.inner.concurrency)
@@ -488,6 +801,7 @@ impl TransferManager {
                 enabled: AtomicBool::new(true),
                 next_id: AtomicU64::new(1),
                 state: Mutex::new(State::default()),
+                ended: Notify::new(),
                 listeners: RwLock::new(Vec::new()),
                 runtime: tokio::runtime::Handle::current(),
                 retry: RwLock::new(RetryPolicy::default()),
@@ -549,7 +863,7 @@ impl TransferManager {
             .unwrap_or_else(|p| p.into_inner()) = t;
     }
 
-    /// Follow every transfer of this manager.
+    /// Follow every transfer of this manager (may be called from a listener).
     pub fn add_listener(&self, listener: Arc<dyn FileTransferListener>) {
         self.inner
             .listeners
@@ -563,8 +877,8 @@ impl TransferManager {
         self.inner.enabled.load(Ordering::SeqCst)
     }
 
-    /// Pause (false) or resume (true) starting queued transfers; running
-    /// ones continue.
+    /// Hold (false) or release (true) queued transfers; running ones
+    /// continue. Like mesibo's `isFileTransferEnabled` switch.
     pub fn set_enabled(&self, enabled: bool) {
         self.inner.enabled.store(enabled, Ordering::SeqCst);
         if enabled {
@@ -572,25 +886,31 @@ impl TransferManager {
         }
     }
 
-    /// The transfer for `request`: the one already in flight for the same
-    /// download URL, or the same upload source and destination, if any;
-    /// otherwise a new idle one. Fails early on a URL no store owns.
+    /// The transfer for `request`: the handle already in flight for the same
+    /// download URL and destination, or the same upload source and
+    /// destination, if any; otherwise a new idle handle (which joins a
+    /// download of the same URL already in flight when started). Fails early
+    /// on a URL no store owns.
     pub fn file_instance(&self, request: TransferRequest) -> Result<Transfer> {
         self.inner.registry.resolve(&request.url)?;
-        let identity = request.identity();
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (identity, handle_key) = request.identities(id);
         let mut st = lock(&self.inner.state);
-        if let Some(t) = st.active.get(&identity)
+        if let Some(t) = st.handles.get(&handle_key)
             && !t.info().status.is_terminal()
         {
             return Ok(t.clone());
         }
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let info = FileInfo {
             id,
             direction: request.direction,
             url: request.url.clone(),
             path: request.path.clone(),
-            size: None,
+            size: match &request.body {
+                Body::Bytes(b) => Some(b.len() as u64),
+                Body::Stream(_, size) => *size,
+                Body::File => None,
+            },
             transferred: 0,
             rate: 0.0,
             status: TransferStatus::Idle,
@@ -612,16 +932,18 @@ impl TransferManager {
         let transfer = Transfer {
             inner: Arc::new(TransferInner {
                 id,
-                identity: identity.clone(),
+                identity,
+                handle_key: handle_key.clone(),
                 request,
                 manager: Arc::downgrade(&self.inner),
                 watch: watch::Sender::new(info.clone()),
                 info: Mutex::new(info),
-                cancel: CancellationToken::new(),
-                started: Mutex::new(None),
+                outbox: Mutex::new(Outbox::default()),
+                error: Mutex::new(None),
+                job: Mutex::new(None),
             }),
         };
-        st.active.insert(identity, transfer.clone());
+        st.handles.insert(handle_key, transfer.clone());
         Ok(transfer)
     }
 
@@ -631,27 +953,92 @@ impl TransferManager {
         t.start();
         Ok(t)
     }
+
+    /// Stop every transfer, start no new one, and wait up to `grace` for
+    /// every running cleanup (multipart aborts, temp files) to end. Returns
+    /// whether everything ended in time.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.inner.enabled.store(false, Ordering::SeqCst);
+        let handles: Vec<Transfer> = {
+            let mut st = lock(&self.inner.state);
+            st.shut_down = true;
+            st.handles.values().cloned().collect()
+        };
+        for h in handles {
+            h.stop();
+        }
+        self.settled(grace).await
+    }
+
+    /// Wait up to `grace` until no transfer's task runs (cleanups of
+    /// stopped transfers included). Returns whether that happened in time.
+    pub async fn settled(&self, grace: Duration) -> bool {
+        let wait = async {
+            loop {
+                let ended = self.inner.ended.notified();
+                if lock(&self.inner.state).running == 0 {
+                    return;
+                }
+                ended.await;
+            }
+        };
+        tokio::time::timeout(grace, wait).await.is_ok()
+    }
 }
 
 impl ManagerInner {
     fn start(this: &Arc<Self>, t: &Transfer) {
-        {
-            let mut info = lock(&t.inner.info);
-            if info.status != TransferStatus::Idle {
+        let dispatch = {
+            let mut st = lock(&this.state);
+            if t.info().status != TransferStatus::Idle {
                 return; // already started, or over: start is idempotent
             }
-            info.status = TransferStatus::Queued;
-        }
-        t.update(|_| {}); // announce Queued
-        {
-            let mut st = lock(&this.state);
-            st.seq += 1;
-            let seq = st.seq;
-            st.queue.push(Queued {
-                priority: t.inner.request.priority,
-                seq,
-                transfer: t.clone(),
-            });
+            if st.shut_down {
+                drop(st);
+                let err = Error::cancelled(&t.inner.request.url);
+                t.finish(TransferStatus::Cancelled, Some(Arc::new(err)), None, |_| {});
+                return;
+            }
+            let joinable = st.jobs.get(&t.inner.identity).cloned();
+            let job = match joinable {
+                Some(job) if !lock(&job.m).closed => job,
+                _ => {
+                    st.seq += 1;
+                    let seq = st.seq;
+                    let (done, _) = watch::channel(false);
+                    let job = Arc::new(Job {
+                        identity: t.inner.identity.clone(),
+                        request: t.inner.request.clone(),
+                        cancel: CancellationToken::new(),
+                        m: Mutex::new(JobState {
+                            handles: Vec::new(),
+                            closed: false,
+                            status: TransferStatus::Queued,
+                            size: None,
+                            transferred: 0,
+                            retry_at: None,
+                            started: None,
+                            url: None,
+                        }),
+                        done,
+                        after: st.cleaning.get(&t.inner.identity).cloned(),
+                    });
+                    st.jobs.insert(job.identity.clone(), job.clone());
+                    st.queue.push(Queued {
+                        priority: t.inner.request.priority,
+                        seq,
+                        job: job.clone(),
+                    });
+                    job
+                }
+            };
+            *lock(&t.inner.job) = Some(job.clone());
+            let mut js = lock(&job.m);
+            js.handles.push(t.clone());
+            t.record(|i| js.mirror(i))
+        };
+        if dispatch {
+            t.dispatch();
         }
         Self::pump(this);
     }
@@ -665,75 +1052,178 @@ impl ManagerInner {
                 }
                 match st.queue.pop() {
                     None => return,
-                    Some(q) if q.transfer.info().status != TransferStatus::Queued => continue,
+                    Some(q) if q.job.cancel.is_cancelled() => continue,
                     Some(q) => {
                         st.running += 1;
-                        q.transfer
+                        q.job
                     }
                 }
             };
             let me = this.clone();
             this.runtime.spawn(async move {
-                run(&me, next).await;
-                lock(&me.state).running -= 1;
+                run(&me, &next).await;
+                {
+                    let mut guard = lock(&me.state);
+                    let st = &mut *guard;
+                    st.running -= 1;
+                    for map in [&mut st.jobs, &mut st.cleaning] {
+                        if map.get(&next.identity).is_some_and(|j| Arc::ptr_eq(j, &next)) {
+                            map.remove(&next.identity);
+                        }
+                    }
+                }
+                next.done.send_replace(true);
+                me.ended.notify_waiters();
                 Self::pump(&me);
             });
         }
     }
 }
 
-async fn run(m: &Arc<ManagerInner>, t: Transfer) {
-    *lock(&t.inner.started) = Some(Instant::now());
-    t.update(|i| i.status = TransferStatus::InProgress);
-    let token = t.inner.cancel.clone();
+async fn run(m: &Arc<ManagerInner>, job: &Arc<Job>) {
+    if let Some(prev) = &job.after {
+        let mut done = prev.done.subscribe();
+        let _ = done.wait_for(|d| *d).await;
+    }
+    job.progress(|j| {
+        j.status = TransferStatus::InProgress;
+        j.started = Some(Instant::now());
+    });
+    let token = job.cancel.clone();
     let policy = m.retry.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let ctx = TransferCtx::new(Arc::new(Progress::new(t.clone())), token.clone())
-        .with_retry_policy(policy);
-    let work = perform(m, &t, &ctx);
-    // The handler is asked to stop through `ctx`; if it has not returned
-    // shortly after, it is dropped so that stop always ends within a second.
-    let deadline = async {
-        token.cancelled().await;
-        tokio::time::sleep(STOP_GRACE).await;
-    };
-    let result = tokio::select! {
-        r = work => r,
-        _ = deadline => Err(Error::cancelled(&t.inner.request.url)),
-    };
+    let progress = Arc::new(JobProgress {
+        job: job.clone(),
+        waiting: AtomicUsize::new(0),
+    });
+    let ctx = TransferCtx::new(progress, token.clone()).with_retry_policy(policy);
+    // Runs to its end even when every caller stopped: a stopped handler
+    // aborts its multipart upload and removes its temp files before it
+    // returns, and nothing may cut that short.
+    let result = perform(m, job, &ctx).await;
+    if token.is_cancelled() {
+        let mut st = lock(&m.state);
+        // Stopped: the handles are already Cancelled; a new start of the
+        // same file waits for this cleanup (see `Job::after`).
+        if !st.jobs.contains_key(&job.identity) {
+            st.cleaning.insert(job.identity.clone(), job.clone());
+        }
+    }
     match result {
-        Ok(obj) => t.finish(TransferStatus::Completed, None, Some(obj)),
-        Err(e) if token.is_cancelled() || e.kind() == ErrorKind::Cancelled => {
-            t.finish(TransferStatus::Cancelled, None, None)
+        Ok(Outcome::Delivered(obj, results)) => {
+            for (h, r) in results {
+                match r {
+                    Ok(()) => h.finish(TransferStatus::Completed, None, Some(obj.clone()), |_| {}),
+                    Err(e) => h.finish(TransferStatus::Failed, Some(Arc::new(e)), None, |_| {}),
+                }
+            }
+        }
+        Ok(Outcome::Uploaded(out)) => {
+            for h in job.close() {
+                h.finish(TransferStatus::Completed, None, Some(out.object.clone()), |i| {
+                    i.deduplicated = out.deduplicated;
+                    i.checksum.clone_from(&out.checksum);
+                    i.share_url.clone_from(&out.share_url);
+                    i.share_expires_at = out.share_expires_at;
+                    i.thumbnail_url.clone_from(&out.thumbnail_url);
+                    i.thumbnail_share_url.clone_from(&out.thumbnail_share_url);
+                    i.thumbnail_error.clone_from(&out.thumbnail_error);
+                });
+            }
         }
         Err(e) => {
-            tracing::debug!(url = %t.inner.request.url, error = %e, "transfer failed");
-            t.finish(TransferStatus::Failed, Some(e), None)
+            let cancelled = e.kind() == ErrorKind::Cancelled;
+            if !cancelled {
+                tracing::debug!(url = %job.request.url, error = %e, "transfer failed");
+            }
+            let e = Arc::new(e);
+            let status = if cancelled {
+                TransferStatus::Cancelled
+            } else {
+                TransferStatus::Failed
+            };
+            for h in job.close() {
+                h.finish(status, Some(e.clone()), None, |_| {});
+            }
         }
     }
 }
 
-async fn perform(m: &Arc<ManagerInner>, t: &Transfer, ctx: &TransferCtx) -> Result<RemoteObject> {
-    let req = &t.inner.request;
+enum Outcome {
+    /// A download, with each wanting handle's own result of receiving it.
+    Delivered(RemoteObject, Vec<(Transfer, Result<()>)>),
+    Uploaded(ShareOutcome),
+}
+
+async fn perform(m: &Arc<ManagerInner>, job: &Arc<Job>, ctx: &TransferCtx) -> Result<Outcome> {
+    let req = &job.request;
     let (handler, key) = m.registry.resolve(&req.url)?;
     match req.direction {
         Direction::Download => {
             let opts = m.download.read().unwrap_or_else(|p| p.into_inner()).clone();
-            handler
-                .download_to_path_with(&key, &req.path, None, &opts, ctx)
-                .await
+            let results = Arc::new(Mutex::new(Vec::new()));
+            let deliver = {
+                let (job, results, state) = (job.clone(), results.clone(), Arc::downgrade(m));
+                Arc::new(move |verified: &Path| {
+                    let handles = job.close();
+                    if let Some(m) = state.upgrade() {
+                        let mut st = lock(&m.state);
+                        if st.jobs.get(&job.identity).is_some_and(|j| Arc::ptr_eq(j, &job)) {
+                            st.jobs.remove(&job.identity);
+                        }
+                    }
+                    if handles.is_empty() {
+                        return Err(Error::cancelled(&job.request.url));
+                    }
+                    *lock(&results) = deliver_to(verified, handles);
+                    Ok(())
+                }) as crate::ext::Deliver
+            };
+            let obj = crate::ext::download_file(
+                handler.as_ref(),
+                &key,
+                &req.path,
+                None,
+                &opts,
+                ctx,
+                Some(deliver),
+            )
+            .await?;
+            let results = std::mem::take(&mut *lock(&results));
+            Ok(Outcome::Delivered(obj, results))
         }
         Direction::Upload => {
-            let meta = tokio::fs::metadata(&req.path)
-                .await
-                .map_err(|e| Error::from_io(req.path.display().to_string(), e))?;
-            if !meta.is_file() {
-                return Err(Error::backend(
-                    req.path.display().to_string(),
-                    "upload source is not a regular file",
-                    "not a file",
-                ));
-            }
-            ctx.set_total(meta.len());
+            let source = match &req.body {
+                Body::File => {
+                    let meta = tokio::fs::metadata(&req.path)
+                        .await
+                        .map_err(|e| Error::from_io(req.path.display().to_string(), e))?;
+                    if !meta.is_file() {
+                        return Err(Error::backend(
+                            req.path.display().to_string(),
+                            "upload source is not a regular file",
+                            "not a file",
+                        ));
+                    }
+                    ctx.set_total(meta.len());
+                    ShareSource::File(&req.path)
+                }
+                Body::Bytes(b) => {
+                    ctx.set_total(b.len() as u64);
+                    ShareSource::Body(UploadSource::from_bytes(b.clone()))
+                }
+                Body::Stream(slot, size) => {
+                    let stream = lock(slot).take().ok_or_else(|| {
+                        Error::backend(&req.url, "the upload stream was already read", "consumed")
+                    })?;
+                    if let Some(s) = size {
+                        ctx.set_total(*s);
+                    }
+                    ShareSource::Body(UploadSource::Stream {
+                        stream,
+                        size: *size,
+                    })
+                }
+            };
             let thumbnailer = if req.thumbnail {
                 m.thumbnailer
                     .read()
@@ -745,28 +1235,83 @@ async fn perform(m: &Arc<ManagerInner>, t: &Transfer, ctx: &TransferCtx) -> Resu
             let share = ShareRequest {
                 handler: &handler,
                 key,
-                path: &req.path,
+                source,
                 options: &req.options,
                 dedupe: m.registry.dedupe(handler.name()),
                 share_for: req.share_for,
                 thumbnailer,
             };
-            let url_of = |k: &str| handler.url_for(k);
             let out = crate::share::upload(share, ctx, |k| {
-                let url = url_of(k);
-                t.update(|i| i.url = url);
+                let url = handler.url_for(k);
+                job.progress(|j| j.url = Some(url));
             })
             .await?;
-            t.update(|i| {
-                i.deduplicated = out.deduplicated;
-                i.checksum = out.checksum.clone();
-                i.share_url = out.share_url.clone();
-                i.share_expires_at = out.share_expires_at;
-                i.thumbnail_url = out.thumbnail_url.clone();
-                i.thumbnail_share_url = out.thumbnail_share_url.clone();
-                i.thumbnail_error = out.thumbnail_error.clone();
-            });
-            Ok(out.object)
+            Ok(Outcome::Uploaded(out))
         }
     }
+}
+
+/// Place the verified download at every wanting handle's destination: the
+/// last by renaming the file itself, the others by a hard link (or, where
+/// the filesystem refuses one, a copy), each through a temp file renamed
+/// over the destination. One destination failing fails only its handles.
+fn deliver_to(verified: &Path, handles: Vec<Transfer>) -> Vec<(Transfer, Result<()>)> {
+    let mut by_dest: Vec<(PathBuf, Vec<Transfer>)> = Vec::new();
+    for h in handles {
+        let dest = h.inner.request.path.clone();
+        match by_dest.iter_mut().find(|(d, _)| *d == dest) {
+            Some((_, hs)) => hs.push(h),
+            None => by_dest.push((dest, vec![h])),
+        }
+    }
+    let last = by_dest.len().saturating_sub(1);
+    let mut out = Vec::new();
+    for (n, (dest, hs)) in by_dest.into_iter().enumerate() {
+        let r = if n == last {
+            std::fs::rename(verified, &dest)
+                .or_else(|_| link_or_copy(verified, &dest))
+                .map_err(|e| Error::from_io(dest.display().to_string(), e))
+        } else {
+            link_or_copy(verified, &dest).map_err(|e| Error::from_io(dest.display().to_string(), e))
+        };
+        match r {
+            Ok(()) => out.extend(hs.into_iter().map(|h| (h, Ok(())))),
+            Err(e) => {
+                let shown = e.chain();
+                for h in hs {
+                    let err = Error::backend(dest.display().to_string(), shown.clone(), "deliver");
+                    out.push((h, Err(err)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Put a copy of `src` at `dest` atomically: a hard link, else a copy
+/// fsynced before it is renamed over `dest`.
+fn link_or_copy(src: &Path, dest: &Path) -> std::io::Result<()> {
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "download".into());
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".xferkit-part");
+    let linked = builder.make_in(&dir, |p| std::fs::hard_link(src, p));
+    let tmp = match linked {
+        Ok(t) => t.into_temp_path(),
+        Err(_) => {
+            let mut tmp = builder.tempfile_in(&dir)?;
+            let mut from = std::fs::File::open(src)?;
+            std::io::copy(&mut from, tmp.as_file_mut())?;
+            tmp.as_file().sync_all()?;
+            tmp.into_temp_path()
+        }
+    };
+    tmp.persist(dest).map_err(|e| e.error)
 }

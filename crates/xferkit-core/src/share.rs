@@ -120,11 +120,19 @@ pub struct ShareOutcome {
     pub thumbnail_error: Option<String>,
 }
 
+/// What an upload through the manager reads.
+pub(crate) enum ShareSource<'a> {
+    /// A local file: dedupe and thumbnails apply.
+    File(&'a Path),
+    /// Bytes or a stream: uploaded as they are, to the requested key.
+    Body(UploadSource),
+}
+
 /// What the manager asks for.
 pub(crate) struct ShareRequest<'a> {
     pub handler: &'a DynHandler,
     pub key: String,
-    pub path: &'a Path,
+    pub source: ShareSource<'a>,
     pub options: &'a PutOptions,
     pub dedupe: Dedupe,
     pub share_for: Option<Duration>,
@@ -155,8 +163,17 @@ pub(crate) async fn upload(
     let mut out = ShareOutcome::default();
     let mut key = req.key;
     let mut options = req.options.clone();
-    if req.dedupe == Dedupe::Content {
-        let hex = sha256_file(req.path, ctx).await?;
+    let (path, source) = match req.source {
+        ShareSource::File(p) => (Some(p), UploadSource::Path(p.to_path_buf())),
+        ShareSource::Body(b) => (None, b),
+    };
+    let dedupe = if path.is_some() {
+        req.dedupe
+    } else {
+        Dedupe::Off
+    };
+    if let (Dedupe::Content, Some(path)) = (dedupe, path) {
+        let hex = sha256_file(path, ctx).await?;
         key = content_key(&key, &hex);
         out.checksum = Some(format!("sha256:{hex}"));
         options.if_not_exists = true;
@@ -165,7 +182,7 @@ pub(crate) async fn upload(
         }
     }
     on_key(&key);
-    let existing = if req.dedupe == Dedupe::Content {
+    let existing = if dedupe == Dedupe::Content {
         match h.stat(&key).await {
             Ok(obj) => Some(obj),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
@@ -180,21 +197,13 @@ pub(crate) async fn upload(
             out.deduplicated = true;
             Ok(obj)
         }
-        None => {
-            h.upload(
-                &key,
-                UploadSource::Path(req.path.to_path_buf()),
-                &options,
-                ctx,
-            )
-            .await
-        }
+        None => h.upload(&key, source, &options, ctx).await,
     };
     out.object = match uploaded {
         Ok(obj) => obj,
         // Same content already stored (maybe by a concurrent upload of the
         // same file): the key is its hash, so the object is the one wanted.
-        Err(e) if req.dedupe == Dedupe::Content && e.kind() == ErrorKind::AlreadyExists => {
+        Err(e) if dedupe == Dedupe::Content && e.kind() == ErrorKind::AlreadyExists => {
             out.deduplicated = true;
             h.stat(&key).await?
         }
@@ -205,13 +214,13 @@ pub(crate) async fn upload(
         out.share_expires_at = Some(unix(p.expires_at));
         out.share_url = Some(p.url);
     }
-    if let Some(t) = req.thumbnailer {
+    if let (Some(t), Some(path)) = (req.thumbnailer, path) {
         let content_type = out
             .object
             .content_type
             .clone()
             .unwrap_or_else(|| options.content_type_for(&key));
-        match make_thumbnail(t, req.path, &content_type).await {
+        match make_thumbnail(t, path, &content_type).await {
             None => {}
             Some(Err(e)) => out.thumbnail_error = Some(e.to_string()),
             Some(Ok(jpeg)) => {

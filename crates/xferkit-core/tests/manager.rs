@@ -23,6 +23,9 @@ use xferkit_core::{
 struct MemStore {
     objects: Mutex<HashMap<String, Bytes>>,
     delay: Duration,
+    /// How long a stopped upload's cleanup (its "abort") takes.
+    abort_delay: Duration,
+    aborts_done: AtomicUsize,
     downloads: AtomicUsize,
     active: Arc<AtomicUsize>,
     max_active: Arc<AtomicUsize>,
@@ -73,16 +76,31 @@ impl FileTransferHandler for MemStore {
         _opts: &PutOptions,
         ctx: &TransferCtx,
     ) -> Result<RemoteObject> {
-        let UploadSource::Path(p) = source else {
-            return Err(Error::not_supported("mem", "stream upload"));
+        let data = match source {
+            UploadSource::Path(p) => {
+                std::fs::read(&p).map_err(|e| Error::from_io(p.display().to_string(), e))?
+            }
+            UploadSource::Stream { mut stream, .. } => {
+                let mut v = Vec::new();
+                while let Some(c) = stream.next().await {
+                    v.extend_from_slice(&c?);
+                }
+                v
+            }
         };
-        let data = std::fs::read(&p).map_err(|e| Error::from_io(p.display().to_string(), e))?;
         for chunk in data.chunks(65536) {
-            ctx.cancellable(key, async {
-                tokio::time::sleep(self.delay).await;
-                Ok(())
-            })
-            .await?;
+            let step = ctx
+                .cancellable(key, async {
+                    tokio::time::sleep(self.delay).await;
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = step {
+                // Like a multipart abort: cleanup that takes its time.
+                tokio::time::sleep(self.abort_delay).await;
+                self.aborts_done.fetch_add(1, Ordering::SeqCst);
+                return Err(e);
+            }
             ctx.add_progress(chunk.len() as u64);
         }
         let size = data.len() as u64;
@@ -157,16 +175,18 @@ fn recorder(m: &TransferManager) -> Arc<Mutex<Vec<FileInfo>>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn hundred_concurrent_instances_for_one_url_download_once() {
+async fn hundred_callers_of_one_url_each_get_their_file_from_one_download() {
     let store = Arc::new(MemStore::new(Duration::from_millis(5)).with("big", 1 << 20));
     let m = manager(store.clone(), 4);
     let url = store.url_for("big");
     let dir = tempfile::tempdir().unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(100));
     let mut tasks = Vec::new();
     for i in 0..100 {
-        let (m, url) = (m.clone(), url.clone());
+        let (m, url, b) = (m.clone(), url.clone(), barrier.clone());
         let dest = dir.path().join(format!("d{i}"));
         tasks.push(tokio::spawn(async move {
+            b.wait().await;
             let t = m
                 .file_instance(TransferRequest::download(url, dest))
                 .unwrap();
@@ -175,21 +195,109 @@ async fn hundred_concurrent_instances_for_one_url_download_once() {
         }));
     }
     let mut ids = std::collections::BTreeSet::new();
-    let mut any = None;
+    let mut handles = Vec::new();
     for t in tasks {
         let t = t.await.unwrap();
         ids.insert(t.id());
-        any = Some(t);
+        handles.push(t);
     }
-    let fin = any.unwrap().wait().await;
-    assert_eq!(fin.status, TransferStatus::Completed, "{:?}", fin.error);
-    assert_eq!(ids.len(), 1, "one transfer for one URL");
-    assert_eq!(store.downloads.load(Ordering::SeqCst), 1);
-    // Once complete, a new request is a new transfer.
+    assert_eq!(ids.len(), 100, "each caller has its own handle");
+    for t in &handles {
+        let fin = t.wait().await.unwrap();
+        assert_eq!(fin.transferred, 1 << 20);
+        assert_eq!(std::fs::read(&fin.path).unwrap(), vec![7u8; 1 << 20]);
+    }
+    assert_eq!(store.downloads.load(Ordering::SeqCst), 1, "one GET");
+    // Only the 100 files: no temp file left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 100);
+    // The same URL and destination again, while in flight, is the same
+    // handle; once complete, a new request is a new transfer.
     let again = m
         .file_instance(TransferRequest::download(url, dir.path().join("again")))
         .unwrap();
     assert!(!ids.contains(&again.id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_url_and_destination_is_the_same_handle() {
+    let store = Arc::new(MemStore::new(Duration::from_millis(5)).with("k", 300_000));
+    let m = manager(store.clone(), 4);
+    let dir = tempfile::tempdir().unwrap();
+    let req = || TransferRequest::download(store.url_for("k"), dir.path().join("one"));
+    let a = m.start(req()).unwrap();
+    let b = m.start(req()).unwrap();
+    assert_eq!(a.id(), b.id());
+    a.wait().await.unwrap();
+    assert_eq!(store.downloads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_stops_leaves_the_others_their_download() {
+    // 4 MiB at 64 KiB per 10 ms: about 0.6 s.
+    let store = Arc::new(MemStore::new(Duration::from_millis(10)).with("k", 4 << 20));
+    let m = manager(store.clone(), 4);
+    let dir = tempfile::tempdir().unwrap();
+    let url = store.url_for("k");
+    let a = m
+        .start(TransferRequest::download(&url, dir.path().join("a")))
+        .unwrap();
+    let b = m
+        .start(TransferRequest::download(&url, dir.path().join("b")))
+        .unwrap();
+    let mut rx = a.subscribe();
+    while rx.borrow_and_update().transferred == 0 {
+        rx.changed().await.unwrap();
+    }
+    // The first caller (whose destination names the temp files) stops.
+    a.stop();
+    assert_eq!(a.info().status, TransferStatus::Cancelled);
+    let fin = b.wait().await.unwrap();
+    assert_eq!(fin.transferred, 4 << 20);
+    assert_eq!(std::fs::read(dir.path().join("b")).unwrap().len(), 4 << 20);
+    assert!(!dir.path().join("a").exists(), "a stopped caller got a file");
+    assert_eq!(store.downloads.load(Ordering::SeqCst), 1);
+    assert!(m.settled(Duration::from_secs(5)).await);
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+
+    // When every caller stops, the download stops and leaves nothing.
+    let c = m
+        .start(TransferRequest::download(&url, dir.path().join("c")))
+        .unwrap();
+    let d = m
+        .start(TransferRequest::download(&url, dir.path().join("d")))
+        .unwrap();
+    let mut rx = c.subscribe();
+    while rx.borrow_and_update().transferred == 0 {
+        rx.changed().await.unwrap();
+    }
+    c.stop();
+    d.stop();
+    assert_eq!(d.wait().await.unwrap_err().kind(), ErrorKind::Cancelled);
+    assert!(m.settled(Duration::from_secs(5)).await);
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unwritable_destination_fails_only_its_caller() {
+    let store = Arc::new(MemStore::new(Duration::from_millis(2)).with("k", 200_000));
+    let m = manager(store.clone(), 4);
+    let dir = tempfile::tempdir().unwrap();
+    let url = store.url_for("k");
+    let good = m
+        .start(TransferRequest::download(&url, dir.path().join("good")))
+        .unwrap();
+    let bad_dest = dir.path().join("no-such-dir").join("bad");
+    let bad = m
+        .start(TransferRequest::download(&url, &bad_dest))
+        .unwrap();
+    assert_eq!(good.wait().await.unwrap().transferred, 200_000);
+    let e = bad.wait().await.unwrap_err();
+    assert_eq!(e.info().status, TransferStatus::Failed);
+    assert!(e.to_string().contains("no-such-dir"), "{e}");
+    assert_eq!(std::fs::read(dir.path().join("good")).unwrap().len(), 200_000);
+    assert_eq!(store.downloads.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +316,7 @@ async fn stop_mid_transfer_is_cancelled_within_a_second_and_leaves_no_file() {
     }
     let at = Instant::now();
     t.stop();
-    let fin = t.wait().await;
+    let fin = t.wait_info().await;
     assert!(
         at.elapsed() < Duration::from_secs(1),
         "stop took {:?}",
@@ -217,6 +325,8 @@ async fn stop_mid_transfer_is_cancelled_within_a_second_and_leaves_no_file() {
     assert_eq!(fin.status, TransferStatus::Cancelled);
     assert!(fin.transferred > 0 && fin.transferred < 16 << 20);
     assert!(!dest.exists(), "partial file left under the final name");
+    // The temp file goes with the cleanup, which `settled` waits for.
+    assert!(m.settled(Duration::from_secs(5)).await);
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
 }
@@ -233,7 +343,7 @@ async fn listeners_see_ordered_monotonic_progress_ending_at_size() {
             dir.path().join("k"),
         ))
         .unwrap();
-    let fin = t.wait().await;
+    let fin = t.wait_info().await;
     assert_eq!(fin.status, TransferStatus::Completed);
     let log = log.lock().unwrap().clone();
     let statuses: Vec<TransferStatus> = log.iter().map(|i| i.status).collect();
@@ -281,7 +391,7 @@ async fn concurrency_cap_is_respected() {
         })
         .collect();
     for t in ts {
-        assert_eq!(t.wait().await.status, TransferStatus::Completed);
+        assert_eq!(t.wait_info().await.status, TransferStatus::Completed);
     }
     assert_eq!(store.max_active.load(Ordering::SeqCst), 2);
 }
@@ -313,7 +423,7 @@ async fn queued_transfers_start_by_priority_and_stop_while_queued() {
     high.start();
     m.set_enabled(true);
     for t in [&low, &high, &mid] {
-        assert_eq!(t.wait().await.status, TransferStatus::Completed);
+        assert_eq!(t.wait_info().await.status, TransferStatus::Completed);
     }
     assert_eq!(*store.order.lock().unwrap(), vec!["high", "mid", "low"]);
     assert!(!dir.path().join("never").exists());
@@ -331,7 +441,7 @@ async fn failures_are_reported_with_the_error() {
             dir.path().join("x"),
         ))
         .unwrap();
-    let fin = t.wait().await;
+    let fin = t.wait_info().await;
     assert_eq!(fin.status, TransferStatus::Failed);
     assert_eq!(fin.error_kind, Some(ErrorKind::NotFound));
     assert!(fin.error.unwrap().contains("s3://mem/missing"));
@@ -371,8 +481,285 @@ async fn same_upload_source_and_destination_is_one_transfer() {
         .unwrap();
     assert_eq!(a.id(), b.id());
     assert_ne!(a.id(), c.id());
-    assert_eq!(a.wait().await.status, TransferStatus::Completed);
-    assert_eq!(c.wait().await.status, TransferStatus::Completed);
+    assert_eq!(a.wait_info().await.status, TransferStatus::Completed);
+    assert_eq!(c.wait_info().await.status, TransferStatus::Completed);
     let fin = a.info();
     assert_eq!((fin.transferred, fin.size), (200_000, Some(200_000)));
+}
+
+/// Waits for `t` to end, failing (not hanging) if a listener deadlocked it.
+async fn ended(t: &xferkit_core::Transfer) -> FileInfo {
+    tokio::time::timeout(Duration::from_secs(10), t.wait_info())
+        .await
+        .expect("the transfer did not end within 10 s: a listener deadlocked it?")
+}
+
+/// A listener for the transfer in `slot` that, on that transfer's first
+/// progress snapshot, calls `act` once.
+fn on_first_progress(
+    m: &TransferManager,
+    slot: Arc<std::sync::OnceLock<xferkit_core::Transfer>>,
+    act: impl Fn(&xferkit_core::Transfer) + Send + Sync + 'static,
+) -> Arc<AtomicUsize> {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    m.add_listener(Arc::new(move |i: &FileInfo| {
+        if let Some(t) = slot.get()
+            && t.id() == i.id
+            && i.transferred > 0
+            && c.fetch_add(1, Ordering::SeqCst) == 0
+        {
+            act(t);
+        }
+    }));
+    calls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_may_call_info_start_and_stop_on_its_own_transfer() {
+    let store = Arc::new(MemStore::new(Duration::from_millis(5)).with("k", 2 << 20));
+    let dir = tempfile::tempdir().unwrap();
+
+    // info() and start() from inside the listener.
+    let m = manager(store.clone(), 2);
+    let slot = Arc::new(std::sync::OnceLock::new());
+    let seen = Arc::new(Mutex::new(None));
+    let s2 = seen.clone();
+    on_first_progress(&m, slot.clone(), move |t| {
+        *s2.lock().unwrap() = Some(t.info().transferred);
+        t.start();
+    });
+    let t = m
+        .file_instance(TransferRequest::download(
+            store.url_for("k"),
+            dir.path().join("a"),
+        ))
+        .unwrap();
+    slot.set(t.clone()).unwrap();
+    t.start();
+    assert_eq!(ended(&t).await.status, TransferStatus::Completed);
+    assert!(seen.lock().unwrap().is_some_and(|n| n > 0));
+
+    // stop() from inside the listener: Cancelled, and the listener hears it.
+    let m = manager(store.clone(), 2);
+    let log = recorder(&m);
+    let slot = Arc::new(std::sync::OnceLock::new());
+    on_first_progress(&m, slot.clone(), |t| t.stop());
+    let t = m
+        .file_instance(TransferRequest::download(
+            store.url_for("k"),
+            dir.path().join("b"),
+        ))
+        .unwrap();
+    slot.set(t.clone()).unwrap();
+    t.start();
+    assert_eq!(ended(&t).await.status, TransferStatus::Cancelled);
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.last().unwrap().status, TransferStatus::Cancelled);
+    let mut last = 0;
+    for i in &log {
+        assert!(i.transferred >= last, "snapshots out of order");
+        last = i.transferred;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_may_start_and_stop_other_transfers_and_add_listeners() {
+    let store = Arc::new(
+        MemStore::new(Duration::from_millis(5))
+            .with("k", 1 << 20)
+            .with("other", 300_000)
+            .with("victim", 4 << 20),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let m = manager(store.clone(), 4);
+    let victim = m
+        .start(TransferRequest::download(
+            store.url_for("victim"),
+            dir.path().join("victim"),
+        ))
+        .unwrap();
+    let started = Arc::new(std::sync::OnceLock::new());
+    let added = Arc::new(AtomicUsize::new(0));
+    let slot = Arc::new(std::sync::OnceLock::new());
+    let (m2, st2, add2, v2) = (m.clone(), started.clone(), added.clone(), victim.clone());
+    let other = TransferRequest::download(store.url_for("other"), dir.path().join("other"));
+    on_first_progress(&m, slot.clone(), move |_| {
+        // Start another transfer, stop a third, and add a listener.
+        st2.set(m2.start(other.clone()).unwrap()).unwrap();
+        v2.stop();
+        let a = add2.clone();
+        m2.add_listener(Arc::new(move |_: &FileInfo| {
+            a.fetch_add(1, Ordering::SeqCst);
+        }));
+    });
+    let t = m
+        .file_instance(TransferRequest::download(
+            store.url_for("k"),
+            dir.path().join("k"),
+        ))
+        .unwrap();
+    slot.set(t.clone()).unwrap();
+    t.start();
+    assert_eq!(ended(&t).await.status, TransferStatus::Completed);
+    let other = started.get().expect("the listener started no transfer");
+    assert_eq!(ended(other).await.status, TransferStatus::Completed);
+    assert_eq!(ended(&victim).await.status, TransferStatus::Cancelled);
+    assert!(added.load(Ordering::SeqCst) > 0, "the added listener heard nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_returns_after_every_listener_saw_the_end() {
+    let store = Arc::new(MemStore::new(Duration::from_millis(1)).with("k", 300_000));
+    let m = manager(store.clone(), 2);
+    let finals = Arc::new(AtomicUsize::new(0));
+    for _ in 0..3 {
+        let f = finals.clone();
+        m.add_listener(Arc::new(move |i: &FileInfo| {
+            if i.status.is_terminal() {
+                // A slow listener: wait() must still come after it.
+                std::thread::sleep(Duration::from_millis(50));
+                f.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let t = m
+        .start(TransferRequest::download(
+            store.url_for("k"),
+            dir.path().join("k"),
+        ))
+        .unwrap();
+    t.wait().await.unwrap();
+    assert_eq!(finals.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_listener_does_not_stop_the_transfer() {
+    let store = Arc::new(MemStore::new(Duration::from_millis(1)).with("k", 300_000));
+    let m = manager(store.clone(), 2);
+    m.add_listener(Arc::new(|_: &FileInfo| panic!("listener bug")));
+    let log = recorder(&m);
+    let dir = tempfile::tempdir().unwrap();
+    let t = m
+        .start(TransferRequest::download(
+            store.url_for("k"),
+            dir.path().join("k"),
+        ))
+        .unwrap();
+    assert_eq!(ended(&t).await.status, TransferStatus::Completed);
+    assert_eq!(
+        log.lock().unwrap().last().unwrap().status,
+        TransferStatus::Completed
+    );
+}
+
+#[tokio::test]
+async fn wait_gives_the_typed_error() {
+    let store = Arc::new(MemStore::new(Duration::ZERO));
+    let m = manager(store.clone(), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let t = m
+        .start(TransferRequest::download(
+            store.url_for("missing"),
+            dir.path().join("x"),
+        ))
+        .unwrap();
+    let e = t.wait().await.unwrap_err();
+    assert!(matches!(e.error(), Error::NotFound { target, .. } if target == "s3://mem/missing"));
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert_eq!(e.info().status, TransferStatus::Failed);
+    let src: &dyn std::error::Error = &e;
+    assert!(src.source().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_streams_and_readers_upload_through_the_manager() {
+    let store = Arc::new(MemStore::new(Duration::ZERO));
+    let m = manager(store.clone(), 2);
+    let log = recorder(&m);
+    let a = m
+        .start(TransferRequest::upload_bytes(
+            vec![1u8; 100_000],
+            store.url_for("bytes"),
+        ))
+        .unwrap();
+    let chunks: Vec<Result<Bytes>> = (0..10).map(|_| Ok(Bytes::from(vec![2u8; 10_000]))).collect();
+    let b = m
+        .start(TransferRequest::upload_stream(
+            Box::pin(futures::stream::iter(chunks)),
+            None,
+            store.url_for("stream"),
+        ))
+        .unwrap();
+    let c = m
+        .start(TransferRequest::upload_reader(
+            std::io::Cursor::new(vec![3u8; 70_000]),
+            Some(70_000),
+            store.url_for("reader"),
+        ))
+        .unwrap();
+    // The same bytes to the same URL twice are two transfers.
+    let d = m
+        .start(TransferRequest::upload_bytes(
+            vec![1u8; 100_000],
+            store.url_for("bytes"),
+        ))
+        .unwrap();
+    assert_ne!(a.id(), d.id());
+    for (t, key, len, byte) in [
+        (&a, "bytes", 100_000, 1u8),
+        (&b, "stream", 100_000, 2),
+        (&c, "reader", 70_000, 3),
+    ] {
+        let fin = t.wait().await.unwrap();
+        assert_eq!(fin.transferred, len as u64, "{key}");
+        assert_eq!(
+            store.objects.lock().unwrap()[key],
+            Bytes::from(vec![byte; len])
+        );
+    }
+    d.wait().await.unwrap();
+    let log = log.lock().unwrap();
+    let of_b: Vec<_> = log.iter().filter(|i| i.id == b.id()).collect();
+    assert_eq!(of_b.last().unwrap().status, TransferStatus::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_returns_at_once_and_the_slow_cleanup_finishes_in_the_background() {
+    let mut store = MemStore::new(Duration::from_millis(20));
+    store.abort_delay = Duration::from_millis(1500);
+    let store = Arc::new(store);
+    let m = manager(store.clone(), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("s");
+    std::fs::write(&src, vec![1u8; 4 << 20]).unwrap();
+    let t = m
+        .start(TransferRequest::upload(&src, store.url_for("up")))
+        .unwrap();
+    let mut rx = t.subscribe();
+    while rx.borrow_and_update().transferred == 0 {
+        rx.changed().await.unwrap();
+    }
+    let at = Instant::now();
+    t.stop();
+    let e = t.wait().await.unwrap_err();
+    assert!(at.elapsed() < Duration::from_millis(200), "{:?}", at.elapsed());
+    assert_eq!(e.kind(), ErrorKind::Cancelled);
+    assert_eq!(store.aborts_done.load(Ordering::SeqCst), 0);
+    // The cleanup keeps its slot: a transfer queued behind it waits.
+    let next = m
+        .start(TransferRequest::upload_bytes(vec![0u8; 10], store.url_for("next")))
+        .unwrap();
+    assert_eq!(next.info().status, TransferStatus::Queued);
+    // shutdown stops the queued one and waits for the cleanup.
+    assert!(m.shutdown(Duration::from_secs(10)).await);
+    assert_eq!(store.aborts_done.load(Ordering::SeqCst), 1);
+    assert!(at.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(next.info().status, TransferStatus::Cancelled);
+    // Nothing starts after a shutdown.
+    let late = m
+        .start(TransferRequest::upload_bytes(vec![0u8; 10], store.url_for("late")))
+        .unwrap();
+    assert_eq!(late.info().status, TransferStatus::Cancelled);
 }

@@ -124,7 +124,7 @@ async fn listener_sees_retry_later_with_a_time_then_completed() {
     let t = m
         .start(TransferRequest::upload(src.path(), "s3://flaky/k"))
         .unwrap();
-    let end = t.wait().await;
+    let end = t.wait_info().await;
     assert_eq!(end.status, TransferStatus::Completed, "{:?}", end.error);
     assert_eq!(end.retry_at, None);
 
@@ -159,7 +159,7 @@ async fn failures_that_never_clear_fail_the_transfer_after_the_budget() {
     let t = m
         .start(TransferRequest::upload(src.path(), "s3://flaky/k"))
         .unwrap();
-    let end = t.wait().await;
+    let end = t.wait_info().await;
     assert_eq!(end.status, TransferStatus::Failed);
     assert_eq!(end.error_kind, Some(ErrorKind::RetriesExhausted));
     let msg = end.error.unwrap();

@@ -30,8 +30,10 @@ use crate::core::{Core, Mode, encode_metadata, full_object_crc32c, map_sdk, unqu
 
 const MIB: u64 = 1024 * 1024;
 
-/// Longest time spent aborting a failed or stopped multipart upload.
-const ABORT_BUDGET: std::time::Duration = std::time::Duration::from_secs(3);
+/// Longest time spent aborting a failed or stopped multipart upload. The
+/// transfer manager reports a stopped transfer `Cancelled` at once and lets
+/// this run to its end in the background (`TransferManager::settled`).
+const ABORT_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// One upload to one key.
 pub(crate) struct Upload<'a> {
@@ -548,10 +550,9 @@ impl<'a> Upload<'a> {
             })
     }
 
-    /// Abort the multipart upload, retrying transient failures, but for at
-    /// most a few seconds: a stopped transfer must end within a second or
-    /// so, and a left-over upload is found by `list_pending_uploads` (and
-    /// `xfer gc`) later.
+    /// Abort the multipart upload, retrying transient failures for at most
+    /// [`ABORT_BUDGET`]; one that still fails is left to
+    /// `list_pending_uploads` (and `xfer gc`), and logged.
     async fn abort(&self, upload_id: &str, policy: &RetryPolicy) {
         let policy = policy
             .clone()

@@ -513,3 +513,64 @@ async fn stat_works_when_the_checksum_may_not_be_read() {
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{}", e.chain());
     direct.delete("k.bin").await.unwrap();
 }
+
+/// A stopped upload's abort that the network slows down (the proxy holds
+/// the AbortMultipartUpload DELETE 2.5 s) still completes: the caller sees
+/// `Cancelled` at once, the manager keeps the abort running and
+/// `settled` waits for it, and moto lists no pending upload afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_upload_finishes_its_slow_abort_in_the_background() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use xferkit_core::{Registry, TransferManager, TransferRequest, TransferStatus};
+
+    let Some(emu) = moto() else { return };
+    let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+    let pfx = unique_prefix("faults", "slow-abort");
+    let via = store(&emu, &proxy.url(), &pfx).await;
+    let direct = store(&emu, &emu.endpoint, &pfx).await;
+    proxy.set_rules(vec![
+        Rule::new(Fault::Stall(Duration::from_millis(2500))).method("DELETE"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let src = write_file(dir.path(), "src.bin", &data(48 * MIB, 12));
+    let url = via.url_for("stopped.bin");
+    let mut reg = Registry::new();
+    reg.register(Arc::new(via));
+    let m = TransferManager::new(Arc::new(reg));
+    let t = m.start(TransferRequest::upload(&src, url)).unwrap();
+    let mut rx = t.subscribe();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while rx.borrow_and_update().transferred == 0 {
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("no part was acknowledged within 30 s");
+    let stopped = Instant::now();
+    t.stop();
+    let fin = t.wait().await.unwrap_err();
+    assert!(
+        stopped.elapsed() < Duration::from_millis(500),
+        "stop took {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(fin.kind(), ErrorKind::Cancelled);
+    assert_eq!(fin.info().status, TransferStatus::Cancelled);
+    assert!(
+        m.settled(Duration::from_secs(30)).await,
+        "the abort did not finish within 30 s"
+    );
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(2500),
+        "settled before the stalled abort could have ended ({:?})",
+        stopped.elapsed()
+    );
+    assert_eq!(proxy.stats().stalls, 1, "the abort DELETE was not stalled");
+    let pending = direct.list_pending_uploads("").await.unwrap();
+    assert!(pending.is_empty(), "multipart uploads left: {pending:?}");
+    assert_eq!(
+        direct.stat("stopped.bin").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+}

@@ -132,7 +132,7 @@ async fn thousand_transfers_through_one_manager_with_bounded_fds() {
     let warm = manager
         .start(TransferRequest::upload(src.join("f0000.bin"), url(0)))
         .unwrap();
-    assert_eq!(warm.wait().await.status, TransferStatus::Completed);
+    assert_eq!(warm.wait_info().await.status, TransferStatus::Completed);
     let baseline = open_fds();
     let bound = baseline + CONCURRENCY * (PER_TRANSFER + SLACK_PER_SLOT);
     let sampler = FdSampler::start();
@@ -148,7 +148,7 @@ async fn thousand_transfers_through_one_manager_with_bounded_fds() {
         })
         .collect();
     for (i, t) in uploads.iter().enumerate() {
-        let info = t.wait().await;
+        let info = t.wait_info().await;
         assert_eq!(
             info.status,
             TransferStatus::Completed,
@@ -170,7 +170,7 @@ async fn thousand_transfers_through_one_manager_with_bounded_fds() {
         })
         .collect();
     for (i, t) in downloads.iter().enumerate() {
-        let info = t.wait().await;
+        let info = t.wait_info().await;
         assert_eq!(
             info.status,
             TransferStatus::Completed,

@@ -14,7 +14,7 @@ async fn fetch(m: &TransferManager, url: &str, dest: &Path) -> Result<(), String
     let t = m
         .start(TransferRequest::download(url, dest))
         .map_err(|e| e.to_string())?;
-    let info = t.wait().await;
+    let info = t.wait_info().await;
     match info.status {
         TransferStatus::Completed => Ok(()),
         s => Err(info.error.unwrap_or_else(|| format!("download {s:?}"))),

@@ -81,7 +81,7 @@ async fn send(a: Args) -> Result<(), String> {
         .manager()
         .start(TransferRequest::upload(&a.file, store.url_for(&key)).with_share(a.expires))
         .map_err(|e| e.to_string())?;
-    let info = t.wait().await;
+    let info = t.wait_info().await;
     if info.status != TransferStatus::Completed {
         return Err(info
             .error
