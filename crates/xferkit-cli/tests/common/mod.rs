@@ -1,6 +1,8 @@
-//! Shared helpers for the `xfer` integration tests that need a sandbox, a
-//! clean environment and the emulator variables (bad_input.rs, secrets.rs,
-//! gc.rs). Each test binary uses a different subset.
+//! Shared helpers for the `xfer` integration tests: a sandbox with a clean
+//! environment ([`Sandbox`]), `xfer` run in one temp dir ([`xfer_in`]),
+//! starting processes with a useful message when they cannot start
+//! ([`Spawn`]), and the emulator variables. Each test binary uses a
+//! different subset.
 
 #![allow(dead_code, clippy::unwrap_used)] // test helpers panic on failure by design
 
@@ -9,7 +11,8 @@ use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
 
 use tempfile::TempDir;
 
@@ -17,12 +20,95 @@ use tempfile::TempDir;
 /// bite and the tests run as root (root reads a chmod-000 file anyway).
 pub const NOBODY: u32 = 65534;
 
+/// The `xfer` binary cargo built for these tests.
+pub const XFER: &str = env!("CARGO_BIN_EXE_xfer");
+
+/// Starting a process, panicking with what was started (program,
+/// arguments, working directory) and why when it cannot be: a bare
+/// `unwrap()` only says "Permission denied".
+pub trait Spawn {
+    fn output_or_panic(&mut self) -> Output;
+    fn status_or_panic(&mut self) -> ExitStatus;
+    fn spawn_or_panic(&mut self) -> Child;
+}
+
+impl Spawn for Command {
+    #[track_caller]
+    fn output_or_panic(&mut self) -> Output {
+        start(self, None, Command::output)
+    }
+
+    #[track_caller]
+    fn status_or_panic(&mut self) -> ExitStatus {
+        start(self, None, Command::status)
+    }
+
+    #[track_caller]
+    fn spawn_or_panic(&mut self) -> Child {
+        start(self, None, Command::spawn)
+    }
+}
+
+/// `how(cmd)`, or a panic `cannot start "PROGRAM" "ARG"... (in DIR, as uid
+/// UID): ERROR` (`uid`: the one [`CommandExt::uid`] set, if any).
+#[track_caller]
+fn start<T>(cmd: &mut Command, uid: Option<u32>, how: fn(&mut Command) -> std::io::Result<T>) -> T {
+    let e = match how(cmd) {
+        Ok(v) => return v,
+        Err(e) => e,
+    };
+    let mut what = format!("{:?}", cmd.get_program());
+    for a in cmd.get_args() {
+        what.push_str(&format!(" {a:?}"));
+    }
+    let mut context = Vec::new();
+    if let Some(dir) = cmd.get_current_dir() {
+        context.push(format!("in {}", dir.display()));
+    }
+    if let Some(uid) = uid {
+        context.push(format!("as uid {uid}"));
+    }
+    if !context.is_empty() {
+        what.push_str(&format!(" ({})", context.join(", ")));
+    }
+    panic!("cannot start {what}: {e}")
+}
+
+/// `xfer --config DIR/xferkit.toml`, run in `dir` with `dir` as its home
+/// and `dir/data`, `dir/cfg`, `dir/state` as its XDG directories, so that
+/// nothing of the real home is read or written; for the tests that keep
+/// their config and files in one temp dir. The rest of the environment
+/// (emulator endpoints, `XFERKIT_LOG`) is inherited, but `XFERKIT_CONFIG`.
+pub fn xfer_in(dir: &Path) -> Command {
+    let mut c = Command::new(XFER);
+    c.arg("--config")
+        .arg(dir.join("xferkit.toml"))
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env("XDG_DATA_HOME", dir.join("data"))
+        .env("XDG_CONFIG_HOME", dir.join("cfg"))
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .env_remove("XFERKIT_CONFIG");
+    c
+}
+
+/// [`Run::of`] as exit code (-1 if killed by a signal), stdout trimmed, stderr.
+#[track_caller]
+pub fn outcome(cmd: &mut Command) -> (i32, String, String) {
+    let r = Run::of(cmd);
+    (r.code.unwrap_or(-1), r.stdout.trim().to_string(), r.stderr)
+}
+
 /// A temp home, XDG dirs, a working directory and (usually) a config file.
 pub struct Sandbox {
     pub dir: TempDir,
     pub config: Option<PathBuf>,
     /// Run `xfer` as this uid/gid (see [`Sandbox::unprivileged`]).
     pub uid: Option<u32>,
+    /// The `xfer` that runs: [`XFER`], or a copy that uid can execute.
+    pub program: PathBuf,
+    /// Holds that copy (beside the sandbox, so snapshots leave it out).
+    bin: Option<TempDir>,
     /// Extra environment variables for every run.
     pub env: Vec<(String, String)>,
 }
@@ -35,10 +121,38 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl From<Output> for Run {
+    fn from(out: Output) -> Self {
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl Run {
+    /// Run `cmd` to the end; panics if it cannot start or if it panicked.
+    #[track_caller]
+    pub fn of(cmd: &mut Command) -> Run {
+        let r = Run::from(cmd.output_or_panic());
+        assert!(
+            !r.stderr.contains("panicked"),
+            "xfer panicked: {}",
+            r.stderr
+        );
+        r
+    }
+
     /// stdout without its trailing newline.
     pub fn out(&self) -> &str {
         self.stdout.trim_end_matches('\n')
+    }
+
+    /// stdout as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
     }
 }
 
@@ -56,7 +170,7 @@ impl Sandbox {
 
     /// No config file.
     pub fn bare() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir_in(sandbox_base()).unwrap();
         for d in ["home", "data", "cfg", "work"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
@@ -64,6 +178,8 @@ impl Sandbox {
             dir,
             config: None,
             uid: None,
+            program: XFER.into(),
+            bin: None,
             env: Vec::new(),
         }
     }
@@ -110,17 +226,43 @@ impl Sandbox {
     /// root, so that permission bits apply. Everything created so far is
     /// opened up to that user; make the paths meant to be unreadable or
     /// unwritable afterwards. Returns whether it switched.
+    ///
+    /// That user runs a copy of `xfer` in a 0755 temp dir beside the
+    /// sandbox: the one under `target/` may sit in a checkout it cannot
+    /// reach (a clone under a 0700 directory, as root's `mktemp -d` makes).
+    /// Panics, naming the directory, if it could not reach the sandbox.
     pub fn unprivileged(&mut self) -> bool {
         if !is_root() {
             return false;
         }
+        let base = self.dir.path().parent().unwrap();
+        if let Some(closed) = unsearchable_ancestor(base) {
+            panic!(
+                "uid {NOBODY} cannot reach the sandbox {}: {closed} is not searchable by \
+                 others; point TMPDIR at a directory that it and each directory above it \
+                 let every user search (o+x)",
+                self.dir.path().display()
+            );
+        }
+        let bin = tempfile::Builder::new()
+            .prefix(".xfer-bin")
+            .tempdir_in(base)
+            .unwrap();
+        let program = bin.path().join("xfer");
+        std::fs::copy(XFER, &program)
+            .unwrap_or_else(|e| panic!("cannot copy {XFER} to {}: {e}", program.display()));
+        for p in [bin.path(), &program] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         open_up(self.dir.path());
+        self.program = program;
+        self.bin = Some(bin);
         self.uid = Some(NOBODY);
         true
     }
 
     pub fn command<S: AsRef<OsStr>>(&self, args: &[S]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xfer"));
+        let mut cmd = Command::new(&self.program);
         cmd.args(args)
             .current_dir(self.work())
             .env_clear()
@@ -146,12 +288,7 @@ impl Sandbox {
     }
 
     pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Run {
-        let out = self.command(args).output().unwrap();
-        Run {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Run::from(start(&mut self.command(args), self.uid, Command::output))
     }
 
     /// Run and expect success.
@@ -159,6 +296,18 @@ impl Sandbox {
         let r = self.run(args);
         assert_eq!(r.code, Some(0), "xfer {args:?} failed: {r:?}");
         assert!(!r.stderr.contains("panicked"), "{r:?}");
+        r
+    }
+
+    /// Run `args` and expect the failure [`check_failure`] describes.
+    pub fn fails<S: AsRef<OsStr> + std::fmt::Debug>(
+        &self,
+        args: &[S],
+        code: i32,
+        needles: &[&str],
+    ) -> Run {
+        let r = self.run(args);
+        check_failure(&r, code, needles, &format!("{args:?}"));
         r
     }
 
@@ -180,8 +329,7 @@ impl Sandbox {
         needles: &[&str],
     ) -> Run {
         let before = self.snapshot();
-        let r = self.run(args);
-        check_failure(&r, code, needles, &format!("{args:?}"));
+        let r = self.fails(args, code, needles);
         let after = self.snapshot();
         assert_eq!(
             before.keys().collect::<Vec<_>>(),
@@ -256,6 +404,43 @@ fn open_up(dir: &Path) {
             open_up(&e.unwrap().path());
         }
     }
+}
+
+/// Where sandboxes are made: the temp dir, except when the tests run as root
+/// and others cannot search it (e.g. `TMPDIR` inside a 0700 directory) while
+/// they can search `/tmp`: then `/tmp`, so that [`Sandbox::unprivileged`]
+/// works (it fails, naming the directory, where neither will do).
+fn sandbox_base() -> &'static Path {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        if is_root()
+            && let Some(closed) = unsearchable_ancestor(&tmp)
+            && unsearchable_ancestor(Path::new("/tmp")).is_none()
+        {
+            eprintln!(
+                "note: sandboxes go under /tmp: uid {NOBODY}, which some tests run xfer as, \
+                 cannot reach the temp dir {} ({closed} is not searchable by others)",
+                tmp.display()
+            );
+            return PathBuf::from("/tmp");
+        }
+        tmp
+    })
+}
+
+/// The first directory from `/` down to `dir` (symlinks resolved) that others
+/// cannot search (no `o+x`), with its mode; or `dir` itself if it is missing.
+fn unsearchable_ancestor(dir: &Path) -> Option<String> {
+    let Ok(real) = std::fs::canonicalize(dir) else {
+        return Some(format!("{} (missing)", dir.display()));
+    };
+    let mut chain: Vec<&Path> = real.ancestors().collect();
+    chain.reverse();
+    chain.into_iter().find_map(|d| {
+        let mode = std::fs::metadata(d).map_or(0, |m| m.permissions().mode());
+        (mode & 0o001 == 0).then(|| format!("{} (mode {:o})", d.display(), mode & 0o7777))
+    })
 }
 
 /// Whether this process runs as root (uid 0), from `/proc/self/status`.
