@@ -4,161 +4,21 @@
 //! `XDG_CONFIG_HOME` point into a temp dir and no `XFERKIT_*` variable leaks
 //! in, so nothing touches the real home.
 
-// clippy.toml allows unwrap inside `#[test]` fns; the sandbox helpers here
-// are test code too, and a failed setup should panic loudly.
+// clippy.toml allows unwrap inside `#[test]` fns; the helpers here are test
+// code too, and a failed setup should panic loudly.
 #![allow(clippy::unwrap_used)]
+
+mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tempfile::TempDir;
 
-/// A sandbox: temp home and XDG dirs, a working directory, and (usually) a
-/// config file with one local store `local` rooted in the sandbox.
-struct Sandbox {
-    dir: TempDir,
-    config: Option<PathBuf>,
-}
-
-/// What one run of `xfer` did.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Sandbox {
-    /// A local store `local` rooted at `<sandbox>/root`.
-    fn new() -> Self {
-        let sb = Self::bare();
-        let root = sb.path("root");
-        std::fs::create_dir(&root).unwrap();
-        sb.with_config(&format!(
-            "[stores.local]\nbackend = \"local\"\nroot = {:?}\n",
-            root.display().to_string()
-        ))
-    }
-
-    /// No config file at all.
-    fn bare() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        for d in ["home", "data", "cfg", "work"] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
-        Sandbox { dir, config: None }
-    }
-
-    /// Use `toml` as the config file (`XFERKIT_CONFIG`).
-    fn with_config(mut self, toml: &str) -> Self {
-        let path = self.path("xferkit-test.toml");
-        std::fs::write(&path, toml).unwrap();
-        self.config = Some(path);
-        self
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// The working directory runs start in.
-    fn work(&self) -> PathBuf {
-        self.path("work")
-    }
-
-    /// `file://` URL prefix of the configured store `local`.
-    fn root_url(&self) -> String {
-        let root = std::fs::canonicalize(self.path("root")).unwrap();
-        format!("file://{}/", root.display())
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xfer"));
-        cmd.args(args)
-            .current_dir(self.work())
-            .env_clear()
-            .env("HOME", self.path("home"))
-            .env("XDG_DATA_HOME", self.path("data"))
-            .env("XDG_CONFIG_HOME", self.path("cfg"))
-            .stdin(Stdio::null());
-        if let Some(path) = std::env::var_os("PATH") {
-            cmd.env("PATH", path);
-        }
-        if let Some(c) = &self.config {
-            cmd.env("XFERKIT_CONFIG", c);
-        }
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        let out = self.command(args).output().unwrap();
-        Run::from(out)
-    }
-
-    /// Run and expect success.
-    fn ok(&self, args: &[&str]) -> Run {
-        let r = self.run(args);
-        assert_eq!(r.code, Some(0), "xfer {args:?} failed: {r:?}");
-        assert!(!r.stderr.contains("panicked"), "{r:?}");
-        r
-    }
-
-    /// Run and expect a failure with exit code `code`, reported on exactly
-    /// one line of stderr that contains `needle`, and no panic.
-    fn fails(&self, args: &[&str], code: i32, needle: &str) -> Run {
-        let r = self.run(args);
-        check_failure(&r, code, needle, args);
-        r
-    }
-
-    /// Write a file in the working directory.
-    fn file(&self, name: &str, data: &[u8]) -> PathBuf {
-        let p = self.work().join(name);
-        std::fs::write(&p, data).unwrap();
-        p
-    }
-}
-
-impl From<Output> for Run {
-    fn from(out: Output) -> Self {
-        Run {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-}
-
-impl Run {
-    /// stdout without its trailing newline.
-    fn out(&self) -> &str {
-        self.stdout.trim_end_matches('\n')
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
-    }
-}
-
-fn check_failure(r: &Run, code: i32, needle: &str, args: &[&str]) {
-    assert_eq!(r.code, Some(code), "xfer {args:?}: {r:?}");
-    assert!(
-        !r.stderr.contains("panicked"),
-        "xfer {args:?} panicked: {r:?}"
-    );
-    let lines: Vec<&str> = r.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "xfer {args:?}: want one stderr line: {r:?}");
-    assert!(lines[0].starts_with("xfer: "), "{r:?}");
-    assert!(
-        lines[0].contains(needle),
-        "xfer {args:?}: stderr should mention {needle:?}: {r:?}"
-    );
-}
+use common::{Run, Sandbox, Spawn};
 
 /// Deterministic, incompressible-looking bytes.
 fn pseudo_random(len: usize) -> Vec<u8> {
@@ -175,7 +35,7 @@ fn pseudo_random(len: usize) -> Vec<u8> {
 
 #[test]
 fn upload_then_download_is_byte_identical() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::local();
     std::fs::create_dir(sb.work().join("out")).unwrap();
     let cases: [(&str, Vec<u8>); 3] = [
         ("empty.bin", Vec::new()),
@@ -199,7 +59,7 @@ fn upload_then_download_is_byte_identical() {
 
 #[test]
 fn upload_options_and_json() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::local();
     sb.file("cat.png", b"not really a png");
     let r = sb.ok(&[
         "--json",
@@ -238,13 +98,13 @@ fn upload_options_and_json() {
     sb.fails(
         &["upload", "cat.png", "--key", "x.bin", "--if-not-exists"],
         1,
-        "already exists",
+        &["already exists"],
     );
 }
 
 #[test]
 fn stat_text_and_json() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::local();
     sb.file("a.txt", b"hello");
     let url = sb
         .ok(&["upload", "a.txt", "--title", "T"])
@@ -273,13 +133,13 @@ fn stat_text_and_json() {
     sb.fails(
         &["stat", &format!("{}missing.txt", sb.root_url())],
         1,
-        "not found",
+        &["not found"],
     );
 }
 
 #[test]
 fn ls_lists_under_a_prefix() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::local();
     sb.file("f", b"12345");
     for key in [
         "photos/a.jpg",
@@ -325,27 +185,27 @@ fn ls_lists_under_a_prefix() {
     assert_eq!(items[0]["size"], 5);
 
     assert!(sb.ok(&["ls", &format!("{root}nothing/")]).stdout.is_empty());
-    sb.fails(&["ls", "s3://no-such-bucket/"], 2, "no configured store");
-    sb.fails(&["ls", "https://example.com/x/"], 1, "not supported");
+    sb.fails(&["ls", "s3://no-such-bucket/"], 2, &["no configured store"]);
+    sb.fails(&["ls", "https://example.com/x/"], 1, &["not supported"]);
 }
 
 #[test]
 fn rm_deletes_and_is_idempotent() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::local();
     sb.file("a", b"x");
     let url = sb.ok(&["upload", "a"]).out().to_string();
     let r = sb.ok(&["rm", &url]);
     assert!(r.stdout.is_empty());
-    sb.fails(&["stat", &url], 1, "not found");
+    sb.fails(&["stat", &url], 1, &["not found"]);
     sb.ok(&["rm", &url]);
     let v = sb.ok(&["--json", "rm", &url]).json();
     assert_eq!(v["deleted"], true);
-    sb.fails(&["rm", &sb.root_url()], 2, "prefix");
+    sb.fails(&["rm", &sb.root_url()], 2, &["prefix"]);
 }
 
 #[test]
 fn cp_in_every_direction() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::local();
     let data = pseudo_random(100_000);
     sb.file("src.bin", &data);
     let root = sb.root_url();
@@ -370,12 +230,12 @@ fn cp_in_every_direction() {
     sb.fails(
         &["cp", &format!("{root}dir/again.bin"), "back.bin"],
         1,
-        "already exists",
+        &["already exists"],
     );
     sb.ok(&["cp", "--force", &format!("{root}dir/again.bin"), "back.bin"]);
 
     // path → path
-    sb.fails(&["cp", "src.bin", "other.bin"], 2, "local paths");
+    sb.fails(&["cp", "src.bin", "other.bin"], 2, &["local paths"]);
 }
 
 #[test]
@@ -412,17 +272,17 @@ fn cp_between_stores_goes_through_a_temp_file() {
 
 #[test]
 fn download_refuses_to_overwrite_without_force() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::local();
     sb.file("doc.txt", b"new content");
     let url = sb.ok(&["upload", "doc.txt"]).out().to_string();
     // default destination: the key's last segment, in the current directory
-    sb.fails(&["download", &url], 1, "already exists");
+    sb.fails(&["download", &url], 1, &["already exists"]);
     assert_eq!(
         std::fs::read(sb.work().join("doc.txt")).unwrap(),
         b"new content"
     );
     std::fs::write(sb.work().join("doc.txt"), b"old").unwrap();
-    let r = sb.fails(&["download", &url], 1, "--force");
+    let r = sb.fails(&["download", &url], 1, &["--force"]);
     assert!(r.stderr.contains("doc.txt"), "{r:?}");
     assert_eq!(std::fs::read(sb.work().join("doc.txt")).unwrap(), b"old");
     sb.ok(&["download", "--force", &url]);
@@ -443,31 +303,35 @@ fn download_refuses_to_overwrite_without_force() {
 
 #[test]
 fn bad_inputs_fail_with_one_line_and_no_panic() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::local();
     sb.file("a.txt", b"a");
     let url = sb.ok(&["upload", "a.txt"]).out().to_string();
     let root = sb.root_url();
-    sb.fails(&["stat", "not a url"], 2, "not a url");
-    sb.fails(&["stat", "ftp://host/x"], 2, "unsupported scheme");
+    sb.fails(&["stat", "not a url"], 2, &["not a url"]);
+    sb.fails(&["stat", "ftp://host/x"], 2, &["unsupported scheme"]);
     sb.fails(
         &["download", "s3://nobody-has-this-bucket/k"],
         2,
-        "no configured store",
+        &["no configured store"],
     );
     sb.fails(
         &["download", "file:///etc/passwd"],
         2,
-        "no configured store",
+        &["no configured store"],
     );
-    sb.fails(&["upload", "missing.txt"], 1, "missing.txt");
-    sb.fails(&["upload", "a.txt", "--key", "../escape"], 2, "'..'");
-    sb.fails(&["upload", "a.txt", "--key", "a//b"], 2, "invalid key");
-    sb.fails(&["upload", "a.txt", "--store", "nope"], 2, "nope");
-    sb.fails(&["upload", "."], 2, "directory");
-    sb.fails(&["download", &url, "no/such/dir/"], 1, "does not exist");
-    sb.fails(&["download", &url, "no/such/file.txt"], 1, "no/such");
-    sb.fails(&["presign", &url], 1, "not supported");
-    sb.fails(&["download", &format!("{root}missing.txt")], 1, "not found");
+    sb.fails(&["upload", "missing.txt"], 1, &["missing.txt"]);
+    sb.fails(&["upload", "a.txt", "--key", "../escape"], 2, &["'..'"]);
+    sb.fails(&["upload", "a.txt", "--key", "a//b"], 2, &["invalid key"]);
+    sb.fails(&["upload", "a.txt", "--store", "nope"], 2, &["nope"]);
+    sb.fails(&["upload", "."], 2, &["directory"]);
+    sb.fails(&["download", &url, "no/such/dir/"], 1, &["does not exist"]);
+    sb.fails(&["download", &url, "no/such/file.txt"], 1, &["no/such"]);
+    sb.fails(&["presign", &url], 1, &["not supported"]);
+    sb.fails(
+        &["download", &format!("{root}missing.txt")],
+        1,
+        &["not found"],
+    );
     assert!(!sb.work().join("missing.txt").exists());
     // clap's own usage errors: exit 2, no panic
     for args in [
@@ -484,20 +348,20 @@ fn bad_inputs_fail_with_one_line_and_no_panic() {
 #[test]
 fn config_errors_name_the_problem() {
     let sb = Sandbox::bare().with_config("default_store = = 1\n[stores.x\n");
-    let r = sb.fails(&["stores"], 2, "xferkit-test.toml");
+    let r = sb.fails(&["stores"], 2, &["xferkit-test.toml"]);
     assert!(r.stderr.contains("TOML"), "{r:?}");
 
     let sb = Sandbox::bare().with_config("[stores.m]\nbackend = \"ftp\"\n");
-    sb.fails(&["stores"], 2, "\"ftp\"");
+    sb.fails(&["stores"], 2, &["\"ftp\""]);
 
     let sb = Sandbox::bare().with_config("[stores.local]\nbackend = \"local\"\nbogus = 1\n");
-    sb.fails(&["stores"], 2, "stores.local.bogus");
+    sb.fails(&["stores"], 2, &["stores.local.bogus"]);
 
     let sb = Sandbox::bare().with_config("default_store = \"media\"\n");
-    sb.fails(&["upload", "x"], 2, "\"media\"");
+    sb.fails(&["upload", "x"], 2, &["\"media\""]);
 
     let sb = Sandbox::bare();
-    sb.fails(&["--config", "nope.toml", "stores"], 2, "nope.toml");
+    sb.fails(&["--config", "nope.toml", "stores"], 2, &["nope.toml"]);
 }
 
 #[test]
@@ -524,7 +388,7 @@ fn without_any_config_the_embedded_local_store_is_used() {
 
 #[test]
 fn stores_lists_backends_and_the_default() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::local();
     let text = sb.ok(&["stores"]).stdout;
     let local = text.lines().find(|l| l.contains(" local ")).unwrap();
     assert!(local.starts_with('*'), "{text}");
@@ -610,7 +474,7 @@ fn answer(
 
 #[test]
 fn http_links_download_to_their_path_name() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::local();
     let (port, rx) = serve(4096, 4096, Duration::ZERO);
     let link = format!("http://127.0.0.1:{port}/files/report%20v2.pdf?X-Signature=SECRET");
     let r = sb.ok(&["--json", "download", &link]);
@@ -634,7 +498,7 @@ fn http_links_download_to_their_path_name() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_stops_the_transfer_and_leaves_nothing() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::local();
     std::fs::create_dir(sb.work().join("dl")).unwrap();
     // 1 MB at 1 KB every 20 ms: takes ~20 s unless stopped.
     let (port, rx) = serve(1_000_000, 1000, Duration::from_millis(20));
@@ -643,8 +507,7 @@ fn ctrl_c_stops_the_transfer_and_leaves_nothing() {
         .command(&["download", &link, "dl"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_or_panic();
     rx.recv_timeout(Duration::from_secs(20))
         .expect("xfer connected");
     std::thread::sleep(Duration::from_millis(300)); // bytes are flowing
@@ -652,8 +515,7 @@ fn ctrl_c_stops_the_transfer_and_leaves_nothing() {
     assert_eq!(partial.len(), 1, "a temp file while downloading");
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+        .status_or_panic();
     assert!(status.success());
     let start = Instant::now();
     let status = loop {
