@@ -5,33 +5,15 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+use common::{outcome, xfer_in};
 use xferkit_conformance::emulator_env as env;
 
 fn xfer(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xfer"))
-        .args([
-            "--config",
-            dir.join("xferkit.toml").to_str().unwrap(),
-            "--quiet",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("HOME", dir)
-        .env("XDG_DATA_HOME", dir.join("data"))
-        .env("XDG_CONFIG_HOME", dir.join("cfg"))
-        .env_remove("XFERKIT_CONFIG")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "xfer panicked: {stderr}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        stderr,
-    )
+    outcome(xfer_in(dir).arg("--quiet").args(args))
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {

@@ -4,37 +4,27 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Spawn, outcome, xfer_in};
+
 const SIGNING_KEY: &str = "cli-share-test-signing-key-0123456789abcdef";
 const MAX_SIDE: u32 = 80;
 
 fn xfer_cmd(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_xfer"));
-    c.arg("--config")
-        .arg(dir.join("xferkit.toml"))
-        .current_dir(dir)
-        .env("HOME", dir)
-        .env("XDG_DATA_HOME", dir.join("data"))
-        .env("XDG_CONFIG_HOME", dir.join("cfg"))
-        .env("XFERKIT_STORES__LOCAL__SIGNING_KEY", SIGNING_KEY)
-        .env_remove("XFERKIT_CONFIG")
+    let mut c = xfer_in(dir);
+    c.env("XFERKIT_STORES__LOCAL__SIGNING_KEY", SIGNING_KEY)
         .env_remove("XFERKIT_LOG");
     c
 }
 
 fn xfer(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = xfer_cmd(dir).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "xfer panicked: {stderr}");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        stderr,
-    )
+    outcome(xfer_cmd(dir).args(args))
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
@@ -66,8 +56,7 @@ fn serve(dir: &Path, port: u16) -> Serve {
         .args(["-vv", "serve"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_or_panic();
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -313,8 +302,7 @@ fn serve_and_share_errors_name_the_missing_setting() {
         let out = xfer_cmd(d)
             .env("XFERKIT_STORES__LOCAL__SIGNING_KEY", "short-key")
             .args(["upload", "a.txt"])
-            .output()
-            .unwrap();
+            .output_or_panic();
         (
             out.status.code().unwrap(),
             (),

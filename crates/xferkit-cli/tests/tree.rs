@@ -5,52 +5,26 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use common::{Run, xfer_in};
 use xferkit_conformance::emulator_env as env;
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 /// Run xfer in `dir` with `dir/xferkit.toml`.
-fn xfer(dir: &Path, args: &[&str]) -> Out {
+fn xfer(dir: &Path, args: &[&str]) -> Run {
     xfer_os(dir, &args.iter().map(Into::into).collect::<Vec<_>>())
 }
 
-fn xfer_os(dir: &Path, args: &[std::ffi::OsString]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_xfer"))
-        .arg("--config")
-        .arg(dir.join("xferkit.toml"))
-        .arg("--quiet")
-        .args(args)
-        .current_dir(dir)
-        .env("HOME", dir)
-        .env("XDG_DATA_HOME", dir.join("data"))
-        .env("XDG_CONFIG_HOME", dir.join("cfg"))
-        .env_remove("XFERKIT_CONFIG")
-        .output()
-        .unwrap();
-    let o = Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(
-        !o.stderr.contains("panicked"),
-        "xfer panicked: {}",
-        o.stderr
-    );
-    o
+fn xfer_os(dir: &Path, args: &[std::ffi::OsString]) -> Run {
+    Run::of(xfer_in(dir).arg("--quiet").args(args))
 }
 
-fn ok(dir: &Path, args: &[&str]) -> Out {
+fn ok(dir: &Path, args: &[&str]) -> Run {
     let o = xfer(dir, args);
-    assert_eq!(o.code, 0, "xfer {args:?} failed: {}", o.stderr);
+    assert_eq!(o.code, Some(0), "xfer {args:?} failed: {}", o.stderr);
     o
 }
 
@@ -165,7 +139,7 @@ fn bad_names_are_reported_by_path_and_the_other_files_still_move() {
     std::fs::write(src.join("back\\slash.txt"), b"y").unwrap();
 
     let r = xfer(d, &["cp", "-r", "src", &format!("{root_url}up/")]);
-    assert_eq!(r.code, 2, "only invalid names failed: {}", r.stderr);
+    assert_eq!(r.code, Some(2), "only invalid names failed: {}", r.stderr);
     assert!(
         r.stderr.contains("bad") && r.stderr.contains("UTF-8"),
         "{}",
@@ -195,7 +169,7 @@ fn existing_files_are_kept_without_force_and_the_rest_download() {
     std::fs::write(d.join("out/top.txt"), b"mine").unwrap();
 
     let r = xfer(d, &["cp", "-r", &root_url, "out"]);
-    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(r.stderr.contains("already exists"), "{}", r.stderr);
     assert!(r.stderr.contains("top.txt"), "{}", r.stderr);
     let got = read_tree(&d.join("out"));
@@ -212,10 +186,10 @@ fn recursive_copy_needs_a_directory_or_a_prefix() {
     let d = dir.path();
     std::fs::write(d.join("f.txt"), b"x").unwrap();
     let r = xfer(d, &["cp", "-r", "f.txt", &root_url]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("not a directory"), "{}", r.stderr);
     let r = xfer(d, &["cp", "-r", "missing-dir", &root_url]);
-    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(r.stderr.contains("missing-dir"), "{}", r.stderr);
 }
 

@@ -8,9 +8,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+use common::{Spawn, xfer_in};
 
 use xferkit::journal::JournalFile;
 use xferkit::{FileTransferExt, FileTransferHandler, Secret, TransferCtx};
@@ -41,17 +44,6 @@ fn s3s() -> Option<(String, String, String)> {
             None
         }
     }
-}
-
-fn xfer(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_xfer"));
-    c.args(["--config", dir.join("xferkit.toml").to_str().unwrap()])
-        .current_dir(dir)
-        .env("HOME", dir)
-        .env("XDG_DATA_HOME", dir.join("data"))
-        .env("XDG_CONFIG_HOME", dir.join("cfg"))
-        .env_remove("XFERKIT_CONFIG");
-    c
 }
 
 fn data(len: u64, seed: u64) -> Vec<u8> {
@@ -130,12 +122,11 @@ concurrency = 2
             .path_contains("partNumber=")
             .after(3),
     ]);
-    let mut child = xfer(d)
+    let mut child = xfer_in(d)
         .args(["--quiet", "upload", "src.bin", "--key", "big.bin"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn_or_panic();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if journal.load().await.is_some_and(|j| j.parts.len() >= 3) {
@@ -154,11 +145,10 @@ concurrency = 2
 
     // Second run: the same command, default logging: xfer says it resumes.
     let before = proxy.stats().bytes_up;
-    let out = xfer(d)
+    let out = xfer_in(d)
         .args(["upload", "src.bin", "--key", "big.bin"])
         .env_remove("XFERKIT_LOG")
-        .output()
-        .unwrap();
+        .output_or_panic();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "second run failed: {stderr}");
     assert!(

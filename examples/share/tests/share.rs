@@ -31,15 +31,20 @@ fn write_png(path: &Path, seed: u32) {
     img.save(path).unwrap();
 }
 
+/// Run `bin` in `dir`, with `dir` as its home and XDG directories (nothing
+/// of the real home is read or written); panics naming what it ran if it
+/// cannot start or if it panicked.
 fn run(bin: &str, dir: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(bin)
         .args(args)
         .current_dir(dir)
         .env("HOME", dir)
         .env("XDG_DATA_HOME", dir.join("data"))
+        .env("XDG_CONFIG_HOME", dir.join("cfg"))
+        .env("XDG_STATE_HOME", dir.join("state"))
         .env_remove("XFERKIT_CONFIG")
         .output()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("cannot start {bin} {args:?} (in {}): {e}", dir.display()));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!stderr.contains("panicked"), "{bin} panicked: {stderr}");
     (out.status.success(), stderr)
@@ -148,7 +153,7 @@ async fn dedupe_through(handler: xferkit::DynHandler) {
                 handler.url_for(&format!("x/{attempt}")),
             ))
             .unwrap();
-        let info = t.wait().await;
+        let info = t.wait_info().await;
         assert_eq!(info.status, TransferStatus::Completed, "{name}: {info:?}");
         infos.push(info);
     }
@@ -187,7 +192,7 @@ async fn dedupe_through(handler: xferkit::DynHandler) {
     }
     let mut urls = std::collections::BTreeSet::new();
     for t in transfers {
-        let info = t.wait().await;
+        let info = t.wait_info().await;
         assert_eq!(info.status, TransferStatus::Completed, "{name}: {info:?}");
         urls.insert(info.url);
     }
