@@ -82,6 +82,14 @@ pub(crate) async fn upload(
         metadata: opts.metadata.clone().into_iter().collect(),
         create_only: opts.if_not_exists,
     };
+    if ctx.is_discarding() {
+        // A paused upload that is stopped: its staged blocks stay
+        // uncommitted (the service drops them); the journal goes.
+        if let (UploadSource::Path(path), Some(dir)) = (&source, &store.state_dir) {
+            JournalFile::for_upload(dir, &plan.url, path).remove().await;
+        }
+        return Err(Error::cancelled(&plan.url));
+    }
     ctx.check(&plan.url)?;
     let threshold = store.cfg.multipart_threshold;
     let (size, done) = match source {
@@ -167,6 +175,7 @@ async fn md5_of(url: &str, data: &Bytes) -> Result<Vec<u8>> {
 /// One Put Blob.
 async fn put_single(plan: &Plan<'_>, data: Bytes, ctx: &TransferCtx) -> Result<Committed> {
     let len = data.len() as u64;
+    ctx.throttle(&plan.url, len).await?;
     let md5 = BASE64.encode(md5_of(&plan.url, &data).await?);
     let options = BlobClientUploadOptions {
         method_options: ClientMethodOptions {
@@ -217,6 +226,7 @@ async fn stage(
     ctx: &TransferCtx,
 ) -> Result<u64> {
     let len = data.len() as u64;
+    ctx.throttle(&plan.url, len).await?;
     let blob = plan.store.blob(&plan.full).block_blob_client();
     let id = block_id(upload, index);
     let md5 = match md5 {
@@ -383,8 +393,11 @@ async fn staged_file(
         Err(e) => Err(e),
     };
     // Committed, failed or stopped: nothing to resume (staged blocks of a
-    // failed upload stay uncommitted and expire).
-    if let Some(j) = journal.into_inner() {
+    // failed upload stay uncommitted and expire). Paused: the journal and
+    // the staged blocks stay for resume().
+    if let Some(j) = journal.into_inner()
+        && !(r.is_err() && ctx.is_paused())
+    {
         j.file.remove().await;
     }
     r

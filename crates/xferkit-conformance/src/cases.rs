@@ -1120,7 +1120,10 @@ async fn stop_multipart_upload_leaves_nothing(e: Arc<Env>, c: &'static str) -> R
     Ok(())
 }
 
-async fn twenty_callers_of_one_url_get_their_files_from_one_download(e: Arc<Env>, c: &'static str) -> R {
+async fn twenty_callers_of_one_url_get_their_files_from_one_download(
+    e: Arc<Env>,
+    c: &'static str,
+) -> R {
     let key = format!("{c}/popular.bin");
     let body = data(500_000, 21);
     put(&e, &key, &body).await?;
@@ -1165,7 +1168,10 @@ async fn twenty_callers_of_one_url_get_their_files_from_one_download(e: Arc<Env>
         counting.downloads()
     );
     let files = std::fs::read_dir(dir.path()).ctx("read_dir")?.count();
-    ensure!(files == 20, "{files} files for 20 destinations (temp files left?)");
+    ensure!(
+        files == 20,
+        "{files} files for 20 destinations (temp files left?)"
+    );
     Ok(())
 }
 

@@ -3,12 +3,58 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result, RetryPolicy};
+
+/// A bandwidth cap in bytes per second, shared by every part of every
+/// transfer it is given to: a token bucket kept as one "paid until" time;
+/// each request for `n` bytes moves it on by `n / rate` and waits for it, so
+/// the average rate of everything under the cap stays at or below it. An
+/// idle bucket banks at most [`Bandwidth::BURST`] of credit.
+#[derive(Debug)]
+pub struct Bandwidth {
+    bytes_per_sec: u64,
+    /// When the bytes granted so far have been "paid for".
+    paid_until: Mutex<Option<Instant>>,
+}
+
+impl Bandwidth {
+    /// Credit an idle bucket may bank.
+    pub const BURST: Duration = Duration::from_millis(50);
+
+    /// A cap of `bytes_per_sec` (at least 1).
+    pub fn new(bytes_per_sec: u64) -> Self {
+        Bandwidth {
+            bytes_per_sec: bytes_per_sec.max(1),
+            paid_until: Mutex::new(None),
+        }
+    }
+
+    /// The cap, bytes per second.
+    pub fn bytes_per_sec(&self) -> u64 {
+        self.bytes_per_sec
+    }
+
+    /// Reserve `n` bytes; returns the moment they are paid for, before
+    /// which they may not move. (Paying before moving errs on the slow
+    /// side: a transfer ends at most one part's own transmission time after
+    /// its bytes are paid for, never a part ahead of the cap.)
+    fn reserve(&self, n: u64) -> Instant {
+        let now = Instant::now();
+        let cost = Duration::from_secs_f64(n as f64 / self.bytes_per_sec as f64);
+        let mut paid = self.paid_until.lock().unwrap_or_else(|p| p.into_inner());
+        let floor = now.checked_sub(Self::BURST).unwrap_or(now);
+        let until = paid.map_or(floor, |p| p.max(floor)) + cost;
+        *paid = Some(until);
+        until
+    }
+}
 
 /// Receives progress from a handler (mesibo's `updateFileTransferProgress`).
 ///
@@ -32,19 +78,28 @@ impl ProgressSink for NoProgress {
     fn set_total(&self, _: u64) {}
 }
 
-/// Progress reporting, cancellation and the retry policy for one transfer.
+/// Progress reporting, cancellation, pausing, bandwidth caps and the retry
+/// policy for one transfer.
 #[derive(Clone)]
 pub struct TransferCtx {
     progress: Arc<dyn ProgressSink>,
     cancel: CancellationToken,
     retry: RetryPolicy,
+    /// Set before `cancel` when the stop is a pause.
+    pause: Arc<AtomicBool>,
+    /// This run only throws away what a paused run kept.
+    discard: bool,
+    limits: Vec<Arc<Bandwidth>>,
 }
 
 impl fmt::Debug for TransferCtx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TransferCtx")
             .field("cancelled", &self.cancel.is_cancelled())
+            .field("paused", &self.is_paused())
+            .field("discard", &self.discard)
             .field("retry", &self.retry)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -58,11 +113,7 @@ impl Default for TransferCtx {
 impl TransferCtx {
     /// No progress, never cancelled, the default retry policy.
     pub fn none() -> Self {
-        TransferCtx {
-            progress: Arc::new(NoProgress),
-            cancel: CancellationToken::new(),
-            retry: RetryPolicy::default(),
-        }
+        Self::new(Arc::new(NoProgress), CancellationToken::new())
     }
 
     /// A context with the default retry policy.
@@ -71,7 +122,71 @@ impl TransferCtx {
             progress,
             cancel,
             retry: RetryPolicy::default(),
+            pause: Arc::new(AtomicBool::new(false)),
+            discard: false,
+            limits: Vec::new(),
         }
+    }
+
+    /// A context for throwing away what a paused transfer kept: the handler
+    /// must send nothing, and instead remove the transfer's resumable state
+    /// (abort the stored parts' upload, cancel the session, remove the
+    /// journal), then return `Cancelled`. The context is already cancelled.
+    pub fn for_discard(mut self) -> Self {
+        self.discard = true;
+        self.cancel.cancel();
+        self
+    }
+
+    /// Whether this run is a [`for_discard`](Self::for_discard).
+    pub fn is_discarding(&self) -> bool {
+        self.discard
+    }
+
+    /// Cap this transfer's rate with `limit` too (several caps all apply;
+    /// one cap may be shared by many transfers).
+    pub fn with_bandwidth(mut self, limit: Arc<Bandwidth>) -> Self {
+        self.limits.push(limit);
+        self
+    }
+
+    /// Share the pause flag `flag` (the manager sets it, then cancels).
+    pub(crate) fn with_pause_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.pause = flag;
+        self
+    }
+
+    /// Stop the transfer as a pause: like cancelling its token, but the
+    /// handler keeps what resuming needs (the upload journal and the parts
+    /// already stored, a partial download and its journal) instead of
+    /// cleaning up.
+    pub fn pause(&self) {
+        self.pause.store(true, Ordering::SeqCst);
+        self.cancel.cancel();
+    }
+
+    /// Whether the transfer was stopped by [`pause`](Self::pause): a
+    /// handler that sees `Cancelled` and this keeps its resumable state.
+    pub fn is_paused(&self) -> bool {
+        self.pause.load(Ordering::SeqCst)
+    }
+
+    /// Wait until `n` more bytes may be sent or received under every
+    /// bandwidth cap of this transfer (at once when there is none). Call it
+    /// before each part, range or chunk moves. `Cancelled` if the transfer
+    /// is stopped while waiting.
+    pub async fn throttle(&self, target: &str, n: u64) -> Result<()> {
+        let Some(at) = self.limits.iter().map(|l| l.reserve(n)).max() else {
+            return Ok(());
+        };
+        if at <= Instant::now() {
+            return Ok(());
+        }
+        self.cancellable(target, async {
+            tokio::time::sleep_until(at).await;
+            Ok(())
+        })
+        .await
     }
 
     /// Use `policy` for [`retry`](Self::retry).

@@ -227,6 +227,15 @@ pub(crate) async fn download_file<H: FileTransferHandler + ?Sized>(
     Ok(obj)
 }
 
+/// Remove the partial file and journal that a paused download to `dest`
+/// kept.
+pub(crate) async fn discard_partial(dest: &Path) -> Result<()> {
+    let paths = PartialPaths::for_dest(dest);
+    tokio::task::spawn_blocking(move || paths.remove())
+        .await
+        .map_err(|e| Error::backend(dest.display().to_string(), "file task failed", e))
+}
+
 /// Hand the verified file at `path` to `deliver` on a blocking thread, then
 /// remove what is left at `path`.
 async fn run_deliver(deliver: Deliver, path: PathBuf, target: &str) -> Result<()> {
@@ -347,6 +356,7 @@ async fn write_stream_verified(
             .await?;
         let Some(chunk) = next else { break };
         let chunk = chunk?;
+        ctx.throttle(target, chunk.len() as u64).await?;
         match &mut hasher {
             Some(Hasher::Crc32c(c)) => *c = crc32c::crc32c_append(*c, &chunk),
             Some(Hasher::Sha256(h)) => h.update(&chunk),
@@ -653,11 +663,12 @@ async fn download_ranges<H: FileTransferHandler + ?Sized>(
     // No journal write may still be running when the files are removed or renamed.
     finish_flush(flusher.take(), &target).await;
     if let Err(e) = outcome {
-        // A transient failure keeps what is done for the next attempt; a stop,
+        // A transient failure or a pause keeps what is done for the next attempt; a stop,
         // or an error that a retry cannot fix, leaves nothing behind.
         let keep = opts.resume
             && !etag.is_empty()
-            && matches!(e.kind(), ErrorKind::Transient | ErrorKind::RetriesExhausted);
+            && (ctx.is_paused()
+                || matches!(e.kind(), ErrorKind::Transient | ErrorKind::RetriesExhausted));
         if keep && lock(&shared).dirty {
             let last = start_flush(&file, &shared, &paths.journal);
             if !finish_flush(Some(last), &target).await {
@@ -830,6 +841,7 @@ async fn fetch_range_once<H: FileTransferHandler + ?Sized>(
                         "range response too long",
                     ));
                 }
+                ctx.throttle(target, chunk.len() as u64).await?;
                 buf.extend_from_slice(&chunk);
                 false
             }

@@ -15,7 +15,7 @@ pub mod signed;
 mod types;
 pub mod url;
 
-pub use ctx::{ProgressSink, TransferCtx};
+pub use ctx::{Bandwidth, ProgressSink, TransferCtx};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use ext::{
     DEFAULT_DOWNLOAD_CONCURRENCY, DEFAULT_DOWNLOAD_PART_SIZE, DEFAULT_PARALLEL_THRESHOLD,

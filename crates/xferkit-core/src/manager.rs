@@ -84,6 +84,9 @@ pub enum TransferStatus {
     InProgress,
     /// Waiting to retry after a transient failure (see `FileInfo::retry_at`).
     RetryLater,
+    /// Paused by [`Transfer::pause`]: what is done is kept for
+    /// [`Transfer::resume`].
+    Paused,
     Completed,
     Failed,
     Cancelled,
@@ -202,6 +205,9 @@ pub struct TransferRequest {
     /// Upload: make a thumbnail for images when the manager has a
     /// thumbnailer (default true; files only).
     pub thumbnail: bool,
+    /// A cap on this transfer's rate, bytes per second (on top of the
+    /// manager's, see [`TransferManager::set_bandwidth_limit`]).
+    pub bandwidth: Option<u64>,
     body: Body,
 }
 
@@ -215,6 +221,7 @@ impl TransferRequest {
             options: PutOptions::default(),
             share_for: None,
             thumbnail: true,
+            bandwidth: None,
             body,
         }
     }
@@ -281,6 +288,12 @@ impl TransferRequest {
     /// Upload: no thumbnail, even for an image.
     pub fn without_thumbnail(mut self) -> Self {
         self.thumbnail = false;
+        self
+    }
+
+    /// Cap this transfer at `bytes_per_sec` (all its parts together).
+    pub fn with_bandwidth_limit(mut self, bytes_per_sec: u64) -> Self {
+        self.bandwidth = Some(bytes_per_sec);
         self
     }
 
@@ -452,13 +465,74 @@ impl Transfer {
                 js.closed = true;
                 job.cancel.cancel();
                 drop(js);
-                if st.jobs.get(&job.identity).is_some_and(|j| Arc::ptr_eq(j, &job)) {
+                if st
+                    .jobs
+                    .get(&job.identity)
+                    .is_some_and(|j| Arc::ptr_eq(j, &job))
+                {
                     st.jobs.remove(&job.identity);
                 }
             }
         }
+        let paused = self.info().status == TransferStatus::Paused;
         let err = Error::cancelled(&self.inner.request.url);
         self.finish(TransferStatus::Cancelled, Some(Arc::new(err)), None, |_| {});
+        if paused && let Some(m) = self.inner.manager.upgrade() {
+            ManagerInner::discard(&m, self);
+        }
+    }
+
+    /// Pause this caller's transfer: its status becomes `Paused` and what
+    /// is done is kept (the upload journal and the parts the store holds,
+    /// a partial download and its journal) for [`resume`](Self::resume).
+    /// The network transfer pauses only if no other caller still wants it.
+    /// Only a queued or running transfer pauses; a transfer that completes
+    /// while pausing is `Completed`. [`stop`](Self::stop) on a paused
+    /// transfer throws away what it kept.
+    ///
+    /// What resuming saves depends on the store: a multipart, block or
+    /// resumable upload of a file to a store with a state directory, and a
+    /// ranged download (objects of at least `parallel_threshold`), continue
+    /// where they were; anything else starts over.
+    pub fn pause(&self) {
+        if !matches!(
+            self.info().status,
+            TransferStatus::Queued | TransferStatus::InProgress | TransferStatus::RetryLater
+        ) {
+            return;
+        }
+        let job = lock(&self.inner.job).take();
+        if let (Some(job), Some(m)) = (job, self.inner.manager.upgrade()) {
+            let mut st = lock(&m.state);
+            let mut js = lock(&job.m);
+            js.handles.retain(|h| !Arc::ptr_eq(&h.inner, &self.inner));
+            if js.handles.is_empty() && !js.closed {
+                js.closed = true;
+                job.pause.store(true, Ordering::SeqCst);
+                job.cancel.cancel();
+                drop(js);
+                if st
+                    .jobs
+                    .get(&job.identity)
+                    .is_some_and(|j| Arc::ptr_eq(j, &job))
+                {
+                    st.jobs.remove(&job.identity);
+                }
+            }
+        }
+        if self.record(|i| {
+            i.status = TransferStatus::Paused;
+            i.retry_at = None;
+            i.rate = 0.0;
+        }) {
+            self.dispatch();
+        }
+    }
+
+    /// Continue a paused transfer from what it kept (like
+    /// [`start`](Self::start) for a paused one).
+    pub fn resume(&self) {
+        self.start();
     }
 
     /// Wait for the end: `Ok` with the final snapshot when completed, else
@@ -593,6 +667,8 @@ impl Transfer {
 /// One network transfer, shared by every handle attached to it.
 struct Job {
     identity: String,
+    /// Set with `cancel` when the job is paused (see `TransferCtx::pause`).
+    pause: Arc<AtomicBool>,
     /// The first caller's request (URL, options; for a download, the
     /// destination whose directory holds the temp and partial files).
     request: TransferRequest,
@@ -767,6 +843,8 @@ struct ManagerInner {
     retry: RwLock<RetryPolicy>,
     thumbnailer: RwLock<Option<Arc<dyn Thumbnailer>>>,
     download: RwLock<DownloadOptions>,
+    /// One cap shared by every transfer of the manager.
+    bandwidth: RwLock<Option<Arc<crate::Bandwidth>>>,
 }
 
 /// Runs transfers against the stores of a [`Registry`]; see the module docs
@@ -807,6 +885,7 @@ impl TransferManager {
                 retry: RwLock::new(RetryPolicy::default()),
                 thumbnailer: RwLock::new(None),
                 download: RwLock::new(DownloadOptions::default()),
+                bandwidth: RwLock::new(None),
             }),
         }
     }
@@ -861,6 +940,30 @@ impl TransferManager {
             .thumbnailer
             .write()
             .unwrap_or_else(|p| p.into_inner()) = t;
+    }
+
+    /// Cap the rate of all transfers of this manager together at
+    /// `bytes_per_sec` (`None`: no cap), from the next transfer started on.
+    /// Every part, range and chunk of every transfer draws from one token
+    /// bucket; a transfer's own cap ([`TransferRequest::with_bandwidth_limit`])
+    /// applies on top.
+    pub fn set_bandwidth_limit(&self, bytes_per_sec: Option<u64>) {
+        *self
+            .inner
+            .bandwidth
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) =
+            bytes_per_sec.map(|r| Arc::new(crate::Bandwidth::new(r)));
+    }
+
+    /// The manager-wide cap, bytes per second.
+    pub fn bandwidth_limit(&self) -> Option<u64> {
+        self.inner
+            .bandwidth
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|b| b.bytes_per_sec())
     }
 
     /// Follow every transfer of this manager (may be called from a listener).
@@ -990,7 +1093,10 @@ impl ManagerInner {
     fn start(this: &Arc<Self>, t: &Transfer) {
         let dispatch = {
             let mut st = lock(&this.state);
-            if t.info().status != TransferStatus::Idle {
+            if !matches!(
+                t.info().status,
+                TransferStatus::Idle | TransferStatus::Paused
+            ) {
                 return; // already started, or over: start is idempotent
             }
             if st.shut_down {
@@ -1008,6 +1114,7 @@ impl ManagerInner {
                     let (done, _) = watch::channel(false);
                     let job = Arc::new(Job {
                         identity: t.inner.identity.clone(),
+                        pause: Arc::new(AtomicBool::new(false)),
                         request: t.inner.request.clone(),
                         cancel: CancellationToken::new(),
                         m: Mutex::new(JobState {
@@ -1065,18 +1172,73 @@ impl ManagerInner {
                 {
                     let mut guard = lock(&me.state);
                     let st = &mut *guard;
-                    st.running -= 1;
                     for map in [&mut st.jobs, &mut st.cleaning] {
-                        if map.get(&next.identity).is_some_and(|j| Arc::ptr_eq(j, &next)) {
+                        if map
+                            .get(&next.identity)
+                            .is_some_and(|j| Arc::ptr_eq(j, &next))
+                        {
                             map.remove(&next.identity);
                         }
                     }
                 }
                 next.done.send_replace(true);
-                me.ended.notify_waiters();
-                Self::pump(&me);
+                Self::task_ended(&me);
             });
         }
+    }
+
+    /// A running task ended: free its slot, wake `settled`, start the next.
+    fn task_ended(this: &Arc<Self>) {
+        lock(&this.state).running -= 1;
+        this.ended.notify_waiters();
+        Self::pump(this);
+    }
+
+    /// A paused transfer was stopped: throw away what its pause kept, in a
+    /// task that holds a slot and that `settled` waits for.
+    fn discard(this: &Arc<Self>, t: &Transfer) {
+        let req = t.inner.request.clone();
+        // The URL the pause was at (content dedupe may have changed it).
+        let url = t.info().url;
+        let after = {
+            let mut st = lock(&this.state);
+            if st.jobs.contains_key(&t.inner.identity) {
+                // Another caller's transfer of the same file runs: it owns
+                // what the pause kept now.
+                return;
+            }
+            st.running += 1;
+            st.cleaning.get(&t.inner.identity).cloned()
+        };
+        let me = this.clone();
+        this.runtime.spawn(async move {
+            if let Some(prev) = after {
+                let mut done = prev.done.subscribe();
+                let _ = done.wait_for(|d| *d).await;
+            }
+            let r = match req.direction {
+                Direction::Download => crate::ext::discard_partial(&req.path).await,
+                Direction::Upload => match (&req.body, me.registry.resolve(&url)) {
+                    (Body::File, Ok((handler, key))) => {
+                        let ctx = TransferCtx::none().for_discard();
+                        match handler
+                            .upload(&key, UploadSource::Path(req.path.clone()), &req.options, &ctx)
+                            .await
+                        {
+                            Err(e) if e.kind() == ErrorKind::Cancelled => Ok(()),
+                            Err(e) => Err(e),
+                            Ok(_) => Ok(()),
+                        }
+                    }
+                    (_, Err(e)) => Err(e),
+                    _ => Ok(()),
+                },
+            };
+            if let Err(e) = r {
+                tracing::warn!(url = %url, error = %e.chain(), "could not throw away what a paused transfer kept");
+            }
+            Self::task_ended(&me);
+        });
     }
 }
 
@@ -1095,7 +1257,20 @@ async fn run(m: &Arc<ManagerInner>, job: &Arc<Job>) {
         job: job.clone(),
         waiting: AtomicUsize::new(0),
     });
-    let ctx = TransferCtx::new(progress, token.clone()).with_retry_policy(policy);
+    let mut ctx = TransferCtx::new(progress, token.clone())
+        .with_retry_policy(policy)
+        .with_pause_flag(job.pause.clone());
+    if let Some(limit) = m
+        .bandwidth
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+    {
+        ctx = ctx.with_bandwidth(limit);
+    }
+    if let Some(rate) = job.request.bandwidth {
+        ctx = ctx.with_bandwidth(Arc::new(crate::Bandwidth::new(rate)));
+    }
     // Runs to its end even when every caller stopped: a stopped handler
     // aborts its multipart upload and removes its temp files before it
     // returns, and nothing may cut that short.
@@ -1119,15 +1294,20 @@ async fn run(m: &Arc<ManagerInner>, job: &Arc<Job>) {
         }
         Ok(Outcome::Uploaded(out)) => {
             for h in job.close() {
-                h.finish(TransferStatus::Completed, None, Some(out.object.clone()), |i| {
-                    i.deduplicated = out.deduplicated;
-                    i.checksum.clone_from(&out.checksum);
-                    i.share_url.clone_from(&out.share_url);
-                    i.share_expires_at = out.share_expires_at;
-                    i.thumbnail_url.clone_from(&out.thumbnail_url);
-                    i.thumbnail_share_url.clone_from(&out.thumbnail_share_url);
-                    i.thumbnail_error.clone_from(&out.thumbnail_error);
-                });
+                h.finish(
+                    TransferStatus::Completed,
+                    None,
+                    Some(out.object.clone()),
+                    |i| {
+                        i.deduplicated = out.deduplicated;
+                        i.checksum.clone_from(&out.checksum);
+                        i.share_url.clone_from(&out.share_url);
+                        i.share_expires_at = out.share_expires_at;
+                        i.thumbnail_url.clone_from(&out.thumbnail_url);
+                        i.thumbnail_share_url.clone_from(&out.thumbnail_share_url);
+                        i.thumbnail_error.clone_from(&out.thumbnail_error);
+                    },
+                );
             }
         }
         Err(e) => {
@@ -1167,7 +1347,11 @@ async fn perform(m: &Arc<ManagerInner>, job: &Arc<Job>, ctx: &TransferCtx) -> Re
                     let handles = job.close();
                     if let Some(m) = state.upgrade() {
                         let mut st = lock(&m.state);
-                        if st.jobs.get(&job.identity).is_some_and(|j| Arc::ptr_eq(j, &job)) {
+                        if st
+                            .jobs
+                            .get(&job.identity)
+                            .is_some_and(|j| Arc::ptr_eq(j, &job))
+                        {
                             st.jobs.remove(&job.identity);
                         }
                     }

@@ -188,6 +188,20 @@ impl UploadJob<'_> {
                 format!("{:?}", self.content_type),
             ));
         }
+        if ctx.is_discarding() {
+            // A paused upload that is stopped: cancel the session it kept.
+            if let (UploadSource::Path(path), Some(dir)) = (&source, self.state_dir) {
+                let file = JournalFile::for_upload(dir, &self.target, path);
+                if let Some(old) = file.load().await
+                    && !old.upload_id.is_empty()
+                {
+                    let session = self.gcs.client.get_resumable_upload(old.upload_id);
+                    self.cancel_session(session).await;
+                }
+                file.remove().await;
+            }
+            return Err(Error::cancelled(&self.target));
+        }
         ctx.check(&self.target)?;
         let r = match source {
             UploadSource::Path(path) => {
@@ -310,6 +324,7 @@ impl UploadJob<'_> {
             Replay::Bytes(b) => Some(crc32c(b)),
             Replay::Path(_) => None,
         };
+        ctx.throttle(&self.target, size).await?;
         let obj = ctx
             .retry(&self.target, |_| async {
                 let crc = RunningCrc::default();
@@ -635,6 +650,10 @@ impl UploadJob<'_> {
                 ctx,
             )
             .await;
+        // Paused: the journal and the session stay for resume().
+        if r.is_err() && ctx.is_paused() {
+            return r.map(|(obj, _)| obj);
+        }
         // Completed, failed or stopped: nothing to resume.
         journal.file.remove().await;
         match r {
@@ -736,6 +755,7 @@ impl UploadJob<'_> {
             let data = buf.split_to(n).freeze();
             // The whole object's CRC32C, sent with the last chunk.
             let total = last.then(|| crc32c_append(crc, &data));
+            ctx.throttle(&self.target, n as u64).await?;
             let what = format!("{} chunk at byte {offset}", self.target);
             let status = ctx
                 .retry(&what, |attempt| {

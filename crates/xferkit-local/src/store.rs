@@ -394,6 +394,8 @@ impl LocalStore {
             // A stop drops a running flush (it ends on its own; the temp
             // file goes with the caller's handle).
             ctx.check(url)?;
+            let step = before.len().saturating_sub(copied).min(COPY_STEP);
+            ctx.throttle(url, step).await?;
             let (n, i, o) = tokio::task::spawn_blocking(move || {
                 let n = std::io::copy(&mut (&input).take(COPY_STEP), &mut out)?;
                 Ok::<_, std::io::Error>((n, input, out))
@@ -520,6 +522,7 @@ impl FileTransferHandler for LocalStore {
                     .await?
                 {
                     let chunk = chunk?;
+                    ctx.throttle(&url, chunk.len() as u64).await?;
                     file.write_all(&chunk)
                         .map_err(|e| Error::from_io(&url, e))?;
                     crc = crc32c::crc32c_append(crc, &chunk);

@@ -184,6 +184,19 @@ impl<'a> Upload<'a> {
     }
 
     pub async fn run(&self, source: UploadSource, ctx: &TransferCtx) -> Result<RemoteObject> {
+        if ctx.is_discarding() {
+            // A paused upload that is stopped: abort what it kept.
+            if let (UploadSource::Path(path), Some(dir)) = (&source, &self.state_dir) {
+                let file = JournalFile::for_upload(dir, &self.target, path);
+                if let Some(old) = file.load().await
+                    && !old.upload_id.is_empty()
+                {
+                    self.abort(&old.upload_id, ctx.retry_policy()).await;
+                }
+                file.remove().await;
+            }
+            return Err(Error::cancelled(&self.target));
+        }
         ctx.check(&self.target)?;
         let threshold = self.core.multipart_threshold;
         match source {
@@ -294,6 +307,7 @@ impl<'a> Upload<'a> {
     }
 
     async fn put_single(&self, body: Body, size: u64, ctx: &TransferCtx) -> Result<RemoteObject> {
+        ctx.throttle(&self.target, size).await?;
         // Dropping an unfinished PUT leaves nothing behind, so a try may be
         // cancelled (ctx.retry does) and repeated.
         let out = ctx
@@ -393,6 +407,10 @@ impl<'a> Upload<'a> {
         let r = self
             .parts_and_complete(&upload_id, parts, size, journal.as_mut(), ctx)
             .await;
+        // Paused with a journal: the upload and its parts stay for resume().
+        if r.is_err() && ctx.is_paused() && journal.is_some() {
+            return r;
+        }
         if r.is_err() {
             self.abort(&upload_id, ctx.retry_policy()).await;
         }
@@ -848,6 +866,7 @@ async fn upload_part(
     };
     let crc32c = xferkit_core::journal::crc32c(&bytes);
     let len = bytes.len() as u64;
+    ctx.throttle(&target, len).await?;
     // Only this part is sent again on a transient failure.
     let out = ctx
         .retry(&format!("{target} part {number}"), |_| {
