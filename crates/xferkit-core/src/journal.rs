@@ -210,6 +210,8 @@ impl JournalFile {
 
     /// Remove the journal (a missing one is fine).
     pub async fn remove(&self) {
+        // A save cut short (a stop or pause mid-write) leaves its temp file.
+        let _ = tokio::fs::remove_file(self.path.with_extension("json.tmp")).await;
         match tokio::fs::remove_file(&self.path).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
