@@ -31,8 +31,21 @@ pub struct Cli {
     #[arg(long, short, global = true, action = ArgAction::Count)]
     pub verbose: u8,
 
+    /// Cap the rate of all transfers together, bytes per second ("10MiB",
+    /// "500KB/s"; "0" or "off": none). Overrides `limits.bandwidth`.
+    #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate)]
+    pub bwlimit: Option<Rate>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// A `--bwlimit` value: bytes per second, `None` for no cap.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate(pub Option<u64>);
+
+fn parse_rate(text: &str) -> Result<Rate, String> {
+    xferkit::config::parse_rate(text).map(Rate)
 }
 
 #[derive(Debug, Subcommand)]

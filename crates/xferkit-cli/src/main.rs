@@ -59,7 +59,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let kit = xferkit::Xferkit::load(cli.config.as_deref()).await?;
+    let mut kit = xferkit::Xferkit::load(cli.config.as_deref()).await?;
+    if let Some(rate) = cli.bwlimit {
+        kit.set_bandwidth_limit(rate.0);
+    }
     let cx = commands::Ctx {
         kit,
         config: cli.config,

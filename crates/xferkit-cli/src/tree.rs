@@ -17,14 +17,13 @@
 
 use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use xferkit::{
-    CancellationToken, Direction, DynHandler, Error, ErrorKind, TransferManager, TransferRequest,
-    TransferStatus, validate_key,
+    CancellationToken, Direction, DynHandler, Error, ErrorKind, TransferRequest, TransferStatus,
+    validate_key,
 };
 
 use crate::commands::Ctx;
@@ -173,7 +172,9 @@ async fn upload_items(
             Ok(key)
         }) {
             Ok(key) => items.push(Item {
-                request: TransferRequest::upload(&path, store.url_for(&key)),
+                // A tree copy copies files, as `aws s3 cp --recursive` does:
+                // no thumbnails next to them.
+                request: TransferRequest::upload(&path, store.url_for(&key)).without_thumbnail(),
                 label: shown_path,
             }),
             Err(message) => problems.push(Problem {
@@ -392,7 +393,7 @@ async fn run_all(
     items: Vec<Item>,
     concurrency: usize,
 ) -> Result<(usize, bool, Vec<Problem>), Failure> {
-    let manager = TransferManager::with_concurrency(Arc::clone(cx.kit.registry()), concurrency);
+    let manager = cx.kit.new_manager(concurrency);
     let stop = CancellationToken::new();
     let bar = cx.progress.then(|| {
         let bar = ProgressBar::new(items.len() as u64).with_message("copying");

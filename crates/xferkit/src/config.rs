@@ -28,6 +28,7 @@ pub const TOP_KEYS: &[&str] = &[
     "retry",
     "state_dir",
     "download",
+    "limits",
 ];
 
 /// Keys every store accepts, whatever its backend.
@@ -53,6 +54,9 @@ pub struct Settings {
     /// How big downloads are split into ranged GETs (`[download]`).
     #[serde(default)]
     pub download: DownloadSettings,
+    /// Caps on what transfers may take (`[limits]`).
+    #[serde(default)]
+    pub limits: LimitSettings,
     /// Where interrupted uploads keep their journals (resume after a crash);
     /// `None`: [`default_state_dir`].
     #[serde(default)]
@@ -112,6 +116,51 @@ impl DownloadSettings {
             )));
         }
         Ok(())
+    }
+}
+
+/// `[limits]`: caps on what the manager's transfers may take.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LimitSettings {
+    /// Bytes per second for all transfers of the manager together
+    /// (`"10MiB"`, `"500 KB/s"`, or an integer); `None`: no cap.
+    #[serde(deserialize_with = "rate")]
+    pub bandwidth: Option<u64>,
+}
+
+/// Parse a rate: bytes per second as an integer, or a size with a unit and
+/// an optional `/s` (`"10MiB"`, `"10 MiB/s"`, `"500KB/s"`, `"1.5GB"`);
+/// `"0"`, `"off"` or `""`: no cap.
+pub fn parse_rate(text: &str) -> std::result::Result<Option<u64>, String> {
+    let t = text.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t).trim();
+    if t.is_empty() || t == "0" || t.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let bytes = match t.parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => t
+            .parse::<bytesize::ByteSize>()
+            .map_err(|_| {
+                format!("{text:?} is not a rate (bytes per second, e.g. \"10MiB\" or \"500KB/s\")")
+            })?
+            .as_u64(),
+    };
+    Ok((bytes > 0).then_some(bytes))
+}
+
+fn rate<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Text(String),
+    }
+    match <Raw as serde::Deserialize>::deserialize(d)? {
+        Raw::Int(n) => Ok((n > 0).then_some(n)),
+        Raw::Text(t) => parse_rate(&t).map_err(serde::de::Error::custom),
     }
 }
 

@@ -61,22 +61,28 @@ impl Xferkit {
     pub async fn from_figment(figment: &figment::Figment) -> Result<Self> {
         let settings = Settings::from_figment(figment)?;
         let registry = Arc::new(config::build_registry(figment, &settings).await?);
-        let manager = TransferManager::with_concurrency(registry.clone(), settings.concurrency)
-            .with_retry_policy(settings.retry.policy());
-        manager.set_download_options(settings.download.options());
-        #[cfg(feature = "thumbnail")]
-        if settings.thumbnail.enabled {
-            manager.set_thumbnailer(Some(Arc::new(thumbnail::ImageThumbnailer::new(
-                settings.thumbnail.max_side,
-                settings.thumbnail.max_pixels,
-            ))));
-        }
+        let manager = configured_manager(&registry, &settings, settings.concurrency);
         Ok(Xferkit {
             registry,
             manager,
             settings,
             figment: figment.clone(),
         })
+    }
+
+    /// A new manager over the same stores, set up from the same settings
+    /// (retry, downloads, thumbnails, bandwidth) but running at most
+    /// `concurrency` transfers at once (for a command that runs many).
+    pub fn new_manager(&self, concurrency: usize) -> TransferManager {
+        configured_manager(&self.registry, &self.settings, concurrency)
+    }
+
+    /// Cap all transfers of [`manager`](Self::manager), and of managers made
+    /// by [`new_manager`](Self::new_manager) from now on, at
+    /// `bytes_per_sec` (overrides `limits.bandwidth`; `None`: no cap).
+    pub fn set_bandwidth_limit(&mut self, bytes_per_sec: Option<u64>) {
+        self.settings.limits.bandwidth = bytes_per_sec;
+        self.manager.set_bandwidth_limit(bytes_per_sec);
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -98,4 +104,23 @@ impl Xferkit {
     pub async fn local_store(&self, name: &str) -> Result<xferkit_local::LocalStore> {
         config::build_local_store(&self.figment, name).await
     }
+}
+
+fn configured_manager(
+    registry: &Arc<Registry>,
+    settings: &Settings,
+    concurrency: usize,
+) -> TransferManager {
+    let manager = TransferManager::with_concurrency(registry.clone(), concurrency)
+        .with_retry_policy(settings.retry.policy());
+    manager.set_download_options(settings.download.options());
+    manager.set_bandwidth_limit(settings.limits.bandwidth);
+    #[cfg(feature = "thumbnail")]
+    if settings.thumbnail.enabled {
+        manager.set_thumbnailer(Some(Arc::new(thumbnail::ImageThumbnailer::new(
+            settings.thumbnail.max_side,
+            settings.thumbnail.max_pixels,
+        ))));
+    }
+    manager
 }

@@ -231,3 +231,43 @@ fn download_settings_reach_the_manager_and_bad_values_are_named() {
         Ok(())
     });
 }
+
+#[test]
+fn bandwidth_limit_reaches_every_manager_and_bad_rates_are_named() {
+    Jail::expect_with(|jail| {
+        isolate(jail);
+        for (body, want) in [
+            ("[limits]\nbandwidth = \"10MiB\"\n", Some(10 << 20)),
+            ("[limits]\nbandwidth = \"500 KB/s\"\n", Some(500_000)),
+            ("[limits]\nbandwidth = 4096\n", Some(4096)),
+            ("[limits]\nbandwidth = \"off\"\n", None),
+            ("", None),
+        ] {
+            jail.create_file("a.toml", body)?;
+            let fig = figment_for(Some(&jail.directory().join("a.toml"))).unwrap();
+            let mut kit = rt().block_on(xferkit::Xferkit::from_figment(&fig)).unwrap();
+            assert_eq!(kit.manager().bandwidth_limit(), want, "{body}");
+            let many = rt().block_on(async { kit.new_manager(8).bandwidth_limit() });
+            assert_eq!(many, want, "{body}");
+            kit.set_bandwidth_limit(Some(1 << 20));
+            assert_eq!(kit.manager().bandwidth_limit(), Some(1 << 20));
+        }
+        jail.set_env("XFERKIT_LIMITS__BANDWIDTH", "2MiB");
+        jail.create_file("a.toml", "")?;
+        let fig = figment_for(Some(&jail.directory().join("a.toml"))).unwrap();
+        let kit = rt().block_on(xferkit::Xferkit::from_figment(&fig)).unwrap();
+        assert_eq!(kit.manager().bandwidth_limit(), Some(2 << 20));
+        jail.clear_env();
+        isolate(jail);
+        for body in [
+            "[limits]\nbandwidth = \"fast\"\n",
+            "[limits]\nbandwith = \"1MiB\"\n",
+        ] {
+            jail.create_file("b.toml", body)?;
+            let e = load(jail, Some("b.toml")).unwrap_err().to_string();
+            assert!(e.contains("limits") || e.contains("bandwith"), "{e}");
+            assert!(e.contains("b.toml"), "{e}");
+        }
+        Ok(())
+    });
+}
