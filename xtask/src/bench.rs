@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo xtask bench [--backend s3|gcs|azure|all] [--size 1GiB] [--runs 3]
-//!                   [--small-files 2000] [--rss-size 2GiB] [--no-build] [--no-local]
+//!                   [--small-files 2000] [--rss-size 2GiB] [--bw-size 256MiB]
+//!                   [--no-build] [--no-local]
 //! ```
 //!
 //! What it does, in order:
@@ -23,7 +24,8 @@
 //! Jobs: upload and download of one `--size` file, upload of `--small-files` × 16 KiB files (a
 //! directory, recursively), a local copy of the `--size` file (`xfer upload` to a local store vs
 //! `cp`, and `cp` + fsync), and one upload and one download of a `--rss-size` file by `xfer`
-//! for its peak RSS. Peers: raw `curl` (one PUT / GET; S3 signed with `--aws-sigv4`, GCS
+//! for its peak RSS, and `xfer --bwlimit` at three caps (16, 32 and 64 MiB/s) on a `--bw-size`
+//! file, up and down, with the achieved rate against the cap. Peers: raw `curl` (one PUT / GET; S3 signed with `--aws-sigv4`, GCS
 //! unauthenticated, Azure through a SAS URL from `xfer presign`), s5cmd and the AWS CLI (S3),
 //! rclone (all three).
 //!
@@ -54,12 +56,14 @@ const GIB: u64 = 1024 * MIB;
 
 const USAGE: &str = "\
 usage: cargo xtask bench [--backend s3|gcs|azure|all] [--size 1GiB] [--runs 3]
-                         [--small-files 2000] [--rss-size 2GiB] [--no-build] [--no-local]
+                         [--small-files 2000] [--rss-size 2GiB] [--bw-size 256MiB]
+                         [--no-build] [--no-local]
   --backend      which emulator(s) to run the store jobs against (default s3)
   --size         size of the big file for upload / download / local copy (default 1GiB)
   --runs         runs of each job per tool; the table shows medians (default 3)
   --small-files  number of 16 KiB files in the many-files job (default 2000; 0 skips it)
   --rss-size     size of the file xfer uploads and downloads once for peak RSS (default 2GiB; 0 skips)
+  --bw-size      size of the file moved at each --bwlimit cap, up and down (default 256MiB; 0 skips)
   --no-build     use target/release/xfer as it is
   --no-local     skip the local copy job";
 
@@ -94,6 +98,7 @@ struct Opts {
     runs: usize,
     small_files: usize,
     rss_size: u64,
+    bw_size: u64,
     build: bool,
     local: bool,
 }
@@ -124,6 +129,7 @@ fn parse_opts(args: &[&str]) -> Result<Option<Opts>> {
         runs: 3,
         small_files: 2000,
         rss_size: 2 * GIB,
+        bw_size: 256 * MIB,
         build: true,
         local: true,
     };
@@ -163,6 +169,7 @@ fn parse_opts(args: &[&str]) -> Result<Option<Opts>> {
                 o.small_files = value()?.parse().context("--small-files needs a number")?
             }
             "--rss-size" => o.rss_size = parse_size(value()?)?,
+            "--bw-size" => o.bw_size = parse_size(value()?)?,
             "--no-build" => o.build = false,
             "--no-local" => o.local = false,
             "-h" | "--help" | "help" => {
@@ -207,6 +214,10 @@ pub(crate) fn run(ws: &Workspace, args: &[&str]) -> Result<ExitCode> {
     if let Some(p) = &rss {
         random_file(p, opts.rss_size)?;
     }
+    let bw = (opts.bw_size > 0).then(|| data.join(format!("bw-{}.bin", opts.bw_size)));
+    if let Some(p) = &bw {
+        random_file(p, opts.bw_size)?;
+    }
     let small = data.join(format!("small-{}", opts.small_files));
     if opts.small_files > 0 {
         small_files(&small, opts.small_files)?;
@@ -230,7 +241,13 @@ pub(crate) fn run(ws: &Workspace, args: &[&str]) -> Result<ExitCode> {
     };
     for &backend in &opts.backends {
         header(format!("backend {}", backend.name()));
-        let table = b.backend(backend, &inst, &big, &small, &opts, rss.as_deref())?;
+        let files = Files {
+            big: &big,
+            small: &small,
+            rss: rss.as_deref(),
+            bw: bw.as_deref(),
+        };
+        let table = b.backend(backend, &inst, &files, &opts)?;
         println!("\n{table}");
         let _ = writeln!(report, "### {}\n\n{table}", backend.name());
     }
@@ -608,6 +625,15 @@ struct JobResult {
     cells: Vec<Cell>,
 }
 
+/// The test files of one bench run.
+#[derive(Clone, Copy)]
+struct Files<'a> {
+    big: &'a Path,
+    small: &'a Path,
+    rss: Option<&'a Path>,
+    bw: Option<&'a Path>,
+}
+
 struct Bench {
     dir: PathBuf,
     xfer: PathBuf,
@@ -688,11 +714,10 @@ impl Bench {
         &self,
         backend: Backend,
         inst: &Installed,
-        big: &Path,
-        small: &Path,
+        files: &Files<'_>,
         opts: &Opts,
-        rss: Option<&Path>,
     ) -> Result<String> {
+        let Files { big, small, rss, bw } = *files;
         let state = self.dir.join("emulators").join(backend.name());
         if state.exists() {
             fs::remove_dir_all(&state)?;
@@ -1005,8 +1030,96 @@ impl Bench {
             rss_rows.push((format!("xfer upload {}", human(size)), up));
             rss_rows.push((format!("xfer download {}", human(size)), down));
         }
+        let caps = match bw {
+            Some(file) => self.bandwidth(&config, file, &url, &rm, &out)?,
+            None => String::new(),
+        };
         drop(emu);
-        Ok(table(&results, &rss_rows))
+        Ok(table(&results, &rss_rows) + &caps)
+    }
+
+    /// `xfer --bwlimit` at three caps, up and down: the achieved rate (file
+    /// size over wall time, process start included) against each cap.
+    fn bandwidth(
+        &self,
+        config: &Path,
+        file: &Path,
+        url: &dyn Fn(&str) -> String,
+        rm: &dyn Fn(String) -> Result<()>,
+        out: &Path,
+    ) -> Result<String> {
+        const CAPS: [(&str, u64); 3] = [("16MiB", 16), ("32MiB", 32), ("64MiB", 64)];
+        let size = fs::metadata(file)?.len();
+        let seed = "bw-seed.bin";
+        plain(
+            &self.xfer(config).args(["upload", "--key", seed]).arg(file),
+            &self.logs().join("bw-seed.log"),
+        )?;
+        let dest = out.join("bw.bin");
+        let up: Vec<Tool<'_>> = CAPS
+            .iter()
+            .map(|&(cap, _)| Tool {
+                name: cap,
+                cmd: Box::new(move |r| {
+                    self.xfer(config)
+                        .args(["--bwlimit", cap, "cp"])
+                        .arg(file)
+                        .arg(url(&format!("bw/{cap}-{r}.bin")))
+                }),
+                after: Box::new(move |r| rm(format!("bw/{cap}-{r}.bin"))),
+            })
+            .collect();
+        let down: Vec<Tool<'_>> = CAPS
+            .iter()
+            .map(|&(cap, _)| {
+                let dest = &dest;
+                Tool {
+                    name: cap,
+                    cmd: Box::new(move |_| {
+                        self.xfer(config)
+                            .args(["--bwlimit", cap, "cp"])
+                            .arg(url(seed))
+                            .arg(dest)
+                    }),
+                    after: Box::new(move |_| {
+                        let _ = fs::remove_file(dest);
+                        Ok(())
+                    }),
+                }
+            })
+            .collect();
+        let rows = [
+            ("upload", self.job("bw", &format!("upload {} capped", human(size)), &up)),
+            ("download", self.job("bw", &format!("download {} capped", human(size)), &down)),
+        ];
+        let _ = rm(seed.to_string());
+        let mut t = format!(
+            "\n`xfer --bwlimit CAP` on {} (median wall time, process start included):\n\n\
+             | job | cap | time | achieved | achieved / cap |\n|---|---:|---:|---:|---:|\n",
+            human(size)
+        );
+        for (job, r) in &rows {
+            for (&(cap, mib), (_, stat, err)) in CAPS.iter().zip(&r.cells) {
+                match stat {
+                    Some((secs, _)) => {
+                        let rate = size as f64 / secs / MIB as f64;
+                        let _ = writeln!(
+                            t,
+                            "| {job} | {cap}/s | {secs:.2} s | {rate:.1} MiB/s | {:.3} |",
+                            rate / mib as f64
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(
+                            t,
+                            "| {job} | {cap}/s | failed: {} | | |",
+                            err.as_deref().unwrap_or("?")
+                        );
+                    }
+                }
+            }
+        }
+        Ok(t)
     }
 
     fn local(&self, big: &Path) -> Result<String> {
