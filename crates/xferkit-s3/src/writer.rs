@@ -188,12 +188,15 @@ impl<'a> Upload<'a> {
             // A paused upload that is stopped: abort what it kept.
             if let (UploadSource::Path(path), Some(dir)) = (&source, &self.state_dir) {
                 let file = JournalFile::for_upload(dir, &self.target, path);
-                if let Some(old) = file.load().await
-                    && !old.upload_id.is_empty()
-                {
-                    self.abort(&old.upload_id, ctx.retry_policy()).await;
+                let aborted = match file.load().await {
+                    Some(old) if !old.upload_id.is_empty() => {
+                        self.abort(&old.upload_id, ctx.retry_policy()).await
+                    }
+                    _ => true,
+                };
+                if aborted {
+                    file.remove().await;
                 }
-                file.remove().await;
             }
             return Err(Error::cancelled(&self.target));
         }
@@ -411,8 +414,11 @@ impl<'a> Upload<'a> {
         if r.is_err() && ctx.is_paused() && journal.is_some() {
             return r;
         }
-        if r.is_err() {
-            self.abort(&upload_id, ctx.retry_policy()).await;
+        if r.is_err() && !self.abort(&upload_id, ctx.retry_policy()).await {
+            // The upload is still there: its journal stays, so the next run
+            // of the same upload finds it (and resumes or aborts it), and
+            // `xfer gc` lists it.
+            return r;
         }
         // Completed, failed or stopped: nothing to resume.
         if let Some(j) = &journal {
@@ -462,6 +468,9 @@ impl<'a> Upload<'a> {
             Ok(l) => l,
             Err(e) => {
                 tracing::info!(target = %self.target, error = %e.chain(), "the interrupted upload cannot be resumed; starting over");
+                // Gone already, or unreadable (moto's ListParts): abort it
+                // so that it is not left pending either way.
+                self.abort(&old.upload_id, ctx.retry_policy()).await;
                 return Some(Journaled { file, data: fresh });
             }
         };
@@ -570,8 +579,8 @@ impl<'a> Upload<'a> {
 
     /// Abort the multipart upload, retrying transient failures for at most
     /// [`ABORT_BUDGET`]; one that still fails is left to
-    /// `list_pending_uploads` (and `xfer gc`), and logged.
-    async fn abort(&self, upload_id: &str, policy: &RetryPolicy) {
+    /// `list_pending_uploads` (and `xfer gc`), and logged. Whether it is gone.
+    async fn abort(&self, upload_id: &str, policy: &RetryPolicy) -> bool {
         let policy = policy
             .clone()
             .with_max_elapsed(ABORT_BUDGET.min(policy.max_elapsed))
@@ -590,9 +599,15 @@ impl<'a> Upload<'a> {
             })
             .await;
         match r {
-            Ok(_) => tracing::debug!(target = %self.target, upload_id, "multipart upload aborted"),
+            Ok(_) => {
+                tracing::debug!(target = %self.target, upload_id, "multipart upload aborted");
+                true
+            }
+            // Already gone (completed or aborted meanwhile).
+            Err(e) if e.kind() == xferkit_core::ErrorKind::NotFound => true,
             Err(e) => {
-                tracing::warn!(target = %self.target, upload_id, error = %e.chain(), "could not abort multipart upload")
+                tracing::warn!(target = %self.target, upload_id, error = %e.chain(), "could not abort multipart upload; `xfer gc` lists it, and the next run of this upload resumes or aborts it");
+                false
             }
         }
     }

@@ -669,3 +669,66 @@ fn count_part_puts(proxy: &FaultProxy) -> usize {
         .filter(|r| r.method == "PUT" && r.target.contains("partNumber="))
         .count()
 }
+
+/// An abort that fails (the proxy refuses every DELETE) leaves the upload
+/// recorded where the next run finds it: the journal stays, ListMultipartUploads
+/// shows it, and running the same upload again completes it and leaves
+/// nothing pending and no journal (moto).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_that_fails_is_found_and_finished_by_the_next_run() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use xferkit_core::{Registry, TransferManager, TransferRequest};
+
+    let Some(emu) = moto() else { return };
+    let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+    let pfx = unique_prefix("faults", "abort-fails");
+    let state = tempfile::tempdir().unwrap();
+    let via = store(&emu, &proxy.url(), &pfx)
+        .await
+        .with_state_dir(Some(state.path().to_path_buf()));
+    let direct = store(&emu, &emu.endpoint, &pfx).await;
+    proxy.set_rules(vec![Rule::new(Fault::Status(403)).method("DELETE")]);
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(30 * MIB, 14);
+    let src = write_file(dir.path(), "src.bin", &body);
+    let url = via.url_for("kept.bin");
+    let mut reg = Registry::new();
+    reg.register(Arc::new(via));
+    let m = TransferManager::new(Arc::new(reg));
+    let t = m.start(TransferRequest::upload(&src, &url)).unwrap();
+    let mut rx = t.subscribe();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while rx.borrow_and_update().transferred == 0 {
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("no part acknowledged within 60 s");
+    t.stop();
+    assert!(m.settled(Duration::from_secs(30)).await);
+    assert!(proxy.stats().statuses >= 1, "the abort was not refused");
+    assert_eq!(direct.list_pending_uploads("").await.unwrap().len(), 1);
+    journaled_parts(state.path());
+
+    proxy.clear();
+    let fin = m
+        .start(TransferRequest::upload(&src, &url))
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(fin.transferred, body.len() as u64);
+    let back = dir.path().join("back.bin");
+    direct
+        .download_to_path("kept.bin", &back, None, &TransferCtx::none())
+        .await
+        .unwrap();
+    assert!(std::fs::read(&back).unwrap() == body, "not byte-identical");
+    let pending = direct.list_pending_uploads("").await.unwrap();
+    assert!(pending.is_empty(), "left pending: {pending:?}");
+    let left: Vec<_> = std::fs::read_dir(state.path().join("uploads"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "journal files left: {left:?}");
+}
