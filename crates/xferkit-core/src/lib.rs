@@ -12,6 +12,7 @@ mod retry;
 mod secret;
 pub mod share;
 pub mod signed;
+pub mod status;
 mod types;
 pub mod url;
 
