@@ -14,7 +14,7 @@
 //!   timeouts;
 //! - answer **HTTP 500/503** without forwarding (the body is S3's
 //!   `SlowDown`/`InternalError` XML, with `x-ms-error-code: ServerBusy` for
-//!   Azure), so nothing reaches the store;
+//!   Azure; optionally with `Retry-After`), so nothing reaches the store;
 //! - **corrupt** one byte of a request or response body in transit (framing
 //!   and headers untouched): what a checksum has to catch.
 //!
@@ -68,6 +68,8 @@ pub enum Fault {
     /// with an S3 error body: `InternalError`, `SlowDown`, `AccessDenied`)
     /// without forwarding anything.
     Status(u16),
+    /// Like [`Fault::Status`], with `Retry-After: N` (seconds) in the answer.
+    StatusRetryAfter(u16, u64),
     /// Forward the request with the byte at this offset of its body
     /// (payload bytes only, not chunk framing) flipped. Counted in
     /// [`FaultStats::corruptions`] only when the body is that long.
@@ -638,7 +640,7 @@ fn reset(s: TcpStream) {
     drop(s);
 }
 
-fn error_response(status: u16, head_request: bool) -> Vec<u8> {
+fn error_response(status: u16, retry_after: Option<u64>, head_request: bool) -> Vec<u8> {
     let (reason, code) = match status {
         503 => ("Slow Down", "SlowDown"),
         500 => ("Internal Server Error", "InternalError"),
@@ -651,9 +653,12 @@ fn error_response(status: u16, head_request: bool) -> Vec<u8> {
          <RequestId>xferkit-fault</RequestId></Error>"
     );
     let len = if head_request { 0 } else { body.len() };
+    let retry_after = retry_after
+        .map(|s| format!("Retry-After: {s}\r\n"))
+        .unwrap_or_default();
     let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\n\
-         x-ms-error-code: ServerBusy\r\nContent-Length: {len}\r\n\r\n"
+         x-ms-error-code: ServerBusy\r\n{retry_after}Content-Length: {len}\r\n\r\n"
     );
     if !head_request {
         out.push_str(&body);
@@ -688,13 +693,17 @@ async fn serve(client: TcpStream, shared: &Shared) -> io::Result<()> {
             req.expect_continue = false;
         }
         match fault {
-            Some(Fault::Status(code)) => {
+            Some(f @ (Fault::Status(code) | Fault::StatusRetryAfter(code, _))) => {
+                let retry_after = match f {
+                    Fault::StatusRetryAfter(_, s) => Some(s),
+                    _ => None,
+                };
                 shared.counters.statuses.fetch_add(1, Ordering::SeqCst);
                 let mut sink = Pipe::new(None, None, None);
                 body(&mut client, &req, false, &mut sink).await?;
                 client
                     .get_mut()
-                    .write_all(&error_response(code, is_head))
+                    .write_all(&error_response(code, retry_after, is_head))
                     .await?;
                 if req.connection_close {
                     return Ok(());
@@ -961,6 +970,19 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(r.status().as_u16(), 200);
+        // The same answer, telling the client when to come back.
+        p.set_rules(vec![Rule::new(Fault::StatusRetryAfter(503, 3)).times(1)]);
+        let r = c
+            .get(format!("{}/k", p.url()))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status().as_u16(), 503);
+        let ra = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.as_bytes().to_vec());
+        assert_eq!(ra.as_deref(), Some(&b"3"[..]));
     }
 
     #[tokio::test]
