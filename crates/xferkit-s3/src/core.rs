@@ -10,7 +10,8 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::DateTime;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-use xferkit_core::{Error, RemoteObject, Result, key, url};
+use xferkit_core::status::{self, Answer};
+use xferkit_core::{Error, ErrorKind, RemoteObject, Result, key, url};
 
 use crate::S3Config;
 
@@ -272,87 +273,10 @@ fn decode_word(w: &str) -> Option<Vec<u8>> {
     }
 }
 
-/// What an S3 failure means, from its HTTP status and error code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Class {
-    NotFound,
-    Precondition,
-    /// 409 `ConditionalRequestConflict`: a concurrent conditional write won.
-    Conflict,
-    PermissionDenied,
-    InvalidRange,
-    /// Worth retrying: throttling, 5xx, timeouts.
-    Transient,
-    Other,
-}
-
-/// Classify by error code first (more specific), then by HTTP status.
-/// `HeadObject` errors carry no code (the response has no body), so the
-/// status alone has to do.
-pub(crate) fn classify(status: Option<u16>, code: Option<&str>) -> Class {
-    if let Some(code) = code {
-        match code {
-            "NoSuchKey" | "NoSuchBucket" | "NoSuchUpload" | "NotFound" | "NoSuchVersion" => {
-                return Class::NotFound;
-            }
-            "PreconditionFailed" | "ConditionNotMet" | "NotModified" => {
-                return Class::Precondition;
-            }
-            "ConditionalRequestConflict" => return Class::Conflict,
-            "AccessDenied"
-            | "AllAccessDisabled"
-            | "InvalidAccessKeyId"
-            | "SignatureDoesNotMatch"
-            | "ExpiredToken"
-            | "InvalidToken"
-            | "TokenRefreshRequired"
-            | "AccountProblem"
-            | "InvalidSecurity"
-            | "Forbidden"
-            | "Unauthorized" => {
-                return Class::PermissionDenied;
-            }
-            "InvalidRange" => return Class::InvalidRange,
-            "SlowDown"
-            | "Throttling"
-            | "ThrottlingException"
-            | "ThrottledException"
-            | "RequestThrottled"
-            | "RequestThrottledException"
-            | "TooManyRequestsException"
-            | "ProvisionedThroughputExceededException"
-            | "RequestLimitExceeded"
-            | "BandwidthLimitExceeded"
-            | "RequestTimeout"
-            | "RequestTimeoutException"
-            | "InternalError"
-            | "ServiceUnavailable"
-            | "OperationAborted"
-            | "TransactionConflict"
-            | "EC2ThrottledException"
-            | "PriorRequestNotComplete" => {
-                return Class::Transient;
-            }
-            _ => {}
-        }
-    }
-    match status {
-        Some(404) => Class::NotFound,
-        Some(304 | 412) => Class::Precondition,
-        Some(401 | 403) => Class::PermissionDenied,
-        Some(416) => Class::InvalidRange,
-        Some(408 | 429 | 500 | 502 | 503 | 504) => Class::Transient,
-        _ => Class::Other,
-    }
-}
-
-/// How a failed request is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
-    Plain,
-    /// A create-only write: a failed precondition means the key exists.
-    CreateOnly,
-}
+/// How a failed request is read: [`Mode::CreateOnly`] for a create-only
+/// write (`If-None-Match: *`), whose failed precondition or lost
+/// `ConditionalRequestConflict` race means the key exists.
+pub(crate) use xferkit_core::status::Mode;
 
 /// Detail of one failed S3 request, kept as the error's source. Built from
 /// the response (status, code, message, request id): it never holds the
@@ -388,7 +312,11 @@ impl fmt::Display for S3Failure {
 impl std::error::Error for S3Failure {}
 
 /// Map an SDK failure of operation `op` on `target` (a canonical URL) to an
-/// xferkit error.
+/// xferkit error: an answer from S3 goes through the one status table
+/// ([`xferkit_core::status`], by error code first, then by status, with
+/// `Retry-After`); failures without an answer stay here. `HeadObject`
+/// errors carry no code (the response has no body), so the status alone
+/// has to do.
 pub(crate) fn map_sdk<E, R>(
     op: &'static str,
     target: &str,
@@ -400,18 +328,10 @@ where
     R: HttpStatus + fmt::Debug,
 {
     let status = err.raw_response().map(HttpStatus::status_u16);
-    let class = match &err {
-        SdkError::ServiceError(_) => classify(status, err.code()),
-        SdkError::ResponseError(_) => match classify(status, None) {
-            // A response that could not be read (cut off, garbled): retry.
-            Class::Other => Class::Transient,
-            c => c,
-        },
-        SdkError::TimeoutError(_) => Class::Transient,
-        SdkError::DispatchFailure(d) if d.is_user() => Class::Other,
-        SdkError::DispatchFailure(_) => Class::Transient,
-        _ => Class::Other,
-    };
+    let retry_after = err
+        .raw_response()
+        .and_then(|r| r.header("retry-after"))
+        .and_then(status::parse_retry_after);
     let failure = S3Failure {
         op,
         status,
@@ -425,40 +345,33 @@ where
             .and_then(|e| e.meta().extra("aws_request_id"))
             .map(str::to_string),
     };
-    to_error(class, target, mode, failure)
+    let answer = Answer::new(status)
+        .mode(mode)
+        .retry_after(retry_after)
+        .operation(op);
+    match &err {
+        SdkError::ServiceError(_) => answer.code(err.code()).error(target, failure),
+        // A response that could not be read (cut off, garbled): retry,
+        // unless its status alone says more.
+        SdkError::ResponseError(_) if answer.kind() == ErrorKind::Backend => Error::Transient {
+            target: target.to_string(),
+            retry_after,
+            source: Some(Box::new(failure)),
+        },
+        SdkError::ResponseError(_) => answer.error(target, failure),
+        SdkError::TimeoutError(_) => Error::transient(target, failure),
+        SdkError::DispatchFailure(d) if d.is_user() => backend(target, failure),
+        SdkError::DispatchFailure(_) => Error::transient(target, failure),
+        _ => backend(target, failure),
+    }
 }
 
-/// The xferkit error for a classified failure.
-pub(crate) fn to_error(class: Class, target: &str, mode: Mode, failure: S3Failure) -> Error {
-    let target = target.to_string();
-    let source = Some(Box::new(failure) as xferkit_core::BoxError);
-    match (class, mode) {
-        (Class::Precondition | Class::Conflict, Mode::CreateOnly) => {
-            Error::AlreadyExists { target, source }
-        }
-        (Class::NotFound, _) => Error::NotFound { target, source },
-        (Class::Precondition, _) => Error::PreconditionFailed { target, source },
-        (Class::PermissionDenied, _) => Error::PermissionDenied { target, source },
-        (Class::InvalidRange, _) => Error::InvalidRange {
-            target,
-            range: "requested range".into(),
-        },
-        (Class::Transient | Class::Conflict, _) => Error::Transient {
-            target,
-            retry_after: None,
-            source,
-        },
-        (Class::Other, _) => {
-            let message = source
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "S3 request failed".into());
-            Error::Backend {
-                target,
-                message,
-                source,
-            }
-        }
+/// A final failure that is not an answer from S3.
+fn backend(target: &str, failure: S3Failure) -> Error {
+    Error::Backend {
+        target: target.to_string(),
+        message: failure.to_string(),
+        source: Some(Box::new(failure)),
     }
 }
 
@@ -470,14 +383,19 @@ pub(crate) fn body_error(
     Error::transient(target, err)
 }
 
-/// The HTTP status of a raw response (abstracted so tests can build errors).
+/// The HTTP status and headers of a raw response (abstracted so tests can
+/// build errors).
 pub(crate) trait HttpStatus {
     fn status_u16(&self) -> u16;
+    fn header(&self, name: &str) -> Option<&str>;
 }
 
 impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
     fn status_u16(&self) -> u16 {
         self.status().as_u16()
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers().get(name)
     }
 }
 
@@ -497,17 +415,33 @@ mod tests {
         assert_eq!(full_object_crc32c(Some("AAAAAAA=")), None, "5 bytes");
         assert_eq!(full_object_crc32c(None), None);
     }
-    use xferkit_core::ErrorKind;
+    use aws_sdk_s3::config::http::HttpResponse;
+    use aws_sdk_s3::error::ErrorMetadata;
+    use aws_sdk_s3::operation::put_object::PutObjectError;
+    use aws_sdk_s3::primitives::SdkBody;
+    use std::time::Duration;
+
+    /// An answer from S3 as the SDK hands it over: status, headers and the
+    /// error code and request id it read from the body.
+    fn service_error(
+        status: Option<u16>,
+        code: Option<&str>,
+        headers: &[(&'static str, &str)],
+    ) -> SdkError<PutObjectError, HttpResponse> {
+        let mut meta = ErrorMetadata::builder().custom("aws_request_id", "REQ1");
+        if let Some(c) = code {
+            meta = meta.code(c);
+        }
+        let mut raw =
+            HttpResponse::new(status.unwrap_or(200).try_into().unwrap(), SdkBody::empty());
+        for (k, v) in headers {
+            raw.headers_mut().insert(*k, v.to_string());
+        }
+        SdkError::service_error(PutObjectError::generic(meta.build()), raw)
+    }
 
     fn kind(status: Option<u16>, code: Option<&str>, mode: Mode) -> Error {
-        let failure = S3Failure {
-            op: "Test",
-            status,
-            code: code.map(str::to_string),
-            detail: String::new(),
-            request_id: None,
-        };
-        to_error(classify(status, code), "s3://b/k", mode, failure)
+        map_sdk("Test", "s3://b/k", mode, service_error(status, code, &[]))
     }
 
     #[test]
@@ -615,14 +549,150 @@ mod tests {
                 false,
             ),
             (Some(409), Some("BucketNotEmpty"), Plain, K::Backend, false),
-            (None, None, Plain, K::Backend, false),
+            (Some(409), None, Plain, K::Backend, false),
+            (Some(410), None, Plain, K::NotFound, false),
+            (
+                Some(501),
+                Some("NotImplemented"),
+                Plain,
+                K::NotSupported,
+                false,
+            ),
+            (Some(501), None, Plain, K::NotSupported, false),
+            (Some(505), None, Plain, K::Backend, false),
         ];
         for &(status, code, mode, want, retryable) in table {
             let e = kind(status, code, mode);
             assert_eq!(e.kind(), want, "{status:?} {code:?} {mode:?}: {e}");
             assert_eq!(e.is_retryable(), retryable, "{status:?} {code:?}");
             assert!(e.to_string().contains("s3://b/k"), "{e}");
+            let chain = e.chain();
+            match want {
+                // These variants carry no source; the rest keep S3's words.
+                K::InvalidRange | K::NotSupported => {}
+                _ => {
+                    assert!(chain.contains("S3 Test failed"), "{chain}");
+                    assert!(chain.contains("(request id REQ1)"), "{chain}");
+                }
+            }
+            if let (Some(s), Some(c)) = (status, code)
+                && want != K::InvalidRange
+            {
+                assert!(chain.contains(&format!("HTTP {s} {c}")), "{chain}");
+            }
         }
+    }
+
+    #[test]
+    fn retry_after_of_slow_down_is_kept() {
+        let e = map_sdk(
+            "UploadPart",
+            "s3://b/k",
+            Mode::Plain,
+            service_error(Some(503), Some("SlowDown"), &[("retry-after", "7")]),
+        );
+        let Error::Transient { retry_after, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(*retry_after, Some(Duration::from_secs(7)));
+        assert!(e.chain().contains("HTTP 503 SlowDown"), "{}", e.chain());
+        // Capped; ignored on a final error and when unreadable.
+        let ra = |status, code, v: &str| match map_sdk(
+            "UploadPart",
+            "s3://b/k",
+            Mode::Plain,
+            service_error(Some(status), code, &[("retry-after", v)]),
+        ) {
+            Error::Transient { retry_after, .. } => retry_after,
+            e => panic!("{e:?}"),
+        };
+        assert_eq!(
+            ra(503, None, "100000"),
+            Some(xferkit_core::status::MAX_RETRY_AFTER)
+        );
+        assert_eq!(ra(500, Some("InternalError"), "soon"), None);
+        let e = map_sdk(
+            "PutObject",
+            "s3://b/k",
+            Mode::Plain,
+            service_error(Some(403), Some("AccessDenied"), &[("retry-after", "7")]),
+        );
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_the_wait_before_the_next_try() {
+        let policy = xferkit_core::RetryPolicy::default()
+            .with_initial_backoff(Duration::from_millis(1))
+            .with_max_backoff(Duration::from_millis(1));
+        let t0 = tokio::time::Instant::now();
+        let times = std::sync::Mutex::new(Vec::new());
+        policy
+            .retry("s3://b/k part 1", |attempt| {
+                times.lock().unwrap().push(t0.elapsed());
+                async move {
+                    match attempt {
+                        1 => Err(map_sdk(
+                            "UploadPart",
+                            "s3://b/k",
+                            Mode::Plain,
+                            service_error(Some(503), Some("SlowDown"), &[("retry-after", "5")]),
+                        )),
+                        _ => Ok(()),
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        let times = times.into_inner().unwrap();
+        assert_eq!(times, vec![Duration::ZERO, Duration::from_secs(5)]);
+    }
+
+    /// Through a real HTTP answer: the fault proxy answers every HEAD with
+    /// 503 `SlowDown` and `Retry-After: 1`; the store's stat waits that
+    /// second between its two tries (its own backoff would be 1 ms).
+    #[tokio::test]
+    async fn a_slow_down_with_retry_after_over_http_waits_as_asked() {
+        use xferkit_conformance::fault::{Fault, FaultProxy, Rule};
+        use xferkit_core::{FileTransferHandler, RetryPolicy};
+
+        // Nothing is forwarded: every request gets the injected answer.
+        let proxy = FaultProxy::start("127.0.0.1:9").await.unwrap();
+        proxy.set_rules(vec![Rule::new(Fault::StatusRetryAfter(503, 1))]);
+        let mut config = crate::S3Config::new("bkt");
+        config.endpoint = Some(proxy.url());
+        config.force_path_style = true;
+        config.access_key_id = Some("AKIAEXAMPLE".into());
+        config.secret_access_key = Some(xferkit_core::Secret::new("s3cr3t-value"));
+        let store = crate::S3Store::new("media", config)
+            .await
+            .unwrap()
+            .with_retry_policy(
+                RetryPolicy::default()
+                    .with_max_attempts(2)
+                    .with_initial_backoff(Duration::from_millis(1))
+                    .with_max_backoff(Duration::from_millis(1)),
+            );
+        let t0 = std::time::Instant::now();
+        let e = store.stat("k").await.unwrap_err();
+        let took = t0.elapsed();
+        assert_eq!(proxy.stats().statuses, 2, "two tries");
+        let Error::RetriesExhausted {
+            attempts: 2,
+            elapsed,
+            source,
+            ..
+        } = &e
+        else {
+            panic!("{e:?}")
+        };
+        assert!(*elapsed >= Duration::from_secs(1), "{elapsed:?}");
+        assert!(took >= Duration::from_secs(1), "{took:?}");
+        let Error::Transient { retry_after, .. } = &**source else {
+            panic!("{source:?}")
+        };
+        assert_eq!(*retry_after, Some(Duration::from_secs(1)));
+        assert!(e.chain().contains("HTTP 503"), "{}", e.chain());
     }
 
     #[test]
@@ -661,7 +731,7 @@ mod tests {
         let e = kind(Some(400), Some("InvalidArgument"), Mode::Plain);
         assert_eq!(
             e.chain(),
-            "s3://b/k: S3 Test failed: HTTP 400 InvalidArgument"
+            "s3://b/k: S3 Test failed: HTTP 400 InvalidArgument (request id REQ1)"
         );
     }
 
