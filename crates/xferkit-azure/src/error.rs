@@ -10,7 +10,9 @@ use std::fmt;
 use std::time::Duration;
 
 use azure_core::error::ErrorKind as AzKind;
+use azure_core::http::headers::HeaderName;
 use xferkit_core::Error;
+use xferkit_core::status::{self, Answer, Mode};
 
 /// A sanitized SDK error: status, service error code and message.
 #[derive(Debug, Clone)]
@@ -98,33 +100,6 @@ impl<'a> Op<'a> {
     }
 }
 
-/// The kind an HTTP status and service error code map to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Class {
-    NotFound,
-    AlreadyExists,
-    Precondition,
-    Permission,
-    Range,
-    Transient,
-    Other,
-}
-
-/// Classify a service response (status + `x-ms-error-code`).
-pub(crate) fn classify(status: u16, code: Option<&str>, create_only: bool) -> Class {
-    match (status, code.unwrap_or("")) {
-        (_, "ServerBusy" | "OperationTimedOut" | "InternalError") => Class::Transient,
-        (408 | 429 | 500 | 502 | 503 | 504, _) => Class::Transient,
-        (404, _) => Class::NotFound,
-        (409, "BlobAlreadyExists") => Class::AlreadyExists,
-        (412, _) | (_, "ConditionNotMet") if create_only => Class::AlreadyExists,
-        (412, _) | (_, "ConditionNotMet") => Class::Precondition,
-        (401 | 403, _) => Class::Permission,
-        (416, _) | (_, "InvalidRange") => Class::Range,
-        _ => Class::Other,
-    }
-}
-
 /// Whether the service refused a body because its transactional checksum
 /// did not match: Azure says `Md5Mismatch` / `Crc64Mismatch`; Azurite says
 /// `InvalidOperation` "Provided contentMD5 doesn't match."
@@ -145,7 +120,23 @@ fn xml_message(body: &[u8]) -> Option<String> {
     (!msg.is_empty()).then(|| msg.chars().take(300).collect())
 }
 
-/// Convert an SDK error about `op`.
+/// The wait an Azure answer asks for: `x-ms-retry-after-ms`,
+/// `retry-after-ms` (milliseconds), else `Retry-After` (seconds or a date),
+/// the order of the Azure SDKs' own retry policy.
+fn retry_after(r: &azure_core::http::RawResponse) -> Option<Duration> {
+    use azure_core::http::headers::{RETRY_AFTER, RETRY_AFTER_MS, X_MS_RETRY_AFTER_MS};
+    let read = |name: HeaderName, parse: fn(&str) -> Option<Duration>| {
+        r.headers().get_optional_str(&name).and_then(parse)
+    };
+    read(X_MS_RETRY_AFTER_MS, status::parse_retry_after_ms)
+        .or_else(|| read(RETRY_AFTER_MS, status::parse_retry_after_ms))
+        .or_else(|| read(RETRY_AFTER, status::parse_retry_after))
+}
+
+/// Convert an SDK error about `op`. An answer from the service goes
+/// through the one status table ([`xferkit_core::status`]); a refused
+/// transactional checksum is read as `Md5Mismatch` there (Azurite says
+/// `InvalidOperation` "Provided contentMD5 doesn't match.").
 pub(crate) fn map(op: Op<'_>, what: &str, err: azure_core::Error) -> Error {
     let target = op.target.to_string();
     match err.kind() {
@@ -156,12 +147,11 @@ pub(crate) fn map(op: Op<'_>, what: &str, err: azure_core::Error) -> Error {
         } => {
             let status_u16 = u16::from(*status);
             let code = error_code.as_deref();
-            let message = raw_response.as_deref().and_then(|r| xml_message(r.body()));
-            let retry_after = raw_response.as_deref().and_then(|r| {
+            let raw = raw_response.as_deref();
+            let message = raw.and_then(|r| xml_message(r.body()));
+            let request_id = raw.and_then(|r| {
                 r.headers()
-                    .get_optional_str(&azure_core::http::headers::RETRY_AFTER)
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs)
+                    .get_optional_str(&HeaderName::from_static("x-ms-request-id"))
             });
             let mut text = format!("{what}: HTTP {status_u16}");
             if let Some(c) = code {
@@ -170,15 +160,26 @@ pub(crate) fn map(op: Op<'_>, what: &str, err: azure_core::Error) -> Error {
             if let Some(m) = &message {
                 text.push_str(&format!(": {m}"));
             }
-            let source = AzureError::new(text);
-            let class = if checksum_refused(code, message.as_deref()) {
-                // The body was corrupted on the way: sending it again is
-                // the cure, like for a reset connection.
-                Class::Transient
+            if let Some(id) = request_id {
+                text.push_str(&format!(" (request id {id})"));
+            }
+            let table_code = if checksum_refused(code, message.as_deref()) {
+                Some("Md5Mismatch")
             } else {
-                classify(status_u16, code, op.create_only)
+                code
             };
-            from_class(class, op, target, retry_after, source)
+            let mode = if op.create_only {
+                Mode::CreateOnly
+            } else {
+                Mode::Plain
+            };
+            Answer::new(Some(status_u16))
+                .code(table_code)
+                .mode(mode)
+                .retry_after(raw.and_then(retry_after))
+                .operation(what)
+                .range(op.range.unwrap_or("(range)"))
+                .error(target, AzureError::new(text))
         }
         AzKind::Connection | AzKind::Io => Error::Transient {
             target,
@@ -206,48 +207,6 @@ pub(crate) fn map(op: Op<'_>, what: &str, err: azure_core::Error) -> Error {
     }
 }
 
-fn from_class(
-    class: Class,
-    op: Op<'_>,
-    target: String,
-    retry_after: Option<Duration>,
-    source: AzureError,
-) -> Error {
-    let source_box = || Some(Box::new(source.clone()) as xferkit_core::BoxError);
-    match class {
-        Class::NotFound => Error::NotFound {
-            target,
-            source: source_box(),
-        },
-        Class::AlreadyExists => Error::AlreadyExists {
-            target,
-            source: source_box(),
-        },
-        Class::Precondition => Error::PreconditionFailed {
-            target,
-            source: source_box(),
-        },
-        Class::Permission => Error::PermissionDenied {
-            target,
-            source: source_box(),
-        },
-        Class::Range => Error::InvalidRange {
-            target,
-            range: op.range.unwrap_or("(range)").to_string(),
-        },
-        Class::Transient => Error::Transient {
-            target,
-            retry_after,
-            source: source_box(),
-        },
-        Class::Other => Error::Backend {
-            target,
-            message: source.to_string(),
-            source: source_box(),
-        },
-    }
-}
-
 /// Every message in the error's chain, `: `-joined, redacted.
 fn flatten(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
@@ -271,9 +230,21 @@ mod tests {
     use xferkit_core::ErrorKind;
 
     fn http_err(status: u16, code: Option<&str>, body: &str) -> azure_core::Error {
+        http_err_with(status, code, body, &[])
+    }
+
+    fn http_err_with(
+        status: u16,
+        code: Option<&str>,
+        body: &str,
+        extra: &[(&'static str, &str)],
+    ) -> azure_core::Error {
         let mut headers = Headers::new();
         if let Some(c) = code {
             headers.insert("x-ms-error-code", c.to_string());
+        }
+        for (k, v) in extra {
+            headers.insert(*k, v.to_string());
         }
         let raw =
             RawResponse::from_bytes(StatusCode::from(status), headers, body.as_bytes().to_vec());
@@ -320,6 +291,90 @@ mod tests {
         assert_eq!(kind(500, Some("OperationTimedOut"), false), K::Transient);
         assert_eq!(kind(400, Some("InvalidHeaderValue"), false), K::Backend);
         assert_eq!(kind(409, Some("LeaseIdMissing"), false), K::Backend);
+        // The shared table's decisions (xferkit_core::status).
+        assert_eq!(kind(409, None, false), K::Backend);
+        assert_eq!(kind(410, None, false), K::NotFound);
+        assert_eq!(kind(501, None, false), K::NotSupported);
+        assert_eq!(kind(505, None, false), K::Backend);
+        assert_eq!(kind(500, Some("InternalError"), false), K::Transient);
+        assert_eq!(kind(404, Some("BlobNotFound"), true), K::NotFound);
+        assert_eq!(kind(503, Some("ServerBusy"), true), K::Transient);
+    }
+
+    fn wait(e: &Error) -> Option<Duration> {
+        match e {
+            Error::Transient { retry_after, .. } => *retry_after,
+            e => panic!("not transient: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_after_reaches_the_error() {
+        let busy = |extra: &[(&'static str, &str)]| {
+            map(
+                Op::on("az://a/c/k"),
+                "put block",
+                http_err_with(503, Some("ServerBusy"), "", extra),
+            )
+        };
+        assert_eq!(wait(&busy(&[])), None);
+        assert_eq!(
+            wait(&busy(&[("retry-after", "3")])),
+            Some(Duration::from_secs(3))
+        );
+        // The milliseconds headers come first, as in the Azure SDKs.
+        assert_eq!(
+            wait(&busy(&[("retry-after", "3"), ("retry-after-ms", "250")])),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            wait(&busy(&[
+                ("retry-after-ms", "250"),
+                ("x-ms-retry-after-ms", "1500")
+            ])),
+            Some(Duration::from_millis(1500))
+        );
+        let far = wait(&busy(&[("retry-after", "86400")]));
+        assert_eq!(far, Some(xferkit_core::status::MAX_RETRY_AFTER));
+        // An HTTP date: an hour from now is capped too.
+        let date = "Sun, 06 Nov 2999 08:49:37 GMT";
+        assert_eq!(
+            wait(&busy(&[("retry-after", date)])),
+            Some(xferkit_core::status::MAX_RETRY_AFTER)
+        );
+        let e = map(
+            Op::on("az://a/c/k"),
+            "get",
+            http_err_with(429, None, "", &[("retry-after", "2")]),
+        );
+        assert_eq!(wait(&e), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn messages_name_the_request_id_and_unsupported_operations() {
+        let e = map(
+            Op::on("az://a/c/k"),
+            "put blob",
+            http_err_with(
+                500,
+                Some("InternalError"),
+                "",
+                &[("x-ms-request-id", "3f1e-77")],
+            ),
+        );
+        assert_eq!(
+            e.chain(),
+            "transient failure on az://a/c/k: put blob: HTTP 500 InternalError (request id 3f1e-77)"
+        );
+        let e = map(
+            Op::on("az://a/c/k"),
+            "set tier",
+            http_err(501, Some("NotImplemented"), ""),
+        );
+        assert_eq!(
+            e.to_string(),
+            "az://a/c/k: set tier (HTTP 501 NotImplemented) is not supported by this store"
+        );
     }
 
     #[test]
