@@ -15,6 +15,7 @@ use gcloud_storage::sign::SignBy;
 use reqwest_middleware::ClientWithMiddleware;
 use reqwest_middleware::reqwest;
 use token_source::TokenSource;
+use xferkit_core::status::{self, Answer};
 use xferkit_core::{BoxError, Error, RemoteObject, Result};
 
 use crate::config::GcsConfig;
@@ -209,22 +210,34 @@ impl Gcs {
     }
 }
 
-/// `Ok(resp)` for 2xx, else the mapped error (with the service's message).
+/// `Ok(resp)` for 2xx, else the mapped error (with the service's message,
+/// reason and `Retry-After`).
 pub(crate) async fn check(target: &str, resp: reqwest::Response) -> Result<reqwest::Response> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);
     }
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(status::parse_retry_after);
     let body = resp.bytes().await.unwrap_or_default();
-    Err(status_error(
+    let (message, reason) = service_message(&body);
+    Err(service_error(
         target,
-        status.as_u16(),
-        service_message(&body),
+        ServiceError {
+            status: status.as_u16(),
+            message,
+            reason,
+        },
+        retry_after,
     ))
 }
 
-/// The `error.message` of a JSON error body, else a bit of the body text.
-fn service_message(body: &[u8]) -> String {
+/// The `error.message` and first `error.errors[].reason` of a JSON error
+/// body, else a bit of the body text.
+fn service_message(body: &[u8]) -> (String, Option<String>) {
     #[derive(serde::Deserialize)]
     struct Wrapper {
         error: Inner,
@@ -232,64 +245,70 @@ fn service_message(body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Inner {
         message: String,
+        #[serde(default)]
+        errors: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        #[serde(default)]
+        reason: Option<String>,
     }
     if let Ok(w) = serde_json::from_slice::<Wrapper>(body) {
-        return w.error.message;
+        let reason = w.error.errors.into_iter().find_map(|i| i.reason);
+        return (w.error.message, reason);
     }
     let text = String::from_utf8_lossy(body);
-    text.chars().take(200).collect()
+    (text.chars().take(200).collect(), None)
 }
 
-/// A failure reported by the service: its HTTP status and message.
+/// A failure reported by the service: its HTTP status, reason and message.
 #[derive(Debug)]
 pub(crate) struct ServiceError {
     pub status: u16,
     pub message: String,
+    /// GCS's `errors[].reason` (`rateLimitExceeded`, `notFound`, ...).
+    pub reason: Option<String>,
 }
 
 impl fmt::Display for ServiceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.message.is_empty() {
-            write!(f, "HTTP {}", self.status)
-        } else {
-            write!(f, "HTTP {}: {}", self.status, self.message)
+        write!(f, "HTTP {}", self.status)?;
+        if let Some(r) = &self.reason {
+            write!(f, " {r}")?;
         }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
     }
 }
 impl std::error::Error for ServiceError {}
 
 /// Map an HTTP status (and the service's message) about `target` to a kind.
 pub(crate) fn status_error(target: &str, status: u16, message: String) -> Error {
-    let target = target.to_string();
-    let source: BoxError = Box::new(ServiceError { status, message });
-    match status {
-        404 => Error::NotFound {
-            target,
-            source: Some(source),
-        },
-        412 => Error::PreconditionFailed {
-            target,
-            source: Some(source),
-        },
-        401 | 403 => Error::PermissionDenied {
-            target,
-            source: Some(source),
-        },
-        416 => Error::InvalidRange {
-            target,
-            range: "(refused by the service)".into(),
-        },
-        408 | 429 | 500..=599 => Error::Transient {
-            target,
-            retry_after: None,
-            source: Some(source),
-        },
-        _ => Error::Backend {
-            target,
-            message: "request failed".into(),
-            source: Some(source),
-        },
-    }
+    let failure = ServiceError {
+        status,
+        message,
+        reason: None,
+    };
+    service_error(target, failure, None)
+}
+
+/// Map a failure the service reported about `target` through the one status
+/// table ([`xferkit_core::status`]): by reason first, then by status. For a
+/// resumable session, 404 and 410 both mean the session is over
+/// (`NotFound`). A final failure keeps the [`ServiceError`] as its source.
+pub(crate) fn service_error(
+    target: &str,
+    failure: ServiceError,
+    retry_after: Option<Duration>,
+) -> Error {
+    let reason = failure.reason.clone();
+    Answer::new(Some(failure.status))
+        .code(reason.as_deref())
+        .retry_after(retry_after)
+        .range("(refused by the service)")
+        .error(target, failure)
 }
 
 /// Map a transport failure (no HTTP status).
@@ -313,7 +332,18 @@ fn transport_error(target: &str, e: reqwest::Error) -> Error {
 /// Map a gcloud-storage error about `target`.
 pub(crate) fn map_sdk(target: &str, e: SdkError) -> Error {
     match e {
-        SdkError::Response(r) => status_error(target, r.code, r.message),
+        SdkError::Response(r) => {
+            let failure = ServiceError {
+                status: r.code,
+                reason: r
+                    .errors
+                    .into_iter()
+                    .map(|i| i.reason)
+                    .find(|r| !r.is_empty()),
+                message: r.message,
+            };
+            service_error(target, failure, None)
+        }
         SdkError::HttpClient(e) => transport_error(target, e),
         SdkError::RawResponse(e, _detail) => transport_error(target, e),
         SdkError::TokenSource(src) => {
@@ -413,6 +443,13 @@ mod tests {
         }
         assert_eq!(k(400).kind(), ErrorKind::Backend);
         assert!(!k(400).is_retryable());
+        // The shared table (xferkit_core::status): a resumable session that
+        // is gone answers 404 or 410; 409 is final; 501 cannot be helped.
+        assert_eq!(k(410).kind(), ErrorKind::NotFound);
+        assert_eq!(k(409).kind(), ErrorKind::Backend);
+        assert_eq!(k(501).kind(), ErrorKind::NotSupported);
+        assert_eq!(k(505).kind(), ErrorKind::Backend);
+        assert!(k(520).is_retryable());
         let e = k(403);
         assert!(e.chain().contains("gs://b/k"), "{}", e.chain());
         assert!(e.chain().contains("HTTP 403: m"), "{}", e.chain());
@@ -436,6 +473,72 @@ mod tests {
         );
         let e = map_sdk("gs://b/k", SdkError::TokenSource("invalid_grant".into()));
         assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+        // The reason decides before the status: a 403 for a rate limit is
+        // throttling, not a refusal.
+        let sdk = |code: u16, reason: &str| {
+            let resp: gcloud_storage::http::error::ErrorResponse =
+                serde_json::from_value(serde_json::json!({
+                    "code": code, "message": "m",
+                    "errors": [{"domain": "usageLimits", "reason": reason, "message": "m"}]
+                }))
+                .unwrap();
+            map_sdk("gs://b/k", SdkError::Response(resp))
+        };
+        let e = sdk(403, "userRateLimitExceeded");
+        assert!(e.is_retryable(), "{}", e.chain());
+        assert!(
+            e.chain().contains("HTTP 403 userRateLimitExceeded: m"),
+            "{}",
+            e.chain()
+        );
+        assert!(sdk(429, "rateLimitExceeded").is_retryable());
+        assert_eq!(sdk(403, "forbidden").kind(), ErrorKind::PermissionDenied);
+        assert_eq!(
+            sdk(412, "conditionNotMet").kind(),
+            ErrorKind::PreconditionFailed
+        );
+        assert_eq!(sdk(409, "conflict").kind(), ErrorKind::Backend);
+    }
+
+    /// A real answer (the fault proxy's 429 or 503 with `Retry-After`):
+    /// the wait reaches the error the retry layer reads.
+    #[tokio::test]
+    async fn retry_after_of_a_429_or_503_reaches_the_error() {
+        use xferkit_conformance::fault::{Fault, FaultProxy, Rule};
+        let proxy = FaultProxy::start("127.0.0.1:9").await.unwrap();
+        let c = reqwest::Client::new();
+        for (status, secs) in [(429, 2), (503, 7)] {
+            proxy.set_rules(vec![Rule::new(Fault::StatusRetryAfter(status, secs))]);
+            let resp = c
+                .put(format!("{}/upload", proxy.url()))
+                .send()
+                .await
+                .unwrap();
+            let e = check("gs://b/k", resp).await.unwrap_err();
+            let Error::Transient { retry_after, .. } = &e else {
+                panic!("{e:?}")
+            };
+            assert_eq!(*retry_after, Some(Duration::from_secs(secs)), "{status}");
+            assert!(
+                e.chain().contains(&format!("HTTP {status}")),
+                "{}",
+                e.chain()
+            );
+        }
+        // Without the header, the retry layer's own backoff.
+        proxy.set_rules(vec![Rule::new(Fault::Status(503))]);
+        let resp = c.get(proxy.url()).send().await.unwrap();
+        let e = check("gs://b/k", resp).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Transient {
+                    retry_after: None,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]
@@ -460,9 +563,15 @@ mod tests {
     fn service_messages_are_extracted() {
         assert_eq!(
             service_message(br#"{"error":{"code":412,"message":"Precondition Failed"}}"#),
-            "Precondition Failed"
+            ("Precondition Failed".to_string(), None)
         );
-        assert_eq!(service_message(b"plain"), "plain");
+        assert_eq!(
+            service_message(
+                br#"{"error":{"code":429,"message":"slow down","errors":[{"reason":"rateLimitExceeded"}]}}"#
+            ),
+            ("slow down".to_string(), Some("rateLimitExceeded".to_string()))
+        );
+        assert_eq!(service_message(b"plain"), ("plain".to_string(), None));
     }
 
     #[test]
