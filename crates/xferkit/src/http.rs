@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use xferkit_core::status::{self, Answer};
 use xferkit_core::url::ObjectUrl;
 use xferkit_core::{
     ByteRange, ByteStream, Capabilities, Error, FileTransferHandler, PendingUpload, PresignMethod,
@@ -62,28 +63,21 @@ impl HttpStore {
         obj
     }
 
-    fn status_error(url: &str, status: reqwest::StatusCode) -> Error {
-        let target = shown(url);
-        let source = Some(format!("HTTP {status}").into());
-        match status.as_u16() {
-            404 | 410 => Error::NotFound { target, source },
-            401 | 403 => Error::PermissionDenied { target, source },
-            412 => Error::PreconditionFailed { target, source },
-            416 => Error::InvalidRange {
-                target,
-                range: "requested".into(),
-            },
-            408 | 429 | 500..=599 => Error::Transient {
-                target,
-                retry_after: None,
-                source,
-            },
-            _ => Error::Backend {
-                target,
-                message: format!("HTTP {status}"),
-                source: None,
-            },
-        }
+    /// The error for a link's non-2xx answer, from the one status table
+    /// ([`xferkit_core::status`]): a link has no service error code, so the
+    /// status decides (410 Gone is `NotFound`, as 404), with `Retry-After`.
+    fn status_error(url: &str, resp: &reqwest::Response) -> Error {
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(status::parse_retry_after);
+        Answer::new(Some(status.as_u16()))
+            .retry_after(retry_after)
+            .operation("GET")
+            .range("requested")
+            .error(shown(url), format!("HTTP {status}"))
     }
 }
 
@@ -131,7 +125,7 @@ impl FileTransferHandler for HttpStore {
         })?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(Self::status_error(key, status));
+            return Err(Self::status_error(key, &resp));
         }
         let obj = Self::describe(key, &resp);
         let target = shown(key);
@@ -174,7 +168,7 @@ impl FileTransferHandler for HttpStore {
             return Ok(obj);
         }
         if !status.is_success() {
-            return Err(Self::status_error(key, status));
+            return Err(Self::status_error(key, &resp));
         }
         Ok(Self::describe(key, &resp))
     }
@@ -251,6 +245,59 @@ fn slice(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// A link's answers go through the shared status table, and a
+    /// `Retry-After` reaches the error the retry layer reads.
+    #[tokio::test]
+    async fn link_statuses_map_through_the_shared_table() {
+        use std::time::Duration;
+        use xferkit_conformance::fault::{Fault, FaultProxy, Rule};
+        use xferkit_core::ErrorKind as K;
+
+        // Nothing is forwarded: every request gets the injected answer.
+        let proxy = FaultProxy::start("127.0.0.1:9").await.unwrap();
+        let store = HttpStore::new();
+        let link = format!("{}/f.bin?X-Amz-Signature=SECRETSIG", proxy.url());
+        let answer = |fault| {
+            proxy.set_rules(vec![Rule::new(fault)]);
+            async {
+                store
+                    .download_stream(&link, None)
+                    .await
+                    .map(|_| ())
+                    .unwrap_err()
+            }
+        };
+        for (status, kind) in [
+            (404, K::NotFound),
+            (410, K::NotFound),
+            (403, K::PermissionDenied),
+            (409, K::Backend),
+            (429, K::Transient),
+            (500, K::Transient),
+            (501, K::NotSupported),
+            (503, K::Transient),
+            (505, K::Backend),
+        ] {
+            let e = answer(Fault::Status(status)).await;
+            assert_eq!(e.kind(), kind, "{status}: {}", e.chain());
+            assert!(!e.chain().contains("SECRETSIG"), "{}", e.chain());
+            assert!(e.chain().contains("/f.bin?…"), "{}", e.chain());
+        }
+        let e = answer(Fault::StatusRetryAfter(503, 4)).await;
+        let Error::Transient { retry_after, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(*retry_after, Some(Duration::from_secs(4)));
+        assert!(e.chain().contains("HTTP 503"), "{}", e.chain());
+        // stat reads the same way.
+        proxy.set_rules(vec![Rule::new(Fault::StatusRetryAfter(429, 2))]);
+        let e = store.stat(&link).await.unwrap_err();
+        assert!(
+            matches!(e, Error::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(2)),
+            "{e:?}"
+        );
+    }
 
     #[tokio::test]
     async fn slice_cuts_the_requested_bytes_across_chunks() {
