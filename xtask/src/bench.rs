@@ -717,7 +717,12 @@ impl Bench {
         files: &Files<'_>,
         opts: &Opts,
     ) -> Result<String> {
-        let Files { big, small, rss, bw } = *files;
+        let Files {
+            big,
+            small,
+            rss,
+            bw,
+        } = *files;
         let state = self.dir.join("emulators").join(backend.name());
         if state.exists() {
             fs::remove_dir_all(&state)?;
@@ -1089,8 +1094,14 @@ impl Bench {
             })
             .collect();
         let rows = [
-            ("upload", self.job("bw", &format!("upload {} capped", human(size)), &up)),
-            ("download", self.job("bw", &format!("download {} capped", human(size)), &down)),
+            (
+                "upload",
+                self.job("bw", &format!("upload {} capped", human(size)), &up),
+            ),
+            (
+                "download",
+                self.job("bw", &format!("download {} capped", human(size)), &down),
+            ),
         ];
         let _ = rm(seed.to_string());
         let mut t = format!(
