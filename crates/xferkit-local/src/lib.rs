@@ -2,6 +2,7 @@
 
 mod config;
 mod store;
+mod tmp;
 
 pub use config::LocalConfig;
 pub use store::LocalStore;

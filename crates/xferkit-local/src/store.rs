@@ -1,7 +1,8 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -15,6 +16,7 @@ use xferkit_core::{
 };
 
 use crate::LocalConfig;
+use crate::tmp::{self, Sweep, Temp};
 
 /// Name of the reserved directory under the root.
 const RESERVED: &str = ".xferkit";
@@ -22,6 +24,9 @@ const CHUNK: usize = 1 << 20;
 /// Bytes per kernel copy call: big enough that the per-call cost vanishes,
 /// small enough for progress and a prompt stop.
 const COPY_STEP: u64 = 64 << 20;
+/// How often, at most, a long-lived store looks again for stale temp files
+/// when it uploads (a new process looks at its first upload).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// A store rooted at a local directory.
 #[derive(Debug, Clone)]
@@ -31,6 +36,9 @@ pub struct LocalStore {
     root_str: String,
     /// `serve_url` and its signer, when the store is served (`xfer serve`).
     serve: Option<(String, UrlSigner)>,
+    /// When this store last removed the stale temp files of dead uploads
+    /// (see [`crate::tmp`]); `None` until its first upload.
+    swept: Arc<Mutex<Option<Instant>>>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
@@ -130,6 +138,7 @@ impl LocalStore {
             root,
             root_str,
             serve,
+            swept: Arc::default(),
         })
     }
 
@@ -233,21 +242,47 @@ impl LocalStore {
         self.path_for(key).map(|_| ())
     }
 
-    fn new_temp(&self) -> Result<tempfile::NamedTempFile> {
-        tempfile::Builder::new()
-            .prefix("up.")
-            .tempfile_in(self.root.join(RESERVED).join("tmp"))
-            .map_err(|e| Error::from_io(self.root_str.clone(), e))
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join(RESERVED).join("tmp")
+    }
+
+    /// A new temp file, locked while this process writes it (the rule in
+    /// [`crate::tmp`]).
+    fn new_temp(&self) -> Result<Temp> {
+        Temp::new(&self.tmp_dir(), "up.").map_err(|e| Error::from_io(self.root_str.clone(), e))
+    }
+
+    /// Remove the temp files that uploads of dead processes left, at the
+    /// first upload of this store and then at most every [`SWEEP_INTERVAL`].
+    fn sweep_if_due(&self) {
+        {
+            let mut last = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < SWEEP_INTERVAL) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let n = tmp::sweep(&self.tmp_dir());
+        if n > 0 {
+            tracing::info!(store = %self.name, removed = n, "removed temp files of uploads whose process died");
+        }
+    }
+
+    /// The path of a pending upload's temp file, from its key
+    /// (`.xferkit/tmp/NAME`, as `list_pending_uploads` makes it).
+    fn pending_path(&self, key: &str) -> Result<PathBuf> {
+        let name = key
+            .strip_prefix(RESERVED)
+            .and_then(|k| k.strip_prefix("/tmp/"))
+            .filter(|n| !n.is_empty() && !n.contains('/') && *n != "." && *n != "..")
+            .ok_or_else(|| {
+                Error::invalid_key(key, "not a temp file of this store (.xferkit/tmp/NAME)")
+            })?;
+        Ok(self.tmp_dir().join(name))
     }
 
     /// Move a complete temp file into place and write its sidecar.
-    fn commit(
-        &self,
-        key: &str,
-        tmp: tempfile::NamedTempFile,
-        crc: u32,
-        opts: &PutOptions,
-    ) -> Result<RemoteObject> {
+    fn commit(&self, key: &str, tmp: Temp, crc: u32, opts: &PutOptions) -> Result<RemoteObject> {
         let url = self.url(key);
         let path = self.path_for(key)?;
         self.make_parents(key, &path)?;
@@ -259,6 +294,7 @@ impl LocalStore {
             ));
         }
         let m = tmp
+            .file
             .as_file()
             .metadata()
             .map_err(|e| Error::from_io(&url, e))?;
@@ -275,19 +311,24 @@ impl LocalStore {
             std::fs::create_dir_all(p).map_err(|e| Error::from_io(&url, e))?;
         }
         let json = serde_json::to_vec(&side).map_err(|e| Error::backend(&url, "sidecar", e))?;
+        // The sidecar stays private (0600); the object gets the umask's mode.
         let mut side_tmp = self.new_temp()?;
         side_tmp
+            .file
             .write_all(&json)
             .map_err(|e| Error::from_io(&url, e))?;
+        tmp.publish().map_err(|e| Error::from_io(&url, e))?;
         if opts.if_not_exists {
             // A hard link fails atomically if the name is taken.
-            std::fs::hard_link(tmp.path(), &path).map_err(|e| Error::from_io(&url, e))?;
+            std::fs::hard_link(tmp.file.path(), &path).map_err(|e| Error::from_io(&url, e))?;
             drop(tmp);
         } else {
-            tmp.persist(&path)
+            tmp.file
+                .persist(&path)
                 .map_err(|e| Error::from_io(&url, e.error))?;
         }
         side_tmp
+            .file
             .persist(&side_path)
             .map_err(|e| Error::from_io(&url, e.error))?;
         self.stat_sync(key)
@@ -470,6 +511,8 @@ impl FileTransferHandler for LocalStore {
         c.conditional_create = true;
         c.copy = true;
         c.metadata = true;
+        // The temp files of uploads whose process died (see `crate::tmp`).
+        c.list_pending_uploads = true;
         if self.serve.is_some() {
             c.presign_get = true;
             c.presign_put = true;
@@ -500,8 +543,14 @@ impl FileTransferHandler for LocalStore {
     ) -> Result<RemoteObject> {
         let url = self.url(key);
         self.path_for(key)?;
+        self.blocking(|s| {
+            s.sweep_if_due();
+            Ok(())
+        })
+        .await?;
         let tmp = self.new_temp()?;
         let mut file = tmp
+            .file
             .as_file()
             .try_clone()
             .map_err(|e| Error::from_io(&url, e))?;
@@ -647,7 +696,45 @@ impl FileTransferHandler for LocalStore {
         }
     }
 
-    async fn list_pending_uploads(&self, _prefix: &str) -> Result<Vec<PendingUpload>> {
-        Err(Error::not_supported(&self.name, "listing pending uploads"))
+    /// The temp files that uploads of dead processes left under
+    /// `ROOT/.xferkit/tmp` (stale by the rule in [`crate::tmp`]; a live
+    /// upload's file is never listed): key `.xferkit/tmp/NAME`, upload id
+    /// `NAME`, initiated = the file's last write. A temp file does not know
+    /// the key it was for, so only a prefix of `.xferkit/tmp/` (e.g. the
+    /// empty one) selects them.
+    async fn list_pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
+        let prefix = prefix.to_string();
+        self.blocking(move |s| {
+            let dir = s.tmp_dir();
+            let stale =
+                tmp::stale_in(&dir).map_err(|e| Error::from_io(dir.display().to_string(), e))?;
+            Ok(stale
+                .into_iter()
+                .filter_map(|(path, modified)| {
+                    let name = path.file_name()?.to_str()?.to_string();
+                    let key = format!("{RESERVED}/tmp/{name}");
+                    key.starts_with(&prefix)
+                        .then(|| PendingUpload::new(key, name, modified))
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Remove a stale temp file that `list_pending_uploads` returned; one
+    /// already gone is `Ok`, one a live process holds is refused
+    /// (`PreconditionFailed`) and kept.
+    async fn abort_pending_upload(&self, pending: &PendingUpload) -> Result<()> {
+        let path = self.pending_path(&pending.key)?;
+        let url = self.url(&pending.key);
+        self.blocking(move |_| match tmp::remove_if_stale(&path) {
+            Ok(Sweep::Removed | Sweep::Gone) => Ok(()),
+            Ok(Sweep::Live) => Err(Error::PreconditionFailed {
+                target: url,
+                source: Some("a running process is writing it (it holds the file's lock)".into()),
+            }),
+            Err(e) => Err(Error::from_io(url, e)),
+        })
+        .await
     }
 }

@@ -128,6 +128,88 @@ async fn stopped_upload_leaves_nothing_under_the_final_name() {
     assert!(tmp.is_empty(), "temp files left: {tmp:?}");
 }
 
+/// A live upload's temp file (a stream that stalls) is neither listed as
+/// pending nor removable; a dead process's one (no lock held) is both, and
+/// the next upload removes it by itself.
+#[tokio::test]
+async fn pending_uploads_are_the_temp_files_of_dead_processes_only() {
+    let (_dir, s) = store().await;
+    let s = Arc::new(s);
+    let tmp = s.root().join(".xferkit/tmp");
+    assert!(s.capabilities().list_pending_uploads);
+    std::fs::write(tmp.join("up.dead1"), b"half").unwrap();
+
+    let token = CancellationToken::new();
+    let ctx = TransferCtx::new(Arc::new(Noop), token.clone());
+    let stream = futures::stream::once(async { Ok(Bytes::from_static(b"partial")) })
+        .chain(futures::stream::pending());
+    let s2 = s.clone();
+    let live = tokio::spawn(async move {
+        s2.upload(
+            "doc",
+            UploadSource::Stream {
+                stream: Box::pin(stream),
+                size: None,
+            },
+            &PutOptions::default(),
+            &ctx,
+        )
+        .await
+    });
+    // Its first upload swept the dead file; the live one is being written.
+    let live_name = loop {
+        let names: Vec<String> = std::fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        if names.len() == 1 && names[0] != "up.dead1" {
+            break names[0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(s.list_pending_uploads("").await.unwrap().is_empty());
+
+    std::fs::write(tmp.join("up.dead2"), b"half").unwrap();
+    let pending = s.list_pending_uploads("").await.unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].key, ".xferkit/tmp/up.dead2");
+    assert_eq!(pending[0].upload_id, "up.dead2");
+    assert!(pending[0].initiated.is_some());
+    assert!(s.list_pending_uploads("photos/").await.unwrap().is_empty());
+    s.abort_pending_upload(&pending[0]).await.unwrap();
+    assert!(!tmp.join("up.dead2").exists());
+    // Gone already: fine.
+    s.abort_pending_upload(&pending[0]).await.unwrap();
+
+    // The live one is refused and kept.
+    let forged = xferkit_core::PendingUpload::new(
+        format!(".xferkit/tmp/{live_name}"),
+        live_name.clone(),
+        None,
+    );
+    let e = s.abort_pending_upload(&forged).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PreconditionFailed, "{e}");
+    assert!(tmp.join(&live_name).exists());
+    // Nothing outside the temp directory can be named.
+    for key in [
+        "doc",
+        ".xferkit/tmp/../meta/doc.json",
+        ".xferkit/tmp/",
+        "../x",
+    ] {
+        let p = xferkit_core::PendingUpload::new(key.into(), "x".into(), None);
+        let e = s.abort_pending_upload(&p).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidKey, "{key}: {e}");
+    }
+
+    token.cancel();
+    assert_eq!(
+        live.await.unwrap().unwrap_err().kind(),
+        ErrorKind::Cancelled
+    );
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
 struct Noop;
 impl xferkit_core::ProgressSink for Noop {
     fn add(&self, _: u64) {}
