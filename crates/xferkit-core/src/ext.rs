@@ -335,11 +335,18 @@ async fn write_stream_verified(
     let dest_s = dest.display().to_string();
     let parent = parent_of(dest);
     refuse_directory(dest)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", file_name_of(dest)))
-        .suffix(".xferkit-part")
-        .tempfile_in(&parent)
-        .map_err(|e| Error::from_io(parent.display().to_string(), e))?;
+    // What earlier runs for this destination left behind when their process
+    // died goes first; then a new temp file, locked while this one writes it.
+    let (tmp, mode) = {
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            PartialPaths::remove_stale_parts(&dest);
+            PartialPaths::new_part(&dest)
+        })
+        .await
+        .map_err(|e| Error::backend(target, "file task failed", e))?
+        .map_err(|e| Error::from_io(parent.display().to_string(), e))?
+    };
     let std_file = tmp
         .as_file()
         .try_clone()
@@ -390,6 +397,11 @@ async fn write_stream_verified(
         .map_err(|e| Error::from_io(&dest_s, e))?;
     drop(file);
     ctx.check(target)?;
+    // The final file gets the mode a new file gets here (umask), as with `cp`.
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::from_io(&dest_s, e))?;
     match deliver {
         None => {
             tmp.persist(dest)
@@ -397,9 +409,16 @@ async fn write_stream_verified(
             Ok(())
         }
         Some(d) => {
+            // The lock stays (with a descriptor of the same open file) until
+            // the file is delivered, so no sweeper takes it meanwhile.
+            let held = tmp
+                .as_file()
+                .try_clone()
+                .map_err(|e| Error::from_io(&dest_s, e))?;
             let path = tmp.into_temp_path();
             let r = run_deliver(d, path.to_path_buf(), target).await;
             drop(path);
+            drop(held);
             r
         }
     }
@@ -428,6 +447,146 @@ impl PartialPaths {
     fn remove(&self) {
         let _ = std::fs::remove_file(&self.data);
         let _ = std::fs::remove_file(&self.journal);
+    }
+
+    /// Suffix of the one-stream temp files `.NAME.RANDOM.xferkit-part`
+    /// (not resumable, unlike the ranged path's `.NAME.xferkit-partial`).
+    const PART_SUFFIX: &'static str = ".xferkit-part";
+    /// Length of their RANDOM (alphanumeric).
+    const PART_RANDOM: usize = 6;
+
+    /// A new one-stream temp file for `dest`, `.NAME.RANDOM.xferkit-part`
+    /// next to it, and the mode the final file is to get: what a new file
+    /// gets here from the umask (or a default ACL), `0o666 & !umask`, as
+    /// `cp` and `curl` leave it. The temp file is at most 0600 meanwhile.
+    ///
+    /// **Stale or live.** The file is locked (`flock`, [`std::fs::File::lock`])
+    /// from just after its creation until it is renamed away or removed.
+    /// The kernel drops that lock when the last descriptor closes, and so
+    /// when the process dies however it dies. A part file whose lock can be
+    /// taken therefore has no live writer: it is stale, and the next run for
+    /// the same destination removes it ([`Self::remove_stale_parts`]). One
+    /// whose lock is held is live and never touched; where locks do not work
+    /// at all, nothing is removed. Between creation and lock a sweeper could
+    /// remove the fresh file: the lock holder checks the name still leads to
+    /// its file and starts over with a new one if not.
+    fn new_part(dest: &Path) -> std::io::Result<(tempfile::NamedTempFile, u32)> {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = parent_of(dest);
+        let prefix = format!(".{}.", file_name_of(dest));
+        for _ in 0..8 {
+            let tmp = tempfile::Builder::new()
+                .prefix(&prefix)
+                .suffix(Self::PART_SUFFIX)
+                .rand_bytes(Self::PART_RANDOM)
+                .permissions(std::fs::Permissions::from_mode(0o666))
+                .tempfile_in(&parent)?;
+            let mode = tmp.as_file().metadata()?.permissions().mode() & 0o777;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(mode & 0o600))?;
+            let locked = loop {
+                match tmp.as_file().lock() {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    r => break r,
+                }
+            };
+            if let Err(e) = locked {
+                // No locks here (e.g. NFS without a lock manager): no sweeper
+                // can take the lock to remove it either.
+                tracing::debug!(path = %tmp.path().display(), error = %e, "temp file not locked");
+                return Ok((tmp, mode));
+            }
+            if Self::names(tmp.path(), tmp.as_file())? {
+                return Ok((tmp, mode));
+            }
+            // A sweeper removed it before the lock: it is not ours to remove.
+            let _ = tmp.keep();
+        }
+        Err(std::io::Error::other(format!(
+            "no temp file next to {} stayed ours",
+            dest.display()
+        )))
+    }
+
+    /// Remove the one-stream temp files of `dest` whose process is gone
+    /// (the rule in [`Self::new_part`]); returns how many. Only names of
+    /// exactly that form are touched: `.a.x.RANDOM.xferkit-part` belongs to
+    /// `a.x`, not to `a`.
+    fn remove_stale_parts(dest: &Path) -> usize {
+        let parent = parent_of(dest);
+        let name = file_name_of(dest);
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            if !Self::is_part_of(&entry.file_name().to_string_lossy(), &name) {
+                continue;
+            }
+            let path = entry.path();
+            match Self::remove_if_stale(&path) {
+                Ok(true) => {
+                    tracing::debug!(path = %path.display(), "removed a stale download temp file");
+                    removed += 1;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(path = %path.display(), error = %e, "temp file kept"),
+            }
+        }
+        removed
+    }
+
+    /// Whether `file` is named `.NAME.RANDOM.xferkit-part` for `name`.
+    fn is_part_of(file: &str, name: &str) -> bool {
+        file.strip_prefix('.')
+            .and_then(|f| f.strip_prefix(name))
+            .and_then(|f| f.strip_prefix('.'))
+            .and_then(|f| f.strip_suffix(Self::PART_SUFFIX))
+            .is_some_and(|r| {
+                r.len() == Self::PART_RANDOM && r.bytes().all(|b| b.is_ascii_alphanumeric())
+            })
+    }
+
+    /// Remove the regular file at `path` if no one holds its lock: `true`
+    /// if removed, `false` if live, unlockable or gone.
+    fn remove_if_stale(path: &Path) -> std::io::Result<bool> {
+        use std::io::ErrorKind;
+        // Never open a FIFO or a device (that could block), nor follow a link.
+        if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+            return Ok(false);
+        }
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::Error(e)) if e.kind() == ErrorKind::Unsupported => {
+                return Ok(false);
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        if !Self::names(path, &file)? {
+            return Ok(false);
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `path` still names the open `file` (same device and inode).
+    fn names(path: &Path, file: &std::fs::File) -> std::io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let held = file.metadata()?;
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => Ok(m.dev() == held.dev() && m.ino() == held.ino()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -913,6 +1072,17 @@ mod tests {
         let combined =
             crc32c::crc32c_combine(crc32c::crc32c(&data[..4]), crc32c::crc32c(&data[4..]), 5);
         assert_eq!(combined, 0xe306_9283);
+    }
+
+    #[test]
+    fn only_the_destinations_own_part_files_are_its_leftovers() {
+        let of = PartialPaths::is_part_of;
+        assert!(of(".x.bin.aB3dE9.xferkit-part", "x.bin"));
+        assert!(!of(".x.bin.gz.aB3dE9.xferkit-part", "x.bin"));
+        assert!(!of(".x.bin.aB3dE.xferkit-part", "x.bin"));
+        assert!(!of(".x.bin.aB3-E9.xferkit-part", "x.bin"));
+        assert!(!of(".x.bin.xferkit-partial", "x.bin"));
+        assert!(!of("x.bin.aB3dE9.xferkit-part", "x.bin"));
     }
 
     #[test]
