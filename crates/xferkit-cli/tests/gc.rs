@@ -1,6 +1,8 @@
 //! `xfer gc`: orphaned S3 multipart uploads are listed and aborted by age
-//! (on moto, which implements ListMultipartUploads; s3s-fs does not), and
-//! the stores that have nothing of the kind (GCS, Azure, local) say why.
+//! (on moto, which implements ListMultipartUploads; s3s-fs does not), a
+//! local store's stale temp files are removed (tests/crash_leftovers.rs
+//! makes them with `kill -9`), and the stores that have nothing of the kind
+//! (GCS, Azure) say why.
 //!
 //! The moto test passes vacuously with a note when `XFERKIT_MOTO_ENDPOINT`
 //! is missing, except under `CI` / `XFERKIT_REQUIRE_EMULATORS=1`, where it
@@ -156,7 +158,7 @@ async fn gc_on_a_store_without_the_listing_fails_clearly() {
 }
 
 #[test]
-fn gc_says_why_gcs_azure_and_local_have_nothing_to_collect() {
+fn gc_says_why_gcs_and_azure_have_nothing_to_collect() {
     // No request is sent: these stores have no pending-upload listing.
     let sb = Sandbox::local().with_config(
         "[stores.local]\nbackend = \"local\"\nroot = \"root\"\n\
@@ -167,7 +169,9 @@ fn gc_says_why_gcs_azure_and_local_have_nothing_to_collect() {
     let r = sb.ok(&["gc"]);
     assert_eq!(r.out(), "", "{r:?}");
     let notes: Vec<&str> = r.stderr.lines().collect();
-    assert_eq!(notes.len(), 3, "{r:?}");
+    // The local store has something to collect (stale temp files), just
+    // not now: no note, no output.
+    assert_eq!(notes.len(), 2, "{r:?}");
     let note = |store: &str| {
         notes
             .iter()
@@ -177,7 +181,7 @@ fn gc_says_why_gcs_azure_and_local_have_nothing_to_collect() {
     };
     assert!(note("g").contains("resumable upload sessions expire") && note("g").contains("7 days"));
     assert!(note("a").contains("uncommitted blocks") && note("a").contains("7 days"));
-    assert!(note("local").contains(".xferkit/tmp"));
+    assert!(!r.stderr.contains("store `local`"), "{r:?}");
 
     let r = sb.ok(&["gc", "--store", "a"]);
     assert_eq!(r.stderr.lines().count(), 1, "{r:?}");
@@ -189,4 +193,40 @@ fn gc_says_why_gcs_azure_and_local_have_nothing_to_collect() {
     assert_eq!(r.code, Some(2), "{r:?}");
     let r = sb.run(&["gc", "--store", "nope"]);
     check_failure(&r, 2, &["nope"], "gc --store nope");
+}
+
+#[test]
+fn gc_removes_a_local_stores_stale_temp_files_and_spares_locked_ones() {
+    let sb = Sandbox::local();
+    sb.ok(&["upload", sb.file("a.txt", b"a").to_str().unwrap()]);
+    let tmp = sb.root().join(".xferkit/tmp");
+    // Left by a process that died: nobody holds its lock.
+    std::fs::write(tmp.join("up.dead"), b"half an upload").unwrap();
+    // Being written by a live process: this one holds its lock.
+    std::fs::write(tmp.join("up.live"), b"being written").unwrap();
+    let live = std::fs::File::open(tmp.join("up.live")).unwrap();
+    live.lock().unwrap();
+
+    let r = sb.ok(&["gc", "--store", "local", "--dry-run"]);
+    assert!(
+        r.out().starts_with("would-abort") && r.out().contains("/.xferkit/tmp/up.dead"),
+        "{r:?}"
+    );
+    assert_eq!(r.out().lines().count(), 1, "{r:?}");
+    assert!(tmp.join("up.dead").exists());
+
+    let r = sb.ok(&["--json", "gc", "--store", "local", "--older-than", "7days"]);
+    let v = r.json();
+    assert_eq!(v["action"], "aborted", "{r:?}");
+    assert_eq!(v["key"], ".xferkit/tmp/up.dead", "{r:?}");
+    assert_eq!(v["store"], "local", "{r:?}");
+    assert!(!tmp.join("up.dead").exists());
+    assert!(tmp.join("up.live").exists(), "a locked temp file stays");
+    // The store itself is untouched.
+    assert_eq!(std::fs::read(sb.root().join("a.txt")).unwrap(), b"a");
+
+    drop(live);
+    let r = sb.ok(&["--quiet", "gc"]);
+    assert_eq!(r.out(), "", "--quiet: no rows");
+    assert!(!tmp.join("up.live").exists(), "unlocked, it is stale");
 }
