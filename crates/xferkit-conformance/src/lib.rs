@@ -187,6 +187,13 @@ fn summary_dir() -> PathBuf {
         })
 }
 
+/// Record a summary line (e.g. `crash: s3@moto 10 kills, …`) that
+/// `cargo xtask test` prints at the end, and print it now.
+pub fn report(label: &str, line: &str) {
+    eprintln!("{line}");
+    write_summary(label, line);
+}
+
 fn write_summary(label: &str, line: &str) {
     let dir = summary_dir();
     let _ = std::fs::create_dir_all(&dir);

@@ -1493,6 +1493,9 @@ fn link_or_copy(src: &Path, dest: &Path) -> std::io::Result<()> {
             let mut tmp = builder.tempfile_in(&dir)?;
             let mut from = std::fs::File::open(src)?;
             std::io::copy(&mut from, tmp.as_file_mut())?;
+            // The mode the verified file got (the umask's), as a link would.
+            tmp.as_file()
+                .set_permissions(from.metadata()?.permissions())?;
             tmp.as_file().sync_all()?;
             tmp.into_temp_path()
         }
