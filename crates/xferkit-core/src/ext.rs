@@ -735,14 +735,13 @@ async fn download_ranges<H: FileTransferHandler + ?Sized>(
         part_size,
         parts: BTreeMap::new(),
     });
-    if !resumed {
-        paths.remove();
-    }
     let data_s = paths.data.display().to_string();
     let file = {
         let data = paths.data.clone();
+        let journal_path = paths.journal.clone();
         let size = obj.size;
         let data_s = data_s.clone();
+        let dest_s = dest.display().to_string();
         tokio::task::spawn_blocking(move || {
             let f = std::fs::OpenOptions::new()
                 .read(true)
@@ -751,6 +750,28 @@ async fn download_ranges<H: FileTransferHandler + ?Sized>(
                 .truncate(false)
                 .open(&data)
                 .map_err(|e| Error::from_io(&data_s, e))?;
+            // The partial file is locked while this download writes it: a
+            // second download to the same destination (another process, or
+            // another URL) must neither reuse nor remove it, or one of the
+            // two would rename the other's unfinished file into place.
+            match f.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::backend(
+                        dest_s,
+                        "another download to this destination is running",
+                        format!("{data_s} is locked by its writer"),
+                    ));
+                }
+                // No locks on this filesystem: nothing to tell, go on.
+                Err(std::fs::TryLockError::Error(e))
+                    if e.kind() == std::io::ErrorKind::Unsupported => {}
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::from_io(&data_s, e)),
+            }
+            if !resumed {
+                let _ = std::fs::remove_file(&journal_path);
+                f.set_len(0).map_err(|e| Error::from_io(&data_s, e))?;
+            }
             f.set_len(size).map_err(|e| Error::from_io(&data_s, e))?;
             Ok::<_, Error>(f)
         })

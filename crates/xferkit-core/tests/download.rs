@@ -582,3 +582,54 @@ async fn a_download_dropped_mid_way_leaves_nothing() {
         names_in(dir.path())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_download_to_the_same_destination_leaves_the_first_ones_file_alone() {
+    // The first download hangs on one range with its partial file open; a
+    // second one to the same destination must neither reuse nor remove it.
+    let body = random_bytes(4 * MIB, 14);
+    let first = Arc::new(RangeStore::new(body.clone(), Sum::None));
+    *first.hang_at.lock().unwrap() = Some(2 * MIB as u64);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("same.bin");
+    let o = opts(MIB, 4);
+    let ctx = TransferCtx::none();
+    let running = {
+        let (first, dest, o, ctx) = (first.clone(), dest.clone(), o.clone(), ctx.clone());
+        tokio::spawn(async move {
+            first
+                .download_to_path_with("same.bin", &dest, None, &o, &ctx)
+                .await
+        })
+    };
+    // Wait until the first one has its partial file.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !names_in(dir.path())
+        .iter()
+        .any(|n| n.ends_with(".xferkit-partial"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no partial file");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = RangeStore::new(random_bytes(4 * MIB, 15), Sum::None);
+    let e = second
+        .download_to_path_with("same.bin", &dest, None, &o, &TransferCtx::none())
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("another download to this destination"),
+        "{}",
+        e.chain()
+    );
+    assert!(!dest.exists());
+    assert!(
+        names_in(dir.path())
+            .iter()
+            .any(|n| n.ends_with(".xferkit-partial")),
+        "the running download's partial file was removed: {:?}",
+        names_in(dir.path())
+    );
+    ctx.token().cancel();
+    let _ = running.await;
+}
