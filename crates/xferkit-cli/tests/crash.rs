@@ -1,6 +1,6 @@
 //! Crashes with the failure's real shape, on every target: a child
 //! `xfer upload` of 200 MiB is SIGKILLed at ten moments per target — random
-//! ones (from a printed seed; `XFERKIT_CRASH_SEED=N` repeats them), right
+//! ones (from a printed seed; `XFERKIT_TEST_SEED=N` repeats them), right
 //! after its journal records a part, and once every part is stored (while it
 //! completes) — and after each kill the same command runs again. It must
 //! complete, the object must be byte-identical, and no journal, temp file or
@@ -19,16 +19,15 @@
 mod common;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Spawn, xfer_in};
+use common::{MIB, Rng, Spawn, big_file, same_content, store_config, xfer_in};
 use xferkit::journal::JournalFile;
 use xferkit::{DynHandler, ErrorKind, FileTransferExt, TransferCtx, Xferkit};
 use xferkit_conformance::emulator_env as env;
 
-const MIB: u64 = 1 << 20;
 const SIZE: u64 = 200 * MIB;
 const PART: u64 = 8 * MIB;
 const KILLS: usize = 10;
@@ -39,37 +38,6 @@ const RUN_LIMIT: Duration = Duration::from_secs(300);
 /// One crash run at a time: each moves gigabytes, and the kill moments are
 /// relative to a calibration run that must not compete with another target.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// xorshift64*: the kill moments, reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// A fraction in [lo, hi).
-    fn between(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("XFERKIT_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
 
 /// A store under test: its TOML table and what can be checked on it.
 struct Target {
@@ -110,7 +78,7 @@ impl Bed {
             ),
         )
         .unwrap();
-        write_source(&d.join("src.bin"));
+        big_file(&d.join("src.bin"), SIZE);
         std::fs::create_dir_all(d.join("down")).unwrap();
         let fig = xferkit::figment_for(Some(&d.join("xferkit.toml"))).unwrap();
         let kit = Xferkit::from_figment(&fig).await.unwrap();
@@ -172,7 +140,7 @@ impl Bed {
             .await
             .unwrap_or_else(|e| panic!("{what}: cannot download the object: {e}"));
         assert!(
-            same_files(&back, &self.path("src.bin")),
+            same_content(&back, &self.path("src.bin")),
             "{what}: the object differs from the source"
         );
         std::fs::remove_file(&back).unwrap();
@@ -197,45 +165,6 @@ impl Bed {
             return 0;
         }
         self.store.list_pending_uploads("").await.unwrap().len()
-    }
-}
-
-/// 200 MiB of xorshift bytes.
-fn write_source(path: &Path) {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let mut block = vec![0u8; MIB as usize];
-    for _ in 0..SIZE / MIB {
-        for c in block.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes());
-        }
-        f.write_all(&block).unwrap();
-    }
-    f.flush().unwrap();
-}
-
-fn same_files(a: &Path, b: &Path) -> bool {
-    let (mut fa, mut fb) = (
-        std::fs::File::open(a).unwrap(),
-        std::fs::File::open(b).unwrap(),
-    );
-    if fa.metadata().unwrap().len() != fb.metadata().unwrap().len() {
-        return false;
-    }
-    let (mut ba, mut bb) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
-    loop {
-        let n = fa.read(&mut ba).unwrap();
-        if n == 0 {
-            return true;
-        }
-        fb.read_exact(&mut bb[..n]).unwrap();
-        if ba[..n] != bb[..n] {
-            return false;
-        }
     }
 }
 
@@ -304,12 +233,7 @@ async fn wait_for(bed: &Bed, child: &mut Child, moment: Moment, delay: Duration)
 async fn crash_target(t: Target) {
     let _serial = SERIAL.lock().await;
     let bed = Bed::new(&t).await;
-    let seed = seed();
-    eprintln!(
-        "crash {}: seed {seed} (XFERKIT_CRASH_SEED={seed} repeats the kill moments)",
-        t.label
-    );
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng::new(&format!("crash {}", t.label));
 
     // Calibration: one clean run tells how long an upload takes here.
     let started = Instant::now();
@@ -384,7 +308,7 @@ async fn crash_target(t: Target) {
             &format!("{} download kill {i}: the re-run", t.label),
         );
         assert!(
-            same_files(&bed.path("down/back.bin"), &bed.path("src.bin")),
+            same_content(&bed.path("down/back.bin"), &bed.path("src.bin")),
             "{} download kill {i}: the file differs",
             t.label
         );
@@ -522,10 +446,7 @@ async fn crash_azure_on_azurite() {
         v[2],
         unique()
     );
-    let table: toml::Table = toml.parse().unwrap();
-    let mut table = table;
-    table.remove("backend");
-    let cfg: xferkit_azure::AzureConfig = table.try_into().unwrap();
+    let cfg: xferkit_azure::AzureConfig = store_config(&toml);
     xferkit_azure::AzureStore::new("setup", cfg)
         .await
         .unwrap()

@@ -23,9 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Sandbox, Spawn};
+use common::{MIB, Rng, Sandbox, Spawn, big_file, pseudo_random, same_content};
 
-const MIB: u64 = 1 << 20;
 /// The local store copies in 64 MiB steps, each paid for under `--bwlimit`
 /// before it moves: at 64 MiB/s a 192 MiB upload copies a step, waits about
 /// a second, copies the next, and so on, so there is time to kill it with
@@ -33,79 +32,6 @@ const MIB: u64 = 1 << 20;
 const STEP: u64 = 64 * MIB;
 const BIG: u64 = 3 * STEP;
 const SLOW: &str = "64MiB";
-
-/// A small random source, seeded from `XFERKIT_TEST_SEED` or the clock; the
-/// seed is printed so that a failing run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn new(test: &str) -> Rng {
-        let seed = std::env::var("XFERKIT_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            });
-        eprintln!("{test}: seed {seed} (XFERKIT_TEST_SEED={seed} repeats the kill points)");
-        Rng(seed)
-    }
-
-    /// splitmix64.
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
-/// Deterministic, incompressible-looking bytes.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// Write `len` bytes (a multiple of 1 MiB) that are neither sparse nor the
-/// same in any two blocks.
-fn big_file(path: &Path, len: u64) {
-    let block = pseudo_random(MIB as usize, 7);
-    let mut f = std::io::BufWriter::new(File::create(path).unwrap());
-    for i in 0..len / MIB {
-        f.write_all(&i.to_le_bytes()).unwrap();
-        f.write_all(&block[8..]).unwrap();
-    }
-    f.into_inner().unwrap().sync_all().unwrap();
-}
-
-fn same_content(a: &Path, b: &Path) -> bool {
-    let (mut fa, mut fb) = (File::open(a).unwrap(), File::open(b).unwrap());
-    let (mut ba, mut bb) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
-    loop {
-        let n = fa.read(&mut ba).unwrap();
-        if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
-            return false;
-        }
-        if n == 0 {
-            return fb.read(&mut bb).unwrap() == 0;
-        }
-    }
-}
 
 /// A child that is SIGKILLed when dropped (a failed test leaves no xfer).
 struct Killed(Option<Child>);

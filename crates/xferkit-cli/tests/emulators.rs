@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{outcome, xfer_in};
+use common::{outcome, store_config, xfer_in};
 use xferkit_conformance::emulator_env as env;
 
 fn xfer(dir: &Path, args: &[&str]) -> (i32, String, String) {
@@ -102,7 +102,7 @@ async fn xfer_against_s3_from_config() {
         v[2],
         prefix()
     );
-    let fig = figment_store(&toml);
+    let fig = store_config(&toml);
     let store = xferkit_s3::S3Store::new("remote", fig).await.unwrap();
     store.ensure_bucket().await.unwrap();
     exercise(toml, "s3").await;
@@ -125,7 +125,7 @@ async fn xfer_against_azure_from_config() {
         v[2],
         prefix()
     );
-    let store = xferkit_azure::AzureStore::new("remote", figment_store(&toml))
+    let store = xferkit_azure::AzureStore::new("remote", store_config(&toml))
         .await
         .unwrap();
     store.create_container_if_missing().await.unwrap();
@@ -150,12 +150,4 @@ async fn xfer_against_gcs_from_config() {
         prefix()
     );
     exercise(toml, "gs").await;
-}
-
-/// Parse a store table the way the facade does (serde over TOML).
-fn figment_store<T: serde::de::DeserializeOwned>(toml: &str) -> T {
-    let table: toml::Table = toml.parse().unwrap();
-    let mut table = table;
-    table.remove("backend");
-    table.try_into().unwrap()
 }

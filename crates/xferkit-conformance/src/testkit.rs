@@ -54,3 +54,29 @@ pub fn assert_exhausted(e: &Error, attempts: u32, names: &str) {
     assert!(e.to_string().contains(names), "{}", e.chain());
     assert!(e.chain().contains("gave up after"), "{}", e.chain());
 }
+
+/// A manager over `store` alone (default concurrency and retry policy).
+pub fn manager_over(store: xferkit_core::DynHandler) -> xferkit_core::TransferManager {
+    let mut reg = xferkit_core::Registry::new();
+    reg.register(store);
+    xferkit_core::TransferManager::new(std::sync::Arc::new(reg))
+}
+
+/// Wait until `t` reports at least `bytes` done (at least one byte for 0),
+/// panicking with `what` after `limit`.
+pub async fn until_transferred(t: &xferkit_core::Transfer, bytes: u64, limit: Duration) {
+    let mut rx = t.subscribe();
+    let reached = tokio::time::timeout(limit, async {
+        while rx.borrow_and_update().transferred < bytes.max(1) {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        reached.is_ok(),
+        "{bytes} bytes not acknowledged within {limit:?} ({:?})",
+        t.info().status
+    );
+}

@@ -457,22 +457,8 @@ impl Transfer {
             return;
         }
         let job = lock(&self.inner.job).clone();
-        if let (Some(job), Some(m)) = (job, self.inner.manager.upgrade()) {
-            let mut st = lock(&m.state);
-            let mut js = lock(&job.m);
-            js.handles.retain(|h| !Arc::ptr_eq(&h.inner, &self.inner));
-            if js.handles.is_empty() && !js.closed {
-                js.closed = true;
-                job.cancel.cancel();
-                drop(js);
-                if st
-                    .jobs
-                    .get(&job.identity)
-                    .is_some_and(|j| Arc::ptr_eq(j, &job))
-                {
-                    st.jobs.remove(&job.identity);
-                }
-            }
+        if let Some(job) = job {
+            self.detach(&job, false);
         }
         let paused = self.info().status == TransferStatus::Paused;
         let err = Error::cancelled(&self.inner.request.url);
@@ -502,23 +488,8 @@ impl Transfer {
             return;
         }
         let job = lock(&self.inner.job).take();
-        if let (Some(job), Some(m)) = (job, self.inner.manager.upgrade()) {
-            let mut st = lock(&m.state);
-            let mut js = lock(&job.m);
-            js.handles.retain(|h| !Arc::ptr_eq(&h.inner, &self.inner));
-            if js.handles.is_empty() && !js.closed {
-                js.closed = true;
-                job.pause.store(true, Ordering::SeqCst);
-                job.cancel.cancel();
-                drop(js);
-                if st
-                    .jobs
-                    .get(&job.identity)
-                    .is_some_and(|j| Arc::ptr_eq(j, &job))
-                {
-                    st.jobs.remove(&job.identity);
-                }
-            }
+        if let Some(job) = job {
+            self.detach(&job, true);
         }
         if self.record(|i| {
             i.status = TransferStatus::Paused;
@@ -526,6 +497,26 @@ impl Transfer {
             i.rate = 0.0;
         }) {
             self.dispatch();
+        }
+    }
+
+    /// Take this handle off `job`; the last one out stops the job (as a
+    /// pause when `pause`), and no handle may join it any more.
+    fn detach(&self, job: &Arc<Job>, pause: bool) {
+        let Some(m) = self.inner.manager.upgrade() else {
+            return;
+        };
+        let mut st = lock(&m.state);
+        let mut js = lock(&job.m);
+        js.handles.retain(|h| !Arc::ptr_eq(&h.inner, &self.inner));
+        if js.handles.is_empty() && !js.closed {
+            js.closed = true;
+            if pause {
+                job.pause.store(true, Ordering::SeqCst);
+            }
+            job.cancel.cancel();
+            drop(js);
+            st.forget(job);
         }
     }
 
@@ -828,6 +819,18 @@ struct State {
     running: usize,
     seq: u64,
     shut_down: bool,
+}
+
+impl State {
+    /// `job` may no longer be joined, nor waited for by a new job of the
+    /// same file (where it is still the one on record).
+    fn forget(&mut self, job: &Arc<Job>) {
+        for map in [&mut self.jobs, &mut self.cleaning] {
+            if map.get(&job.identity).is_some_and(|j| Arc::ptr_eq(j, job)) {
+                map.remove(&job.identity);
+            }
+        }
+    }
 }
 
 struct ManagerInner {
@@ -1169,18 +1172,7 @@ impl ManagerInner {
             let me = this.clone();
             this.runtime.spawn(async move {
                 run(&me, &next).await;
-                {
-                    let mut guard = lock(&me.state);
-                    let st = &mut *guard;
-                    for map in [&mut st.jobs, &mut st.cleaning] {
-                        if map
-                            .get(&next.identity)
-                            .is_some_and(|j| Arc::ptr_eq(j, &next))
-                        {
-                            map.remove(&next.identity);
-                        }
-                    }
-                }
+                lock(&me.state).forget(&next);
                 next.done.send_replace(true);
                 Self::task_ended(&me);
             });
@@ -1346,14 +1338,7 @@ async fn perform(m: &Arc<ManagerInner>, job: &Arc<Job>, ctx: &TransferCtx) -> Re
                 Arc::new(move |verified: &Path| {
                     let handles = job.close();
                     if let Some(m) = state.upgrade() {
-                        let mut st = lock(&m.state);
-                        if st
-                            .jobs
-                            .get(&job.identity)
-                            .is_some_and(|j| Arc::ptr_eq(j, &job))
-                        {
-                            st.jobs.remove(&job.identity);
-                        }
+                        lock(&m.state).forget(&job);
                     }
                     if handles.is_empty() {
                         return Err(Error::cancelled(&job.request.url));

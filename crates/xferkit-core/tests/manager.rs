@@ -272,10 +272,7 @@ async fn a_caller_that_stops_leaves_the_others_their_download() {
     let b = m
         .start(TransferRequest::download(&url, dir.path().join("b")))
         .unwrap();
-    let mut rx = a.subscribe();
-    while rx.borrow_and_update().transferred == 0 {
-        rx.changed().await.unwrap();
-    }
+    until_transferred(&a, 1).await;
     // The first caller (whose destination names the temp files) stops.
     a.stop();
     assert_eq!(a.info().status, TransferStatus::Cancelled);
@@ -298,10 +295,7 @@ async fn a_caller_that_stops_leaves_the_others_their_download() {
     let d = m
         .start(TransferRequest::download(&url, dir.path().join("d")))
         .unwrap();
-    let mut rx = c.subscribe();
-    while rx.borrow_and_update().transferred == 0 {
-        rx.changed().await.unwrap();
-    }
+    until_transferred(&c, 1).await;
     c.stop();
     d.stop();
     assert_eq!(d.wait().await.unwrap_err().kind(), ErrorKind::Cancelled);
@@ -342,10 +336,7 @@ async fn stop_mid_transfer_is_cancelled_within_a_second_and_leaves_no_file() {
     let t = m
         .start(TransferRequest::download(store.url_for("slow"), &dest))
         .unwrap();
-    let mut rx = t.subscribe();
-    while rx.borrow_and_update().transferred == 0 {
-        rx.changed().await.unwrap();
-    }
+    until_transferred(&t, 1).await;
     let at = Instant::now();
     t.stop();
     let fin = t.wait_info().await;
@@ -774,10 +765,7 @@ async fn stop_returns_at_once_and_the_slow_cleanup_finishes_in_the_background() 
     let t = m
         .start(TransferRequest::upload(&src, store.url_for("up")))
         .unwrap();
-    let mut rx = t.subscribe();
-    while rx.borrow_and_update().transferred == 0 {
-        rx.changed().await.unwrap();
-    }
+    until_transferred(&t, 1).await;
     let at = Instant::now();
     t.stop();
     let e = t.wait().await.unwrap_err();

@@ -26,7 +26,7 @@
 
 use xferkit_conformance::fault::{Fault, FaultProxy, Rule};
 use xferkit_conformance::testkit::{
-    assert_exhausted, data, quick_retry, unique_prefix, write_file,
+    assert_exhausted, data, manager_over, quick_retry, unique_prefix, until_transferred, write_file,
 };
 use xferkit_core::{
     ErrorKind, FileTransferExt, FileTransferHandler, PutOptions, Secret, TransferCtx, UploadSource,
@@ -522,7 +522,7 @@ async fn stat_works_when_the_checksum_may_not_be_read() {
 async fn a_stopped_upload_finishes_its_slow_abort_in_the_background() {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
-    use xferkit_core::{Registry, TransferManager, TransferRequest, TransferStatus};
+    use xferkit_core::{TransferRequest, TransferStatus};
 
     let Some(emu) = moto() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
@@ -535,18 +535,9 @@ async fn a_stopped_upload_finishes_its_slow_abort_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     let src = write_file(dir.path(), "src.bin", &data(48 * MIB, 12));
     let url = via.url_for("stopped.bin");
-    let mut reg = Registry::new();
-    reg.register(Arc::new(via));
-    let m = TransferManager::new(Arc::new(reg));
+    let m = manager_over(Arc::new(via));
     let t = m.start(TransferRequest::upload(&src, url)).unwrap();
-    let mut rx = t.subscribe();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while rx.borrow_and_update().transferred == 0 {
-            rx.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("no part was acknowledged within 30 s");
+    until_transferred(&t, 0, Duration::from_secs(30)).await;
     let stopped = Instant::now();
     t.stop();
     let fin = t.wait().await.unwrap_err();
@@ -584,7 +575,7 @@ async fn a_stopped_upload_finishes_its_slow_abort_in_the_background() {
 async fn a_paused_upload_resumes_sending_only_the_missing_parts() {
     use std::sync::Arc;
     use std::time::Duration;
-    use xferkit_core::{Registry, TransferManager, TransferRequest, TransferStatus};
+    use xferkit_core::{TransferRequest, TransferStatus};
 
     let Some(emu) = s3s() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
@@ -598,18 +589,9 @@ async fn a_paused_upload_resumes_sending_only_the_missing_parts() {
     let body = data(48 * MIB, 13);
     let src = write_file(dir.path(), "src.bin", &body);
     let url = via.url_for("paused.bin");
-    let mut reg = Registry::new();
-    reg.register(Arc::new(via));
-    let m = TransferManager::new(Arc::new(reg));
+    let m = manager_over(Arc::new(via));
     let t = m.start(TransferRequest::upload(&src, url)).unwrap();
-    let mut rx = t.subscribe();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while rx.borrow_and_update().transferred < 15 * MIB as u64 {
-            rx.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("15 MiB not acknowledged within 60 s");
+    until_transferred(&t, 15 * MIB as u64, Duration::from_secs(60)).await;
     t.pause();
     assert_eq!(t.info().status, TransferStatus::Paused);
     assert!(m.settled(Duration::from_secs(30)).await);
@@ -678,7 +660,7 @@ fn count_part_puts(proxy: &FaultProxy) -> usize {
 async fn an_abort_that_fails_is_found_and_finished_by_the_next_run() {
     use std::sync::Arc;
     use std::time::Duration;
-    use xferkit_core::{Registry, TransferManager, TransferRequest};
+    use xferkit_core::TransferRequest;
 
     let Some(emu) = moto() else { return };
     let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
@@ -693,18 +675,9 @@ async fn an_abort_that_fails_is_found_and_finished_by_the_next_run() {
     let body = data(30 * MIB, 14);
     let src = write_file(dir.path(), "src.bin", &body);
     let url = via.url_for("kept.bin");
-    let mut reg = Registry::new();
-    reg.register(Arc::new(via));
-    let m = TransferManager::new(Arc::new(reg));
+    let m = manager_over(Arc::new(via));
     let t = m.start(TransferRequest::upload(&src, &url)).unwrap();
-    let mut rx = t.subscribe();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while rx.borrow_and_update().transferred == 0 {
-            rx.changed().await.unwrap();
-        }
-    })
-    .await
-    .expect("no part acknowledged within 60 s");
+    until_transferred(&t, 0, Duration::from_secs(60)).await;
     t.stop();
     assert!(m.settled(Duration::from_secs(30)).await);
     assert!(proxy.stats().statuses >= 1, "the abort was not refused");

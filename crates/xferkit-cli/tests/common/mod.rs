@@ -485,3 +485,97 @@ pub fn unique(tag: &str) -> String {
         .subsec_nanos();
     format!("{tag}-{}-{nanos}", std::process::id())
 }
+
+/// A small random source, seeded from `XFERKIT_TEST_SEED` or the clock; the
+/// seed is printed so that a failing run can be repeated.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(test: &str) -> Rng {
+        let seed = std::env::var("XFERKIT_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("{test}: seed {seed} (XFERKIT_TEST_SEED={seed} repeats the kill points)");
+        Rng(seed)
+    }
+
+    /// splitmix64.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+
+    /// Uniform in `[lo, hi)`.
+    pub fn between(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Deterministic, incompressible-looking bytes.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub const MIB: u64 = 1 << 20;
+
+/// Write `len` bytes (a multiple of 1 MiB) that are neither sparse nor the
+/// same in any two blocks.
+pub fn big_file(path: &Path, len: u64) {
+    use std::io::Write;
+    let block = pseudo_random(MIB as usize, 7);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for i in 0..len / MIB {
+        f.write_all(&i.to_le_bytes()).unwrap();
+        f.write_all(&block[8..]).unwrap();
+    }
+    f.into_inner().unwrap().sync_all().unwrap();
+}
+
+/// Whether the two files hold the same bytes (read 1 MiB at a time).
+pub fn same_content(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).unwrap(),
+        std::fs::File::open(b).unwrap(),
+    );
+    let (mut ba, mut bb) = (vec![0u8; MIB as usize], vec![0u8; MIB as usize]);
+    loop {
+        let n = fa.read(&mut ba).unwrap();
+        if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return false;
+        }
+        if n == 0 {
+            return fb.read(&mut bb).unwrap() == 0;
+        }
+    }
+}
+
+/// A store table parsed the way the facade does (serde over TOML, without
+/// its `backend` key), to build a backend directly in a test.
+pub fn store_config<T: serde::de::DeserializeOwned>(toml: &str) -> T {
+    let mut table: toml::Table = toml.parse().unwrap();
+    table.remove("backend");
+    table.try_into().unwrap()
+}
