@@ -157,7 +157,7 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         bind: Option<std::net::SocketAddr>,
     },
-    /// Abort orphaned multipart uploads older than an age (S3); other stores say why they need none.
+    /// Abort orphaned multipart uploads older than an age (S3) and remove a local store's temp files left by killed processes; other stores say why they need none.
     Gc {
         /// URL prefix (`s3://bucket/photos/`); default: every configured store.
         prefix: Option<String>,
