@@ -392,24 +392,43 @@ impl<'a> Upload<'a> {
             .as_ref()
             .filter(|j| !j.data.upload_id.is_empty())
             .map(|j| j.data.upload_id.clone());
-        let upload_id = match resumed {
+        let mut upload_id = match resumed.clone() {
             Some(id) => id,
-            None => {
-                let id = self.create(ctx).await?;
-                if let Some(j) = journal.as_mut() {
-                    j.data.upload_id = id.clone();
-                    j.data.parts.clear();
-                    if let Err(e) = j.file.save(&j.data).await {
-                        tracing::warn!(error = %e.chain(), "upload journal not written; this upload cannot resume after a crash");
-                        journal = None;
-                    }
-                }
-                id
-            }
+            None => self.create_journaled(&mut journal, ctx).await?,
         };
-        let r = self
+        // A file's parts can be read again, should the resumed upload turn
+        // out to be gone.
+        let again = match &parts {
+            Parts::File {
+                path,
+                size,
+                part_size,
+                ..
+            } => Some(Parts::File {
+                path: path.clone(),
+                size: *size,
+                part_size: *part_size,
+                offset: 0,
+            }),
+            Parts::Stream { .. } => None,
+        };
+        let mut r = self
             .parts_and_complete(&upload_id, parts, size, journal.as_mut(), ctx)
             .await;
+        // The store no longer knows the resumed upload (completed or aborted
+        // after the journal was written, or expired): S3 says NoSuchUpload,
+        // s3s-fs AccessDenied. Start a fresh one, once, and say so.
+        if let (Some(old), Some(parts), Err(e)) = (&resumed, again, &r)
+            && matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied)
+            && !ctx.is_cancelled()
+        {
+            tracing::info!(target = %self.target, error = %e.chain(), "the interrupted upload is gone from the store; starting over");
+            self.abort(old, ctx.retry_policy()).await;
+            upload_id = self.create_journaled(&mut journal, ctx).await?;
+            r = self
+                .parts_and_complete(&upload_id, parts, size, journal.as_mut(), ctx)
+                .await;
+        }
         // Paused with a journal: the upload and its parts stay for resume().
         if r.is_err() && ctx.is_paused() && journal.is_some() {
             return r;
@@ -425,6 +444,25 @@ impl<'a> Upload<'a> {
             j.file.remove().await;
         }
         r
+    }
+
+    /// CreateMultipartUpload, recorded in `journal` (with no parts yet);
+    /// a journal that cannot be written is dropped (no resume after a crash).
+    async fn create_journaled(
+        &self,
+        journal: &mut Option<Journaled>,
+        ctx: &TransferCtx,
+    ) -> Result<String> {
+        let id = self.create(ctx).await?;
+        if let Some(j) = journal.as_mut() {
+            j.data.upload_id = id.clone();
+            j.data.parts.clear();
+            if let Err(e) = j.file.save(&j.data).await {
+                tracing::warn!(error = %e.chain(), "upload journal not written; this upload cannot resume after a crash");
+                *journal = None;
+            }
+        }
+        Ok(id)
     }
 
     /// For a file and a state directory: the journal to keep, resuming a
@@ -474,6 +512,14 @@ impl<'a> Upload<'a> {
                 return Some(Journaled { file, data: fresh });
             }
         };
+        if listed.is_empty() && !old.parts.is_empty() {
+            // None of the recorded parts is listed: the upload is gone (a
+            // crash after its complete took effect, or an abort), or the
+            // store answers an unknown upload with an empty list (s3s-fs).
+            tracing::info!(target = %self.target, "the interrupted upload is gone from the store; starting over");
+            self.abort(&old.upload_id, ctx.retry_policy()).await;
+            return Some(Journaled { file, data: fresh });
+        }
         let mut keep = Vec::new();
         for p in old.parts {
             // The store must still have the part, at that size and (when

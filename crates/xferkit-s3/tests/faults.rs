@@ -705,3 +705,62 @@ async fn an_abort_that_fails_is_found_and_finished_by_the_next_run() {
         .collect();
     assert!(left.is_empty(), "journal files left: {left:?}");
 }
+
+/// A journal whose upload the store no longer knows (here aborted behind
+/// the paused transfer's back; after a crash, also an upload whose complete
+/// took effect before the journal was removed) never fails the upload: the
+/// resume starts a fresh one, completes byte-identical and removes the
+/// journal. s3s-fs answers ListParts of an unknown upload with an empty
+/// list and UploadPart with AccessDenied; both lead to a fresh start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_whose_upload_is_gone_starts_a_fresh_upload() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use xferkit_core::{PendingUpload, TransferRequest};
+
+    let Some(emu) = s3s() else { return };
+    let pfx = unique_prefix("faults", "gone");
+    let state = tempfile::tempdir().unwrap();
+    let via = store(&emu, &emu.endpoint, &pfx)
+        .await
+        .with_state_dir(Some(state.path().to_path_buf()));
+    let direct = store(&emu, &emu.endpoint, &pfx).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(30 * MIB, 15);
+    let src = write_file(dir.path(), "src.bin", &body);
+    let url = via.url_for("gone.bin");
+    let m = manager_over(Arc::new(via));
+    let t = m.start(TransferRequest::upload(&src, &url)).unwrap();
+    until_transferred(&t, 10 * MIB as u64, Duration::from_secs(60)).await;
+    t.pause();
+    assert!(m.settled(Duration::from_secs(30)).await);
+    assert!(journaled_parts(state.path()) >= 1);
+    let journal = std::fs::read_dir(state.path().join("uploads"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension() == Some("json".as_ref()))
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&journal).unwrap()).unwrap();
+    let id = j["upload_id"].as_str().unwrap().to_string();
+    direct
+        .abort_pending_upload(&PendingUpload::new("gone.bin".into(), id, None))
+        .await
+        .unwrap();
+
+    t.resume();
+    let fin = tokio::time::timeout(Duration::from_secs(120), t.wait())
+        .await
+        .expect("the resume did not finish")
+        .unwrap();
+    assert_eq!(fin.transferred, body.len() as u64);
+    let back = dir.path().join("back.bin");
+    direct
+        .download_to_path("gone.bin", &back, None, &TransferCtx::none())
+        .await
+        .unwrap();
+    assert!(std::fs::read(&back).unwrap() == body, "not byte-identical");
+    let left: Vec<_> = std::fs::read_dir(state.path().join("uploads"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "journal files left: {left:?}");
+}
