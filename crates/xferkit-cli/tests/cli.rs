@@ -18,20 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{Run, Sandbox, Spawn};
-
-/// Deterministic, incompressible-looking bytes.
-fn pseudo_random(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use common::{Run, Sandbox, Spawn, pseudo_random};
 
 #[test]
 fn upload_then_download_is_byte_identical() {
@@ -40,7 +27,10 @@ fn upload_then_download_is_byte_identical() {
     let cases: [(&str, Vec<u8>); 3] = [
         ("empty.bin", Vec::new()),
         ("héllo wörld ✓ #1.txt", "grüße\n".as_bytes().to_vec()),
-        ("five-mib.bin", pseudo_random(5 * 1024 * 1024)),
+        (
+            "five-mib.bin",
+            pseudo_random(5 * 1024 * 1024, 0x9E37_79B9_7F4A_7C15),
+        ),
     ];
     for (name, data) in &cases {
         sb.file(name, data);
@@ -206,7 +196,7 @@ fn rm_deletes_and_is_idempotent() {
 #[test]
 fn cp_in_every_direction() {
     let sb = Sandbox::local();
-    let data = pseudo_random(100_000);
+    let data = pseudo_random(100_000, 0x9E37_79B9_7F4A_7C15);
     sb.file("src.bin", &data);
     let root = sb.root_url();
 
@@ -452,7 +442,7 @@ fn answer(
     if conn.write_all(header.as_bytes()).is_err() {
         return;
     }
-    let body = pseudo_random(len);
+    let body = pseudo_random(len, 0x9E37_79B9_7F4A_7C15);
     let mut sent = 0;
     let mut told = false;
     while sent < len {
@@ -486,7 +476,7 @@ fn http_links_download_to_their_path_name() {
     );
     assert_eq!(
         std::fs::read(sb.work().join("report v2.pdf")).unwrap(),
-        pseudo_random(4096)
+        pseudo_random(4096, 0x9E37_79B9_7F4A_7C15)
     );
     assert!(
         rx.recv()

@@ -408,13 +408,10 @@ async fn crash_s3_on_moto() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_gcs_on_fake_gcs_server() {
-    let Some(v) = env(&["XFERKIT_FAKE_GCS_ENDPOINT"]) else {
+    let Some(endpoint) = xferkit_conformance::gcs::emulator_with_bucket("xferkit-crash").await
+    else {
         return;
     };
-    let endpoint = v[0].trim_end_matches('/').to_string();
-    xferkit_conformance::gcs::ensure_bucket(&endpoint, "xferkit-crash")
-        .await
-        .unwrap();
     crash_target(Target {
         label: "gcs@fake-gcs-server",
         lists_pending: true,

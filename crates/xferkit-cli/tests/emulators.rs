@@ -134,13 +134,9 @@ async fn xfer_against_azure_from_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xfer_against_gcs_from_config() {
-    let Some(v) = env(&["XFERKIT_FAKE_GCS_ENDPOINT"]) else {
+    let Some(endpoint) = xferkit_conformance::gcs::emulator_with_bucket("xferkit-cli").await else {
         return;
     };
-    let endpoint = v[0].trim_end_matches('/').to_string();
-    xferkit_conformance::gcs::ensure_bucket(&endpoint, "xferkit-cli")
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cred = xferkit_conformance::gcs::service_account_file(dir.path()).unwrap();
     let toml = format!(

@@ -50,3 +50,15 @@ pub fn service_account_file(dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::write(&p, sa.to_string())?;
     Ok(p)
 }
+
+/// The fake-gcs-server endpoint of the test run (`XFERKIT_FAKE_GCS_ENDPOINT`,
+/// without a trailing `/`), with `bucket` created on it; `None` (after
+/// failing under CI, see [`crate::emulator_env`]) when it is not set.
+pub async fn emulator_with_bucket(bucket: &str) -> Option<String> {
+    let v = crate::emulator_env(&["XFERKIT_FAKE_GCS_ENDPOINT"])?;
+    let endpoint = v[0].trim_end_matches('/').to_string();
+    if let Err(e) = ensure_bucket(&endpoint, bucket).await {
+        panic!("cannot create the bucket {bucket} on fake-gcs-server: {e}");
+    }
+    Some(endpoint)
+}

@@ -305,13 +305,10 @@ async fn share_on_azure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn share_on_gcs() {
-    let Some(v) = env(&["XFERKIT_FAKE_GCS_ENDPOINT"]) else {
+    let Some(endpoint) = xferkit_conformance::gcs::emulator_with_bucket("xferkit-share").await
+    else {
         return;
     };
-    let endpoint = v[0].trim_end_matches('/').to_string();
-    xferkit_conformance::gcs::ensure_bucket(&endpoint, "xferkit-share")
-        .await
-        .unwrap();
     // Signed URLs need a service-account key; the emulator does not check
     // signatures, so the repository's throwaway test key serves.
     let dir = tempfile::tempdir().unwrap();
