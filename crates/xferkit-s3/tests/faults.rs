@@ -514,30 +514,88 @@ async fn stat_works_when_the_checksum_may_not_be_read() {
     direct.delete("k.bin").await.unwrap();
 }
 
+/// An upload of `mib` MiB of a file to `key` through a transfer manager over
+/// a store behind a fault proxy (journals under `state`, so it can resume),
+/// with a second store straight on the emulator to check what is left.
+struct Managed {
+    proxy: FaultProxy,
+    direct: S3Store,
+    state: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    body: Vec<u8>,
+    src: std::path::PathBuf,
+    url: String,
+    m: xferkit_core::TransferManager,
+}
+
+impl Managed {
+    async fn new(emu: &Emu, tag: &str, key: &str, mib: usize, rules: Vec<Rule>) -> Managed {
+        let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+        proxy.set_rules(rules);
+        let pfx = unique_prefix("faults", tag);
+        let state = tempfile::tempdir().unwrap();
+        let via = store(emu, &proxy.url(), &pfx)
+            .await
+            .with_state_dir(Some(state.path().to_path_buf()));
+        let direct = store(emu, &emu.endpoint, &pfx).await;
+        let dir = tempfile::tempdir().unwrap();
+        let body = data(mib * MIB, mib as u64);
+        let src = write_file(dir.path(), "src.bin", &body);
+        let url = via.url_for(key);
+        let m = manager_over(std::sync::Arc::new(via));
+        Managed {
+            proxy,
+            direct,
+            state,
+            dir,
+            body,
+            src,
+            url,
+            m,
+        }
+    }
+
+    /// Start the upload and wait until `bytes` of it are acknowledged.
+    async fn start(&self, bytes: u64) -> xferkit_core::Transfer {
+        let t = self
+            .m
+            .start(xferkit_core::TransferRequest::upload(&self.src, &self.url))
+            .unwrap();
+        until_transferred(&t, bytes, std::time::Duration::from_secs(60)).await;
+        t
+    }
+
+    /// The object under `key` equals the file, and no journal file is left.
+    async fn assert_stored(&self, key: &str) {
+        let back = self.dir.path().join("back.bin");
+        self.direct
+            .download_to_path(key, &back, None, &TransferCtx::none())
+            .await
+            .unwrap();
+        assert!(
+            std::fs::read(&back).unwrap() == self.body,
+            "not byte-identical"
+        );
+        let left: Vec<_> = std::fs::read_dir(self.state.path().join("uploads"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "journal files left: {left:?}");
+    }
+}
+
 /// A stopped upload's abort that the network slows down (the proxy holds
 /// the AbortMultipartUpload DELETE 2.5 s) still completes: the caller sees
 /// `Cancelled` at once, the manager keeps the abort running and
 /// `settled` waits for it, and moto lists no pending upload afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_upload_finishes_its_slow_abort_in_the_background() {
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
-    use xferkit_core::{TransferRequest, TransferStatus};
+    use xferkit_core::TransferStatus;
 
     let Some(emu) = moto() else { return };
-    let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-    let pfx = unique_prefix("faults", "slow-abort");
-    let via = store(&emu, &proxy.url(), &pfx).await;
-    let direct = store(&emu, &emu.endpoint, &pfx).await;
-    proxy.set_rules(vec![
-        Rule::new(Fault::Stall(Duration::from_millis(2500))).method("DELETE"),
-    ]);
-    let dir = tempfile::tempdir().unwrap();
-    let src = write_file(dir.path(), "src.bin", &data(48 * MIB, 12));
-    let url = via.url_for("stopped.bin");
-    let m = manager_over(Arc::new(via));
-    let t = m.start(TransferRequest::upload(&src, url)).unwrap();
-    until_transferred(&t, 0, Duration::from_secs(30)).await;
+    let stall = Rule::new(Fault::Stall(Duration::from_millis(2500))).method("DELETE");
+    let u = Managed::new(&emu, "slow-abort", "stopped.bin", 48, vec![stall]).await;
+    let t = u.start(0).await;
     let stopped = Instant::now();
     t.stop();
     let fin = t.wait().await.unwrap_err();
@@ -549,7 +607,7 @@ async fn a_stopped_upload_finishes_its_slow_abort_in_the_background() {
     assert_eq!(fin.kind(), ErrorKind::Cancelled);
     assert_eq!(fin.info().status, TransferStatus::Cancelled);
     assert!(
-        m.settled(Duration::from_secs(30)).await,
+        u.m.settled(Duration::from_secs(30)).await,
         "the abort did not finish within 30 s"
     );
     assert!(
@@ -557,11 +615,15 @@ async fn a_stopped_upload_finishes_its_slow_abort_in_the_background() {
         "settled before the stalled abort could have ended ({:?})",
         stopped.elapsed()
     );
-    assert_eq!(proxy.stats().stalls, 1, "the abort DELETE was not stalled");
-    let pending = direct.list_pending_uploads("").await.unwrap();
+    assert_eq!(
+        u.proxy.stats().stalls,
+        1,
+        "the abort DELETE was not stalled"
+    );
+    let pending = u.direct.list_pending_uploads("").await.unwrap();
     assert!(pending.is_empty(), "multipart uploads left: {pending:?}");
     assert_eq!(
-        direct.stat("stopped.bin").await.unwrap_err().kind(),
+        u.direct.stat("stopped.bin").await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
 }
@@ -573,61 +635,36 @@ async fn a_stopped_upload_finishes_its_slow_abort_in_the_background() {
 /// the stored parts there (it starts over; docs/testing.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_upload_resumes_sending_only_the_missing_parts() {
-    use std::sync::Arc;
     use std::time::Duration;
-    use xferkit_core::{TransferRequest, TransferStatus};
+    use xferkit_core::TransferStatus;
 
     let Some(emu) = s3s() else { return };
-    let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-    let pfx = unique_prefix("faults", "pause");
-    let state = tempfile::tempdir().unwrap();
-    let via = store(&emu, &proxy.url(), &pfx)
-        .await
-        .with_state_dir(Some(state.path().to_path_buf()));
-    let direct = store(&emu, &emu.endpoint, &pfx).await;
-    let dir = tempfile::tempdir().unwrap();
-    let body = data(48 * MIB, 13);
-    let src = write_file(dir.path(), "src.bin", &body);
-    let url = via.url_for("paused.bin");
-    let m = manager_over(Arc::new(via));
-    let t = m.start(TransferRequest::upload(&src, url)).unwrap();
-    until_transferred(&t, 15 * MIB as u64, Duration::from_secs(60)).await;
+    let u = Managed::new(&emu, "pause", "paused.bin", 48, vec![]).await;
+    let t = u.start(15 * MIB as u64).await;
     t.pause();
     assert_eq!(t.info().status, TransferStatus::Paused);
-    assert!(m.settled(Duration::from_secs(30)).await);
-    let kept = journaled_parts(state.path());
+    assert!(u.m.settled(Duration::from_secs(30)).await);
+    let kept = journaled_parts(u.state.path());
     assert!(kept >= 1, "the pause kept no part in its journal");
-    let parts_before = count_part_puts(&proxy);
+    let parts_before = count_part_puts(&u.proxy);
 
     t.resume();
     let fin = tokio::time::timeout(Duration::from_secs(120), t.wait())
         .await
         .expect("resume did not finish")
         .unwrap();
-    assert_eq!(fin.transferred, body.len() as u64);
-    let parts_after = count_part_puts(&proxy) - parts_before;
+    assert_eq!(fin.transferred, u.body.len() as u64);
     // Parts the journal vouches for are not sent again; parts the store
     // holds that the journal never recorded (in flight at the pause) cannot
     // be verified and are.
+    let parts_after = count_part_puts(&u.proxy) - parts_before;
     let parts = (48 / 5) + 1;
     assert_eq!(
         parts_after,
         parts - kept,
         "resume sent {parts_after} of {parts} parts; the journal kept {kept}"
     );
-    let back = dir.path().join("back.bin");
-    direct
-        .download_to_path("paused.bin", &back, None, &TransferCtx::none())
-        .await
-        .unwrap();
-    assert!(std::fs::read(&back).unwrap() == body, "not byte-identical");
-    let left: Vec<_> = std::fs::read_dir(state.path().join("uploads"))
-        .unwrap()
-        .collect();
-    assert!(
-        left.is_empty(),
-        "journal files left after completion: {left:?}"
-    );
+    u.assert_stored("paused.bin").await;
 }
 
 /// The parts recorded in the one upload journal under `state`.
@@ -658,52 +695,24 @@ fn count_part_puts(proxy: &FaultProxy) -> usize {
 /// nothing pending and no journal (moto).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_that_fails_is_found_and_finished_by_the_next_run() {
-    use std::sync::Arc;
     use std::time::Duration;
-    use xferkit_core::TransferRequest;
 
     let Some(emu) = moto() else { return };
-    let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
-    let pfx = unique_prefix("faults", "abort-fails");
-    let state = tempfile::tempdir().unwrap();
-    let via = store(&emu, &proxy.url(), &pfx)
-        .await
-        .with_state_dir(Some(state.path().to_path_buf()));
-    let direct = store(&emu, &emu.endpoint, &pfx).await;
-    proxy.set_rules(vec![Rule::new(Fault::Status(403)).method("DELETE")]);
-    let dir = tempfile::tempdir().unwrap();
-    let body = data(30 * MIB, 14);
-    let src = write_file(dir.path(), "src.bin", &body);
-    let url = via.url_for("kept.bin");
-    let m = manager_over(Arc::new(via));
-    let t = m.start(TransferRequest::upload(&src, &url)).unwrap();
-    until_transferred(&t, 0, Duration::from_secs(60)).await;
+    let refuse = Rule::new(Fault::Status(403)).method("DELETE");
+    let u = Managed::new(&emu, "abort-fails", "kept.bin", 30, vec![refuse]).await;
+    let t = u.start(0).await;
     t.stop();
-    assert!(m.settled(Duration::from_secs(30)).await);
-    assert!(proxy.stats().statuses >= 1, "the abort was not refused");
-    assert_eq!(direct.list_pending_uploads("").await.unwrap().len(), 1);
-    journaled_parts(state.path());
+    assert!(u.m.settled(Duration::from_secs(30)).await);
+    assert!(u.proxy.stats().statuses >= 1, "the abort was not refused");
+    assert_eq!(u.direct.list_pending_uploads("").await.unwrap().len(), 1);
+    journaled_parts(u.state.path());
 
-    proxy.clear();
-    let fin = m
-        .start(TransferRequest::upload(&src, &url))
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
-    assert_eq!(fin.transferred, body.len() as u64);
-    let back = dir.path().join("back.bin");
-    direct
-        .download_to_path("kept.bin", &back, None, &TransferCtx::none())
-        .await
-        .unwrap();
-    assert!(std::fs::read(&back).unwrap() == body, "not byte-identical");
-    let pending = direct.list_pending_uploads("").await.unwrap();
+    u.proxy.clear();
+    let fin = u.start(0).await.wait().await.unwrap();
+    assert_eq!(fin.transferred, u.body.len() as u64);
+    u.assert_stored("kept.bin").await;
+    let pending = u.direct.list_pending_uploads("").await.unwrap();
     assert!(pending.is_empty(), "left pending: {pending:?}");
-    let left: Vec<_> = std::fs::read_dir(state.path().join("uploads"))
-        .unwrap()
-        .collect();
-    assert!(left.is_empty(), "journal files left: {left:?}");
 }
 
 /// A journal whose upload the store no longer knows (here aborted behind
@@ -714,35 +723,23 @@ async fn an_abort_that_fails_is_found_and_finished_by_the_next_run() {
 /// list and UploadPart with AccessDenied; both lead to a fresh start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journal_whose_upload_is_gone_starts_a_fresh_upload() {
-    use std::sync::Arc;
     use std::time::Duration;
-    use xferkit_core::{PendingUpload, TransferRequest};
+    use xferkit_core::PendingUpload;
 
     let Some(emu) = s3s() else { return };
-    let pfx = unique_prefix("faults", "gone");
-    let state = tempfile::tempdir().unwrap();
-    let via = store(&emu, &emu.endpoint, &pfx)
-        .await
-        .with_state_dir(Some(state.path().to_path_buf()));
-    let direct = store(&emu, &emu.endpoint, &pfx).await;
-    let dir = tempfile::tempdir().unwrap();
-    let body = data(30 * MIB, 15);
-    let src = write_file(dir.path(), "src.bin", &body);
-    let url = via.url_for("gone.bin");
-    let m = manager_over(Arc::new(via));
-    let t = m.start(TransferRequest::upload(&src, &url)).unwrap();
-    until_transferred(&t, 10 * MIB as u64, Duration::from_secs(60)).await;
+    let u = Managed::new(&emu, "gone", "gone.bin", 30, vec![]).await;
+    let t = u.start(10 * MIB as u64).await;
     t.pause();
-    assert!(m.settled(Duration::from_secs(30)).await);
-    assert!(journaled_parts(state.path()) >= 1);
-    let journal = std::fs::read_dir(state.path().join("uploads"))
+    assert!(u.m.settled(Duration::from_secs(30)).await);
+    assert!(journaled_parts(u.state.path()) >= 1);
+    let journal = std::fs::read_dir(u.state.path().join("uploads"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension() == Some("json".as_ref()))
         .unwrap();
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&journal).unwrap()).unwrap();
     let id = j["upload_id"].as_str().unwrap().to_string();
-    direct
+    u.direct
         .abort_pending_upload(&PendingUpload::new("gone.bin".into(), id, None))
         .await
         .unwrap();
@@ -752,15 +749,6 @@ async fn a_journal_whose_upload_is_gone_starts_a_fresh_upload() {
         .await
         .expect("the resume did not finish")
         .unwrap();
-    assert_eq!(fin.transferred, body.len() as u64);
-    let back = dir.path().join("back.bin");
-    direct
-        .download_to_path("gone.bin", &back, None, &TransferCtx::none())
-        .await
-        .unwrap();
-    assert!(std::fs::read(&back).unwrap() == body, "not byte-identical");
-    let left: Vec<_> = std::fs::read_dir(state.path().join("uploads"))
-        .unwrap()
-        .collect();
-    assert!(left.is_empty(), "journal files left: {left:?}");
+    assert_eq!(fin.transferred, u.body.len() as u64);
+    u.assert_stored("gone.bin").await;
 }
