@@ -266,13 +266,7 @@ async fn a_caller_that_stops_leaves_the_others_their_download() {
     let m = manager(store.clone(), 4);
     let dir = tempfile::tempdir().unwrap();
     let url = store.url_for("k");
-    let a = m
-        .start(TransferRequest::download(&url, dir.path().join("a")))
-        .unwrap();
-    let b = m
-        .start(TransferRequest::download(&url, dir.path().join("b")))
-        .unwrap();
-    until_transferred(&a, 1).await;
+    let (a, b) = two_callers(&m, &url, dir.path()).await;
     // The first caller (whose destination names the temp files) stops.
     a.stop();
     assert_eq!(a.info().status, TransferStatus::Cancelled);
@@ -905,13 +899,7 @@ async fn pausing_one_caller_leaves_the_others_running_and_an_upload_pauses_too()
     let m = manager(store.clone(), 2);
     let dir = tempfile::tempdir().unwrap();
     let url = store.url_for("k");
-    let a = m
-        .start(TransferRequest::download(&url, dir.path().join("a")))
-        .unwrap();
-    let b = m
-        .start(TransferRequest::download(&url, dir.path().join("b")))
-        .unwrap();
-    until_transferred(&a, 1).await;
+    let (a, b) = two_callers(&m, &url, dir.path()).await;
     a.pause();
     b.wait().await.unwrap();
     assert_eq!(a.info().status, TransferStatus::Paused);
@@ -959,4 +947,20 @@ async fn a_transfer_under_both_caps_goes_no_faster_than_the_lower() {
     // Not a timing test of the machine: a cap can only slow a transfer, and
     // an uncapped in-memory 4 MiB takes milliseconds.
     assert!(took >= Duration::from_millis(900), "{took:?}");
+}
+
+/// Two callers downloading `url` to `dir/a` and `dir/b`, once bytes flow.
+async fn two_callers(
+    m: &TransferManager,
+    url: &str,
+    dir: &std::path::Path,
+) -> (xferkit_core::Transfer, xferkit_core::Transfer) {
+    let a = m
+        .start(TransferRequest::download(url, dir.join("a")))
+        .unwrap();
+    let b = m
+        .start(TransferRequest::download(url, dir.join("b")))
+        .unwrap();
+    until_transferred(&a, 1).await;
+    (a, b)
 }
