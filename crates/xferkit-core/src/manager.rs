@@ -611,13 +611,12 @@ impl Transfer {
         obj: Option<RemoteObject>,
         extra: impl FnOnce(&mut FileInfo),
     ) {
-        if err.is_some() {
-            let mut slot = lock(&self.inner.error);
-            if slot.is_none() && !self.info().status.is_terminal() {
-                slot.clone_from(&err);
-            }
-        }
         let dispatch = self.record(|i| {
+            // Under the info lock, and only for the snapshot that ends the
+            // transfer: the error `wait()` gives matches the final status.
+            if err.is_some() {
+                lock(&self.inner.error).clone_from(&err);
+            }
             extra(i);
             i.status = status;
             i.retry_at = None;
