@@ -151,17 +151,23 @@ fn kill_upload_at(sb: &Sandbox, src: &Path, key: &str, at: u64) -> PathBuf {
     tmp
 }
 
-#[test]
-fn a_killed_uploads_temp_file_goes_at_the_next_upload_and_a_live_ones_stays() {
-    let mut rng = Rng::new("upload");
+/// A local store whose upload of a big file was killed -9 mid-copy, after 1
+/// or 2 of its 3 steps (random): the sandbox, the source and the stale
+/// temp file left behind.
+fn killed_upload(test: &str) -> (Sandbox, PathBuf, PathBuf) {
+    let mut rng = Rng::new(test);
     let sb = Sandbox::local();
     let src = sb.work().join("big.bin");
     big_file(&src, BIG);
-
-    // kill -9 mid-copy, after 1 or 2 of the 3 steps.
     let at = rng.range(1, 3) * STEP;
     eprintln!("kill after {at} bytes");
     let stale = kill_upload_at(&sb, &src, "big.bin", at);
+    (sb, src, stale)
+}
+
+#[test]
+fn a_killed_uploads_temp_file_goes_at_the_next_upload_and_a_live_ones_stays() {
+    let (sb, src, stale) = killed_upload("upload");
     assert!(!sb.root().join("big.bin").exists());
 
     // A temp file a live process is writing (this one holds its lock).
@@ -185,13 +191,7 @@ fn a_killed_uploads_temp_file_goes_at_the_next_upload_and_a_live_ones_stays() {
 
 #[test]
 fn gc_removes_a_killed_uploads_temp_file_whatever_its_age_and_spares_live_ones() {
-    let mut rng = Rng::new("gc");
-    let sb = Sandbox::local();
-    let src = sb.work().join("big.bin");
-    big_file(&src, BIG);
-    let at = rng.range(1, 3) * STEP;
-    eprintln!("kill after {at} bytes");
-    let stale = kill_upload_at(&sb, &src, "big.bin", at);
+    let (sb, _, stale) = killed_upload("gc");
     let stale_name = stale.file_name().unwrap().to_str().unwrap().to_string();
     let live_path = tmp_dir(&sb).join("up.live02");
     let live = held(&live_path);
