@@ -428,21 +428,12 @@ async fn crash_gcs_on_fake_gcs_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_azure_on_azurite() {
-    let Some(v) = env(&[
-        "XFERKIT_AZURITE_ENDPOINT",
-        "XFERKIT_AZURITE_ACCOUNT",
-        "XFERKIT_AZURITE_KEY",
-    ]) else {
+    let Some(mut toml) = xferkit_conformance::azurite_store_toml("xferkit-crash", &unique()) else {
         return;
     };
-    let toml = format!(
-        "backend = \"azure\"\naccount = {:?}\ncontainer = \"xferkit-crash\"\nendpoint = {:?}\n\
-         account_key = {:?}\nprefix = {:?}\nblock_size = {PART}\nmultipart_threshold = {PART}\n",
-        v[1],
-        v[0],
-        v[2],
-        unique()
-    );
+    toml.push_str(&format!(
+        "block_size = {PART}\nmultipart_threshold = {PART}\n"
+    ));
     let cfg: xferkit_azure::AzureConfig = store_config(&toml);
     xferkit_azure::AzureStore::new("setup", cfg)
         .await

@@ -117,24 +117,31 @@ fn held(path: &Path) -> File {
     f
 }
 
+/// `xfer upload` of `src` to the store `local` under `key`, capped at
+/// [`SLOW`] so that it is still copying when a test acts on it.
+fn slow_upload(sb: &Sandbox, src: &Path, key: &str) -> Command {
+    let mut c = sb.command(&[
+        "--quiet",
+        "--bwlimit",
+        SLOW,
+        "upload",
+        src.to_str().unwrap(),
+        "--key",
+        key,
+    ]);
+    c.stdout(Stdio::null());
+    c
+}
+
 /// Start a slow `xfer upload` of `src` to the store `local` under `key` and
 /// SIGKILL it once its temp file holds `at` bytes or more (but before it is
 /// complete); returns the temp file it left.
 fn kill_upload_at(sb: &Sandbox, src: &Path, key: &str, at: u64) -> PathBuf {
     let before = files_in(&tmp_dir(sb));
     let child = Killed::new(
-        sb.command(&[
-            "--quiet",
-            "--bwlimit",
-            SLOW,
-            "upload",
-            src.to_str().unwrap(),
-            "--key",
-            key,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn_or_panic(),
+        slow_upload(sb, src, key)
+            .stderr(Stdio::null())
+            .spawn_or_panic(),
     );
     let (tmp, len) = wait_for("the upload's temp file", Duration::from_secs(60), || {
         files_in(&tmp_dir(sb))
@@ -252,16 +259,9 @@ fn a_running_upload_keeps_its_temp_file_through_gc_and_other_uploads() {
     let src = sb.work().join("big.bin");
     big_file(&src, BIG);
     let running = Killed::new(
-        sb.command(&[
-            "--quiet",
-            "--bwlimit",
-            SLOW,
-            "upload",
-            src.to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn_or_panic(),
+        slow_upload(&sb, &src, "big.bin")
+            .stderr(Stdio::piped())
+            .spawn_or_panic(),
     );
     let (tmp, _) = wait_for("the upload's temp file", Duration::from_secs(60), || {
         files_in(&tmp_dir(&sb)).into_iter().find(|(_, l)| *l > 0)

@@ -110,21 +110,9 @@ async fn xfer_against_s3_from_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xfer_against_azure_from_config() {
-    let Some(v) = env(&[
-        "XFERKIT_AZURITE_ENDPOINT",
-        "XFERKIT_AZURITE_ACCOUNT",
-        "XFERKIT_AZURITE_KEY",
-    ]) else {
+    let Some(toml) = xferkit_conformance::azurite_store_toml("xferkit-cli", &prefix()) else {
         return;
     };
-    let toml = format!(
-        "backend = \"azure\"\naccount = {:?}\ncontainer = \"xferkit-cli\"\nendpoint = {:?}\n\
-         account_key = {:?}\nprefix = {:?}\n",
-        v[1],
-        v[0],
-        v[2],
-        prefix()
-    );
     let store = xferkit_azure::AzureStore::new("remote", store_config(&toml))
         .await
         .unwrap();

@@ -179,6 +179,23 @@ pub fn emulator_env(vars: &[&str]) -> Option<Vec<String>> {
     None
 }
 
+/// The store table (`backend = "azure"` …) of container `container` under
+/// `prefix` on the test run's Azurite (`XFERKIT_AZURITE_*`); `None` (after
+/// failing under CI, see [`emulator_env`]) when they are not set. Callers
+/// append their own keys and create the container.
+pub fn azurite_store_toml(container: &str, prefix: &str) -> Option<String> {
+    let v = emulator_env(&[
+        "XFERKIT_AZURITE_ENDPOINT",
+        "XFERKIT_AZURITE_ACCOUNT",
+        "XFERKIT_AZURITE_KEY",
+    ])?;
+    Some(format!(
+        "backend = \"azure\"\naccount = {:?}\ncontainer = {container:?}\nendpoint = {:?}\n\
+         account_key = {:?}\nprefix = {prefix:?}\n",
+        v[1], v[0], v[2]
+    ))
+}
+
 fn summary_dir() -> PathBuf {
     std::env::var_os("XFERKIT_CONFORMANCE_DIR")
         .map(PathBuf::from)

@@ -99,24 +99,7 @@ async fn stopped_upload_leaves_nothing_under_the_final_name() {
     )
     .await
     .unwrap();
-    let token = CancellationToken::new();
-    let ctx = TransferCtx::new(Arc::new(Noop), token.clone());
-    // A stream that yields one chunk then stalls forever.
-    let stream = futures::stream::once(async { Ok(Bytes::from_static(b"new partial")) })
-        .chain(futures::stream::pending());
-    let s2 = s.clone();
-    let task = tokio::spawn(async move {
-        s2.upload(
-            "doc",
-            UploadSource::Stream {
-                stream: Box::pin(stream),
-                size: None,
-            },
-            &PutOptions::default(),
-            &ctx,
-        )
-        .await
-    });
+    let (token, task) = stalled_upload(&s, b"new partial");
     tokio::time::sleep(Duration::from_millis(100)).await;
     token.cancel();
     let e = task.await.unwrap().unwrap_err();
@@ -139,23 +122,7 @@ async fn pending_uploads_are_the_temp_files_of_dead_processes_only() {
     assert!(s.capabilities().list_pending_uploads);
     std::fs::write(tmp.join("up.dead1"), b"half").unwrap();
 
-    let token = CancellationToken::new();
-    let ctx = TransferCtx::new(Arc::new(Noop), token.clone());
-    let stream = futures::stream::once(async { Ok(Bytes::from_static(b"partial")) })
-        .chain(futures::stream::pending());
-    let s2 = s.clone();
-    let live = tokio::spawn(async move {
-        s2.upload(
-            "doc",
-            UploadSource::Stream {
-                stream: Box::pin(stream),
-                size: None,
-            },
-            &PutOptions::default(),
-            &ctx,
-        )
-        .await
-    });
+    let (token, live) = stalled_upload(&s, b"partial");
     // Its first upload swept the dead file; the live one is being written.
     let live_name = loop {
         let names: Vec<String> = std::fs::read_dir(&tmp)
@@ -296,4 +263,33 @@ async fn urls_map_both_ways_and_empty_dirs_are_pruned() {
     s.delete("x/y/z").await.unwrap();
     assert!(!s.root().join("x").exists(), "empty parents not pruned");
     assert!(s.root().exists());
+}
+
+/// An upload of `doc` from a stream that yields `first`, then stalls
+/// forever (its temp file stays open and locked), and the token that stops it.
+fn stalled_upload(
+    s: &Arc<LocalStore>,
+    first: &'static [u8],
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<xferkit_core::Result<xferkit_core::RemoteObject>>,
+) {
+    let token = CancellationToken::new();
+    let ctx = TransferCtx::new(Arc::new(Noop), token.clone());
+    let stream = futures::stream::once(async move { Ok(Bytes::from_static(first)) })
+        .chain(futures::stream::pending());
+    let s2 = s.clone();
+    let task = tokio::spawn(async move {
+        s2.upload(
+            "doc",
+            UploadSource::Stream {
+                stream: Box::pin(stream),
+                size: None,
+            },
+            &PutOptions::default(),
+            &ctx,
+        )
+        .await
+    });
+    (token, task)
 }

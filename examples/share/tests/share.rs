@@ -277,21 +277,9 @@ async fn share_on_s3() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn share_on_azure() {
-    let Some(v) = env(&[
-        "XFERKIT_AZURITE_ENDPOINT",
-        "XFERKIT_AZURITE_ACCOUNT",
-        "XFERKIT_AZURITE_KEY",
-    ]) else {
+    let Some(toml) = xferkit_conformance::azurite_store_toml("xferkit-share", &prefix("az")) else {
         return;
     };
-    let toml = format!(
-        "backend = \"azure\"\naccount = {:?}\ncontainer = \"xferkit-share\"\nendpoint = {:?}\n\
-         account_key = {:?}\nprefix = {:?}\n",
-        v[1],
-        v[0],
-        v[2],
-        prefix("az")
-    );
     let store = xferkit_azure::AzureStore::new("remote", store_config(&toml))
         .await
         .unwrap();
