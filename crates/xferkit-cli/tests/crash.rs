@@ -388,11 +388,7 @@ async fn s3(label: &'static str, endpoint: &str, access: &str, secret: &str, lis
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_s3_on_s3s_fs() {
-    let Some(v) = env(&[
-        "XFERKIT_S3S_ENDPOINT",
-        "XFERKIT_S3S_ACCESS_KEY",
-        "XFERKIT_S3S_SECRET_KEY",
-    ]) else {
+    let Some(v) = env(&xferkit_conformance::S3S_VARS) else {
         return;
     };
     s3("s3@s3s-fs", &v[0], &v[1], &v[2], false).await;

@@ -87,11 +87,7 @@ fn prefix() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xfer_against_s3_from_config() {
-    let Some(v) = env(&[
-        "XFERKIT_S3S_ENDPOINT",
-        "XFERKIT_S3S_ACCESS_KEY",
-        "XFERKIT_S3S_SECRET_KEY",
-    ]) else {
+    let Some(v) = env(&xferkit_conformance::S3S_VARS) else {
         return;
     };
     let toml = format!(

@@ -195,11 +195,7 @@ fn recursive_copy_needs_a_directory_or_a_prefix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_round_trips_through_s3() {
-    let Some(v) = env(&[
-        "XFERKIT_S3S_ENDPOINT",
-        "XFERKIT_S3S_ACCESS_KEY",
-        "XFERKIT_S3S_SECRET_KEY",
-    ]) else {
+    let Some(v) = env(&xferkit_conformance::S3S_VARS) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -246,11 +242,7 @@ fn figment_store<T: serde::de::DeserializeOwned>(toml: &str) -> T {
 /// journal file left next to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_object_downloads_in_ranges_byte_identical_from_s3() {
-    let Some(v) = env(&[
-        "XFERKIT_S3S_ENDPOINT",
-        "XFERKIT_S3S_ACCESS_KEY",
-        "XFERKIT_S3S_SECRET_KEY",
-    ]) else {
+    let Some(v) = env(&xferkit_conformance::S3S_VARS) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

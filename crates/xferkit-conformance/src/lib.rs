@@ -179,6 +179,14 @@ pub fn emulator_env(vars: &[&str]) -> Option<Vec<String>> {
     None
 }
 
+/// The variables naming the test run's s3s-fs: endpoint, access key, secret
+/// key (for [`emulator_env`]).
+pub const S3S_VARS: [&str; 3] = [
+    "XFERKIT_S3S_ENDPOINT",
+    "XFERKIT_S3S_ACCESS_KEY",
+    "XFERKIT_S3S_SECRET_KEY",
+];
+
 /// The store table (`backend = "azure"` …) of container `container` under
 /// `prefix` on the test run's Azurite (`XFERKIT_AZURITE_*`); `None` (after
 /// failing under CI, see [`emulator_env`]) when they are not set. Callers

@@ -249,11 +249,7 @@ async fn share_on_local_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn share_on_s3() {
-    let Some(v) = env(&[
-        "XFERKIT_S3S_ENDPOINT",
-        "XFERKIT_S3S_ACCESS_KEY",
-        "XFERKIT_S3S_SECRET_KEY",
-    ]) else {
+    let Some(v) = env(&xferkit_conformance::S3S_VARS) else {
         return;
     };
     let toml = format!(
