@@ -262,7 +262,9 @@ impl FileTransferHandler for AzureStore {
         ctx: &TransferCtx,
     ) -> Result<RemoteObject> {
         validate_key(key)?;
-        crate::upload::upload(self, key, source, opts, ctx).await
+        let blocks = std::sync::Arc::new(crate::upload::Blocks::new(self, key, opts));
+        let plan = crate::upload::Blocks::plan(self, opts);
+        xferkit_core::parts::upload(blocks, &plan, source, ctx).await
     }
 
     async fn download_stream(

@@ -119,7 +119,9 @@ pub struct UploadJournal {
 }
 
 impl UploadJournal {
-    pub const VERSION: u32 = 1;
+    /// 2: every part of every layout is recorded (GCS chunks included),
+    /// numbered from 1.
+    pub const VERSION: u32 = 2;
 
     pub fn new(
         target: String,

@@ -7,6 +7,7 @@ mod handler;
 pub mod journal;
 pub mod key;
 pub mod manager;
+pub mod parts;
 mod registry;
 mod retry;
 mod secret;

@@ -25,7 +25,7 @@ use crate::SCHEME;
 use crate::client::{Gcs, Signer, map_sdk, to_remote};
 use crate::config::GcsConfig;
 use crate::sign::{EndpointStyle, MAX_EXPIRY, V4Request, sign_v4};
-use crate::upload::UploadJob;
+use crate::upload::Resumable;
 
 /// A Google Cloud Storage bucket (or a prefix of one) as an xferkit store.
 ///
@@ -175,20 +175,33 @@ impl FileTransferHandler for GcsStore {
         ctx: &TransferCtx,
     ) -> Result<RemoteObject> {
         let (full, url) = self.locate(key)?;
-        let job = UploadJob {
-            gcs: &self.gcs,
-            bucket: &self.bucket,
+        let upload = Resumable {
+            gcs: self.gcs.clone(),
+            bucket: self.bucket.clone(),
             name: full,
-            target: url.clone(),
+            key: key.to_string(),
+            target: url,
             content_type: opts.content_type_for(key),
             metadata: opts.metadata.clone(),
             create_only: opts.if_not_exists,
-            threshold: self.threshold,
-            chunk_size: self.chunk_size,
-            state_dir: self.state_dir.as_deref(),
+            policy: self.retry.clone(),
         };
-        let obj = job.run(source, ctx).await?;
-        Ok(to_remote(url, key.to_string(), &obj))
+        upload.check_content_type()?;
+        let plan = Resumable::plan(
+            self.threshold,
+            self.chunk_size,
+            opts,
+            self.state_dir.clone(),
+        );
+        xferkit_core::parts::upload(Arc::new(upload), &plan, source, ctx)
+            .await
+            .map_err(|e| match e {
+                // With `if_not_exists`, a failed generation precondition means the key exists.
+                Error::PreconditionFailed { target, source } if opts.if_not_exists => {
+                    Error::AlreadyExists { target, source }
+                }
+                e => e,
+            })
     }
 
     async fn download_stream(

@@ -312,10 +312,9 @@ impl FileTransferHandler for S3Store {
         ctx: &TransferCtx,
     ) -> Result<RemoteObject> {
         validate_key(key)?;
-        Upload::new(&self.core, key, opts)?
-            .with_state_dir(self.state_dir.as_deref())
-            .run(source, ctx)
-            .await
+        let upload = Arc::new(Upload::new(&self.core, key, opts)?);
+        let plan = Upload::plan(&self.core, opts, self.state_dir.clone());
+        xferkit_core::parts::upload(upload, &plan, source, ctx).await
     }
 
     async fn download_stream(

@@ -1,0 +1,545 @@
+//! The upload driver: one request or parts, scheduling, per-part retry,
+//! the journal, complete, verify, abort.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::task::JoinSet;
+
+use super::resume::{Journaled, Resume, resume};
+use super::source::{Chunker, Pool, Source, exact_length, shrank};
+use super::{Acked, Body, Layout, Part, PartStore, Plan, Stored};
+use crate::journal::JournalPart;
+use crate::{Error, ErrorKind, RemoteObject, Result, RetryPolicy, TransferCtx, UploadSource};
+
+/// Longest time spent aborting a failed or stopped upload. The transfer
+/// manager reports a stopped transfer `Cancelled` at once and lets this run
+/// to its end in the background (`TransferManager::settled`).
+pub const ABORT_BUDGET: Duration = Duration::from_secs(15);
+
+/// Files up to this size are read into memory for a one-request upload.
+const SMALL_IN_MEMORY: u64 = 1024 * 1024;
+
+/// Upload `source` to `store` as `plan` says.
+///
+/// Resume: an upload of a file with a `state_dir` keeps a journal (the
+/// session id, each acknowledged part's number, offset, length, ETag and
+/// CRC32C, and a fingerprint of the file). Run again after a crash, it asks
+/// the store what it holds of that session and keeps a part only if the
+/// store has it at the recorded size (and ETag, where listed) and the file's
+/// bytes still have the recorded CRC32C; everything else is sent again and
+/// the complete is computed from exactly the parts kept and sent. A session
+/// the store no longer knows, or a changed file, starts a fresh upload (the
+/// old session aborted, once, and said at info level): a stale journal
+/// never fails an upload. The journal goes when the upload completes, fails
+/// or is stopped; a pause keeps it (and the session) for `resume()`.
+pub async fn upload(
+    store: Arc<dyn PartStore>,
+    plan: &Plan,
+    source: UploadSource,
+    ctx: &TransferCtx,
+) -> Result<RemoteObject> {
+    let target = store.target().to_string();
+    if ctx.is_discarding() {
+        // A paused upload that is stopped: abort what it kept.
+        if let (UploadSource::Path(path), Some(dir)) = (&source, &plan.state_dir) {
+            let file = crate::journal::JournalFile::for_upload(dir, &target, path);
+            let aborted = match file.load().await {
+                Some(old) if !old.upload_id.is_empty() => {
+                    abort(store.as_ref(), &old.upload_id, ctx.retry_policy()).await
+                }
+                _ => true,
+            };
+            if aborted {
+                file.remove().await;
+            }
+        }
+        return Err(Error::cancelled(&target));
+    }
+    ctx.check(&target)?;
+    match source {
+        UploadSource::Path(path) => {
+            let shown = path.display().to_string();
+            let size = tokio::fs::metadata(&path)
+                .await
+                .map_err(|e| Error::from_io(&shown, e))?
+                .len();
+            ctx.set_total(size);
+            if size <= plan.threshold {
+                let body = if size <= SMALL_IN_MEMORY {
+                    let data = tokio::fs::read(&path)
+                        .await
+                        .map_err(|e| Error::from_io(&shown, e))?;
+                    if data.len() as u64 != size {
+                        return Err(shrank(&path));
+                    }
+                    Body::Bytes(Bytes::from(data))
+                } else {
+                    Body::File(path)
+                };
+                return single(store.as_ref(), body, size, ctx).await;
+            }
+            let src = Source::file(path, size, plan.part_size_for(Some(size)));
+            in_parts(store, plan, src, ctx).await
+        }
+        UploadSource::Stream { stream, size } => {
+            if let Some(n) = size {
+                ctx.set_total(n);
+            }
+            let stream = match size {
+                Some(n) => exact_length(stream, n, target.clone()),
+                None => stream,
+            };
+            let mut chunker = Chunker::new(stream);
+            let limit = usize::try_from(plan.threshold).unwrap_or(usize::MAX);
+            // Buffer up to the threshold: a stream that ends by then is one request.
+            ctx.cancellable(&target, chunker.fill(limit.saturating_add(1)))
+                .await?;
+            if chunker.buf.len() <= limit {
+                let data = chunker.buf.split().freeze();
+                let n = data.len() as u64;
+                return single(store.as_ref(), Body::Bytes(data), n, ctx).await;
+            }
+            let part_size = usize::try_from(plan.part_size_for(size)).map_err(|_| {
+                Error::invalid_config(format!(
+                    "part size {} does not fit in memory on this platform",
+                    plan.part_size
+                ))
+            })?;
+            let src = Source::Stream {
+                chunker,
+                part_size,
+                offset: 0,
+                declared: size,
+            };
+            in_parts(store, plan, src, ctx).await
+        }
+    }
+}
+
+/// One request, retried as a whole.
+async fn single(
+    store: &dyn PartStore,
+    body: Body,
+    size: u64,
+    ctx: &TransferCtx,
+) -> Result<RemoteObject> {
+    let target = store.target();
+    let crc = match &body {
+        Body::Bytes(b) => Some(crc32c::crc32c(b)),
+        Body::File(_) => None,
+    };
+    ctx.throttle(target, size).await?;
+    let obj = ctx
+        .retry(target, |_| store.put_whole(&body, size, crc))
+        .await?;
+    ctx.add_progress(size);
+    Ok(obj)
+}
+
+async fn in_parts(
+    store: Arc<dyn PartStore>,
+    plan: &Plan,
+    mut src: Source,
+    ctx: &TransferCtx,
+) -> Result<RemoteObject> {
+    let target = store.target().to_string();
+    if plan.create_only {
+        // Fail before sending gigabytes. Only a hit counts: the complete's
+        // condition still makes the create atomic.
+        match ctx.retry(&target, |_| store.exists()).await {
+            Ok(true) => return Err(Error::already_exists(&target)),
+            Err(e) if e.kind() == ErrorKind::Cancelled => return Err(e),
+            _ => {}
+        }
+    }
+    // Owned: a `&Source` (a stream inside) must not be held across an await.
+    let file = src.path().map(|(p, size)| (p.to_path_buf(), size));
+    let size = file.as_ref().map(|(_, size)| *size);
+    let mut journal = match (&file, &plan.state_dir) {
+        (Some((path, size)), Some(dir)) => {
+            let part_size = plan.part_size_for(Some(*size));
+            Journaled::open(dir, &target, path, part_size, plan.create_only).await
+        }
+        _ => None,
+    };
+    let found = match (journal.as_mut(), &file) {
+        (Some(j), Some((path, size))) => resume(store.as_ref(), j, path, *size, ctx).await,
+        _ => Resume::Fresh,
+    };
+    let (mut session, kept, resumed) = match found {
+        Resume::Done(obj) => {
+            if let Some(j) = &journal {
+                j.file.remove().await;
+            }
+            ctx.add_progress(obj.size);
+            return Ok(obj);
+        }
+        Resume::Continue { session, kept } => (session, kept, true),
+        Resume::Fresh => (
+            start(store.as_ref(), &mut journal, size, ctx).await?,
+            Vec::new(),
+            false,
+        ),
+    };
+    let mut r = send(
+        &store,
+        plan,
+        &mut src,
+        &session,
+        kept,
+        journal.as_mut(),
+        ctx,
+    )
+    .await;
+    // The store no longer knows the resumed session (completed or aborted
+    // after the journal was written, or expired): S3 says NoSuchUpload,
+    // s3s-fs AccessDenied, GCS 404. Start a fresh one, once, and say so.
+    if let Err(e) = &r
+        && resumed
+        && matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied)
+        && !ctx.is_cancelled()
+    {
+        tracing::info!(target = %target, error = %e.chain(), "the interrupted upload is gone from the store; starting over");
+        abort(store.as_ref(), &session, ctx.retry_policy()).await;
+        src.skip_to(0);
+        session = start(store.as_ref(), &mut journal, size, ctx).await?;
+        r = send(
+            &store,
+            plan,
+            &mut src,
+            &session,
+            Vec::new(),
+            journal.as_mut(),
+            ctx,
+        )
+        .await;
+    }
+    // Paused with a journal: the session and its parts stay for resume().
+    if r.is_err() && ctx.is_paused() && journal.is_some() {
+        return r;
+    }
+    if r.is_err() && !abort(store.as_ref(), &session, ctx.retry_policy()).await {
+        // The session is still there: its journal stays, so the next run of
+        // the same upload finds it (and resumes or aborts it).
+        return r;
+    }
+    // Completed, failed or stopped: nothing to resume.
+    if let Some(j) = &journal {
+        j.file.remove().await;
+    }
+    r
+}
+
+/// Start a session, recorded in the journal (with no parts yet); a journal
+/// that cannot be written is dropped (no resume after a crash). Not raced
+/// against cancellation: a session created behind our back could not be
+/// aborted. Cancellation is checked right after.
+async fn start(
+    store: &dyn PartStore,
+    journal: &mut Option<Journaled>,
+    size: Option<u64>,
+    ctx: &TransferCtx,
+) -> Result<String> {
+    let id = ctx
+        .retry_policy()
+        .retry(store.target(), |_| store.start(size))
+        .await?;
+    if let Some(j) = journal.as_mut() {
+        j.data.upload_id = id.clone();
+        j.data.parts.clear();
+        if let Err(e) = j.file.save(&j.data).await {
+            tracing::warn!(error = %e.chain(), "upload journal not written; this upload cannot resume after a crash");
+            *journal = None;
+        }
+    }
+    Ok(id)
+}
+
+/// Send every part not in `kept`, then complete; the verified object.
+async fn send(
+    store: &Arc<dyn PartStore>,
+    plan: &Plan,
+    src: &mut Source,
+    session: &str,
+    kept: Vec<JournalPart>,
+    journal: Option<&mut Journaled>,
+    ctx: &TransferCtx,
+) -> Result<RemoteObject> {
+    let target = store.target();
+    ctx.check(target)?;
+    let mut done = kept;
+    for p in &done {
+        ctx.add_progress(p.len);
+    }
+    let (stored, sent) = match plan.layout {
+        Layout::Parallel => {
+            let sending = parallel(store, plan, src, session, &mut done, journal, ctx);
+            ctx.cancellable(target, sending).await?;
+            done.sort_by_key(|p| p.number);
+            let total = done.iter().map(|p| p.len).sum();
+            let whole = combine(&done);
+            ctx.check(target)?;
+            // Not cancellable (the policy's retry, not the transfer's): a
+            // complete dropped mid-flight may still take effect.
+            let stored = ctx
+                .retry_policy()
+                .retry(target, |attempt| {
+                    store.complete(session, &done, total, whole, attempt)
+                })
+                .await?;
+            (stored, whole)
+        }
+        Layout::Sequential => {
+            src.skip_to(done.iter().map(|p| p.len).sum());
+            let sending = sequential(store.as_ref(), plan, src, session, &mut done, journal, ctx);
+            ctx.cancellable(target, sending).await?
+        }
+    };
+    verify(store.as_ref(), stored, sent, ctx.retry_policy()).await
+}
+
+/// Up to `plan.concurrency` parts in flight, each its own task.
+async fn parallel(
+    store: &Arc<dyn PartStore>,
+    plan: &Plan,
+    src: &mut Source,
+    session: &str,
+    done: &mut Vec<JournalPart>,
+    mut journal: Option<&mut Journaled>,
+    ctx: &TransferCtx,
+) -> Result<()> {
+    let target = store.target();
+    let skip: HashSet<u32> = done.iter().map(|p| p.number).collect();
+    let session: Arc<str> = Arc::from(session);
+    let pool = Pool::default();
+    // Dropped on a stop or failure: the parts in flight are aborted.
+    let mut tasks: JoinSet<Result<(JournalPart, Bytes)>> = JoinSet::new();
+    let total = src.size();
+    let mut number = 0u32;
+    let mut exhausted = false;
+    loop {
+        while !exhausted && tasks.len() < plan.concurrency {
+            let Some((piece, _)) = src.next().await? else {
+                exhausted = true;
+                break;
+            };
+            number = next_number(number, plan, target)?;
+            if skip.contains(&number) {
+                continue;
+            }
+            let (store, session, pool, ctx) =
+                (store.clone(), session.clone(), pool.clone(), ctx.clone());
+            let digest = plan.digest;
+            tasks.spawn(async move {
+                let l = piece.load(&pool, digest).await?;
+                let part = Part {
+                    number,
+                    offset: l.offset,
+                    data: l.data,
+                    crc32c: l.crc32c,
+                    digest: l.digest,
+                    total,
+                    last: None,
+                };
+                let etag = match put_part(store.as_ref(), &session, &part, &ctx).await? {
+                    Acked::Part(etag) => etag,
+                    Acked::Done(_) => return Err(early(store.target())),
+                };
+                let len = part.data.len() as u64;
+                let jp = JournalPart::new(number, part.offset, len, etag, part.crc32c);
+                Ok((jp, part.data))
+            });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            return Ok(());
+        };
+        let (jp, data) =
+            joined.map_err(|e| Error::backend(target, "a part upload task failed", e))??;
+        ctx.add_progress(jp.len);
+        pool.give(data, plan.concurrency);
+        if let Some(j) = journal.as_deref_mut() {
+            j.record(jp.clone()).await;
+        }
+        done.push(jp);
+    }
+}
+
+/// One chunk after another; the last one completes the upload.
+async fn sequential(
+    store: &dyn PartStore,
+    plan: &Plan,
+    src: &mut Source,
+    session: &str,
+    done: &mut Vec<JournalPart>,
+    mut journal: Option<&mut Journaled>,
+    ctx: &TransferCtx,
+) -> Result<(Stored, u32)> {
+    let target = store.target();
+    let pool = Pool::default();
+    let mut crc = combine(done);
+    let mut total: u64 = done.iter().map(|p| p.len).sum();
+    let mut number = done.last().map_or(0, |p| p.number);
+    let size = src.size();
+    while let Some((piece, last)) = src.next().await? {
+        number = next_number(number, plan, target)?;
+        let l = piece.load(&pool, plan.digest).await?;
+        let len = l.data.len() as u64;
+        let whole = crc32c::crc32c_combine(crc, l.crc32c, l.data.len());
+        let part = Part {
+            number,
+            offset: l.offset,
+            data: l.data,
+            crc32c: l.crc32c,
+            digest: l.digest,
+            total: size,
+            last: last.then_some((total + len, whole)),
+        };
+        let ack = put_part(store, session, &part, ctx).await?;
+        ctx.add_progress(len);
+        (total, crc) = (total + len, whole);
+        match (ack, last) {
+            (Acked::Done(stored), true) => return Ok((stored, whole)),
+            (Acked::Part(etag), false) => {
+                let jp = JournalPart::new(number, part.offset, len, etag, part.crc32c);
+                if let Some(j) = journal.as_deref_mut() {
+                    j.record(jp.clone()).await;
+                }
+                done.push(jp);
+                pool.give(part.data, 1);
+            }
+            (Acked::Done(stored), false) => {
+                // Not all of it: delete what became visible.
+                let r = ctx
+                    .retry_policy()
+                    .retry(target, |_| store.discard(&stored.object))
+                    .await;
+                let note = if r.is_ok() {
+                    "deleted"
+                } else {
+                    "could not be deleted"
+                };
+                return Err(Error::backend(
+                    target,
+                    format!(
+                        "the store completed the upload before its last chunk (the truncated object {note})"
+                    ),
+                    format!("after {total} bytes"),
+                ));
+            }
+            (Acked::Part(_), true) => {
+                return Err(Error::backend(
+                    target,
+                    "the store did not complete the upload after its last chunk",
+                    format!("{total} bytes sent"),
+                ));
+            }
+        }
+    }
+    Err(Error::backend(
+        target,
+        "no bytes were left to send",
+        "empty upload",
+    ))
+}
+
+/// Throttle, then put one part under the transfer's retry policy.
+async fn put_part(
+    store: &dyn PartStore,
+    session: &str,
+    part: &Part,
+    ctx: &TransferCtx,
+) -> Result<Acked> {
+    let target = store.target();
+    ctx.throttle(target, part.data.len() as u64).await?;
+    let what = format!("{target} part {}", part.number);
+    ctx.retry(&what, |attempt| store.put_part(session, part, attempt))
+        .await
+}
+
+fn next_number(number: u32, plan: &Plan, target: &str) -> Result<u32> {
+    number
+        .checked_add(1)
+        .filter(|n| u64::from(*n) <= plan.max_parts)
+        .ok_or_else(|| {
+            Error::backend(
+                target,
+                format!(
+                    "the upload needs more than {} parts of {} bytes; raise the part size",
+                    plan.max_parts, plan.part_size
+                ),
+                "too many parts",
+            )
+        })
+}
+
+fn early(target: &str) -> Error {
+    Error::backend(
+        target,
+        "the store completed the upload early",
+        "unexpected answer to a part",
+    )
+}
+
+/// The CRC32C of the parts' bytes in order (`parts` sorted by number).
+pub(crate) fn combine(parts: &[JournalPart]) -> u32 {
+    parts.iter().fold(0u32, |crc, p| {
+        crc32c::crc32c_combine(crc, p.crc32c, usize::try_from(p.len).unwrap_or(usize::MAX))
+    })
+}
+
+fn label(crc: u32) -> String {
+    format!("crc32c:{crc:08x}")
+}
+
+/// Check the CRC32C the store reports against `sent`, the one of the bytes
+/// sent. A store that checks none itself (emulators compute their own) may
+/// hold a part corrupted on the way: then the object, already visible, is
+/// deleted, so no wrong object stays under the key.
+pub(crate) async fn verify(
+    store: &dyn PartStore,
+    stored: Stored,
+    sent: u32,
+    policy: &RetryPolicy,
+) -> Result<RemoteObject> {
+    let target = store.target();
+    match stored.crc32c {
+        Some(got) if got != sent => {
+            tracing::warn!(target = %target, sent = %label(sent), stored = %label(got), "the stored object does not match what was sent; deleting it");
+            if let Err(e) = policy
+                .retry(target, |_| store.discard(&stored.object))
+                .await
+            {
+                tracing::warn!(target = %target, error = %e.chain(), "could not delete the corrupted object");
+            }
+            Err(Error::ChecksumMismatch {
+                target: target.to_string(),
+                expected: label(sent),
+                actual: label(got),
+            })
+        }
+        _ => Ok(stored.object),
+    }
+}
+
+/// Abort `session`, retrying transient failures for at most
+/// [`ABORT_BUDGET`]; one that still fails is logged and left to the next
+/// run of the upload (and `xfer gc`). Whether it is gone.
+pub(crate) async fn abort(store: &dyn PartStore, session: &str, policy: &RetryPolicy) -> bool {
+    let target = store.target();
+    let policy = policy
+        .clone()
+        .with_max_elapsed(ABORT_BUDGET.min(policy.max_elapsed))
+        .with_attempt_timeout(ABORT_BUDGET.min(policy.attempt_timeout));
+    match policy.retry(target, |_| store.abort(session)).await {
+        Ok(()) => true,
+        // Already gone (completed or aborted meanwhile).
+        Err(e) if e.kind() == ErrorKind::NotFound => true,
+        Err(e) => {
+            tracing::warn!(target = %target, error = %e.chain(), "could not abort the upload; `xfer gc` lists it, and the next run of this upload resumes or aborts it");
+            false
+        }
+    }
+}
