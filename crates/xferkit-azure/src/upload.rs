@@ -126,12 +126,7 @@ impl PartStore for Blocks {
         &self.url
     }
 
-    async fn put_whole(
-        &self,
-        body: &Body,
-        size: u64,
-        _crc32c: Option<u32>,
-    ) -> Result<RemoteObject> {
+    async fn put_whole(&self, body: &Body, size: u64, _crc32c: u32) -> Result<Stored> {
         let data = match body {
             Body::Bytes(b) => b.clone(),
             Body::File(path) => {
@@ -171,7 +166,10 @@ impl PartStore for Blocks {
             .await
             .map_err(|e| map(self.op(), "put blob", e))?;
         let modified = rsp.last_modified.map(SystemTime::from);
-        Ok(self.record(size, rsp.etag.as_ref(), modified))
+        Ok(Stored::new(
+            self.record(size, rsp.etag.as_ref(), modified),
+            None,
+        ))
     }
 
     async fn exists(&self) -> Result<bool> {

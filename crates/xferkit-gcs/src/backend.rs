@@ -184,7 +184,6 @@ impl FileTransferHandler for GcsStore {
             content_type: opts.content_type_for(key),
             metadata: opts.metadata.clone(),
             create_only: opts.if_not_exists,
-            policy: self.retry.clone(),
         };
         upload.check_content_type()?;
         let plan = Resumable::plan(

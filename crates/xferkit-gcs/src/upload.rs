@@ -25,7 +25,7 @@
 //! resumable one fails with `ChecksumMismatch`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -36,7 +36,7 @@ use gcloud_storage::http::resumable_upload_client::{
     ChunkSize, ResumableUploadClient, UploadStatus, UploadedRange,
 };
 use reqwest_middleware::reqwest;
-use xferkit_core::journal::{JournalPart, crc32c_append};
+use xferkit_core::journal::JournalPart;
 use xferkit_core::parts::{Acked, Body, Held, Part, PartStore, Plan, Stored, exact_length};
 use xferkit_core::{ByteStream, Error, ErrorKind, PutOptions, RemoteObject, Result, RetryPolicy};
 
@@ -48,28 +48,6 @@ const READ_BUF: usize = 256 * 1024;
 const CHUNK_GRANULE: u64 = 256 * 1024;
 /// Chunk answers in a row that acknowledge nothing before giving up.
 const MAX_STALLS: u32 = 3;
-
-/// The CRC32C of the bytes a stream has produced so far, still readable
-/// after the stream was handed to a request body.
-#[derive(Clone, Default)]
-struct RunningCrc(Arc<Mutex<u32>>);
-
-impl RunningCrc {
-    fn update(&self, data: &[u8]) {
-        let mut crc = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *crc = crc32c_append(*crc, data);
-    }
-
-    fn get(&self) -> u32 {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// `stream`, hashing each piece as it passes.
-    fn over(&self, stream: ByteStream) -> ByteStream {
-        let crc = self.clone();
-        Box::pin(stream.inspect_ok(move |b| crc.update(b)))
-    }
-}
 
 /// A CRC32C as GCS writes it: base64 of the big-endian bytes.
 fn crc_base64(crc: u32) -> String {
@@ -119,8 +97,6 @@ pub(crate) struct Resumable {
     pub content_type: String,
     pub metadata: BTreeMap<String, String>,
     pub create_only: bool,
-    /// For deleting a generation that does not match what was sent.
-    pub policy: RetryPolicy,
 }
 
 impl Resumable {
@@ -182,41 +158,6 @@ impl Resumable {
             r["crc32c"] = crc_base64(crc).into();
         }
         r
-    }
-
-    /// Compare the CRC32C the store reports for `obj` with `sent`, the one
-    /// of the bytes sent. On a mismatch the stored generation is deleted and
-    /// the store's CRC32C returned. A resource without a CRC32C (composite
-    /// objects; some emulators) cannot be checked and is accepted.
-    async fn compare(&self, obj: &Object, sent: u32, policy: &RetryPolicy) -> Result<Option<u32>> {
-        let Some(stored) = stored_crc(obj) else {
-            tracing::debug!(target = %self.target, "the store reported no CRC32C; upload not verified");
-            return Ok(None);
-        };
-        if stored == sent {
-            return Ok(None);
-        }
-        tracing::warn!(
-            target = %self.target,
-            sent = %crc_label(sent),
-            stored = %crc_label(stored),
-            generation = obj.generation,
-            "the stored object does not match what was sent; deleting it"
-        );
-        self.delete_generation(obj.generation, policy)
-            .await
-            .map_err(|e| Error::Backend {
-                target: self.target.clone(),
-                message: format!(
-                    "the stored object ({}) does not match what was sent ({}) and generation {} \
-                 could not be deleted",
-                    crc_label(stored),
-                    crc_label(sent),
-                    obj.generation
-                ),
-                source: Some(Box::new(e)),
-            })?;
-        Ok(Some(stored))
     }
 
     /// Delete exactly `generation` (`ifGenerationMatch`: a newer write of
@@ -385,7 +326,7 @@ impl PartStore for Resumable {
 
     /// One `uploadType=multipart` request, streaming the data; a store that
     /// holds other bytes than were sent fails it `Transient` (sent again).
-    async fn put_whole(&self, body: &Body, size: u64, known: Option<u32>) -> Result<RemoteObject> {
+    async fn put_whole(&self, body: &Body, size: u64, crc32c: u32) -> Result<Stored> {
         let data: ByteStream = match body {
             Body::Bytes(b) => {
                 let b = b.clone();
@@ -403,35 +344,20 @@ impl PartStore for Resumable {
                 exact_length(stream, size, self.target.clone())
             }
         };
-        let crc = RunningCrc::default();
-        let obj = match self.multipart_once(crc.over(data), size, known).await {
-            Ok(obj) => obj,
-            Err(e) => {
-                return Err(match refused_checksum(&e) {
-                    Some(msg) => Error::transient(
-                        &self.target,
-                        format!(
-                            "the store's checksum did not match what was sent \
-                             (corrupted in transit; nothing stored): {msg}"
-                        ),
+        // The CRC32C goes in the resource, ahead of the data: GCS refuses
+        // bytes that do not match it (400) and stores nothing.
+        match self.multipart_once(data, size, Some(crc32c)).await {
+            Ok(obj) => Ok(self.stored(&obj)),
+            Err(e) => Err(match refused_checksum(&e) {
+                Some(msg) => Error::transient(
+                    &self.target,
+                    format!(
+                        "the store's checksum did not match what was sent \
+                         (corrupted in transit; nothing stored): {msg}"
                     ),
-                    None => e,
-                });
-            }
-        };
-        let sent = crc.get();
-        match self.compare(&obj, sent, &self.policy).await? {
-            None => Ok(self.stored(&obj).object),
-            Some(stored) => Err(Error::transient(
-                &self.target,
-                format!(
-                    "the store's checksum did not match what was sent (corrupted in \
-                     transit): sent {}, stored {}; generation {} was deleted",
-                    crc_label(sent),
-                    crc_label(stored),
-                    obj.generation
                 ),
-            )),
+                None => e,
+            }),
         }
     }
 

@@ -154,12 +154,7 @@ impl PartStore for Upload {
         &self.target
     }
 
-    async fn put_whole(
-        &self,
-        body: &Body,
-        size: u64,
-        _crc32c: Option<u32>,
-    ) -> Result<RemoteObject> {
+    async fn put_whole(&self, body: &Body, size: u64, _crc32c: u32) -> Result<Stored> {
         let data = match body {
             Body::Bytes(b) => SdkStream::from(b.clone()),
             Body::File(path) => SdkStream::read_from()
@@ -188,7 +183,11 @@ impl PartStore for Upload {
             req = req.if_none_match("*");
         }
         let out = req.send().await.map_err(self.map("PutObject", self.mode))?;
-        Ok(self.record(size, out.e_tag(), out.version_id()))
+        let crc = out.checksum_crc32_c().and_then(crc_of);
+        Ok(Stored::new(
+            self.record(size, out.e_tag(), out.version_id()),
+            crc,
+        ))
     }
 
     async fn exists(&self) -> Result<bool> {

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use super::resume::{Journaled, Resume, resume};
 use super::source::{Chunker, Pool, Source, exact_length, shrank};
 use super::{Acked, Body, Layout, Part, PartStore, Plan, Stored};
-use crate::journal::JournalPart;
+use crate::journal::{JournalPart, crc32c_of_range};
 use crate::{Error, ErrorKind, RemoteObject, Result, RetryPolicy, TransferCtx, UploadSource};
 
 /// Longest time spent aborting a failed or stopped upload. The transfer
@@ -119,7 +119,8 @@ pub async fn upload(
     }
 }
 
-/// One request, retried as a whole.
+/// One request, retried as a whole, also when what the store holds is not
+/// what was sent.
 async fn single(
     store: &dyn PartStore,
     body: Body,
@@ -128,12 +129,30 @@ async fn single(
 ) -> Result<RemoteObject> {
     let target = store.target();
     let crc = match &body {
-        Body::Bytes(b) => Some(crc32c::crc32c(b)),
-        Body::File(_) => None,
+        Body::Bytes(b) => crc32c::crc32c(b),
+        Body::File(path) => crc32c_of_range(path, 0, size)
+            .await
+            .ok_or_else(|| shrank(path))?,
     };
     ctx.throttle(target, size).await?;
     let obj = ctx
-        .retry(target, |_| store.put_whole(&body, size, crc))
+        .retry(target, |_| async {
+            let stored = store.put_whole(&body, size, crc).await?;
+            verify(store, stored, crc, ctx.retry_policy())
+                .await
+                .map_err(|e| match e {
+                    Error::ChecksumMismatch {
+                        expected, actual, ..
+                    } => Error::transient(
+                        target,
+                        format!(
+                            "the store's checksum did not match what was sent (corrupted \
+                             in transit): sent {expected}, stored {actual}; the object was deleted"
+                        ),
+                    ),
+                    e => e,
+                })
+        })
         .await?;
     ctx.add_progress(size);
     Ok(obj)

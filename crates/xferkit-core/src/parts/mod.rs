@@ -209,8 +209,10 @@ pub trait PartStore: Send + Sync {
     /// The destination URL, for errors, logs and the journal.
     fn target(&self) -> &str;
 
-    /// Put the whole object in one request; `crc32c` when it is known.
-    async fn put_whole(&self, body: &Body, size: u64, crc32c: Option<u32>) -> Result<RemoteObject>;
+    /// Put the whole object in one request; `crc32c` is its CRC32C (for a
+    /// store that checks one sent ahead of the data). A `Stored` whose
+    /// CRC32C differs is deleted and the request sent again.
+    async fn put_whole(&self, body: &Body, size: u64, crc32c: u32) -> Result<Stored>;
 
     /// Whether an object is already stored under the key (create-only
     /// uploads fail before sending parts; the complete still decides).
