@@ -1,6 +1,6 @@
 //! `xfer gc`: orphaned S3 multipart uploads are listed and aborted by age
 //! (on moto, which implements ListMultipartUploads; s3s-fs does not), a
-//! local store's stale temp files are removed (tests/crash_leftovers.rs
+//! local store's stale temp files are removed (tests/cli/crash_leftovers.rs at the workspace root
 //! makes them with `kill -9`), and the stores that have nothing of the kind
 //! (GCS, Azure) say why.
 //!

@@ -22,6 +22,7 @@
 
 mod cases;
 pub mod fault;
+pub mod faults;
 pub mod gcs;
 mod support;
 pub mod testkit;
@@ -53,6 +54,9 @@ pub struct Target {
     multipart_size: u64,
     limits: Vec<Limit>,
     skips: Vec<(String, String)>,
+    /// The values of [`Target::from_env`]'s variables.
+    vars: Vec<String>,
+    faults: Option<faults::Faults>,
 }
 
 impl std::fmt::Debug for Target {
@@ -77,6 +81,8 @@ impl Target {
             multipart_size: 16 * 1024 * 1024,
             limits: Vec::new(),
             skips: Vec::new(),
+            vars: Vec::new(),
+            faults: None,
         }
     }
 
@@ -97,7 +103,12 @@ impl Target {
             }
         }
         if missing.is_empty() {
-            Target::new(label, move |p| factory(values, p))
+            let mut t = Target::new(label, {
+                let values = values.clone();
+                move |p| factory(values, p)
+            });
+            t.vars = values;
+            t
         } else {
             Target::unavailable(
                 label,
@@ -117,6 +128,8 @@ impl Target {
             multipart_size: 0,
             limits: Vec::new(),
             skips: Vec::new(),
+            vars: Vec::new(),
+            faults: None,
         }
     }
 
@@ -131,6 +144,17 @@ impl Target {
     /// capability is missing; this is for a single wrong answer.
     pub fn skip_case(mut self, case: &str, reason: &str) -> Self {
         self.skips.push((case.to_string(), reason.to_string()));
+        self
+    }
+
+    /// Run the fault and resume cases ([`faults`]) on this target too,
+    /// through a fault proxy, as `describe` says for the values of the
+    /// target's variables (those of [`Target::from_env`], in order). Not
+    /// called for a target that is unavailable.
+    pub fn faults(mut self, describe: impl FnOnce(&[String]) -> faults::Faults) -> Self {
+        if self.factory.is_ok() {
+            self.faults = Some(describe(&self.vars));
+        }
         self
     }
 
@@ -329,6 +353,28 @@ pub fn run(targets: Vec<Target>) -> ExitCode {
                 }
             }
         }
+        if let Some(f) = target.faults {
+            let env = Arc::new(faults::Env {
+                label: label.clone(),
+                f,
+            });
+            for case in faults::CASES {
+                let name = format!("{label}::{}", case.name);
+                if let Some((_, why)) = target.skips.iter().find(|(c, _)| c == case.name) {
+                    skipped.push((name.clone(), format!("emulator bug: {why}")));
+                    trials.push(Trial::test(name, || Ok(())).with_ignored_flag(true));
+                } else if let Some(gap) = (case.gap)(&env.f) {
+                    skipped.push((name.clone(), format!("emulator gap: {gap}")));
+                    trials.push(Trial::test(name, || Ok(())).with_ignored_flag(true));
+                } else {
+                    let (env, rt, run) = (env.clone(), rt.clone(), case.run);
+                    trials.push(Trial::test(name, move || {
+                        rt.block_on(run(env));
+                        Ok(())
+                    }));
+                }
+            }
+        }
         for (name, reason) in &skipped {
             println!("skipped: {name}: {reason}");
         }
@@ -339,11 +385,9 @@ pub fn run(targets: Vec<Target>) -> ExitCode {
                 );
             }
         }
-        if let Some((c, _)) = target
-            .skips
-            .iter()
-            .find(|(c, _)| !cases::CASES.iter().any(|k| k.name == c))
-        {
+        if let Some((c, _)) = target.skips.iter().find(|(c, _)| {
+            !cases::CASES.iter().any(|k| k.name == c) && !faults::CASES.iter().any(|k| k.name == c)
+        }) {
             eprintln!("conformance: {label}: skip_case names no case {c:?}");
             failed = true;
         }

@@ -1,24 +1,24 @@
-//! Faults between the client and fake-gcs-server (the TCP fault proxy of
-//! `xferkit-conformance`, which also rewrites the resumable session URIs the
-//! emulator hands out so chunks go through it):
+//! fake-gcs-server's own faults, through the TCP fault proxy of
+//! `xferkit-conformance` (which also rewrites the resumable session URIs the
+//! emulator hands out so chunks go through it). The faults every backend
+//! shares (resets, 503s, faults that never clear, flipped bytes) are
+//! conformance cases, `xferkit_conformance::faults`, run by
+//! `tests/conformance/gcs.rs` at the workspace root. Here:
 //!
-//! - 64 MiB up (one request, sent again whole) and down (ranged GETs) through
-//!   resets mid-body and 503s finish byte-identical;
-//! - 503s or resets that never clear fail with `RetriesExhausted` naming the
-//!   request, and leave no object (resumable chunks and one-request uploads);
-//! - a byte flipped on the way up (fake-gcs-server checks no client checksum
-//!   and stores it) is caught by comparing the CRC32C the store reports with
-//!   the one computed while streaming: a one-request upload is sent again
-//!   and stored intact (or, corrupted every time, fails leaving nothing); a
-//!   resumable one fails with `ChecksumMismatch` leaving nothing; the last
-//!   chunk carries `X-Goog-Hash: crc32c=...` (which GCS itself checks).
+//! - a byte flipped in a one-request upload of a stream source is caught by
+//!   the CRC32C the store reports and the request sent again;
+//! - a resumable upload with a flipped byte fails with `ChecksumMismatch`
+//!   naming the object and both checksums, each chunk sent once and no
+//!   offset query, leaving nothing; the last chunk carries
+//!   `X-Goog-Hash: crc32c=...` (which GCS itself checks).
 //!
 //! Retrying a *resumable chunk* against fake-gcs-server cannot be shown:
 //! before resending, xferkit asks the session how much it holds (`PUT` with
 //! `Content-Range: bytes */N`, as GCS documents), and fake-gcs-server 1.54
 //! answers that query by completing the object with the bytes it has (a
 //! truncated object becomes visible). `fake_gcs_server_completes_a_session_on_a_status_query`
-//! proves that emulator behaviour; the chunk retry itself is proven against
+//! proves that emulator behaviour (the shared chunk-retry and resume cases
+//! are skipped on this target for it); the chunk retry itself is proven against
 //! a scripted server with GCS's semantics in `tests/resumable_mock.rs`
 //! (`a_failed_chunk_resumes_from_the_session_offset`).
 //!
@@ -28,9 +28,7 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
 use xferkit_conformance::fault::{Fault, FaultProxy, Rule};
-use xferkit_conformance::testkit::{
-    assert_exhausted, data, quick_retry, unique_prefix, write_file,
-};
+use xferkit_conformance::testkit::{data, quick_retry, unique_prefix, write_file};
 use xferkit_core::{
     Error, ErrorKind, FileTransferExt, FileTransferHandler, PutOptions, TransferCtx, UploadSource,
 };
@@ -76,166 +74,11 @@ async fn store(endpoint: &str, prefix: &str, threshold: usize) -> GcsStore {
         .with_retry_policy(quick_retry(6))
 }
 
-#[tokio::test]
-async fn upload_64mib_through_resets_and_503s_is_byte_identical() {
-    let Some(emu) = emulator() else { return };
-    ensure_bucket(&emu).await;
-    let proxy = FaultProxy::start(&emu).await.unwrap();
-    let pfx = unique_prefix("faults", "up");
-    // One request (below the resumable threshold), so a retry resends it whole.
-    let via = store(&proxy.url(), &pfx, 128 * MIB).await;
-    let direct = store(&emu, &pfx, 2 * MIB).await;
-    let body = data(64 * MIB, 7);
-    let dir = tempfile::tempdir().unwrap();
-    let src = write_file(dir.path(), "src.bin", &body);
-
-    // The first two tries are cut 8 MiB and 40 MiB into the body, the third
-    // gets a 503, the fourth goes through.
-    proxy.set_rules(vec![
-        Rule::new(Fault::ResetRequestAfter(8 * MIB as u64))
-            .method("POST")
-            .path_contains("uploadType=multipart")
-            .times(1),
-        Rule::new(Fault::ResetRequestAfter(40 * MIB as u64))
-            .method("POST")
-            .path_contains("uploadType=multipart")
-            .times(1),
-        Rule::new(Fault::Status(503))
-            .method("POST")
-            .path_contains("uploadType=multipart")
-            .times(1),
-    ]);
-    let ctx = TransferCtx::none().with_retry_policy(quick_retry(6));
-    let obj = via
-        .upload(
-            "big.bin",
-            UploadSource::Path(src),
-            &PutOptions::default(),
-            &ctx,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("upload through faults: {}", e.chain()));
-    assert_eq!(obj.size, body.len() as u64);
-    let stats = proxy.stats();
-    assert_eq!((stats.resets, stats.statuses), (2, 1), "{stats:?}");
-
-    let dest = dir.path().join("back.bin");
-    direct
-        .download_to_path("big.bin", &dest, None, &TransferCtx::none())
-        .await
-        .unwrap();
-    assert!(std::fs::read(&dest).unwrap() == body, "stored bytes differ");
-    direct.delete("big.bin").await.unwrap();
-}
-
-#[tokio::test]
-async fn download_64mib_through_resets_and_503s_is_byte_identical() {
-    let Some(emu) = emulator() else { return };
-    ensure_bucket(&emu).await;
-    let proxy = FaultProxy::start(&emu).await.unwrap();
-    let pfx = unique_prefix("faults", "down");
-    let via = store(&proxy.url(), &pfx, 2 * MIB).await;
-    let direct = store(&emu, &pfx, 2 * MIB).await;
-    let body = data(64 * MIB, 11);
-    let dir = tempfile::tempdir().unwrap();
-    let src = write_file(dir.path(), "src.bin", &body);
-    direct
-        .upload(
-            "big.bin",
-            UploadSource::Path(src),
-            &PutOptions::default(),
-            &TransferCtx::none(),
-        )
-        .await
-        .unwrap();
-
-    proxy.set_rules(vec![
-        Rule::new(Fault::ResetResponseAfter(3 * MIB as u64))
-            .method("GET")
-            .path_contains("alt=media")
-            .every(3),
-        Rule::new(Fault::Status(503)).method("GET").every(4),
-    ]);
-    let dest = dir.path().join("back.bin");
-    let ctx = TransferCtx::none().with_retry_policy(quick_retry(6));
-    let obj = via
-        .download_to_path("big.bin", &dest, None, &ctx)
-        .await
-        .unwrap_or_else(|e| panic!("download through faults: {}", e.chain()));
-    assert_eq!(obj.size, body.len() as u64);
-    let stats = proxy.stats();
-    assert!(stats.resets > 0 && stats.statuses > 0, "{stats:?}");
-    assert!(
-        std::fs::read(&dest).unwrap() == body,
-        "downloaded bytes differ"
-    );
-    direct.delete("big.bin").await.unwrap();
-}
-
-#[tokio::test]
-async fn faults_that_never_clear_fail_within_the_budget_leaving_nothing() {
-    let Some(emu) = emulator() else { return };
-    ensure_bucket(&emu).await;
-    let proxy = FaultProxy::start(&emu).await.unwrap();
-    let pfx = unique_prefix("faults", "dead");
-    let via = store(&proxy.url(), &pfx, 2 * MIB).await;
-    let direct = store(&emu, &pfx, 2 * MIB).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = TransferCtx::none().with_retry_policy(quick_retry(3));
-
-    // Resumable: every chunk (and status query) answers 503, forever; the
-    // session's cancel (DELETE) still gets through.
-    proxy.set_rules(vec![
-        Rule::new(Fault::Status(503))
-            .method("PUT")
-            .path_contains("upload_id="),
-    ]);
-    let src = write_file(dir.path(), "resumable.bin", &data(6 * MIB, 3));
-    let e = via
-        .upload(
-            "resumable.bin",
-            UploadSource::Path(src),
-            &PutOptions::default(),
-            &ctx,
-        )
-        .await
-        .expect_err("chunks that always fail must fail the upload");
-    assert_exhausted(&e, 3, "chunk at byte 0");
-    assert!(proxy.stats().statuses >= 3, "{:?}", proxy.stats());
-
-    // One-request upload: every try is cut 64 KiB into the body, forever.
-    proxy.set_rules(vec![
-        Rule::new(Fault::ResetRequestAfter(64 * 1024))
-            .method("POST")
-            .path_contains("uploadType=multipart"),
-    ]);
-    let src = write_file(dir.path(), "single.bin", &data(MIB, 5));
-    let before = proxy.stats().resets;
-    let e = via
-        .upload(
-            "single.bin",
-            UploadSource::Path(src),
-            &PutOptions::default(),
-            &ctx,
-        )
-        .await
-        .expect_err("an upload that is always cut must fail");
-    assert_exhausted(&e, 3, "single.bin");
-    assert_eq!(proxy.stats().resets - before, 3, "one reset per try");
-
-    proxy.clear();
-    for key in ["resumable.bin", "single.bin"] {
-        let e = direct.stat(key).await.expect_err("nothing may be visible");
-        assert_eq!(e.kind(), ErrorKind::NotFound, "{}", e.chain());
-    }
-    let listed: Vec<_> = futures::StreamExt::collect::<Vec<_>>(direct.list("")).await;
-    assert!(listed.is_empty(), "{listed:?}");
-}
-
-/// The emulator behaviour that keeps resumable-chunk retries out of the
-/// tests above (see the module comment). If this fails, fake-gcs-server
-/// answers status queries like GCS now: add chunk faults to
-/// `upload_64mib_through_resets_and_503s_is_byte_identical`.
+/// The emulator behaviour that keeps resumable-chunk retries and resumes
+/// out of the shared fault cases (see the module comment). If this fails,
+/// fake-gcs-server answers status queries like GCS now: drop
+/// `part_retry_gap` and `resume_gap` from its target in
+/// `tests/conformance/gcs.rs`.
 #[tokio::test]
 async fn fake_gcs_server_completes_a_session_on_a_status_query() {
     let Some(emu) = emulator() else { return };
@@ -286,14 +129,14 @@ fn crc_base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
 }
 
-/// One flipped byte in a one-request upload (fake-gcs-server stores it: it
-/// checks no client checksum) is caught by comparing the CRC32C the store
-/// reports with the one computed while streaming; the corrupted generation
-/// is deleted and the request sent again. Both kinds of one-request body:
-/// a file (streamed) and a stream source (in memory, its CRC32C also in
-/// the object resource).
+/// One flipped byte in a one-request upload of a stream source (held in
+/// memory, its CRC32C also in the object resource; fake-gcs-server checks
+/// no client checksum and stores it) is caught by comparing the CRC32C the
+/// store reports with the one computed while streaming; the corrupted
+/// generation is deleted and the request sent again, once. (A file source:
+/// the shared case `faults::a_body_corrupted_once_on_the_way_up_never_downloads_as_a_wrong_file`.)
 #[tokio::test]
-async fn a_corrupted_one_request_upload_is_sent_again_and_stored_intact() {
+async fn a_corrupted_one_request_stream_upload_is_sent_again_and_stored_intact() {
     let Some(emu) = emulator() else { return };
     ensure_bucket(&emu).await;
     let proxy = FaultProxy::start(&emu).await.unwrap();
@@ -302,98 +145,47 @@ async fn a_corrupted_one_request_upload_is_sent_again_and_stored_intact() {
     let direct = store(&emu, &pfx, 2 * MIB).await;
     let body = data(MIB, 13);
     let dir = tempfile::tempdir().unwrap();
-    let src = write_file(dir.path(), "src.bin", &body);
     let ctx = TransferCtx::none().with_retry_policy(quick_retry(3));
-
-    for (n, key) in ["file.bin", "stream.bin"].into_iter().enumerate() {
-        // 100,000 bytes into the body: past the resource part, in the data.
-        proxy.set_rules(vec![
-            Rule::new(Fault::CorruptRequestBody(100_000))
-                .method("POST")
-                .path_contains("uploadType=multipart")
-                .times(1),
-        ]);
-        let source = if key == "file.bin" {
-            UploadSource::Path(src.clone())
-        } else {
-            let chunks: Vec<xferkit_core::Result<bytes::Bytes>> = body
-                .chunks(64 * 1024)
-                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
-                .collect();
-            UploadSource::Stream {
-                stream: Box::pin(futures::stream::iter(chunks)),
-                size: Some(body.len() as u64),
-            }
-        };
-        let before = proxy.requests().len();
-        let obj = via
-            .upload(key, source, &PutOptions::default(), &ctx)
-            .await
-            .unwrap_or_else(|e| panic!("upload of {key} through one corruption: {}", e.chain()));
-        assert_eq!(obj.size, body.len() as u64);
-        assert_eq!(proxy.stats().corruptions, n as u64 + 1, "{key}: one flip");
-        let posts = proxy.requests()[before..]
-            .iter()
-            .filter(|r| r.method == "POST" && r.target.contains("uploadType=multipart"))
-            .count();
-        assert_eq!(posts, 2, "{key}: sent again once after the mismatch");
-
-        // Read back without the proxy: the bytes sent, not the flipped ones.
-        let dest = dir.path().join(format!("back-{key}"));
-        direct
-            .download_to_path(key, &dest, None, &TransferCtx::none())
-            .await
-            .unwrap();
-        assert!(
-            std::fs::read(&dest).unwrap() == body,
-            "{key}: stored bytes differ"
-        );
-        direct.delete(key).await.unwrap();
-    }
-}
-
-#[tokio::test]
-async fn a_one_request_upload_corrupted_every_time_fails_leaving_nothing() {
-    let Some(emu) = emulator() else { return };
-    ensure_bucket(&emu).await;
-    let proxy = FaultProxy::start(&emu).await.unwrap();
-    let pfx = unique_prefix("faults", "crcdead");
-    let via = store(&proxy.url(), &pfx, 2 * MIB).await;
-    let direct = store(&emu, &pfx, 2 * MIB).await;
-    let dir = tempfile::tempdir().unwrap();
-    let src = write_file(dir.path(), "single.bin", &data(MIB, 17));
+    let key = "stream.bin";
+    // 100,000 bytes into the body: past the resource part, in the data.
     proxy.set_rules(vec![
-        Rule::new(Fault::CorruptRequestBody(200_000))
+        Rule::new(Fault::CorruptRequestBody(100_000))
             .method("POST")
-            .path_contains("uploadType=multipart"),
+            .path_contains("uploadType=multipart")
+            .times(1),
     ]);
-    let ctx = TransferCtx::none().with_retry_policy(quick_retry(3));
-    let e = via
-        .upload(
-            "single.bin",
-            UploadSource::Path(src),
-            &PutOptions::default(),
-            &ctx,
-        )
+    let chunks: Vec<xferkit_core::Result<bytes::Bytes>> = body
+        .chunks(64 * 1024)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    let source = UploadSource::Stream {
+        stream: Box::pin(futures::stream::iter(chunks)),
+        size: Some(body.len() as u64),
+    };
+    let obj = via
+        .upload(key, source, &PutOptions::default(), &ctx)
         .await
-        .expect_err("an upload corrupted on every try must fail");
-    assert_exhausted(&e, 3, "single.bin");
-    assert!(
-        e.chain()
-            .contains("the store's checksum did not match what was sent"),
-        "{}",
-        e.chain()
-    );
-    assert_eq!(proxy.stats().corruptions, 3, "{:?}", proxy.stats());
+        .unwrap_or_else(|e| panic!("upload of {key} through one corruption: {}", e.chain()));
+    assert_eq!(obj.size, body.len() as u64);
+    assert_eq!(proxy.stats().corruptions, 1, "{key}: one flip");
+    let posts = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.target.contains("uploadType=multipart"))
+        .count();
+    assert_eq!(posts, 2, "{key}: sent again once after the mismatch");
 
-    proxy.clear();
-    let e = direct
-        .stat("single.bin")
+    // Read back without the proxy: the bytes sent, not the flipped ones.
+    let dest = dir.path().join(format!("back-{key}"));
+    direct
+        .download_to_path(key, &dest, None, &TransferCtx::none())
         .await
-        .expect_err("no corrupted object may stay visible");
-    assert_eq!(e.kind(), ErrorKind::NotFound, "{}", e.chain());
-    let listed: Vec<_> = futures::StreamExt::collect::<Vec<_>>(direct.list("")).await;
-    assert!(listed.is_empty(), "{listed:?}");
+        .unwrap();
+    assert!(
+        std::fs::read(&dest).unwrap() == body,
+        "{key}: stored bytes differ"
+    );
+    direct.delete(key).await.unwrap();
 }
 
 /// A resumable upload (4 chunks of at most 2 MiB) whose second chunk is

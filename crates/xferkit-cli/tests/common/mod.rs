@@ -2,7 +2,8 @@
 //! environment ([`Sandbox`]), `xfer` run in one temp dir ([`xfer_in`]),
 //! starting processes with a useful message when they cannot start
 //! ([`Spawn`]), and the emulator variables. Each test binary uses a
-//! different subset.
+//! different subset; the CLI tests of the workspace's `tests/` member
+//! (crash tests, share flow) include this file too.
 
 #![allow(dead_code, clippy::unwrap_used)] // test helpers panic on failure by design
 
@@ -20,8 +21,18 @@ use tempfile::TempDir;
 /// bite and the tests run as root (root reads a chmod-000 file anyway).
 pub const NOBODY: u32 = 65534;
 
-/// The `xfer` binary cargo built for these tests.
-pub const XFER: &str = env!("CARGO_BIN_EXE_xfer");
+/// The `xfer` binary cargo built for these tests: this crate's, or, in the
+/// workspace's `tests/` member (whose CLI tests include this file), its
+/// `xfer-under-test`, the same program built there.
+pub const XFER: &str = match (
+    option_env!("CARGO_BIN_EXE_xfer"),
+    option_env!("CARGO_BIN_EXE_xfer-under-test"),
+) {
+    (Some(p), _) | (None, Some(p)) => p,
+    (None, None) => {
+        panic!("no xfer binary: this file serves the tests of xferkit-cli and xferkit-tests")
+    }
+};
 
 /// Starting a process, panicking with what was started (program,
 /// arguments, working directory) and why when it cannot be: a bare

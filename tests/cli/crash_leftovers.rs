@@ -13,6 +13,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on failure by design
 
+// The CLI crate's test helpers (Sandbox, xfer_in, Rng...), shared, not copied.
+#[path = "../../crates/xferkit-cli/tests/common/mod.rs"]
 mod common;
 
 use std::fs::File;

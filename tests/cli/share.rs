@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+// The CLI crate's test helpers (Sandbox, xfer_in, Rng...), shared, not copied.
+#[path = "../../crates/xferkit-cli/tests/common/mod.rs"]
 mod common;
 
 use std::io::Read;
