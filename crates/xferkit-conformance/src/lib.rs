@@ -19,6 +19,10 @@
 //! After each target one line goes to stdout and to
 //! `target/conformance/LABEL.txt`:
 //! `conformance: s3@moto 38 passed, 0 failed, 2 skipped`.
+//!
+//! A target given a [`faults::Faults`] description ([`Target::faults`]) also
+//! runs the fault and resume cases through a fault proxy, named
+//! `LABEL::faults::CASE` and `LABEL::resume::CASE` and counted in its line.
 
 mod cases;
 pub mod fault;
