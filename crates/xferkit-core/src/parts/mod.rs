@@ -30,6 +30,7 @@
 
 mod driver;
 mod resume;
+mod schedule;
 mod source;
 
 use std::collections::HashMap;

@@ -109,17 +109,25 @@ pub(crate) async fn resume(
     let kept = match held {
         Held::Done(stored) => {
             // A crash after the last chunk was stored: the object must be
-            // this file's bytes (else it is deleted and sent again).
-            let crc = crc32c_of_range(path, 0, size).await;
-            return match crc {
-                Some(crc) if stored.object.size == size => {
-                    match verify(store, stored, crc, policy).await {
-                        Ok(obj) => Resume::Done(obj),
-                        Err(_) => fresh("the stored object is not this file"),
-                    }
-                }
-                _ => fresh("the stored object is not this file"),
+            // this file's bytes. Else (a store that completed a session on
+            // a status query; the file changed) it is deleted, and the file
+            // sent again.
+            let crc = match stored.object.size == size {
+                true => crc32c_of_range(path, 0, size).await,
+                false => None,
             };
+            if let Some(crc) = crc
+                && let Ok(obj) = verify(store, stored.clone(), crc, policy).await
+            {
+                return Resume::Done(obj);
+            }
+            if let Err(e) = policy
+                .retry(target, |_| store.discard(&stored.object))
+                .await
+            {
+                tracing::warn!(target = %target, error = %e.chain(), "could not delete an object that is not this file");
+            }
+            return fresh("the stored object is not this file");
         }
         Held::Parts(listed) => {
             if listed.is_empty() && !old.parts.is_empty() {
