@@ -3,6 +3,7 @@
 mod backend;
 mod client;
 mod config;
+mod session;
 mod sign;
 mod upload;
 

@@ -28,19 +28,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use gcloud_storage::http::objects::Object;
 use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::resumable_upload_client::{
-    ChunkSize, ResumableUploadClient, UploadStatus, UploadedRange,
+    ChunkSize, ResumableUploadClient, UploadStatus,
 };
-use reqwest_middleware::reqwest;
 use xferkit_core::journal::JournalPart;
 use xferkit_core::parts::{Acked, Body, Held, Part, PartStore, Plan, Stored, exact_length};
-use xferkit_core::{ByteStream, Error, ErrorKind, PutOptions, RemoteObject, Result, RetryPolicy};
+use xferkit_core::{ByteStream, Error, ErrorKind, PutOptions, RemoteObject, Result};
 
-use crate::client::{Gcs, ServiceError, check, map_sdk, parse_object, to_remote};
+use crate::client::{Gcs, ServiceError, map_sdk, to_remote};
 
 /// File read size of a streamed one-request upload.
 const READ_BUF: usize = 256 * 1024;
@@ -50,7 +48,7 @@ const CHUNK_GRANULE: u64 = 256 * 1024;
 const MAX_STALLS: u32 = 3;
 
 /// A CRC32C as GCS writes it: base64 of the big-endian bytes.
-fn crc_base64(crc: u32) -> String {
+pub(crate) fn crc_base64(crc: u32) -> String {
     base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
 }
 
@@ -135,7 +133,7 @@ impl Resumable {
         self.gcs.client.get_resumable_upload(session.to_string())
     }
 
-    fn upload_url(&self, kind: &str) -> String {
+    pub(crate) fn upload_url(&self, kind: &str) -> String {
         let mut u = format!(
             "{}/b/{}/o?uploadType={kind}",
             self.gcs.upload_base,
@@ -148,7 +146,7 @@ impl Resumable {
     }
 
     /// The object resource; with `crc`, the store checks the data against it.
-    fn resource_json(&self, crc: Option<u32>) -> serde_json::Value {
+    pub(crate) fn resource_json(&self, crc: Option<u32>) -> serde_json::Value {
         let mut r = serde_json::json!({
             "name": self.name,
             "contentType": self.content_type,
@@ -161,160 +159,32 @@ impl Resumable {
     }
 
     /// Delete exactly `generation` (`ifGenerationMatch`: a newer write of
-    /// the key is never removed). Spawned, so that a stop dropping the
-    /// upload cannot leave the object behind half-way.
-    async fn delete_generation(&self, generation: i64, policy: &RetryPolicy) -> Result<()> {
-        let client = self.gcs.client.clone();
-        let policy = policy.clone();
-        let what = format!("{} generation {generation}", self.target);
+    /// the key is never removed). Gone already, or replaced by a newer
+    /// write: not visible, fine.
+    async fn delete_generation(&self, generation: i64) -> Result<()> {
         let req = DeleteObjectRequest {
             bucket: self.bucket.clone(),
             object: self.name.clone(),
             if_generation_match: Some(generation),
             ..Default::default()
         };
-        let task = tokio::spawn(async move {
-            let r = policy
-                .retry(&what, |_| async {
-                    client
-                        .delete_object(&req)
-                        .await
-                        .map_err(|e| map_sdk(&what, e))
-                })
-                .await;
-            match r {
-                // Gone already, or replaced by a newer write: not visible.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::NotFound | ErrorKind::PreconditionFailed
-                    ) =>
-                {
-                    Ok(())
-                }
-                r => r,
+        match self
+            .gcs
+            .client
+            .delete_object(&req)
+            .await
+            .map_err(|e| map_sdk(&self.target, e))
+        {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::NotFound | ErrorKind::PreconditionFailed
+                ) =>
+            {
+                Ok(())
             }
-        });
-        task.await
-            .map_err(|e| Error::backend(&self.target, "the delete task failed", e))?
-    }
-
-    async fn multipart_once(
-        &self,
-        data: ByteStream,
-        size: u64,
-        crc: Option<u32>,
-    ) -> Result<Object> {
-        let boundary = format!("xferkit-{:032x}", rand::random::<u128>());
-        let head = format!(
-            "--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{}\r\n\
-             --{boundary}\r\nContent-Type: {}\r\n\r\n",
-            self.resource_json(crc),
-            self.content_type
-        );
-        let tail = format!("\r\n--{boundary}--\r\n");
-        let len = head.len() as u64 + size + tail.len() as u64;
-        let body = futures::stream::once(async move { Ok(Bytes::from(head)) })
-            .chain(data)
-            .chain(futures::stream::once(async move { Ok(Bytes::from(tail)) }));
-        let rb = self
-            .gcs
-            .http
-            .post(self.upload_url("multipart"))
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                format!("multipart/related; boundary={boundary}"),
-            )
-            .header(reqwest::header::CONTENT_LENGTH, len)
-            .body(reqwest::Body::wrap_stream(body));
-        let resp = self.gcs.send(&self.target, rb).await?;
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| map_sdk(&self.target, e.into()))?;
-        parse_object(&self.target, &body)
-    }
-
-    /// Start a session; returns its URI (a capability: never logged).
-    async fn start_session(&self, declared: Option<u64>) -> Result<String> {
-        let mut rb = self
-            .gcs
-            .http
-            .post(self.upload_url("resumable"))
-            .header("X-Upload-Content-Type", &self.content_type)
-            .json(&self.resource_json(None));
-        if let Some(n) = declared {
-            rb = rb.header("X-Upload-Content-Length", n);
+            r => r,
         }
-        let resp = self.gcs.send(&self.target, rb).await?;
-        let loc = resp
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        // Read the (small) body so the connection can be reused.
-        let _ = resp.bytes().await;
-        loc.ok_or_else(|| {
-            Error::backend(
-                &self.target,
-                "resumable upload started without a session URI",
-                "no Location header",
-            )
-        })
-    }
-
-    /// `PUT` `data` (`range`) to the session; with `crc` (the last chunk),
-    /// `X-Goog-Hash: crc32c=...` of the whole object, which GCS checks
-    /// before it creates the object. (gcloud-storage's chunk upload takes
-    /// no extra header.) The session URI is not authenticated and never
-    /// appears in errors.
-    async fn put_chunk(
-        &self,
-        session: &ResumableUploadClient,
-        data: Bytes,
-        range: &ChunkSize,
-        crc: Option<u32>,
-    ) -> Result<UploadStatus> {
-        let mut rb = self
-            .gcs
-            .http
-            .put(session.url())
-            .header(reqwest::header::CONTENT_RANGE, range.to_string())
-            .header(reqwest::header::CONTENT_LENGTH, range.size())
-            .body(data);
-        if let Some(crc) = crc {
-            rb = rb.header("X-Goog-Hash", format!("crc32c={}", crc_base64(crc)));
-        }
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| map_sdk(&self.target, e.into()))?;
-        if resp.status().as_u16() == 308 {
-            let range = resp
-                .headers()
-                .get(reqwest::header::RANGE)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-            // Read the (empty) body so the connection can be reused.
-            let _ = resp.bytes().await;
-            return match range {
-                None => Ok(UploadStatus::NotStarted),
-                Some(r) => parse_range(&r)
-                    .map(UploadStatus::ResumeIncomplete)
-                    .ok_or_else(|| {
-                        Error::backend(
-                            &self.target,
-                            "the service acknowledged a chunk with an unreadable Range",
-                            r,
-                        )
-                    }),
-            };
-        }
-        let resp = check(&self.target, resp).await?;
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| map_sdk(&self.target, e.into()))?;
-        parse_object(&self.target, &body).map(UploadStatus::Ok)
     }
 }
 
@@ -475,18 +345,8 @@ impl PartStore for Resumable {
             .as_deref()
             .and_then(|g| g.parse().ok())
             .unwrap_or(0);
-        self.delete_generation(generation, &RetryPolicy::none())
-            .await
+        self.delete_generation(generation).await
     }
-}
-
-/// `bytes=A-B` of a `308` answer.
-fn parse_range(r: &str) -> Option<UploadedRange> {
-    let (a, b) = r.trim().strip_prefix("bytes=")?.split_once('-')?;
-    Some(UploadedRange {
-        first_byte: a.trim().parse().ok()?,
-        last_byte: b.trim().parse().ok()?,
-    })
 }
 
 #[cfg(test)]
@@ -510,15 +370,6 @@ mod tests {
         assert_eq!(stored_crc(&o), None);
         o.crc32c = None;
         assert_eq!(stored_crc(&o), None);
-    }
-
-    #[test]
-    fn ranges_of_308_answers_parse_and_bad_ones_do_not() {
-        let r = parse_range("bytes=0-262143").unwrap();
-        assert_eq!((r.first_byte, r.last_byte), (0, 262_143));
-        assert!(parse_range("0-1").is_none());
-        assert!(parse_range("bytes=a-1").is_none());
-        assert!(parse_range("bytes=5").is_none());
     }
 
     #[test]

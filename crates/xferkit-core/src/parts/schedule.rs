@@ -1,0 +1,198 @@
+//! Sending the parts: up to `Plan::concurrency` in flight (each its own
+//! task, so a slow stream source never stalls them), or one chunk after
+//! another for a `Sequential` store.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::task::JoinSet;
+
+use super::driver::combine;
+use super::resume::Journaled;
+use super::source::{Pool, Source};
+use super::{Acked, Part, PartStore, Plan, Stored};
+use crate::journal::JournalPart;
+use crate::{Error, Result, TransferCtx};
+
+/// Up to `plan.concurrency` parts in flight, each its own task.
+pub(crate) async fn parallel(
+    store: &Arc<dyn PartStore>,
+    plan: &Plan,
+    src: &mut Source,
+    session: &str,
+    done: &mut Vec<JournalPart>,
+    mut journal: Option<&mut Journaled>,
+    ctx: &TransferCtx,
+) -> Result<()> {
+    let target = store.target();
+    let skip: HashSet<u32> = done.iter().map(|p| p.number).collect();
+    let session: Arc<str> = Arc::from(session);
+    let pool = Pool::default();
+    // Dropped on a stop or failure: the parts in flight are aborted.
+    let mut tasks: JoinSet<Result<(JournalPart, Bytes)>> = JoinSet::new();
+    let total = src.size();
+    let mut number = 0u32;
+    let mut exhausted = false;
+    loop {
+        while !exhausted && tasks.len() < plan.concurrency {
+            let Some((piece, _)) = src.next().await? else {
+                exhausted = true;
+                break;
+            };
+            number = next_number(number, plan, target)?;
+            if skip.contains(&number) {
+                continue;
+            }
+            let (store, session, pool, ctx) =
+                (store.clone(), session.clone(), pool.clone(), ctx.clone());
+            let digest = plan.digest;
+            tasks.spawn(async move {
+                let l = piece.load(&pool, digest).await?;
+                let part = Part {
+                    number,
+                    offset: l.offset,
+                    data: l.data,
+                    crc32c: l.crc32c,
+                    digest: l.digest,
+                    total,
+                    last: None,
+                };
+                let etag = match put_part(store.as_ref(), &session, &part, &ctx).await? {
+                    Acked::Part(etag) => etag,
+                    Acked::Done(_) => return Err(early(store.target())),
+                };
+                let len = part.data.len() as u64;
+                let jp = JournalPart::new(number, part.offset, len, etag, part.crc32c);
+                Ok((jp, part.data))
+            });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            return Ok(());
+        };
+        let (jp, data) =
+            joined.map_err(|e| Error::backend(target, "a part upload task failed", e))??;
+        ctx.add_progress(jp.len);
+        pool.give(data, plan.concurrency);
+        if let Some(j) = journal.as_deref_mut() {
+            j.record(jp.clone()).await;
+        }
+        done.push(jp);
+    }
+}
+
+/// One chunk after another; the last one completes the upload.
+pub(crate) async fn sequential(
+    store: &dyn PartStore,
+    plan: &Plan,
+    src: &mut Source,
+    session: &str,
+    done: &mut Vec<JournalPart>,
+    mut journal: Option<&mut Journaled>,
+    ctx: &TransferCtx,
+) -> Result<(Stored, u32)> {
+    let target = store.target();
+    let pool = Pool::default();
+    let mut crc = combine(done);
+    let mut total: u64 = done.iter().map(|p| p.len).sum();
+    let mut number = done.last().map_or(0, |p| p.number);
+    let size = src.size();
+    while let Some((piece, last)) = src.next().await? {
+        number = next_number(number, plan, target)?;
+        let l = piece.load(&pool, plan.digest).await?;
+        let len = l.data.len() as u64;
+        let whole = crc32c::crc32c_combine(crc, l.crc32c, l.data.len());
+        let part = Part {
+            number,
+            offset: l.offset,
+            data: l.data,
+            crc32c: l.crc32c,
+            digest: l.digest,
+            total: size,
+            last: last.then_some((total + len, whole)),
+        };
+        let ack = put_part(store, session, &part, ctx).await?;
+        ctx.add_progress(len);
+        (total, crc) = (total + len, whole);
+        match (ack, last) {
+            (Acked::Done(stored), true) => return Ok((stored, whole)),
+            (Acked::Part(etag), false) => {
+                let jp = JournalPart::new(number, part.offset, len, etag, part.crc32c);
+                if let Some(j) = journal.as_deref_mut() {
+                    j.record(jp.clone()).await;
+                }
+                done.push(jp);
+                pool.give(part.data, 1);
+            }
+            (Acked::Done(stored), false) => {
+                // Not all of it: delete what became visible.
+                let r = ctx
+                    .retry_policy()
+                    .retry(target, |_| store.discard(&stored.object))
+                    .await;
+                let note = if r.is_ok() {
+                    "deleted"
+                } else {
+                    "could not be deleted"
+                };
+                return Err(Error::backend(
+                    target,
+                    format!(
+                        "the store completed the upload before its last chunk (the truncated object {note})"
+                    ),
+                    format!("after {total} bytes"),
+                ));
+            }
+            (Acked::Part(_), true) => {
+                return Err(Error::backend(
+                    target,
+                    "the store did not complete the upload after its last chunk",
+                    format!("{total} bytes sent"),
+                ));
+            }
+        }
+    }
+    Err(Error::backend(
+        target,
+        "no bytes were left to send",
+        "empty upload",
+    ))
+}
+
+/// Throttle, then put one part under the transfer's retry policy.
+async fn put_part(
+    store: &dyn PartStore,
+    session: &str,
+    part: &Part,
+    ctx: &TransferCtx,
+) -> Result<Acked> {
+    let target = store.target();
+    ctx.throttle(target, part.data.len() as u64).await?;
+    let what = format!("{target} part {}", part.number);
+    ctx.retry(&what, |attempt| store.put_part(session, part, attempt))
+        .await
+}
+
+fn next_number(number: u32, plan: &Plan, target: &str) -> Result<u32> {
+    number
+        .checked_add(1)
+        .filter(|n| u64::from(*n) <= plan.max_parts)
+        .ok_or_else(|| {
+            Error::backend(
+                target,
+                format!(
+                    "the upload needs more than {} parts of {} bytes; raise the part size",
+                    plan.max_parts, plan.part_size
+                ),
+                "too many parts",
+            )
+        })
+}
+
+fn early(target: &str) -> Error {
+    Error::backend(
+        target,
+        "the store completed the upload early",
+        "unexpected answer to a part",
+    )
+}
