@@ -212,15 +212,16 @@ async fn in_parts(
         ctx,
     )
     .await;
-    // The store no longer knows the resumed session (completed or aborted
-    // after the journal was written, or expired): S3 says NoSuchUpload,
-    // s3s-fs AccessDenied, GCS 404. Start a fresh one, once, and say so.
+    // The resumed session failed: the store may no longer know it
+    // (completed or aborted after the journal was written, or expired: S3
+    // NoSuchUpload, s3s-fs AccessDenied or a reset before it reads the
+    // part, GCS 404). A stale journal never fails an upload: start one
+    // fresh upload, once, and say so.
     if let Err(e) = &r
         && resumed
-        && matches!(e.kind(), ErrorKind::NotFound | ErrorKind::PermissionDenied)
         && !ctx.is_cancelled()
     {
-        tracing::info!(target = %target, error = %e.chain(), "the interrupted upload is gone from the store; starting over");
+        tracing::info!(target = %target, error = %e.chain(), "the interrupted upload could not be continued; starting over");
         abort(store.as_ref(), &session, ctx.retry_policy()).await;
         src.skip_to(0);
         session = start(store.as_ref(), &mut journal, size, ctx).await?;
