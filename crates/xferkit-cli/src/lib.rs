@@ -93,12 +93,12 @@ pub fn note(message: &str) {
 /// backends' resume notices, or `error` with `--quiet`); each `-v` raises the level of xferkit's own
 /// crates (info, debug, trace) without opening up every dependency's logs.
 fn init_logging(cli: &Cli) {
-    // The backends log at info only to say an upload resumes (or cannot,
-    // and starts over): xfer says so by default.
+    // The parts engine logs at info only to say an upload resumes (or
+    // cannot, and starts over): xfer says so by default.
     let fallback = if cli.quiet {
         "error"
     } else {
-        "warn,xferkit_s3=info,xferkit_gcs=info,xferkit_azure=info"
+        "warn,xferkit_core::parts=info,xferkit_s3=info,xferkit_gcs=info,xferkit_azure=info"
     };
     let env = std::env::var("XFERKIT_LOG")
         .ok()
