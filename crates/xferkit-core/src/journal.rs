@@ -224,6 +224,28 @@ impl JournalFile {
     }
 }
 
+/// A CRC32C as S3 and GCS spell it: base64 of its 4 big-endian bytes.
+pub fn crc32c_to_base64(crc: u32) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
+}
+
+/// A whole object's CRC32C from its base64 form; a composite one (S3's
+/// `…-N`, a checksum of the parts' checksums) or anything malformed: `None`.
+pub fn crc32c_from_base64(v: &str) -> Option<u32> {
+    use base64::Engine as _;
+    if v.contains('-') {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
+    Some(u32::from_be_bytes(raw.try_into().ok()?))
+}
+
+/// A CRC32C as xferkit shows checksums (`crc32c:<hex>`, as `RemoteObject::checksum`).
+pub fn crc32c_label(crc: u32) -> String {
+    format!("crc32c:{crc:08x}")
+}
+
 /// CRC32C of `data` (what a journal records per part).
 pub fn crc32c(data: &[u8]) -> u32 {
     crc32c::crc32c(data)

@@ -12,7 +12,7 @@ use reqwest_middleware::reqwest;
 use xferkit_core::{ByteStream, Error, Result};
 
 use crate::client::{check, map_sdk, parse_object};
-use crate::upload::{Resumable, crc_base64};
+use crate::upload::Resumable;
 
 impl Resumable {
     pub(crate) async fn multipart_once(
@@ -99,7 +99,10 @@ impl Resumable {
             .header(reqwest::header::CONTENT_LENGTH, range.size())
             .body(data);
         if let Some(crc) = crc {
-            rb = rb.header("X-Goog-Hash", format!("crc32c={}", crc_base64(crc)));
+            rb = rb.header(
+                "X-Goog-Hash",
+                format!("crc32c={}", xferkit_core::journal::crc32c_to_base64(crc)),
+            );
         }
         let resp = rb
             .send()

@@ -27,14 +27,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use futures::TryStreamExt;
 use gcloud_storage::http::objects::Object;
 use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::resumable_upload_client::{
     ChunkSize, ResumableUploadClient, UploadStatus,
 };
-use xferkit_core::journal::JournalPart;
+use xferkit_core::journal::{JournalPart, crc32c_from_base64, crc32c_label, crc32c_to_base64};
 use xferkit_core::parts::{Acked, Body, Held, Part, PartStore, Plan, Stored, exact_length};
 use xferkit_core::{ByteStream, Error, ErrorKind, PutOptions, RemoteObject, Result};
 
@@ -47,24 +46,9 @@ const CHUNK_GRANULE: u64 = 256 * 1024;
 /// Chunk answers in a row that acknowledge nothing before giving up.
 const MAX_STALLS: u32 = 3;
 
-/// A CRC32C as GCS writes it: base64 of the big-endian bytes.
-pub(crate) fn crc_base64(crc: u32) -> String {
-    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
-}
-
-/// A CRC32C as xferkit shows checksums (`crc32c:<hex>`, as `RemoteObject::checksum`).
-fn crc_label(crc: u32) -> String {
-    format!("crc32c:{crc:08x}")
-}
-
 /// The CRC32C in an object resource, if it has one that can be read.
 fn stored_crc(obj: &Object) -> Option<u32> {
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(obj.crc32c.as_deref()?)
-        .ok()?;
-    <[u8; 4]>::try_from(raw.as_slice())
-        .ok()
-        .map(u32::from_be_bytes)
+    crc32c_from_base64(obj.crc32c.as_deref()?)
 }
 
 /// GCS's message when it refused data whose CRC32C does not match the one
@@ -153,7 +137,7 @@ impl Resumable {
             "metadata": self.metadata,
         });
         if let Some(crc) = crc {
-            r["crc32c"] = crc_base64(crc).into();
+            r["crc32c"] = crc32c_to_base64(crc).into();
         }
         r
     }
@@ -286,7 +270,7 @@ impl PartStore for Resumable {
                 .map_err(|e| match (whole, refused_checksum(&e)) {
                     (Some(sent), Some(msg)) => Error::ChecksumMismatch {
                         target: self.target.clone(),
-                        expected: crc_label(sent),
+                        expected: crc32c_label(sent),
                         actual: format!("refused by the store: {msg}"),
                     },
                     _ => e,
@@ -357,8 +341,8 @@ mod tests {
     fn crc32c_values_read_and_write_as_gcs_spells_them() {
         // The CRC32C of "hello world" as GCS reports it (client.rs tests use the same resource).
         let crc = xferkit_core::journal::crc32c(b"hello world");
-        assert_eq!(crc_base64(crc), "yZRlqg==");
-        assert_eq!(crc_label(crc), "crc32c:c99465aa");
+        assert_eq!(crc32c_to_base64(crc), "yZRlqg==");
+        assert_eq!(crc32c_label(crc), "crc32c:c99465aa");
         let mut o = Object {
             crc32c: Some("yZRlqg==".into()),
             ..Default::default()

@@ -160,14 +160,8 @@ impl Core {
 /// checksum (`…-N`, a checksum of the parts' checksums) says nothing about
 /// the bytes of a download, so it gives `None`, as does anything malformed.
 pub(crate) fn full_object_crc32c(value: Option<&str>) -> Option<String> {
-    use base64::Engine as _;
-    let v = value?;
-    if v.contains('-') {
-        return None;
-    }
-    let raw = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
-    let bytes: [u8; 4] = raw.try_into().ok()?;
-    Some(format!("crc32c:{:08x}", u32::from_be_bytes(bytes)))
+    let crc = xferkit_core::journal::crc32c_from_base64(value?)?;
+    Some(xferkit_core::journal::crc32c_label(crc))
 }
 
 /// An entity tag without its quotes.

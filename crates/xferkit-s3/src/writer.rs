@@ -16,7 +16,7 @@ use aws_sdk_s3::primitives::{ByteStream as SdkStream, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart,
 };
-use xferkit_core::journal::JournalPart;
+use xferkit_core::journal::{JournalPart, crc32c_from_base64, crc32c_to_base64};
 use xferkit_core::parts::{Acked, Body, Held, Part, PartStore, Plan, Stored};
 use xferkit_core::{Error, ErrorKind, PutOptions, RemoteObject, Result};
 
@@ -99,7 +99,7 @@ impl Upload {
     /// answer, else a HEAD (a store that keeps none, s3s-fs: `None`).
     async fn stored_crc(&self, answered: Option<&str>) -> Option<u32> {
         if let Some(v) = answered {
-            return crc_of(v);
+            return crc32c_from_base64(v);
         }
         let head = self
             .core
@@ -112,7 +112,7 @@ impl Upload {
             .send()
             .await
             .ok()?;
-        crc_of(out.checksum_crc32_c()?)
+        crc32c_from_base64(out.checksum_crc32_c()?)
     }
 
     /// A complete that failed on a retry with "no such upload" (or, for a
@@ -137,7 +137,7 @@ impl Upload {
                         .is_some_and(|t| unquote(t).ends_with(&format!("-{parts}"))) =>
             {
                 tracing::debug!(target = %self.target, "an earlier CompleteMultipartUpload took effect");
-                let crc = h.checksum_crc32_c().and_then(crc_of);
+                let crc = h.checksum_crc32_c().and_then(crc32c_from_base64);
                 Ok(Stored::new(
                     self.record(total, h.e_tag(), h.version_id()),
                     crc,
@@ -183,7 +183,7 @@ impl PartStore for Upload {
             req = req.if_none_match("*");
         }
         let out = req.send().await.map_err(self.map("PutObject", self.mode))?;
-        let crc = out.checksum_crc32_c().and_then(crc_of);
+        let crc = out.checksum_crc32_c().and_then(crc32c_from_base64);
         Ok(Stored::new(
             self.record(size, out.e_tag(), out.version_id()),
             crc,
@@ -242,7 +242,7 @@ impl PartStore for Upload {
             .part_number(i32::try_from(part.number).unwrap_or(i32::MAX))
             .content_length(part.data.len() as i64)
             // Already computed: sent as a header, the SDK computes no other.
-            .checksum_crc32_c(crc32c_b64(part.crc32c))
+            .checksum_crc32_c(crc32c_to_base64(part.crc32c))
             .body(SdkStream::from(part.data.clone()))
             .send()
             .await
@@ -301,7 +301,7 @@ impl PartStore for Upload {
                         CompletedPart::builder()
                             .part_number(i32::try_from(p.number).unwrap_or(i32::MAX))
                             .e_tag(&p.etag)
-                            .checksum_crc32_c(crc32c_b64(p.crc32c))
+                            .checksum_crc32_c(crc32c_to_base64(p.crc32c))
                             .build()
                     })
                     .collect(),
@@ -314,7 +314,7 @@ impl PartStore for Upload {
             .bucket(&self.core.bucket)
             .key(&self.full)
             .upload_id(session)
-            .checksum_crc32_c(crc32c_b64(crc32c))
+            .checksum_crc32_c(crc32c_to_base64(crc32c))
             .checksum_type(ChecksumType::FullObject)
             .multipart_upload(completed);
         if self.mode == Mode::CreateOnly {
@@ -365,21 +365,4 @@ impl PartStore for Upload {
             .map_err(self.map("DeleteObject", Mode::Plain))?;
         Ok(())
     }
-}
-
-/// A CRC32C as S3 spells it: base64 of its 4 big-endian bytes.
-pub(crate) fn crc32c_b64(crc: u32) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
-}
-
-/// A full-object CRC32C from S3's base64 form; a composite one (`…-N`, a
-/// checksum of the parts' checksums) or anything malformed gives `None`.
-pub(crate) fn crc_of(v: &str) -> Option<u32> {
-    use base64::Engine as _;
-    if v.contains('-') {
-        return None;
-    }
-    let raw = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
-    Some(u32::from_be_bytes(raw.try_into().ok()?))
 }

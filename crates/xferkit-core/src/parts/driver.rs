@@ -10,7 +10,7 @@ use super::resume::{Journaled, Resume, resume};
 use super::schedule::{parallel, sequential};
 use super::source::{Chunker, Source, exact_length, shrank};
 use super::{Body, Layout, PartStore, Plan, Stored};
-use crate::journal::{JournalPart, crc32c_of_range};
+use crate::journal::{JournalPart, crc32c_label, crc32c_of_range};
 use crate::{Error, ErrorKind, RemoteObject, Result, RetryPolicy, TransferCtx, UploadSource};
 
 /// Longest time spent aborting a failed or stopped upload. The transfer
@@ -327,10 +327,6 @@ pub(crate) fn combine(parts: &[JournalPart]) -> u32 {
     })
 }
 
-fn label(crc: u32) -> String {
-    format!("crc32c:{crc:08x}")
-}
-
 /// Check the CRC32C the store reports against `sent`, the one of the bytes
 /// sent. A store that checks none itself (emulators compute their own) may
 /// hold a part corrupted on the way: then the object, already visible, is
@@ -344,7 +340,7 @@ pub(crate) async fn verify(
     let target = store.target();
     match stored.crc32c {
         Some(got) if got != sent => {
-            tracing::warn!(target = %target, sent = %label(sent), stored = %label(got), "the stored object does not match what was sent; deleting it");
+            tracing::warn!(target = %target, sent = %crc32c_label(sent), stored = %crc32c_label(got), "the stored object does not match what was sent; deleting it");
             if let Err(e) = policy
                 .retry(target, |_| store.discard(&stored.object))
                 .await
@@ -353,8 +349,8 @@ pub(crate) async fn verify(
             }
             Err(Error::ChecksumMismatch {
                 target: target.to_string(),
-                expected: label(sent),
-                actual: label(got),
+                expected: crc32c_label(sent),
+                actual: crc32c_label(got),
             })
         }
         _ => Ok(stored.object),
