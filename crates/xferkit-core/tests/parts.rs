@@ -194,6 +194,11 @@ fn plan(mem: &Mem, state: Option<&Path>) -> Plan {
     if mem.sequential { p.sequential() } else { p }
 }
 
+async fn assert_no_journal(state: &Path, src: &Path) {
+    let journal = JournalFile::for_upload(state, TARGET, src);
+    assert!(journal.load().await.is_none(), "a journal was left");
+}
+
 fn file(dir: &Path, len: u64, seed: u8) -> (std::path::PathBuf, Vec<u8>) {
     let data: Vec<u8> = (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -246,12 +251,7 @@ async fn parts_in_parallel_make_the_object_and_leave_no_journal() {
     assert_eq!(obj.size, data.len() as u64);
     assert_eq!(mem.object.lock().unwrap().as_deref(), Some(data.as_slice()));
     assert_eq!(mem.parts_put.load(Ordering::SeqCst), 11);
-    assert!(
-        JournalFile::for_upload(dir.path(), TARGET, &src)
-            .load()
-            .await
-            .is_none()
-    );
+    assert_no_journal(dir.path(), &src).await;
 }
 
 #[tokio::test]
@@ -269,12 +269,7 @@ async fn a_crashed_parallel_upload_sends_only_what_the_store_lacks() {
     );
     assert_eq!(mem.object.lock().unwrap().as_deref(), Some(data.as_slice()));
     assert_eq!(mem.count("start"), 1, "the same session went on");
-    assert!(
-        JournalFile::for_upload(dir.path(), TARGET, &src)
-            .load()
-            .await
-            .is_none()
-    );
+    assert_no_journal(dir.path(), &src).await;
 }
 
 #[tokio::test]
@@ -371,12 +366,7 @@ async fn a_failed_upload_aborts_its_session_and_removes_its_journal() {
     assert!(err.chain().contains("refused"), "{}", err.chain());
     assert_eq!(mem.count("abort s0"), 1);
     assert!(mem.sessions.lock().unwrap().is_empty(), "nothing pending");
-    assert!(
-        JournalFile::for_upload(dir.path(), TARGET, &src)
-            .load()
-            .await
-            .is_none()
-    );
+    assert_no_journal(dir.path(), &src).await;
 }
 
 #[tokio::test]

@@ -95,23 +95,20 @@ impl Upload {
         move |e| map_sdk(op, &self.target, mode, e)
     }
 
+    /// A HEAD of the key.
+    fn head(&self) -> aws_sdk_s3::operation::head_object::builders::HeadObjectFluentBuilder {
+        let head = self.core.client.head_object().bucket(&self.core.bucket);
+        head.key(&self.full)
+    }
+
     /// The whole object's CRC32C as the store keeps it: from the complete's
     /// answer, else a HEAD (a store that keeps none, s3s-fs: `None`).
     async fn stored_crc(&self, answered: Option<&str>) -> Option<u32> {
         if let Some(v) = answered {
             return crc32c_from_base64(v);
         }
-        let head = self
-            .core
-            .client
-            .head_object()
-            .bucket(&self.core.bucket)
-            .key(&self.full);
-        let out = head
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-            .ok()?;
+        let with_checksum = self.head().checksum_mode(ChecksumMode::Enabled);
+        let out = with_checksum.send().await.ok()?;
         crc32c_from_base64(out.checksum_crc32_c()?)
     }
 
@@ -124,13 +121,12 @@ impl Upload {
         if !matches!(err.kind(), ErrorKind::NotFound | ErrorKind::AlreadyExists) {
             return Err(err);
         }
-        let head = self
-            .core
-            .client
-            .head_object()
-            .bucket(&self.core.bucket)
-            .key(&self.full);
-        match head.checksum_mode(ChecksumMode::Enabled).send().await {
+        match self
+            .head()
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+        {
             Ok(h)
                 if h.content_length() == Some(total as i64)
                     && h.e_tag()
@@ -191,13 +187,8 @@ impl PartStore for Upload {
     }
 
     async fn exists(&self) -> Result<bool> {
-        let head = self
-            .core
-            .client
-            .head_object()
-            .bucket(&self.core.bucket)
-            .key(&self.full);
-        match head
+        match self
+            .head()
             .send()
             .await
             .map_err(self.map("HeadObject", Mode::Plain))
