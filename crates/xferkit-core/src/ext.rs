@@ -36,8 +36,8 @@
 //! ([`RemoteObject::checksum`]) and [`DownloadOptions::verify_checksum`] is
 //! on, it is verified while the bytes stream, without a second read:
 //! `crc32c:` on both paths (per-part CRC32Cs are combined), `sha256:` on the
-//! one-stream path (which is chosen for it). Other algorithms (e.g. GCS's
-//! `md5:`) are not verified. A mismatch is `ChecksumMismatch` and nothing is
+//! one-stream path (which is chosen for it). Other algorithms (`md5:`, which
+//! GCS reports only for objects without a CRC32C) are not verified. A mismatch is `ChecksumMismatch` and nothing is
 //! left at the destination.
 
 use std::collections::BTreeMap;

@@ -396,16 +396,18 @@ pub(crate) fn to_remote(url: String, key: String, o: &Object) -> RemoteObject {
     r.etag = (!etag.is_empty()).then(|| etag.to_string());
     r.version = (o.generation != 0).then(|| o.generation.to_string());
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).ok();
+    // CRC32C first: downloads verify it on every path (a ranged one combines
+    // its parts'), and composite objects have one; MD5 only where it is all.
     r.checksum = o
-        .md5_hash
+        .crc32c
         .as_deref()
         .and_then(b64)
-        .map(|d| format!("md5:{}", hex::encode(d)))
+        .map(|d| format!("crc32c:{}", hex::encode(d)))
         .or_else(|| {
-            o.crc32c
+            o.md5_hash
                 .as_deref()
                 .and_then(b64)
-                .map(|d| format!("crc32c:{}", hex::encode(d)))
+                .map(|d| format!("md5:{}", hex::encode(d)))
         });
     r.content_type = o.content_type.clone().filter(|c| !c.is_empty());
     r.last_modified = o.updated.or(o.time_created).map(SystemTime::from);
@@ -589,10 +591,7 @@ mod tests {
         assert_eq!(r.size, 11);
         assert_eq!(r.etag.as_deref(), Some("XrY7u+Ae7tCTyyK7j1rNww=="));
         assert_eq!(r.version.as_deref(), Some("1795613798481150"));
-        assert_eq!(
-            r.checksum.as_deref(),
-            Some("md5:5eb63bbbe01eeed093cb22bb8f5acdc3")
-        );
+        assert_eq!(r.checksum.as_deref(), Some("crc32c:c99465aa"));
         assert_eq!(r.content_type.as_deref(), Some("text/plain"));
         assert!(r.last_modified.is_some());
         assert_eq!(r.metadata.get("title").map(String::as_str), Some("x"));
