@@ -97,6 +97,10 @@ pub(crate) async fn sequential(
     let mut total: u64 = done.iter().map(|p| p.len).sum();
     let mut number = done.last().map_or(0, |p| p.number);
     let size = src.size();
+    // The journal lags one chunk behind: chunk N is recorded (an fsync)
+    // while chunk N+1 is on the wire, not before it is sent. A crash in
+    // between loses nothing: the resume asks the store for its offset.
+    let mut unrecorded: Option<JournalPart> = None;
     while let Some((piece, last)) = src.next().await? {
         number = next_number(number, plan, target)?;
         let l = piece.load(&pool, plan.digest).await?;
@@ -111,17 +115,21 @@ pub(crate) async fn sequential(
             total: size,
             last: last.then_some((total + len, whole)),
         };
-        let ack = put_part(store, session, &part, ctx).await?;
+        let record = async {
+            if let (Some(j), Some(jp)) = (journal.as_deref_mut(), unrecorded.take()) {
+                j.record(jp).await;
+            }
+        };
+        let (ack, ()) = tokio::join!(put_part(store, session, &part, ctx), record);
+        let ack = ack?;
         ctx.add_progress(len);
         (total, crc) = (total + len, whole);
         match (ack, last) {
             (Acked::Done(stored), true) => return Ok((stored, whole)),
             (Acked::Part(etag), false) => {
                 let jp = JournalPart::new(number, part.offset, len, etag, part.crc32c);
-                if let Some(j) = journal.as_deref_mut() {
-                    j.record(jp.clone()).await;
-                }
-                done.push(jp);
+                done.push(jp.clone());
+                unrecorded = Some(jp);
                 pool.give(part.data, 1);
             }
             (Acked::Done(stored), false) => {
