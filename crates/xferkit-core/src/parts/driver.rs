@@ -175,7 +175,8 @@ async fn in_parts(
     }
     // Owned: a `&Source` (a stream inside) must not be held across an await.
     let file = src.path().map(|(p, size)| (p.to_path_buf(), size));
-    let size = file.as_ref().map(|(_, size)| *size);
+    // Known for a file and a stream of declared size (GCS announces it).
+    let size = src.size();
     let mut journal = match (&file, &plan.state_dir) {
         (Some((path, size)), Some(dir)) => {
             let part_size = plan.part_size_for(Some(*size));
