@@ -4,6 +4,7 @@
 use std::fmt;
 
 use url::Url;
+use xferkit_core::settings::StoreKeys;
 use xferkit_core::{Error, Result, Secret};
 
 use crate::sas::AccountKey;
@@ -227,10 +228,9 @@ impl AzureConfig {
     /// Check every key and pick the credential; errors name the key as
     /// `stores.NAME.KEY` and never show a secret.
     pub(crate) fn resolve(&self, store: &str) -> Result<Resolved> {
-        let key_name = |k: &str| format!("stores.{store}.{k}");
-        let bad = |key: &str, what: String| -> Result<Resolved> {
-            Err(Error::invalid_config(format!("{} {what}", key_name(key))))
-        };
+        let k = StoreKeys::new(store);
+        let key_name = |key: &str| k.name(key);
+        let bad = |key: &str, what: String| -> Result<Resolved> { Err(k.error(key, what)) };
 
         // Exactly one credential.
         let given: Vec<&str> = [
@@ -294,10 +294,9 @@ impl AzureConfig {
         }
 
         // Container.
-        let container = self.container.trim().to_string();
-        if container.is_empty() {
-            return bad("container", "is missing (the blob container name)".into());
-        }
+        let container = k
+            .required("container", &self.container, "the blob container name")?
+            .to_string();
         let container_ok = container.len() >= 3
             && container.len() <= 63
             && container
@@ -315,16 +314,7 @@ impl AzureConfig {
             );
         }
 
-        // Prefix.
-        let prefix = self.prefix.trim_matches('/').to_string();
-        if !prefix.is_empty()
-            && let Err(e) = xferkit_core::validate_key(&prefix)
-        {
-            return bad(
-                "prefix",
-                format!("= {:?} is not a valid key prefix: {e}", self.prefix),
-            );
-        }
+        let prefix = k.prefix("prefix", &self.prefix)?;
 
         // Endpoint: explicit key, then the connection string, then Azure's default.
         let (endpoint_key, endpoint_str) = if let Some(ep) = &self.endpoint {
@@ -345,39 +335,7 @@ impl AzureConfig {
                 .unwrap_or_else(|| ("https".into(), "core.windows.net".into()));
             ("endpoint", format!("{proto}://{account}.blob.{suffix}"))
         };
-        let endpoint = match Url::parse(endpoint_str.trim()) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
-            Ok(_) => {
-                return bad(
-                    endpoint_key,
-                    format!(
-                        "= {:?} must be an http:// or https:// URL with a host",
-                        crate::error::strip_query(&endpoint_str)
-                    ),
-                );
-            }
-            Err(e) => {
-                return bad(
-                    endpoint_key,
-                    format!(
-                        "= {:?} is not a URL: {e}",
-                        crate::error::strip_query(&endpoint_str)
-                    ),
-                );
-            }
-        };
-        if endpoint.query().is_some() || endpoint.fragment().is_some() {
-            return bad(
-                endpoint_key,
-                "must not carry a '?query' (put a SAS token in `sas_token`)".into(),
-            );
-        }
-        if !endpoint.username().is_empty() || endpoint.password().is_some() {
-            return bad(endpoint_key, "must not carry user:password".into());
-        }
-        let mut endpoint = endpoint;
-        let trimmed = endpoint.path().trim_end_matches('/').to_string();
-        endpoint.set_path(&trimmed);
+        let endpoint = k.endpoint(endpoint_key, &endpoint_str)?;
 
         // Credential.
         let key_credential = |k: &str, which: &str| -> Result<Credential> {
@@ -425,36 +383,22 @@ impl AzureConfig {
         }
 
         // Sizes.
-        if self.multipart_threshold == 0 || self.multipart_threshold > MAX_SINGLE_PUT {
-            return bad(
-                "multipart_threshold",
-                format!(
-                    "= {} must be between 1 and {MAX_SINGLE_PUT} bytes (5000 MiB, Azure's largest single Put Blob)",
-                    self.multipart_threshold
-                ),
-            );
-        }
-        if self.block_size == 0 || self.block_size > MAX_BLOCK_SIZE {
-            return bad(
-                "block_size",
-                format!(
-                    "= {} must be between 1 and {MAX_BLOCK_SIZE} bytes (4000 MiB, Azure's largest block)",
-                    self.block_size
-                ),
-            );
-        }
+        let single = " bytes (5000 MiB, Azure's largest single Put Blob)";
+        k.within(
+            "multipart_threshold",
+            self.multipart_threshold,
+            1..=MAX_SINGLE_PUT,
+            single,
+        )?;
+        let block = " bytes (4000 MiB, Azure's largest block)";
+        k.within("block_size", self.block_size, 1..=MAX_BLOCK_SIZE, block)?;
         if usize::try_from(self.block_size).is_err() {
             return bad(
                 "block_size",
                 "does not fit in memory on this platform".into(),
             );
         }
-        if self.concurrency == 0 || self.concurrency > 64 {
-            return bad(
-                "concurrency",
-                format!("= {} must be between 1 and 64", self.concurrency),
-            );
-        }
+        k.within("concurrency", self.concurrency, 1..=64, "")?;
 
         Ok(Resolved {
             account,
@@ -563,7 +507,7 @@ mod tests {
         c.endpoint = Some("https://myaccount.blob.core.windows.net/?sv=1&sig=SECRETSIG".into());
         let m = err(&c);
         assert!(
-            m.contains("stores.main.endpoint") && m.contains("sas_token"),
+            m.contains("stores.main.endpoint") && m.contains("a token goes in its own key"),
             "{m}"
         );
         assert!(!m.contains("SECRETSIG"), "{m}");

@@ -11,6 +11,7 @@ pub mod parts;
 mod registry;
 mod retry;
 mod secret;
+pub mod settings;
 pub mod share;
 pub mod signed;
 pub mod status;

@@ -3,7 +3,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use xferkit_core::{Error, Result};
+use xferkit_core::Result;
+use xferkit_core::settings::StoreKeys;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -124,87 +125,52 @@ impl GcsConfig {
 
     /// Check every key; errors name the key as `stores.NAME.KEY`.
     pub(crate) fn validate(&self, store: &str) -> Result<()> {
-        let bad = |key: &str, what: String| {
-            Err(Error::invalid_config(format!(
-                "stores.{store}.{key} {what}"
-            )))
-        };
-        let bucket = self.bucket.trim();
-        if bucket.is_empty() {
-            return bad("bucket", "is missing (the GCS bucket name)".into());
-        }
+        let k = StoreKeys::new(store);
+        let bucket = k.required("bucket", &self.bucket, "the GCS bucket name")?;
         if bucket.contains('/') || bucket != self.bucket {
-            return bad(
+            return Err(k.error(
                 "bucket",
-                format!(
+                format_args!(
                     "= {:?} must be a bucket name, without '/' or spaces (put an object prefix in `prefix`)",
                     self.bucket
                 ),
-            );
+            ));
         }
         if let Some(ep) = &self.endpoint {
-            match url::Url::parse(ep) {
-                Ok(u)
-                    if matches!(u.scheme(), "http" | "https")
-                        && u.host_str().is_some()
-                        && u.query().is_none() => {}
-                Ok(_) => {
-                    return bad(
-                        "endpoint",
-                        format!(
-                            "= {ep:?} must be an http:// or https:// URL with a host and no query"
-                        ),
-                    );
-                }
-                Err(e) => return bad("endpoint", format!("= {ep:?} is not a URL: {e}")),
-            }
+            k.endpoint("endpoint", ep)?;
         }
-        let prefix = self.prefix.trim_matches('/');
-        if !prefix.is_empty()
-            && let Err(e) = xferkit_core::validate_key(prefix)
-        {
-            return bad(
-                "prefix",
-                format!("= {:?} is not a valid object prefix: {e}", self.prefix),
-            );
-        }
-        if let Some(p) = &self.project_id
-            && p.trim().is_empty()
-        {
-            return bad(
-                "project_id",
-                "is empty (omit it to use the credentials' project)".into(),
-            );
+        k.prefix("prefix", &self.prefix)?;
+        if let Some(p) = &self.project_id {
+            k.required("project_id", p, "omit it to use the credentials' project")?;
         }
         if let Some(p) = &self.credentials_file
             && p.as_os_str().is_empty()
         {
-            return bad(
-                "credentials_file",
-                "is empty (a path to a JSON key file)".into(),
-            );
+            return Err(k.error("credentials_file", "is empty (a path to a JSON key file)"));
         }
-        if self.chunk_size == 0
-            || !self.chunk_size.is_multiple_of(CHUNK_GRANULE)
-            || self.chunk_size > MAX_CHUNK
-        {
-            return bad(
+        let chunk = " bytes, a multiple of 262144 (256 KiB)";
+        k.within(
+            "chunk_size",
+            self.chunk_size,
+            CHUNK_GRANULE..=MAX_CHUNK,
+            chunk,
+        )?;
+        if !self.chunk_size.is_multiple_of(CHUNK_GRANULE) {
+            return Err(k.error(
                 "chunk_size",
-                format!(
-                    "= {} must be a positive multiple of 262144 (256 KiB), at most {} (1 GiB)",
-                    self.chunk_size, MAX_CHUNK
+                format_args!(
+                    "= {} is not a multiple of 262144 (256 KiB)",
+                    self.chunk_size
                 ),
-            );
+            ));
         }
-        if self.multipart_threshold > MAX_THRESHOLD {
-            return bad(
-                "multipart_threshold",
-                format!(
-                    "= {} is larger than {} (5 GiB)",
-                    self.multipart_threshold, MAX_THRESHOLD
-                ),
-            );
-        }
+        let single = " bytes (5 GiB)";
+        k.within(
+            "multipart_threshold",
+            self.multipart_threshold,
+            0..=MAX_THRESHOLD,
+            single,
+        )?;
         Ok(())
     }
 }

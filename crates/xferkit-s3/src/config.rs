@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use xferkit_core::{Error, Result, Secret};
+use xferkit_core::settings::StoreKeys;
+use xferkit_core::{Result, Secret};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -84,101 +85,56 @@ impl S3Config {
 
     /// Check every key; errors name the key as `stores.NAME.KEY`.
     pub(crate) fn validate(&self, store: &str) -> Result<()> {
-        let bad = |key: &str, what: String| {
-            Err(Error::invalid_config(format!(
-                "stores.{store}.{key} {what}"
-            )))
-        };
-        if self.bucket.trim().is_empty() {
-            return bad("bucket", "is missing (the S3 bucket name)".into());
-        }
-        if self.bucket.contains('/') {
-            return bad(
+        let k = StoreKeys::new(store);
+        let bucket = k.required("bucket", &self.bucket, "the S3 bucket name")?;
+        if bucket.contains('/') {
+            return Err(k.error(
                 "bucket",
-                format!(
-                    "= {:?} must be a bucket name, without '/' (put a key prefix in `prefix`)",
-                    self.bucket
+                format_args!(
+                    "= {bucket:?} must be a bucket name, without '/' (put a key prefix in `prefix`)"
                 ),
-            );
+            ));
         }
-        if self.region.trim().is_empty() {
-            return bad("region", "is empty (e.g. \"us-east-1\")".into());
-        }
+        k.required("region", &self.region, "e.g. \"us-east-1\"")?;
         if let Some(ep) = &self.endpoint {
-            match url::Url::parse(ep) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
-                Ok(_) => {
-                    return bad(
-                        "endpoint",
-                        format!("= {ep:?} must be an http:// or https:// URL with a host"),
-                    );
-                }
-                Err(e) => return bad("endpoint", format!("= {ep:?} is not a URL: {e}")),
-            }
+            k.endpoint("endpoint", ep)?;
         }
-        let prefix = self.prefix.trim_matches('/');
-        if !prefix.is_empty()
-            && let Err(e) = xferkit_core::validate_key(prefix)
-        {
-            return bad(
-                "prefix",
-                format!("= {:?} is not a valid key prefix: {e}", self.prefix),
-            );
-        }
+        k.prefix("prefix", &self.prefix)?;
+        let missing = |key, other| {
+            k.error(
+                key,
+                format_args!("is missing ({other} is set; give both or neither)"),
+            )
+        };
         match (&self.access_key_id, &self.secret_access_key) {
-            (Some(_), None) => {
-                return bad(
-                    "secret_access_key",
-                    "is missing (access_key_id is set; give both or neither)".into(),
-                );
-            }
-            (None, Some(_)) => {
-                return bad(
-                    "access_key_id",
-                    "is missing (secret_access_key is set; give both or neither)".into(),
-                );
-            }
+            (Some(_), None) => return Err(missing("secret_access_key", "access_key_id")),
+            (None, Some(_)) => return Err(missing("access_key_id", "secret_access_key")),
             (Some(id), Some(_)) if id.trim().is_empty() => {
-                return bad("access_key_id", "is empty".into());
+                return Err(k.error("access_key_id", "is empty"));
             }
             _ => {}
         }
         if self.session_token.is_some() && self.access_key_id.is_none() {
-            return bad(
+            return Err(k.error(
                 "session_token",
-                "is set without access_key_id and secret_access_key".into(),
-            );
+                "is set without access_key_id and secret_access_key",
+            ));
         }
-        if self.part_size < MIN_PART_SIZE {
-            return bad(
-                "part_size",
-                format!(
-                    "= {} is below S3's minimum part size of 5 MiB ({MIN_PART_SIZE} bytes)",
-                    self.part_size
-                ),
-            );
-        }
-        if self.part_size > MAX_PART_SIZE {
-            return bad(
-                "part_size",
-                format!(
-                    "= {} is above S3's maximum part size of 5 GiB ({MAX_PART_SIZE} bytes)",
-                    self.part_size
-                ),
-            );
-        }
-        if self.multipart_threshold > MAX_PART_SIZE {
-            return bad(
-                "multipart_threshold",
-                format!(
-                    "= {} is above S3's single-PUT limit of 5 GiB ({MAX_PART_SIZE} bytes)",
-                    self.multipart_threshold
-                ),
-            );
-        }
-        if self.concurrency == 0 {
-            return bad("concurrency", "must be at least 1".into());
-        }
+        let limits = " bytes (S3's part sizes are 5 MiB to 5 GiB)";
+        k.within(
+            "part_size",
+            self.part_size,
+            MIN_PART_SIZE..=MAX_PART_SIZE,
+            limits,
+        )?;
+        let single = " bytes (5 GiB is S3's largest single PUT)";
+        k.within(
+            "multipart_threshold",
+            self.multipart_threshold,
+            0..=MAX_PART_SIZE,
+            single,
+        )?;
+        k.within("concurrency", self.concurrency, 1..=usize::MAX, "")?;
         Ok(())
     }
 
