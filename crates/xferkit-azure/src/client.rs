@@ -155,7 +155,7 @@ impl Client {
             .map_err(|e| {
                 Error::invalid_config(format!(
                     "stores.{store}: cannot create the Azure client: {}",
-                    crate::error::redact(&e.to_string())
+                    xferkit_core::url::redact(&e.to_string())
                 ))
             })?;
         Ok(Client {

@@ -99,7 +99,7 @@ impl fmt::Debug for AzureConfig {
             .field("prefix", &self.prefix)
             .field(
                 "endpoint",
-                &self.endpoint.as_deref().map(crate::error::strip_query),
+                &self.endpoint.as_deref().map(xferkit_core::url::shown),
             )
             .field("connection_string", &self.connection_string)
             .field("account_key", &self.account_key)

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod body;
 mod ctx;
 mod error;
 mod ext;

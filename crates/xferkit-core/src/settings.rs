@@ -45,7 +45,7 @@ impl<'a> StoreKeys<'a> {
     /// An `http://` or `https://` URL with a host, and no query, fragment or
     /// `user:password`, with any trailing `/` of its path removed.
     pub fn endpoint(&self, key: &str, value: &str) -> Result<Url> {
-        let shown = value.split(['?', '#']).next().unwrap_or("");
+        let shown = crate::url::shown(value);
         let mut url = match Url::parse(value.trim()) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
             Ok(_) => {

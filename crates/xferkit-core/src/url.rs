@@ -162,9 +162,80 @@ pub fn file_url(abs_path: &str) -> String {
     format!("file://{}", encode_path(abs_path))
 }
 
+/// `url` with its query and fragment cut off, for messages and logs: a
+/// link's query may carry a signature (a bearer credential) and its fragment
+/// a decryption key. What was cut is marked `?…` or `#…`.
+pub fn shown(url: &str) -> String {
+    match url.find(['?', '#']) {
+        Some(i) => format!("{}{}…", &url[..i], &url[i..=i]),
+        None => url.to_string(),
+    }
+}
+
+/// `text` (an error message, say) with the query of every URL in it
+/// replaced by `<redacted>`, and any bare `sig=` value (a SAS token outside
+/// a URL) blanked. Running it again changes nothing.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        let (head, tail) = rest.split_at(pos + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | ','))
+            .unwrap_or(tail.len());
+        let url = &tail[..end];
+        match url.find(['?', '#']) {
+            Some(q) => {
+                out.push_str(&url[..q]);
+                out.push_str("?<redacted>");
+            }
+            None => out.push_str(url),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    let mut result = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(pos) = rest.find("sig=") {
+        let (head, tail) = rest.split_at(pos + 4);
+        result.push_str(head);
+        result.push_str("<redacted>");
+        let end = tail
+            .find(|c: char| c == '&' || c.is_whitespace() || matches!(c, ')' | '"' | '\''))
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    result.push_str(rest);
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shown_cuts_queries_and_fragments() {
+        assert_eq!(shown("https://h/k?sig=1"), "https://h/k?…");
+        assert_eq!(shown("https://h/k#key=SECRET"), "https://h/k#…");
+        assert_eq!(shown("s3://b/k"), "s3://b/k");
+    }
+
+    #[test]
+    fn redact_handles_urls_bare_tokens_and_plain_text() {
+        assert_eq!(redact("no urls here"), "no urls here");
+        assert_eq!(
+            redact("token sv=1&sig=abc&se=2 end"),
+            "token sv=1&sig=<redacted>&se=2 end"
+        );
+        assert_eq!(
+            redact("a https://h/p?x=1 and (http://h2/q?sig=z) c://d#k"),
+            "a https://h/p?<redacted> and (http://h2/q?<redacted>) c://d?<redacted>"
+        );
+        let once = redact("(http://h/k?sv=1&sig=abc%3D): refused");
+        assert_eq!(once, "(http://h/k?<redacted>): refused");
+        assert_eq!(redact(&once), once);
+    }
 
     #[test]
     fn keys_with_reserved_characters_round_trip() {

@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::types::{ChecksumMode, MetadataDirective};
-use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::{StreamExt, TryStreamExt};
+use xferkit_core::body;
 use xferkit_core::url::ObjectUrl;
 use xferkit_core::{
     ByteRange, ByteStream, Capabilities, Error, ErrorKind, FileTransferHandler, PendingUpload,
@@ -200,7 +200,7 @@ impl S3Store {
                 };
             }
         };
-        let partial = out.content_range().and_then(parse_content_range);
+        let partial = out.content_range().and_then(body::content_range);
         let length = out.content_length().unwrap_or(0).max(0) as u64;
         let size = match (partial, range) {
             (Some((_, total)), _) => total,
@@ -238,37 +238,10 @@ impl S3Store {
         // A server that ignored the range sent the whole object: cut it here.
         if let (None, Some(r)) = (partial, range) {
             let span = r.resolve(size, &target).map_err(|_| invalid(&r))?;
-            bytes = slice_stream(bytes, span.start, span.end - span.start);
+            bytes = body::slice(bytes, span);
         }
         Ok((obj, bytes))
     }
-}
-
-/// `bytes START-END/TOTAL` → `(START, TOTAL)`.
-fn parse_content_range(v: &str) -> Option<(u64, u64)> {
-    let rest = v.trim().strip_prefix("bytes")?.trim_start();
-    let (span, total) = rest.split_once('/')?;
-    let (start, _) = span.split_once('-')?;
-    Some((start.trim().parse().ok()?, total.trim().parse().ok()?))
-}
-
-/// Skip `skip` bytes of `s`, then yield `take` bytes.
-fn slice_stream(s: ByteStream, skip: u64, take: u64) -> ByteStream {
-    Box::pin(
-        s.scan((skip, take), |(skip, take), chunk| {
-            let out = chunk.map(|mut c: Bytes| {
-                let drop = (*skip).min(c.len() as u64) as usize;
-                *skip -= drop as u64;
-                let _ = c.split_to(drop);
-                let keep = (*take).min(c.len() as u64) as usize;
-                *take -= keep as u64;
-                c.truncate(keep);
-                c
-            });
-            futures::future::ready(Some(out))
-        })
-        .try_filter(|c| futures::future::ready(!c.is_empty())),
-    )
 }
 
 #[async_trait]
@@ -595,26 +568,6 @@ impl FileTransferHandler for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_range_parses() {
-        assert_eq!(parse_content_range("bytes 0-9/100"), Some((0, 100)));
-        assert_eq!(parse_content_range("bytes 5-5/6"), Some((5, 6)));
-        assert_eq!(parse_content_range("bytes */100"), None);
-        assert_eq!(parse_content_range("junk"), None);
-    }
-
-    #[tokio::test]
-    async fn slices_a_stream_across_chunks() {
-        let chunks: Vec<Result<Bytes>> = vec![
-            Ok(Bytes::from_static(b"0123")),
-            Ok(Bytes::from_static(b"4567")),
-            Ok(Bytes::from_static(b"89")),
-        ];
-        let s: ByteStream = Box::pin(stream::iter(chunks));
-        let out: Vec<Bytes> = slice_stream(s, 3, 5).try_collect().await.unwrap();
-        assert_eq!(out.concat(), b"34567");
-    }
 
     fn store_config() -> S3Config {
         let mut c = S3Config::new("bkt");

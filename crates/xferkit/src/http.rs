@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use xferkit_core::body;
 use xferkit_core::status::{self, Answer};
-use xferkit_core::url::ObjectUrl;
+use xferkit_core::url::{ObjectUrl, shown};
 use xferkit_core::{
     ByteRange, ByteStream, Capabilities, Error, FileTransferHandler, PendingUpload, PresignMethod,
     PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx, UploadSource, async_trait,
@@ -21,14 +22,6 @@ pub struct HttpStore {
 impl Default for HttpStore {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// A URL with its query (which may hold a signature) cut off, for messages.
-fn shown(url: &str) -> String {
-    match url.split_once('?') {
-        Some((base, _)) => format!("{base}?…"),
-        None => url.to_string(),
     }
 }
 
@@ -53,8 +46,8 @@ impl HttpStore {
     fn describe(key: &str, resp: &reqwest::Response) -> RemoteObject {
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
         let total = header("content-range")
-            .and_then(|v| v.rsplit('/').next())
-            .and_then(|v| v.parse::<u64>().ok())
+            .and_then(body::content_range)
+            .map(|(_, total)| total)
             .or_else(|| resp.content_length())
             .unwrap_or(0);
         let mut obj = RemoteObject::new(key, key, total);
@@ -141,7 +134,7 @@ impl FileTransferHandler for HttpStore {
             // cut the wanted bytes out so callers never get the wrong ones.
             Some(r) if status.as_u16() == 200 => {
                 let span = r.resolve(obj.size, &shown(key))?;
-                Ok((obj, Box::pin(slice(stream, span.start, span.end))))
+                Ok((obj, body::slice(Box::pin(stream), span)))
             }
             _ => Ok((obj, Box::pin(stream))),
         }
@@ -204,43 +197,6 @@ impl FileTransferHandler for HttpStore {
     }
 }
 
-/// Bytes `start..end` of `stream`.
-fn slice(
-    stream: impl futures::Stream<Item = Result<bytes::Bytes>> + Send + 'static,
-    start: u64,
-    end: u64,
-) -> impl futures::Stream<Item = Result<bytes::Bytes>> + Send + 'static {
-    let mut pos = 0u64;
-    stream
-        .map(move |chunk| {
-            chunk.map(|b| {
-                let from = pos;
-                let to = pos + b.len() as u64;
-                pos = to;
-                let lo = start.clamp(from, to) - from;
-                let hi = end.clamp(from, to) - from;
-                (b.slice(lo as usize..hi as usize), to >= end)
-            })
-        })
-        .scan(false, |done, item| {
-            if *done {
-                return futures::future::ready(None);
-            }
-            let out = match item {
-                Ok((b, last)) => {
-                    *done = last;
-                    Ok(b)
-                }
-                Err(e) => {
-                    *done = true;
-                    Err(e)
-                }
-            };
-            futures::future::ready(Some(out))
-        })
-        .filter(|r| futures::future::ready(!matches!(r, Ok(b) if b.is_empty())))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -297,23 +253,5 @@ mod tests {
             matches!(e, Error::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(2)),
             "{e:?}"
         );
-    }
-
-    #[tokio::test]
-    async fn slice_cuts_the_requested_bytes_across_chunks() {
-        let cases = [
-            (0, 10, "abcdefghij"),
-            (2, 5, "cde"),
-            (3, 7, "defg"),
-            (9, 10, "j"),
-        ];
-        for (start, end, want) in cases {
-            let chunks = ["abc", "defg", "hij"].map(|s| Ok(bytes::Bytes::from(s)));
-            let got: Vec<Result<bytes::Bytes>> = slice(futures::stream::iter(chunks), start, end)
-                .collect()
-                .await;
-            let got: Vec<u8> = got.into_iter().flat_map(|r| r.unwrap().to_vec()).collect();
-            assert_eq!(String::from_utf8(got).unwrap(), want, "{start}..{end}");
-        }
     }
 }
