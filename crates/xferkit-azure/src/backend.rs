@@ -16,8 +16,8 @@ use azure_storage_blob::models::{
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use time::OffsetDateTime;
-use xferkit_core::key::{join_prefix, strip_prefix};
-use xferkit_core::url::{ObjectUrl, encode_path, object_url};
+use xferkit_core::key::Root;
+use xferkit_core::url::{ObjectUrl, encode_path};
 use xferkit_core::{
     ByteRange, ByteStream, Capabilities, Error, FileTransferHandler, PendingUpload, PresignMethod,
     PresignedUrl, PutOptions, RemoteObject, Result, RetryPolicy, TransferCtx, UploadSource,
@@ -34,6 +34,8 @@ use crate::sas::{self, BlobSas, SAS_VERSION};
 pub struct AzureStore {
     pub(crate) name: String,
     pub(crate) cfg: Resolved,
+    /// Keys, blob names and `az://` URLs.
+    pub(crate) root: Root,
     pub(crate) client: Client,
     /// For requests outside a transfer (stat, list, delete, copy, GET).
     pub(crate) retry: RetryPolicy,
@@ -63,6 +65,7 @@ impl AzureStore {
         let client = Client::new(name, &cfg)?;
         Ok(AzureStore {
             name: name.to_string(),
+            root: Root::new(SCHEME, &cfg.account, &cfg.prefix).in_container(&cfg.container),
             cfg,
             client,
             retry: RetryPolicy::default(),
@@ -101,19 +104,6 @@ impl AzureStore {
                 }
             })
             .await
-    }
-
-    /// Full object name (store prefix + key).
-    pub(crate) fn full_name(&self, key: &str) -> String {
-        join_prefix(&self.cfg.prefix, key)
-    }
-
-    pub(crate) fn url_of_full(&self, full: &str) -> String {
-        object_url(
-            SCHEME,
-            &self.cfg.account,
-            &format!("{}/{full}", self.cfg.container),
-        )
     }
 
     pub(crate) fn blob(&self, full: &str) -> BlobClient {
@@ -238,20 +228,11 @@ impl FileTransferHandler for AzureStore {
     }
 
     fn url_for(&self, key: &str) -> String {
-        self.url_of_full(&self.full_name(key))
+        self.root.url(key)
     }
 
     fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
-        if url.scheme != SCHEME || !url.authority.eq_ignore_ascii_case(&self.cfg.account) {
-            return None;
-        }
-        let rest = url
-            .path
-            .strip_prefix(self.cfg.container.as_str())?
-            .strip_prefix('/')?;
-        let key = strip_prefix(&self.cfg.prefix, rest)?;
-        validate_key(key).ok()?;
-        Some(key.to_string())
+        self.root.key_for_url(url)
     }
 
     async fn upload(
@@ -300,7 +281,7 @@ impl FileTransferHandler for AzureStore {
             create_only: false,
             range: Some(&range_text),
         };
-        let blob = self.blob(&self.full_name(key));
+        let blob = self.blob(&self.root.full(key));
         let res = self
             .retry
             .retry(&url, |_| {
@@ -332,8 +313,8 @@ impl FileTransferHandler for AzureStore {
 
     async fn stat(&self, key: &str) -> Result<RemoteObject> {
         validate_key(key)?;
-        let full = self.full_name(key);
-        let url = self.url_of_full(&full);
+        let full = self.root.full(key);
+        let url = self.root.url_full(&full);
         let blob = self.blob(&full);
         let rsp = self
             .retry
@@ -347,20 +328,11 @@ impl FileTransferHandler for AzureStore {
     }
 
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<RemoteObject>> {
-        let full_prefix = join_prefix(&self.cfg.prefix, prefix);
-        let target = format!(
-            "{SCHEME}://{}/{}/{}",
-            self.cfg.account,
-            self.cfg.container,
-            encode_path(&full_prefix)
-        );
+        let full_prefix = self.root.full(prefix);
+        let target = self.root.url_full(&full_prefix);
         let prefix = (!full_prefix.is_empty()).then_some(full_prefix);
         // Items are mapped here, with a cheap clone of what they need.
-        let store = ListCtx {
-            prefix: self.cfg.prefix.clone(),
-            account: self.cfg.account.clone(),
-            container: self.cfg.container.clone(),
-        };
+        let root = self.root.clone();
         let container = self.client.container.clone();
         let policy = self.retry.clone();
         // Paged by marker, one retried request per page: a failure repeats
@@ -420,7 +392,7 @@ impl FileTransferHandler for AzureStore {
                 model
                     .blob_items
                     .into_iter()
-                    .filter_map(|item| store.to_object(item))
+                    .filter_map(|item| listed(&root, item))
                     .map(Ok)
                     .collect::<Vec<_>>(),
             ))
@@ -430,8 +402,8 @@ impl FileTransferHandler for AzureStore {
 
     async fn delete(&self, key: &str) -> Result<()> {
         validate_key(key)?;
-        let full = self.full_name(key);
-        let url = self.url_of_full(&full);
+        let full = self.root.full(key);
+        let url = self.root.url_full(&full);
         let options = BlobClientDeleteOptions {
             delete_snapshots: Some(DeleteSnapshotsOptionType::Include),
             ..Default::default()
@@ -461,8 +433,8 @@ impl FileTransferHandler for AzureStore {
     async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
         validate_key(from)?;
         validate_key(to)?;
-        let (src, dst) = (self.full_name(from), self.full_name(to));
-        let (src_url, dst_url) = (self.url_of_full(&src), self.url_of_full(&dst));
+        let (src, dst) = (self.root.full(from), self.root.full(to));
+        let (src_url, dst_url) = (self.root.url_full(&src), self.root.url_full(&dst));
         // Copy Blob keeps content type, other properties and metadata when
         // the request sets none. Same-account copies finish at once on Azure
         // and Azurite; larger or cross-region ones are polled.
@@ -504,7 +476,7 @@ impl FileTransferHandler for AzureStore {
             // A link to nothing is a NotFound now rather than a 404 later.
             self.stat(key).await?;
         }
-        let full = self.full_name(key);
+        let full = self.root.full(key);
         let expiry = expiry_after(expires_in);
         let se = sas::sas_time(expiry);
         let permissions = match method {
@@ -543,31 +515,18 @@ impl FileTransferHandler for AzureStore {
     }
 }
 
-/// What mapping a listed blob needs, detached from the store so the list
-/// stream is `'static`.
-struct ListCtx {
-    prefix: String,
-    account: String,
-    container: String,
-}
-
-impl ListCtx {
-    fn to_object(&self, item: BlobItem) -> Option<RemoteObject> {
-        let full = item.name?;
-        let key = strip_prefix(&self.prefix, &full)?.to_string();
-        let props = item.properties.unwrap_or_default();
-        let mut obj = RemoteObject::new(
-            object_url(SCHEME, &self.account, &format!("{}/{full}", self.container)),
-            key,
-            props.content_length.unwrap_or(0),
-        );
-        obj.etag = props.etag.map(|e| etag_text(&e));
-        obj.content_type = props.content_type;
-        obj.last_modified = props.last_modified.map(SystemTime::from);
-        obj.version = item.version_id;
-        obj.metadata = lower_keys(item.metadata.and_then(|m| m.values).unwrap_or_default());
-        Some(obj)
-    }
+/// A listed blob as a record, if its name is under the store's prefix.
+fn listed(root: &Root, item: BlobItem) -> Option<RemoteObject> {
+    let full = item.name?;
+    let key = root.key_of(&full)?.to_string();
+    let props = item.properties.unwrap_or_default();
+    let mut obj = RemoteObject::new(root.url_full(&full), key, props.content_length.unwrap_or(0));
+    obj.etag = props.etag.map(|e| etag_text(&e));
+    obj.content_type = props.content_type;
+    obj.last_modified = props.last_modified.map(SystemTime::from);
+    obj.version = item.version_id;
+    obj.metadata = lower_keys(item.metadata.and_then(|m| m.values).unwrap_or_default());
+    Some(obj)
 }
 
 #[cfg(test)]

@@ -48,10 +48,10 @@ pub(crate) struct Blocks {
 
 impl Blocks {
     pub(crate) fn new(store: &AzureStore, key: &str, opts: &PutOptions) -> Self {
-        let full = store.full_name(key);
+        let full = store.root.full(key);
         Blocks {
             blob: store.blob(&full),
-            url: store.url_of_full(&full),
+            url: store.root.url_full(&full),
             key: key.to_string(),
             content_type: opts.content_type_for(key),
             metadata: opts.metadata.clone().into_iter().collect(),

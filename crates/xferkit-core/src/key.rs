@@ -66,9 +66,124 @@ pub fn strip_prefix<'a>(prefix: &str, full: &'a str) -> Option<&'a str> {
     }
 }
 
+/// Where a cloud store's keys live: `SCHEME://AUTHORITY/[CONTAINER/]PREFIX/KEY`.
+/// One place for the mapping between a store's keys, the service's full
+/// object names and canonical URLs, both ways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root {
+    scheme: &'static str,
+    authority: String,
+    /// `CONTAINER/` for services with an account above the container (Azure).
+    container: String,
+    prefix: String,
+    fold_case: bool,
+}
+
+impl Root {
+    /// Keys under `prefix` (no leading or trailing `/`; empty: none) of the
+    /// bucket `authority`, in URLs of `scheme`.
+    pub fn new(scheme: &'static str, authority: &str, prefix: &str) -> Self {
+        Root {
+            scheme,
+            authority: authority.to_string(),
+            container: String::new(),
+            prefix: prefix.trim_matches('/').to_string(),
+            fold_case: false,
+        }
+    }
+
+    /// Object names sit under `container/` of the authority (an account);
+    /// the authority matches case-insensitively, as a host name does.
+    pub fn in_container(mut self, container: &str) -> Self {
+        self.container = format!("{container}/");
+        self.fold_case = true;
+        self
+    }
+
+    /// The store prefix (no leading or trailing `/`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The service's object name of `key`.
+    pub fn full(&self, key: &str) -> String {
+        join_prefix(&self.prefix, key)
+    }
+
+    /// The canonical URL of the object named `full`.
+    pub fn url_full(&self, full: &str) -> String {
+        crate::url::object_url(
+            self.scheme,
+            &self.authority,
+            &format!("{}{full}", self.container),
+        )
+    }
+
+    /// The canonical URL of `key`.
+    pub fn url(&self, key: &str) -> String {
+        self.url_full(&self.full(key))
+    }
+
+    /// `key`, checked, as its object name and canonical URL.
+    pub fn locate(&self, key: &str) -> Result<(String, String)> {
+        validate_key(key)?;
+        let full = self.full(key);
+        let url = self.url_full(&full);
+        Ok((full, url))
+    }
+
+    /// The store key of the object named `full`, if it is under the prefix.
+    pub fn key_of<'a>(&self, full: &'a str) -> Option<&'a str> {
+        strip_prefix(&self.prefix, full)
+    }
+
+    /// The store key a canonical URL names, if it is in this store and valid.
+    pub fn key_for_url(&self, url: &crate::url::ObjectUrl) -> Option<String> {
+        let same = if self.fold_case {
+            url.authority.eq_ignore_ascii_case(&self.authority)
+        } else {
+            url.authority == self.authority
+        };
+        if url.scheme != self.scheme || !same {
+            return None;
+        }
+        let full = url.path.strip_prefix(self.container.as_str())?;
+        let key = self.key_of(full)?;
+        validate_key(key).ok()?;
+        Some(key.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roots_map_keys_names_and_urls_both_ways() {
+        use crate::url::ObjectUrl;
+        let parse = |u: &str| ObjectUrl::parse(u).unwrap();
+        let r = Root::new("gs", "bkt", "/p/q/");
+        assert_eq!(r.full("a"), "p/q/a");
+        assert_eq!(r.url("a/b#c.txt"), "gs://bkt/p/q/a/b%23c.txt");
+        let u = r.url("a/b#c.txt");
+        assert_eq!(r.key_for_url(&parse(&u)).as_deref(), Some("a/b#c.txt"));
+        for foreign in [
+            "gs://other/p/q/a",
+            "gs://bkt/p/qa",
+            "s3://bkt/p/q/a",
+            "gs://BKT/p/q/a",
+        ] {
+            assert_eq!(r.key_for_url(&parse(foreign)), None, "{foreign}");
+        }
+        assert!(r.locate("../k").is_err());
+        let az = Root::new("az", "acct", "").in_container("c");
+        assert_eq!(az.url("k"), "az://acct/c/k");
+        assert_eq!(
+            az.key_for_url(&parse("az://ACCT/c/k")).as_deref(),
+            Some("k")
+        );
+        assert_eq!(az.key_for_url(&parse("az://acct/d/k")), None);
+    }
 
     #[test]
     fn accepts_portable_keys() {

@@ -13,8 +13,8 @@ use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::list::ListObjectsRequest;
 use gcloud_storage::http::objects::rewrite::RewriteObjectRequest;
 use gcloud_storage::sign::{SignedURLError, SignedURLMethod, SignedURLOptions};
-use xferkit_core::key::{join_prefix, strip_prefix};
-use xferkit_core::url::{ObjectUrl, object_url};
+use xferkit_core::key::Root;
+use xferkit_core::url::ObjectUrl;
 use xferkit_core::{
     ByteRange, ByteStream, Capabilities, Error, ErrorKind, FileTransferHandler, PendingUpload,
     PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, RetryPolicy, TransferCtx,
@@ -35,7 +35,8 @@ use crate::upload::Resumable;
 pub struct GcsStore {
     name: String,
     bucket: String,
-    prefix: String,
+    /// Keys, object names and `gs://` URLs.
+    root: Root,
     threshold: u64,
     chunk_size: u64,
     gcs: Arc<Gcs>,
@@ -50,7 +51,7 @@ impl fmt::Debug for GcsStore {
         f.debug_struct("GcsStore")
             .field("name", &self.name)
             .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.root.prefix())
             .field("multipart_threshold", &self.threshold)
             .field("chunk_size", &self.chunk_size)
             .field("client", &self.gcs)
@@ -71,7 +72,7 @@ impl GcsStore {
         Ok(GcsStore {
             name: name.to_string(),
             bucket: config.bucket.clone(),
-            prefix: config.prefix.trim_matches('/').to_string(),
+            root: Root::new(SCHEME, &config.bucket, &config.prefix),
             threshold: config.multipart_threshold,
             chunk_size: config.chunk_size,
             gcs: Arc::new(gcs),
@@ -98,14 +99,6 @@ impl GcsStore {
     pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
-    }
-
-    /// Check `key`; its full object name and canonical URL.
-    fn locate(&self, key: &str) -> Result<(String, String)> {
-        validate_key(key)?;
-        let full = join_prefix(&self.prefix, key);
-        let url = object_url(SCHEME, &self.bucket, &full);
-        Ok((full, url))
     }
 
     async fn get_object(&self, full: &str, url: &str) -> Result<Object> {
@@ -155,16 +148,11 @@ impl FileTransferHandler for GcsStore {
     }
 
     fn url_for(&self, key: &str) -> String {
-        object_url(SCHEME, &self.bucket, &join_prefix(&self.prefix, key))
+        self.root.url(key)
     }
 
     fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
-        if url.scheme != SCHEME || url.authority != self.bucket {
-            return None;
-        }
-        let key = strip_prefix(&self.prefix, &url.path)?;
-        validate_key(key).ok()?;
-        Some(key.to_string())
+        self.root.key_for_url(url)
     }
 
     async fn upload(
@@ -174,7 +162,7 @@ impl FileTransferHandler for GcsStore {
         opts: &PutOptions,
         ctx: &TransferCtx,
     ) -> Result<RemoteObject> {
-        let (full, url) = self.locate(key)?;
+        let (full, url) = self.root.locate(key)?;
         let upload = Resumable {
             gcs: self.gcs.clone(),
             bucket: self.bucket.clone(),
@@ -208,7 +196,7 @@ impl FileTransferHandler for GcsStore {
         key: &str,
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
-        let (full, url) = self.locate(key)?;
+        let (full, url) = self.root.locate(key)?;
         let obj = self.get_object(&full, &url).await?;
         let remote = to_remote(url.clone(), key.to_string(), &obj);
         let span = match range {
@@ -245,7 +233,7 @@ impl FileTransferHandler for GcsStore {
     }
 
     async fn stat(&self, key: &str) -> Result<RemoteObject> {
-        let (full, url) = self.locate(key)?;
+        let (full, url) = self.root.locate(key)?;
         let obj = self.get_object(&full, &url).await?;
         Ok(to_remote(url, key.to_string(), &obj))
     }
@@ -253,22 +241,18 @@ impl FileTransferHandler for GcsStore {
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<RemoteObject>> {
         let gcs = self.gcs.clone();
         let bucket = self.bucket.clone();
-        let store_prefix = self.prefix.clone();
-        let full_prefix = if store_prefix.is_empty() {
-            prefix.to_string()
-        } else {
-            format!("{store_prefix}/{prefix}")
-        };
-        let target = object_url(SCHEME, &bucket, &full_prefix);
+        let root = self.root.clone();
+        let full_prefix = root.full(prefix);
+        let target = root.url_full(&full_prefix);
         let policy = self.retry.clone();
         // State: the next page token, or None once the last page was read.
         // Each page is one retried request.
         let pages = futures::stream::try_unfold(Some(None::<String>), move |state| {
-            let (gcs, bucket, full_prefix, store_prefix, target, policy) = (
+            let (gcs, bucket, full_prefix, root, target, policy) = (
                 gcs.clone(),
                 bucket.clone(),
                 full_prefix.clone(),
-                store_prefix.clone(),
+                root.clone(),
                 target.clone(),
                 policy.clone(),
             );
@@ -295,14 +279,14 @@ impl FileTransferHandler for GcsStore {
                     .unwrap_or_default()
                     .iter()
                     .filter_map(|o| {
-                        let key = strip_prefix(&store_prefix, &o.name)?;
+                        let key = root.key_of(&o.name)?;
                         // Objects no xferkit key can name (folder placeholders
                         // ending in '/', "a//b"...) are left out.
                         if validate_key(key).is_err() {
                             tracing::debug!(object = %o.name, "list: skipping an object whose name is not a valid key");
                             return None;
                         }
-                        let url = object_url(SCHEME, &bucket, &o.name);
+                        let url = root.url_full(&o.name);
                         Some(Ok(to_remote(url, key.to_string(), o)))
                     })
                     .collect();
@@ -314,7 +298,7 @@ impl FileTransferHandler for GcsStore {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let (full, url) = self.locate(key)?;
+        let (full, url) = self.root.locate(key)?;
         let req = DeleteObjectRequest {
             bucket: self.bucket.clone(),
             object: full,
@@ -340,8 +324,8 @@ impl FileTransferHandler for GcsStore {
     }
 
     async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
-        let (src, src_url) = self.locate(from)?;
-        let (dst, dst_url) = self.locate(to)?;
+        let (src, src_url) = self.root.locate(from)?;
+        let (dst, dst_url) = self.root.locate(to)?;
         let source = self.get_object(&src, &src_url).await?;
         // State the destination's content type and metadata explicitly (the
         // source's), rather than rely on what an empty request body means.
@@ -401,7 +385,7 @@ impl FileTransferHandler for GcsStore {
         method: PresignMethod,
         expires_in: Duration,
     ) -> Result<PresignedUrl> {
-        let (full, url) = self.locate(key)?;
+        let (full, url) = self.root.locate(key)?;
         if !self.can_sign() {
             return Err(Error::not_supported(
                 &self.name,

@@ -113,7 +113,7 @@ impl S3Store {
     }
 
     async fn head(&self, key: &str, full: &str) -> Result<RemoteObject> {
-        let target = self.core.url_full(full);
+        let target = self.core.root.url_full(full);
         let head = |mode: Option<ChecksumMode>| {
             let target = &target;
             self.retry.retry(target, move |_| {
@@ -157,7 +157,7 @@ impl S3Store {
         full: &str,
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
-        let target = self.core.url_full(full);
+        let target = self.core.root.url_full(full);
         let invalid = |r: &ByteRange| Error::InvalidRange {
             target: target.clone(),
             range: r.to_string(),
@@ -265,16 +265,11 @@ impl FileTransferHandler for S3Store {
     }
 
     fn url_for(&self, key: &str) -> String {
-        self.core.url(key)
+        self.core.root.url(key)
     }
 
     fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
-        if url.scheme != SCHEME || url.authority != self.core.bucket {
-            return None;
-        }
-        let key = self.core.key_of(&url.path)?;
-        validate_key(key).ok()?;
-        Some(key.to_string())
+        self.core.root.key_for_url(url)
     }
 
     async fn upload(
@@ -296,18 +291,18 @@ impl FileTransferHandler for S3Store {
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
         validate_key(key)?;
-        self.get(key, &self.core.full(key), range).await
+        self.get(key, &self.core.root.full(key), range).await
     }
 
     async fn stat(&self, key: &str) -> Result<RemoteObject> {
         validate_key(key)?;
-        self.head(key, &self.core.full(key)).await
+        self.head(key, &self.core.root.full(key)).await
     }
 
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<RemoteObject>> {
         let core = self.core.clone();
-        let full_prefix = core.list_prefix(prefix);
-        let target = core.url_full(&full_prefix);
+        let full_prefix = core.root.full(prefix);
+        let target = core.root.url_full(&full_prefix);
         let policy = self.retry.clone();
         // Paged by hand so each page is one retried request: a failure
         // repeats that page, not the listing.
@@ -353,7 +348,7 @@ impl FileTransferHandler for S3Store {
                     .contents()
                     .iter()
                     .filter_map(|o| {
-                        let key = core.key_of(o.key()?)?;
+                        let key = core.root.key_of(o.key()?)?;
                         Some(Ok(core.object(
                             key,
                             o.size().unwrap_or(0).max(0) as u64,
@@ -373,8 +368,8 @@ impl FileTransferHandler for S3Store {
 
     async fn delete(&self, key: &str) -> Result<()> {
         validate_key(key)?;
-        let target = self.core.url(key);
-        let full = self.core.full(key);
+        let target = self.core.root.url(key);
+        let full = self.core.root.full(key);
         let r = self
             .retry
             .retry(&target, |_| async {
@@ -404,8 +399,8 @@ impl FileTransferHandler for S3Store {
     async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
         validate_key(from)?;
         validate_key(to)?;
-        let (src, dst) = (self.core.full(from), self.core.full(to));
-        let (src_url, dst_url) = (self.core.url_full(&src), self.core.url_full(&dst));
+        let (src, dst) = (self.core.root.full(from), self.core.root.full(to));
+        let (src_url, dst_url) = (self.core.root.url_full(&src), self.core.root.url_full(&dst));
         // `x-amz-copy-source` is `bucket/key`, percent-encoded (keeping `/`).
         let copy_source = xferkit_core::url::encode_path(&format!("{}/{}", self.core.bucket, src));
         let r = self
@@ -443,8 +438,8 @@ impl FileTransferHandler for S3Store {
         expires_in: Duration,
     ) -> Result<PresignedUrl> {
         validate_key(key)?;
-        let full = self.core.full(key);
-        let target = self.core.url_full(&full);
+        let full = self.core.root.full(key);
+        let target = self.core.root.url_full(&full);
         let config = PresigningConfig::expires_in(expires_in).map_err(|e| Error::Backend {
             target: target.clone(),
             message: format!("cannot presign for {expires_in:?} (S3 allows up to 7 days)"),
@@ -483,8 +478,8 @@ impl FileTransferHandler for S3Store {
     }
 
     async fn list_pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
-        let full_prefix = self.core.list_prefix(prefix);
-        let target = self.core.url_full(&full_prefix);
+        let full_prefix = self.core.root.full(prefix);
+        let target = self.core.root.url_full(&full_prefix);
         let mut out = Vec::new();
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
         loop {
@@ -512,7 +507,7 @@ impl FileTransferHandler for S3Store {
                 let (Some(full), Some(id)) = (u.key(), u.upload_id()) else {
                     continue;
                 };
-                let Some(key) = self.core.key_of(full) else {
+                let Some(key) = self.core.root.key_of(full) else {
                     continue;
                 };
                 out.push(PendingUpload::new(
@@ -532,8 +527,8 @@ impl FileTransferHandler for S3Store {
     }
 
     async fn abort_pending_upload(&self, pending: &PendingUpload) -> Result<()> {
-        let full = self.core.full(&pending.key);
-        let target = self.core.url_full(&full);
+        let full = self.core.root.full(&pending.key);
+        let target = self.core.root.url_full(&full);
         // Through the retry layer like every request (the SDK's own retries
         // are off); an abort is idempotent.
         let r = self

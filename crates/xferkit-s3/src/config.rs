@@ -137,11 +137,6 @@ impl S3Config {
         k.within("concurrency", self.concurrency, 1..=usize::MAX, "")?;
         Ok(())
     }
-
-    /// The prefix without leading or trailing `/`.
-    pub(crate) fn clean_prefix(&self) -> String {
-        self.prefix.trim_matches('/').to_string()
-    }
 }
 
 impl Default for S3Config {

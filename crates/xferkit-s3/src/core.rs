@@ -10,8 +10,9 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::DateTime;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use xferkit_core::key::Root;
 use xferkit_core::status::{self, Answer};
-use xferkit_core::{Error, ErrorKind, RemoteObject, Result, key, url};
+use xferkit_core::{Error, ErrorKind, RemoteObject, Result};
 
 use crate::S3Config;
 
@@ -22,7 +23,8 @@ pub const SCHEME: &str = "s3";
 pub(crate) struct Core {
     pub client: Client,
     pub bucket: String,
-    pub prefix: String,
+    /// Keys, object names and `s3://` URLs.
+    pub root: Root,
     pub region: String,
     pub endpoint: Option<String>,
     pub force_path_style: bool,
@@ -36,7 +38,7 @@ impl fmt::Debug for Core {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("S3")
             .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.root.prefix())
             .field("region", &self.region)
             .field("endpoint", &self.endpoint)
             .field("force_path_style", &self.force_path_style)
@@ -94,7 +96,7 @@ impl Core {
         Ok(Core {
             client: Client::from_conf(builder.build()),
             bucket: config.bucket.clone(),
-            prefix: config.clean_prefix(),
+            root: Root::new(SCHEME, &config.bucket, &config.prefix),
             region: config.region.clone(),
             endpoint: config.endpoint.clone(),
             force_path_style: config.force_path_style,
@@ -102,35 +104,6 @@ impl Core {
             part_size: config.part_size,
             concurrency: config.concurrency,
         })
-    }
-
-    /// Object name in the bucket for a store key.
-    pub fn full(&self, key: &str) -> String {
-        key::join_prefix(&self.prefix, key)
-    }
-
-    /// Canonical URL of a full object name.
-    pub fn url_full(&self, full: &str) -> String {
-        url::object_url(SCHEME, &self.bucket, full)
-    }
-
-    /// Canonical URL of a store key.
-    pub fn url(&self, key: &str) -> String {
-        self.url_full(&self.full(key))
-    }
-
-    /// Object-name prefix to list for a store-relative `prefix`.
-    pub fn list_prefix(&self, prefix: &str) -> String {
-        if self.prefix.is_empty() {
-            prefix.to_string()
-        } else {
-            format!("{}/{prefix}", self.prefix)
-        }
-    }
-
-    /// The store key of a full object name, if it is under the store prefix.
-    pub fn key_of<'a>(&self, full: &'a str) -> Option<&'a str> {
-        key::strip_prefix(&self.prefix, full)
     }
 
     /// A record for `key` with the fields every response has.
@@ -145,7 +118,7 @@ impl Core {
         last_modified: Option<&DateTime>,
         metadata: Option<&HashMap<String, String>>,
     ) -> RemoteObject {
-        let mut o = RemoteObject::new(self.url(key), key, size);
+        let mut o = RemoteObject::new(self.root.url(key), key, size);
         o.etag = etag.map(unquote);
         o.version = version.map(str::to_string);
         o.content_type = content_type.map(str::to_string);

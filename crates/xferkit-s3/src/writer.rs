@@ -41,8 +41,8 @@ pub(crate) struct Upload {
 
 impl Upload {
     pub fn new(core: &Arc<Core>, key: &str, opts: &PutOptions) -> Result<Self> {
-        let full = core.full(key);
-        let target = core.url_full(&full);
+        let full = core.root.full(key);
+        let target = core.root.url_full(&full);
         let metadata = encode_metadata(&target, &opts.metadata)?;
         Ok(Upload {
             core: core.clone(),
