@@ -4,7 +4,7 @@ mod config;
 mod store;
 mod tmp;
 
-pub use config::LocalConfig;
+pub use config::{LocalConfig, ServeSettings};
 pub use store::LocalStore;
 
 /// URL scheme of this backend.

@@ -15,11 +15,20 @@ use xferkit_core::{
     validate_key,
 };
 
-use crate::LocalConfig;
 use crate::tmp::{self, Sweep, Temp};
+use crate::{LocalConfig, ServeSettings};
 
 /// Name of the reserved directory under the root.
 const RESERVED: &str = ".xferkit";
+/// Where sidecars live under [`RESERVED`]: `meta2/HH/SHA256(KEY).json`, a
+/// name no key can produce or collide with (see [`LocalStore::sidecar_path`]).
+const META: &str = "meta2";
+/// Where earlier versions kept sidecars: `meta/KEY.json`, which collided
+/// (key `K.json/x` needs a directory where the sidecar of `K` is a file).
+/// Still read; replaced by a [`META`] sidecar at the next write of the key.
+const LEGACY_META: &str = "meta";
+/// Longest file name most filesystems take (ext4, xfs, btrfs, APFS, NTFS).
+const MAX_SEGMENT_BYTES: usize = 255;
 const CHUNK: usize = 1 << 20;
 /// Bytes per kernel copy call: big enough that the per-call cost vanishes,
 /// small enough for progress and a prompt stop.
@@ -39,10 +48,18 @@ pub struct LocalStore {
     /// When this store last removed the stale temp files of dead uploads
     /// (see [`crate::tmp`]); `None` until its first upload.
     swept: Arc<Mutex<Option<Instant>>>,
+    /// `max_upload_size`.
+    max_upload: Option<u64>,
+    /// The `serve_*` keys, for `xfer serve`.
+    serve_settings: ServeSettings,
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
 struct Sidecar {
+    /// The key this sidecar describes (written since sidecars are named by
+    /// the key's hash; checked when read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
     content_type: Option<String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
@@ -71,6 +88,16 @@ async fn flushed(f: tokio::task::JoinHandle<std::io::Result<()>>, url: &str) -> 
     f.await
         .map_err(|e| Error::backend(url, "worker task failed", e))?
         .map_err(|e| Error::from_io(url, e))
+}
+
+/// Remove directories `make_parents` created, deepest first; one that is
+/// not empty (another upload uses it now) stays.
+fn remove_dirs(created: &[PathBuf]) {
+    for d in created.iter().rev() {
+        if std::fs::remove_dir(d).is_err() {
+            break;
+        }
+    }
 }
 
 impl LocalStore {
@@ -133,13 +160,64 @@ impl LocalStore {
                 )));
             }
         };
+        if config.serve_max_connections == Some(0) {
+            return Err(Error::invalid_config(format!(
+                "stores.{name}.serve_max_connections must be at least 1"
+            )));
+        }
+        let mut inline_types = Vec::new();
+        for t in &config.serve_inline_types {
+            let t = t.trim().to_ascii_lowercase();
+            if t.is_empty() || t.contains(';') || t.split('/').count() != 2 {
+                return Err(Error::invalid_config(format!(
+                    "stores.{name}.serve_inline_types: {t:?} is not a content type \
+                     such as \"application/pdf\" (no parameters)"
+                )));
+            }
+            inline_types.push(t);
+        }
+        let defaults = ServeSettings::default();
+        let serve_settings = ServeSettings {
+            header_timeout: config
+                .serve_header_timeout
+                .unwrap_or(defaults.header_timeout),
+            idle_timeout: config.serve_idle_timeout.unwrap_or(defaults.idle_timeout),
+            max_connections: config
+                .serve_max_connections
+                .unwrap_or(defaults.max_connections),
+            inline_types,
+            max_upload_size: config.max_upload_size,
+        };
         Ok(LocalStore {
             name: name.to_string(),
             root,
             root_str,
             serve,
             swept: Arc::default(),
+            max_upload: config.max_upload_size,
+            serve_settings,
         })
+    }
+
+    /// The `serve_*` keys and `max_upload_size`, defaults applied: how
+    /// `xfer serve` should run in front of this store.
+    pub fn serve_settings(&self) -> &ServeSettings {
+        &self.serve_settings
+    }
+
+    /// Refuse an upload of `size` bytes (so far, or announced) if it is
+    /// over `max_upload_size`.
+    fn check_size(&self, url: &str, size: u64) -> Result<()> {
+        match self.max_upload {
+            Some(max) if size > max => Err(Error::refused(
+                url,
+                format!(
+                    "larger than stores.{}.max_upload_size ({max} bytes)",
+                    self.name
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The `serve_url` and signer, when configured: what `xfer serve` needs
@@ -167,6 +245,12 @@ impl LocalStore {
                 "'.xferkit/' is reserved for the store's own files",
             ));
         }
+        if key.split('/').any(|seg| seg.len() > MAX_SEGMENT_BYTES) {
+            return Err(Error::invalid_key(
+                key,
+                format!("a path segment is longer than {MAX_SEGMENT_BYTES} bytes"),
+            ));
+        }
         let mut p = self.root.clone();
         let mut exists = true;
         for seg in key.split('/') {
@@ -185,17 +269,50 @@ impl LocalStore {
         Ok(p)
     }
 
-    fn sidecar_path(&self, key: &str) -> PathBuf {
+    /// The sidecar of `key`: `ROOT/.xferkit/meta2/HH/HEX.json`, `HEX` the
+    /// SHA-256 of the key and `HH` its first two digits. Sidecars are never
+    /// in the key namespace, and every key's is one file in a flat
+    /// directory, so no key's sidecar can be a directory another one needs.
+    pub fn sidecar_path(&self, key: &str) -> PathBuf {
+        Self::sidecar_path_under(&self.root, key)
+    }
+
+    /// [`LocalStore::sidecar_path`] for a store rooted at `root`.
+    pub fn sidecar_path_under(root: &Path, key: &str) -> PathBuf {
+        use sha2::Digest;
+        let hex = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+        root.join(RESERVED)
+            .join(META)
+            .join(&hex[..2])
+            .join(format!("{hex}.json"))
+    }
+
+    /// Where earlier versions kept the sidecar of `key`.
+    fn legacy_sidecar_path(&self, key: &str) -> PathBuf {
         self.root
             .join(RESERVED)
-            .join("meta")
+            .join(LEGACY_META)
             .join(format!("{key}.json"))
     }
 
+    /// The sidecar of `key`: the hashed one, else one an earlier version wrote.
+    fn read_sidecar(&self, key: &str) -> Option<Sidecar> {
+        let read = |p: PathBuf| -> Option<Sidecar> {
+            let m = std::fs::symlink_metadata(&p).ok()?;
+            if !m.is_file() {
+                return None;
+            }
+            serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+        };
+        match read(self.sidecar_path(key)) {
+            Some(s) if s.key.as_deref() == Some(key) => Some(s),
+            Some(_) => None,
+            None => read(self.legacy_sidecar_path(key)),
+        }
+    }
+
     fn record(&self, key: &str, m: &std::fs::Metadata) -> RemoteObject {
-        let side: Option<Sidecar> = std::fs::read(self.sidecar_path(key))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let side = self.read_sidecar(key);
         let mut obj = RemoteObject::new(self.url(key), key, m.len());
         obj.last_modified = m.modified().ok();
         let fresh = side
@@ -233,13 +350,42 @@ impl LocalStore {
         Ok(self.record(key, &m))
     }
 
-    /// Create parent directories of `path` (below the root), refusing symlinks.
-    fn make_parents(&self, key: &str, path: &Path) -> Result<()> {
+    /// Create parent directories of `path` (below the root), refusing
+    /// symlinks. Returns the directories it created, deepest last, so that
+    /// a write that fails afterwards can take them away again.
+    fn make_parents(&self, key: &str, path: &Path) -> Result<Vec<PathBuf>> {
+        let mut created = Vec::new();
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::from_io(self.url(key), e))?;
+            let mut missing = parent;
+            while missing != self.root && std::fs::symlink_metadata(missing).is_err() {
+                created.push(missing.to_path_buf());
+                match missing.parent() {
+                    Some(p) => missing = p,
+                    None => break,
+                }
+            }
+            created.reverse();
+            if let Err(e) = std::fs::create_dir_all(parent) {
+                remove_dirs(&created);
+                // A parent name that is an object: `a` stored, `a/b` asked.
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotADirectory | std::io::ErrorKind::AlreadyExists
+                ) {
+                    return Err(Error::invalid_key(
+                        key,
+                        "a parent of this key is an object: a key cannot be both",
+                    ));
+                }
+                return Err(Error::from_io(self.url(key), e));
+            }
         }
         // Re-check after creation: a concurrent writer could have raced a symlink in.
-        self.path_for(key).map(|_| ())
+        if let Err(e) = self.path_for(key) {
+            remove_dirs(&created);
+            return Err(e);
+        }
+        Ok(created)
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -281,16 +427,27 @@ impl LocalStore {
         Ok(self.tmp_dir().join(name))
     }
 
-    /// Move a complete temp file into place and write its sidecar.
+    /// Move a complete temp file into place and write its sidecar. A
+    /// failure leaves the store as it was: every step that can fail for a
+    /// reason of the key's runs before the object is renamed into place, and
+    /// the parent directories made for it are removed again.
     fn commit(&self, key: &str, tmp: Temp, crc: u32, opts: &PutOptions) -> Result<RemoteObject> {
-        let url = self.url(key);
         let path = self.path_for(key)?;
-        self.make_parents(key, &path)?;
+        let created = self.make_parents(key, &path)?;
+        let placed = self.place(key, &path, tmp, crc, opts);
+        if placed.is_err() {
+            remove_dirs(&created);
+        }
+        placed?;
+        self.stat_sync(key)
+    }
+
+    fn place(&self, key: &str, path: &Path, tmp: Temp, crc: u32, opts: &PutOptions) -> Result<()> {
+        let url = self.url(key);
         if path.is_dir() {
-            return Err(Error::backend(
-                &url,
-                "a directory exists under this key",
-                "is a directory",
+            return Err(Error::invalid_key(
+                key,
+                "other keys are stored under this name as a prefix: a key cannot be both",
             ));
         }
         let m = tmp
@@ -299,6 +456,7 @@ impl LocalStore {
             .metadata()
             .map_err(|e| Error::from_io(&url, e))?;
         let side = Sidecar {
+            key: Some(key.to_string()),
             content_type: Some(opts.content_type_for(key)),
             metadata: opts.metadata.clone(),
             crc32c: Some(format!("{crc:08x}")),
@@ -320,18 +478,29 @@ impl LocalStore {
         tmp.publish().map_err(|e| Error::from_io(&url, e))?;
         if opts.if_not_exists {
             // A hard link fails atomically if the name is taken.
-            std::fs::hard_link(tmp.file.path(), &path).map_err(|e| Error::from_io(&url, e))?;
+            std::fs::hard_link(tmp.file.path(), path).map_err(|e| Error::from_io(&url, e))?;
             drop(tmp);
         } else {
             tmp.file
-                .persist(&path)
+                .persist(path)
                 .map_err(|e| Error::from_io(&url, e.error))?;
         }
-        side_tmp
-            .file
-            .persist(&side_path)
-            .map_err(|e| Error::from_io(&url, e.error))?;
-        self.stat_sync(key)
+        // A rename of a file over a file in one directory of our own: no key
+        // can make it fail. Should the disk fail it, a create-only write is
+        // undone; an overwrite has replaced the old bytes already and stands
+        // with a stale sidecar (read as a foreign file: no checksum).
+        if let Err(e) = side_tmp.file.persist(&side_path) {
+            if opts.if_not_exists {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(Error::from_io(&url, e.error));
+        }
+        // The earlier version's sidecar of this key, if any, is superseded.
+        let legacy = self.legacy_sidecar_path(key);
+        if std::fs::symlink_metadata(&legacy).is_ok_and(|m| m.is_file()) {
+            let _ = std::fs::remove_file(legacy);
+        }
+        Ok(())
     }
 
     fn list_sync(&self, prefix: &str) -> Result<Vec<RemoteObject>> {
@@ -557,6 +726,12 @@ impl FileTransferHandler for LocalStore {
         let mut crc = 0u32;
         match source {
             UploadSource::Path(src) => {
+                if self.max_upload.is_some() {
+                    let len = std::fs::metadata(&src)
+                        .map_err(|e| Error::from_io(src.display().to_string(), e))?
+                        .len();
+                    self.check_size(&url, len)?;
+                }
                 let crc = self.copy_path(&src, &file, &url, ctx).await?;
                 ctx.check(&url)?;
                 let key = key.to_string();
@@ -565,12 +740,18 @@ impl FileTransferHandler for LocalStore {
                     .blocking(move |s| s.commit(&key, tmp, crc, &opts))
                     .await;
             }
-            UploadSource::Stream { mut stream, .. } => {
+            UploadSource::Stream { mut stream, size } => {
+                if let Some(size) = size {
+                    self.check_size(&url, size)?;
+                }
+                let mut total = 0u64;
                 while let Some(chunk) = ctx
                     .cancellable(&url, async { Ok(stream.next().await) })
                     .await?
                 {
                     let chunk = chunk?;
+                    total += chunk.len() as u64;
+                    self.check_size(&url, total)?;
                     ctx.throttle(&url, chunk.len() as u64).await?;
                     file.write_all(&chunk)
                         .map_err(|e| Error::from_io(&url, e))?;
@@ -648,6 +829,10 @@ impl FileTransferHandler for LocalStore {
                 Err(e) => return Err(Error::from_io(s.url(&key), e)),
             }
             let _ = std::fs::remove_file(s.sidecar_path(&key));
+            let legacy = s.legacy_sidecar_path(&key);
+            if std::fs::symlink_metadata(&legacy).is_ok_and(|m| m.is_file()) {
+                let _ = std::fs::remove_file(legacy);
+            }
             // Prune now-empty parent directories, never the root.
             let mut dir = path.parent().map(Path::to_path_buf);
             while let Some(d) = dir {

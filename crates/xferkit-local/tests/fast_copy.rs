@@ -151,12 +151,16 @@ async fn an_older_sha256_sidecar_is_still_read_and_verified() {
     )
     .await
     .unwrap();
-    // Rewrite the sidecar as the earlier version did.
+    // Rewrite the sidecar as the earlier version did, where it put it.
+    let current = s.sidecar_path("old.bin");
     let side = s.root().join(".xferkit/meta/old.bin.json");
     let mut json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&side).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(&current).unwrap()).unwrap();
+    std::fs::remove_file(&current).unwrap();
+    std::fs::create_dir_all(side.parent().unwrap()).unwrap();
     let obj = json.as_object_mut().unwrap();
     assert!(obj.remove("crc32c").is_some(), "{obj:?}");
+    assert!(obj.remove("key").is_some(), "{obj:?}");
     let sha = "0".repeat(64); // deliberately wrong, to see it is verified
     obj.insert("sha256".into(), serde_json::Value::String(sha.clone()));
     std::fs::write(&side, serde_json::to_vec(&json).unwrap()).unwrap();
