@@ -10,7 +10,15 @@
 //!
 //! with the store's signing key. The method is part of the signature, so a
 //! URL signed for GET cannot be used to PUT. Verification checks the expiry
-//! first and compares the MAC in constant time.
+//! first (in the past, or further away than [`MAX_SIGNED_URL_VALIDITY`]: a
+//! URL signed by hand for a year is refused) and compares the MAC in
+//! constant time.
+//!
+//! A PUT URL may carry a size limit, `...&max_size=BYTES&sig=HEX`; then the
+//! signed text has one more line, `max_size={BYTES}`, so the limit can be
+//! neither removed nor raised without breaking the signature (and a URL
+//! without it signs text of one line less, which no limit can produce:
+//! `expires` is digits only).
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,6 +34,15 @@ pub const MIN_SIGNING_KEY_LEN: usize = 32;
 
 /// Longest validity a signed URL may have (like S3's seven days).
 pub const MAX_SIGNED_URL_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How far a verifier's clock may be behind the signer's: a URL may expire
+/// at most [`MAX_SIGNED_URL_VALIDITY`] plus this after the verifier's now
+/// (signing rounds up to the next second, and `xfer serve` may run on
+/// another host than the one that signs).
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// Name of the query parameter carrying a PUT URL's signed size limit.
+pub const MAX_SIZE_PARAM: &str = "max_size";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -53,6 +70,8 @@ pub enum Refusal {
     Expired,
     /// The signature does not match (tampered URL, other key or method).
     BadSignature,
+    /// The URL's expiry is further away than signing allows (7 days).
+    TooLong,
 }
 
 impl fmt::Display for Refusal {
@@ -62,6 +81,7 @@ impl fmt::Display for Refusal {
             Refusal::Malformed => "the URL's signature parameters are malformed",
             Refusal::Expired => "the signed URL has expired",
             Refusal::BadSignature => "the URL's signature does not match",
+            Refusal::TooLong => "the signed URL's expiry is further away than 7 days",
         })
     }
 }
@@ -87,7 +107,13 @@ impl UrlSigner {
         Ok(UrlSigner { key })
     }
 
-    fn mac(&self, method: PresignMethod, key: &str, expires: u64) -> HmacSha256 {
+    fn mac(
+        &self,
+        method: PresignMethod,
+        key: &str,
+        expires: u64,
+        max_size: Option<u64>,
+    ) -> HmacSha256 {
         // HMAC accepts keys of any length: `new_from_slice` cannot fail.
         let mut mac = match HmacSha256::new_from_slice(self.key.expose().as_bytes()) {
             Ok(m) => m,
@@ -99,12 +125,33 @@ impl UrlSigner {
         mac.update(key.as_bytes());
         mac.update(b"\n");
         mac.update(expires.to_string().as_bytes());
+        if let Some(max) = max_size {
+            mac.update(b"\n");
+            mac.update(MAX_SIZE_PARAM.as_bytes());
+            mac.update(b"=");
+            mac.update(max.to_string().as_bytes());
+        }
         mac
     }
 
     /// The signature for `method` on `key` until `expires` (Unix seconds), hex.
     pub fn signature(&self, method: PresignMethod, key: &str, expires: u64) -> String {
-        hex::encode(self.mac(method, key, expires).finalize().into_bytes())
+        self.signature_with_limit(method, key, expires, None)
+    }
+
+    /// [`UrlSigner::signature`] of a URL that also carries `max_size`.
+    pub fn signature_with_limit(
+        &self,
+        method: PresignMethod,
+        key: &str,
+        expires: u64,
+        max_size: Option<u64>,
+    ) -> String {
+        hex::encode(
+            self.mac(method, key, expires, max_size)
+                .finalize()
+                .into_bytes(),
+        )
     }
 
     /// A signed URL under `base` (e.g. `http://127.0.0.1:8080/files`), valid
@@ -116,6 +163,26 @@ impl UrlSigner {
         key: &str,
         expires_in: Duration,
     ) -> Result<PresignedUrl> {
+        self.sign_with_limit(base, method, key, expires_in, None)
+    }
+
+    /// [`UrlSigner::sign`], and for a PUT URL an optional limit on the body's
+    /// size that is part of the signature: the server refuses a larger body
+    /// (`413`) however often the URL is used.
+    pub fn sign_with_limit(
+        &self,
+        base: &str,
+        method: PresignMethod,
+        key: &str,
+        expires_in: Duration,
+        max_size: Option<u64>,
+    ) -> Result<PresignedUrl> {
+        if max_size.is_some() && method != PresignMethod::Put {
+            return Err(Error::invalid_config(format!(
+                "a size limit applies to PUT URLs only (asked for {} on {key:?})",
+                method_name(method)
+            )));
+        }
         if expires_in.is_zero() || expires_in > MAX_SIGNED_URL_VALIDITY {
             return Err(Error::invalid_config(format!(
                 "presign expiry for {key:?} must be between 1 second and 7 days, got {}s",
@@ -128,9 +195,12 @@ impl UrlSigner {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let expires = at.as_secs() + u64::from(at.subsec_nanos() > 0);
-        let sig = self.signature(method, key, expires);
+        let sig = self.signature_with_limit(method, key, expires, max_size);
+        let limit = max_size
+            .map(|m| format!("&{MAX_SIZE_PARAM}={m}"))
+            .unwrap_or_default();
         let url = format!(
-            "{}/{}?expires={expires}&sig={sig}",
+            "{}/{}?expires={expires}{limit}&sig={sig}",
             base.trim_end_matches('/'),
             encode_path(key)
         );
@@ -151,17 +221,46 @@ impl UrlSigner {
         sig: Option<&str>,
         now: SystemTime,
     ) -> std::result::Result<(), Refusal> {
+        self.verify_with_limit(method, key, expires, None, sig, now)
+            .map(|_| ())
+    }
+
+    /// [`UrlSigner::verify`] for a URL that may carry a signed size limit
+    /// (its `max_size` parameter); returns the limit. A `max_size` that is
+    /// not digits is `Malformed`.
+    pub fn verify_with_limit(
+        &self,
+        method: PresignMethod,
+        key: &str,
+        expires: Option<&str>,
+        max_size: Option<&str>,
+        sig: Option<&str>,
+        now: SystemTime,
+    ) -> std::result::Result<Option<u64>, Refusal> {
         let (Some(expires), Some(sig)) = (expires, sig) else {
             return Err(Refusal::Unsigned);
         };
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(expires) || max_size.is_some_and(|m| !digits(m)) {
+            return Err(Refusal::Malformed);
+        }
         let expires: u64 = expires.parse().map_err(|_| Refusal::Malformed)?;
+        let max_size: Option<u64> = match max_size {
+            Some(m) => Some(m.parse().map_err(|_| Refusal::Malformed)?),
+            None => None,
+        };
         let sig = hex::decode(sig).map_err(|_| Refusal::Malformed)?;
-        if unix_secs(now) >= expires {
+        let now = unix_secs(now);
+        if now >= expires {
             return Err(Refusal::Expired);
         }
-        self.mac(method, key, expires)
+        if expires - now > (MAX_SIGNED_URL_VALIDITY + CLOCK_SKEW).as_secs() {
+            return Err(Refusal::TooLong);
+        }
+        self.mac(method, key, expires, max_size)
             .verify_slice(&sig)
-            .map_err(|_| Refusal::BadSignature)
+            .map_err(|_| Refusal::BadSignature)?;
+        Ok(max_size)
     }
 }
 
@@ -295,6 +394,86 @@ mod tests {
         ] {
             assert!(s.sign("http://h", PresignMethod::Get, "k", d).is_err());
         }
+    }
+
+    #[test]
+    fn expiries_beyond_the_signing_limit_are_refused_even_when_signed() {
+        let s = signer();
+        let now = SystemTime::now();
+        let at = |d: Duration| unix_secs(now + d);
+        for (d, want) in [
+            (MAX_SIGNED_URL_VALIDITY, Ok(())),
+            (MAX_SIGNED_URL_VALIDITY + CLOCK_SKEW, Ok(())),
+            (
+                MAX_SIGNED_URL_VALIDITY + CLOCK_SKEW + Duration::from_secs(2),
+                Err(Refusal::TooLong),
+            ),
+            (Duration::from_secs(365 * 86_400), Err(Refusal::TooLong)),
+        ] {
+            let e = at(d);
+            let sig = s.signature(PresignMethod::Get, "k", e);
+            assert_eq!(
+                s.verify(
+                    PresignMethod::Get,
+                    "k",
+                    Some(&e.to_string()),
+                    Some(&sig),
+                    now
+                ),
+                want,
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_size_limit_is_signed_and_cannot_be_removed_or_raised() {
+        let s = signer();
+        let p = s
+            .sign_with_limit(
+                "http://h",
+                PresignMethod::Put,
+                "k",
+                Duration::from_secs(60),
+                Some(1000),
+            )
+            .unwrap();
+        assert!(p.url.contains("&max_size=1000&sig="), "{}", p.url);
+        let (e, sig) = params(&p.url);
+        let now = SystemTime::now();
+        let check = |max: Option<&str>| {
+            s.verify_with_limit(PresignMethod::Put, "k", Some(&e), max, Some(&sig), now)
+        };
+        assert_eq!(check(Some("1000")), Ok(Some(1000)));
+        assert_eq!(check(None), Err(Refusal::BadSignature), "limit stripped");
+        assert_eq!(check(Some("1001")), Err(Refusal::BadSignature), "raised");
+        assert_eq!(check(Some("+1000")), Err(Refusal::Malformed));
+        // A URL without a limit does not verify with one added.
+        let p = s
+            .sign("http://h", PresignMethod::Put, "k", Duration::from_secs(60))
+            .unwrap();
+        let (e, sig) = params(&p.url);
+        assert_eq!(
+            s.verify_with_limit(
+                PresignMethod::Put,
+                "k",
+                Some(&e),
+                Some("5"),
+                Some(&sig),
+                now
+            ),
+            Err(Refusal::BadSignature)
+        );
+        assert!(
+            s.sign_with_limit(
+                "http://h",
+                PresignMethod::Get,
+                "k",
+                Duration::from_secs(60),
+                Some(1)
+            )
+            .is_err()
+        );
     }
 
     #[test]
