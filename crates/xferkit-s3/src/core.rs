@@ -9,7 +9,6 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::DateTime;
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use xferkit_core::key::Root;
 use xferkit_core::status::{self, Answer};
 use xferkit_core::{Error, ErrorKind, RemoteObject, Result};
@@ -52,11 +51,9 @@ impl fmt::Debug for Core {
 impl Core {
     /// Build the SDK client for a validated `config`.
     pub async fn new(config: &S3Config) -> Result<Core> {
-        // rustls with ring: the provider reqwest uses too, so a build has one
-        // crypto library, not ring and aws-lc side by side.
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
+        // hyper + rustls with ring (the provider reqwest uses too, so a build
+        // has one crypto library), acknowledging every read at once: see http.rs.
+        let http = crate::http::client();
         let region = Region::new(config.region.clone());
         let mut builder = match (&config.access_key_id, &config.secret_access_key) {
             (Some(id), Some(secret)) => {

@@ -3,6 +3,7 @@
 mod backend;
 mod config;
 mod core;
+mod http;
 mod writer;
 
 pub use backend::S3Store;
