@@ -22,7 +22,8 @@
 //!    of `xfer` to the fastest peer and to raw curl, and peak RSS of every tool.
 //!
 //! Jobs: upload and download of one `--size` file, upload of `--small-files` × 16 KiB files (a
-//! directory, recursively), a local copy of the `--size` file (`xfer upload` to a local store vs
+//! directory, recursively) and download of the prefix `xfer`'s first upload run left (`cp -r`
+//! against `s5cmd cp 'PREFIX/*'` and `rclone copy`; every file must arrive), a local copy of the `--size` file (`xfer upload` to a local store vs
 //! `cp`, and `cp` + fsync), and one upload and one download of a `--rss-size` file by `xfer`
 //! for its peak RSS, and `xfer --bwlimit` at three caps (16, 32 and 64 MiB/s) on a `--bw-size`
 //! file, up and down, with the achieved rate against the cap. Peers: raw `curl` (one PUT / GET; S3 signed with `--aws-sigv4`, GCS
@@ -61,7 +62,7 @@ usage: cargo xtask bench [--backend s3|gcs|azure|all] [--size 1GiB] [--runs 3]
   --backend      which emulator(s) to run the store jobs against (default s3)
   --size         size of the big file for upload / download / local copy (default 1GiB)
   --runs         runs of each job per tool; the table shows medians (default 3)
-  --small-files  number of 16 KiB files in the many-files job (default 2000; 0 skips it)
+  --small-files  number of 16 KiB files in the many-files jobs, up and down (default 2000; 0 skips them)
   --rss-size     size of the file xfer uploads and downloads once for peak RSS (default 2GiB; 0 skips)
   --bw-size      size of the file moved at each --bwlimit cap, up and down (default 256MiB; 0 skips)
   --no-build     use target/release/xfer as it is
@@ -394,6 +395,29 @@ fn small_files(dir: &Path, n: usize) -> Result<()> {
     }
     fs::write(&marker, "")?;
     Ok(())
+}
+
+/// Regular files under `dir`, recursively (0 if it does not exist).
+fn count_files(dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                stack.push(entry.path());
+            } else if ft.is_file() {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
 }
 
 fn machine_info() -> String {
@@ -1000,6 +1024,78 @@ impl Bench {
             results.push(self.job(
                 backend.name(),
                 &format!("upload {} × 16 KiB", opts.small_files),
+                &tools,
+            ));
+        }
+
+        // --- download of the many small files: the prefix xfer's first upload run left ---
+        if opts.small_files > 0 {
+            let prefix = "small/xfer-0";
+            let uploaded = results.last().is_some_and(|r: &JobResult| {
+                r.cells
+                    .iter()
+                    .any(|(n, stat, _)| *n == "xfer" && stat.is_some())
+            });
+            if !uploaded {
+                say(format!("uploading the many-files seed to {prefix}/"));
+                plain(
+                    &self
+                        .xfer(&config)
+                        .args(["cp", "-r"])
+                        .arg(format!("{}/", small.display()))
+                        .arg(url(&format!("{prefix}/"))),
+                    &setup_log,
+                )?;
+            }
+            // Every file of the tree (and its marker) must arrive, or the tool's cell fails.
+            let want = count_files(small)?;
+            let dest = |tool: &str| out.join(format!("many-{tool}"));
+            let check = |tool: &'static str| {
+                let d = dest(tool);
+                Box::new(move |_| {
+                    let got = count_files(&d);
+                    let _ = fs::remove_dir_all(&d);
+                    match got? {
+                        n if n == want => Ok(()),
+                        n => bail!("{tool} left {n} files under {}, not {want}", d.display()),
+                    }
+                }) as Box<dyn Fn(usize) -> Result<()>>
+            };
+            let mut tools: Vec<Tool<'_>> = vec![Tool {
+                name: "xfer",
+                cmd: Box::new(|_| {
+                    self.xfer(&config)
+                        .args(["cp", "-r"])
+                        .arg(url(&format!("{prefix}/")))
+                        .arg(dest("xfer"))
+                }),
+                after: check("xfer"),
+            }];
+            if backend == Backend::S3 {
+                tools.push(Tool {
+                    name: "s5cmd",
+                    cmd: Box::new(|_| {
+                        self.s5cmd(&base)
+                            .arg("cp")
+                            .arg(format!("s3://{BUCKET}/{prefix}/*"))
+                            .arg(format!("{}/", dest("s5cmd").display()))
+                    }),
+                    after: check("s5cmd"),
+                });
+            }
+            tools.push(Tool {
+                name: "rclone",
+                cmd: Box::new(|_| {
+                    self.rclone(&rclone_conf)
+                        .args(["copy", "--transfers", "16"])
+                        .arg(format!("{rclone_remote}/{prefix}"))
+                        .arg(dest("rclone"))
+                }),
+                after: check("rclone"),
+            });
+            results.push(self.job(
+                backend.name(),
+                &format!("download {} × 16 KiB", opts.small_files),
                 &tools,
             ));
         }
