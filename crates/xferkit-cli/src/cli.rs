@@ -36,6 +36,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate)]
     pub bwlimit: Option<Rate>,
 
+    /// Let downloaded http(s) links reach this machine and private networks
+    /// (loopback, 10/8, 192.168/16, link-local, ...), which are refused by
+    /// default. Sets `links.allow_private`; `links.allow_hosts` allows single hosts.
+    #[arg(long, global = true)]
+    pub allow_private_links: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

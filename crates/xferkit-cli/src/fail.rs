@@ -58,7 +58,10 @@ impl Failure {
 /// The exit code for an error kind.
 pub fn exit_code(kind: ErrorKind) -> u8 {
     match kind {
-        ErrorKind::InvalidConfig | ErrorKind::InvalidUrl | ErrorKind::InvalidKey => EXIT_USAGE,
+        ErrorKind::InvalidConfig
+        | ErrorKind::InvalidUrl
+        | ErrorKind::InvalidKey
+        | ErrorKind::Refused => EXIT_USAGE,
         ErrorKind::Cancelled => EXIT_INTERRUPTED,
         _ => EXIT_FAILED,
     }

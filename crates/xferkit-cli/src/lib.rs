@@ -65,7 +65,11 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let mut kit = xferkit::Xferkit::load(cli.config.as_deref()).await?;
+    let mut figment = xferkit::figment_for(cli.config.as_deref())?;
+    if cli.allow_private_links {
+        figment = figment.merge(("links.allow_private", true));
+    }
+    let mut kit = xferkit::Xferkit::from_figment(&figment).await?;
     if let Some(rate) = cli.bwlimit {
         kit.set_bandwidth_limit(rate.0);
     }

@@ -467,7 +467,15 @@ fn http_links_download_to_their_path_name() {
     let sb = Sandbox::local();
     let (port, rx) = serve(4096, 4096, Duration::ZERO);
     let link = format!("http://127.0.0.1:{port}/files/report%20v2.pdf?X-Signature=SECRET");
-    let r = sb.ok(&["--json", "download", &link]);
+    // A link to this machine is refused by default, with the way out named,
+    // and nothing is written.
+    let r = sb.fails_cleanly(
+        &["download", &link],
+        2,
+        &["refused", "127.0.0.1 is a loopback address", "--allow-private-links"],
+    );
+    assert!(!r.stderr.contains("SECRET"), "{r:?}");
+    let r = sb.ok(&["--json", "--allow-private-links", "download", &link]);
     let v = r.json();
     assert_eq!(v["path"], "report v2.pdf");
     assert!(
@@ -494,7 +502,7 @@ fn ctrl_c_stops_the_transfer_and_leaves_nothing() {
     let (port, rx) = serve(1_000_000, 1000, Duration::from_millis(20));
     let link = format!("http://127.0.0.1:{port}/big.bin");
     let mut child = sb
-        .command(&["download", &link, "dl"])
+        .command(&["download", "--allow-private-links", &link, "dl"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn_or_panic();

@@ -64,6 +64,11 @@ pub enum Error {
     /// The store cannot do this (see [`crate::Capabilities`]).
     #[error("{store}: {operation} is not supported by this store")]
     NotSupported { store: String, operation: String },
+    /// A policy of this process refused the request before or while it ran:
+    /// a link to a private address, too many redirects, more bytes than
+    /// allowed. `reason` names the rule and how to allow the target.
+    #[error("refused {target}: {reason}")]
+    Refused { target: String, reason: String },
     /// The transfer was stopped by the caller.
     #[error("cancelled: {target}")]
     Cancelled { target: String },
@@ -116,6 +121,7 @@ pub enum ErrorKind {
     InvalidRange,
     InvalidConfig,
     NotSupported,
+    Refused,
     Cancelled,
     ChecksumMismatch,
     Transient,
@@ -136,6 +142,7 @@ impl Error {
             Error::InvalidRange { .. } => ErrorKind::InvalidRange,
             Error::InvalidConfig { .. } => ErrorKind::InvalidConfig,
             Error::NotSupported { .. } => ErrorKind::NotSupported,
+            Error::Refused { .. } => ErrorKind::Refused,
             Error::Cancelled { .. } => ErrorKind::Cancelled,
             Error::ChecksumMismatch { .. } => ErrorKind::ChecksumMismatch,
             Error::Transient { .. } => ErrorKind::Transient,
@@ -184,6 +191,12 @@ impl Error {
         Error::NotSupported {
             store: store.into(),
             operation: operation.into(),
+        }
+    }
+    pub fn refused(target: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Refused {
+            target: target.into(),
+            reason: reason.into(),
         }
     }
     pub fn cancelled(target: impl Into<String>) -> Self {

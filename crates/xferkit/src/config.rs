@@ -29,6 +29,7 @@ pub const TOP_KEYS: &[&str] = &[
     "state_dir",
     "download",
     "limits",
+    "links",
 ];
 
 /// Keys every store accepts, whatever its backend.
@@ -57,6 +58,9 @@ pub struct Settings {
     /// Caps on what transfers may take (`[limits]`).
     #[serde(default)]
     pub limits: LimitSettings,
+    /// What a downloaded http(s) link may reach (`[links]`).
+    #[serde(default)]
+    pub links: LinkSettings,
     /// Where interrupted uploads keep their journals (resume after a crash);
     /// `None`: [`default_state_dir`].
     #[serde(default)]
@@ -161,6 +165,86 @@ fn rate<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u6
     match <Raw as serde::Deserialize>::deserialize(d)? {
         Raw::Int(n) => Ok((n > 0).then_some(n)),
         Raw::Text(t) => parse_rate(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// `[links]`: what a downloaded http(s) link may reach. By default a link
+/// may not lead to this machine or its network (loopback, private,
+/// link-local, ... addresses), except to a configured store's endpoint or
+/// `serve_url`; see [`crate::links`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LinkSettings {
+    /// Let links reach private and local addresses too.
+    pub allow_private: bool,
+    /// Hosts a link may reach whatever they resolve to: `name` (any port)
+    /// or `name:port`.
+    pub allow_hosts: Vec<String>,
+    /// Redirects followed at most (0..=20); each hop is checked again.
+    pub max_redirects: usize,
+    /// Largest object a link may deliver (`"4GiB"`, or bytes), checked on the
+    /// announced length and on the bytes received.
+    #[serde(deserialize_with = "size")]
+    pub max_size: u64,
+}
+
+impl Default for LinkSettings {
+    fn default() -> Self {
+        LinkSettings {
+            allow_private: false,
+            allow_hosts: Vec::new(),
+            max_redirects: 5,
+            max_size: 4 << 30,
+        }
+    }
+}
+
+impl LinkSettings {
+    fn check(&self, figment: &Figment) -> Result<()> {
+        let bad = |key: &str, what: String| {
+            Err(Error::invalid_config(format!(
+                "links.{key} {what} (in {})",
+                origin(figment, &format!("links.{key}"))
+            )))
+        };
+        if self.max_redirects > 20 {
+            return bad(
+                "max_redirects",
+                format!("= {} must be between 0 and 20", self.max_redirects),
+            );
+        }
+        if self.max_size == 0 {
+            return bad("max_size", "must be at least 1 byte".into());
+        }
+        for h in &self.allow_hosts {
+            let h = h.trim();
+            if h.is_empty() || h.contains(['/', '?', '#', '@', ' ']) {
+                return bad(
+                    "allow_hosts",
+                    format!("has {h:?}, which is not a host name or host:port (no scheme or path)"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A size in bytes: an integer, or a size with a unit (`"4GiB"`, `"500 MB"`).
+fn size<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Text(String),
+    }
+    match <Raw as serde::Deserialize>::deserialize(d)? {
+        Raw::Int(n) => Ok(n),
+        Raw::Text(t) => t
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a size (e.g. \"4GiB\")"))),
     }
 }
 
@@ -455,6 +539,7 @@ impl Settings {
         let mut s: Settings = figment.extract().map_err(figment_err)?;
         s.retry = RetrySettings::from_figment(figment)?;
         s.download.check(figment)?;
+        s.links.check(figment)?;
         let stores: BTreeMap<String, figment::value::Value> =
             figment.extract_inner("stores").map_err(figment_err)?;
         s.store_names = stores.keys().cloned().collect();
@@ -647,6 +732,49 @@ pub async fn build_registry(figment: &Figment, settings: &Settings) -> Result<Re
     }
     reg.set_default(&settings.default_store)?;
     #[cfg(feature = "http")]
-    reg.register(std::sync::Arc::new(crate::HttpStore::new()));
+    reg.register(std::sync::Arc::new(crate::HttpStore::with_policy(
+        link_policy(figment, settings),
+    )));
     Ok(reg)
+}
+
+/// The `[links]` policy, trusting every configured store's endpoint (and
+/// `serve_url`): links to the stores this process talks to anyway.
+#[cfg(feature = "http")]
+pub fn link_policy(figment: &Figment, settings: &Settings) -> crate::LinkPolicy {
+    let l = &settings.links;
+    let mut policy = crate::LinkPolicy {
+        allow_private: l.allow_private,
+        allow_hosts: l.allow_hosts.clone(),
+        max_redirects: l.max_redirects,
+        max_size: l.max_size,
+        ..Default::default()
+    };
+    for name in &settings.store_names {
+        let value = |key: &str| figment.extract_inner::<String>(&format!("stores.{name}.{key}"));
+        for key in ["endpoint", "endpoint_url", "storage_endpoint", "serve_url"] {
+            if let Ok(endpoint) = value(key) {
+                policy = policy.trust_endpoint(&endpoint);
+            }
+        }
+        // An Azure connection string names its endpoint (or the emulator's).
+        if let Ok(cs) = value("connection_string") {
+            for part in cs.split(';') {
+                match part
+                    .split_once('=')
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v))
+                {
+                    Some((k, v)) if k == "blobendpoint" => policy = policy.trust_endpoint(v.trim()),
+                    Some((k, v))
+                        if k == "usedevelopmentstorage"
+                            && v.trim().eq_ignore_ascii_case("true") =>
+                    {
+                        policy = policy.trust_endpoint("http://127.0.0.1:10000")
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    policy
 }

@@ -1,10 +1,13 @@
 //! Downloads of plain `http(s)://` links, e.g. a presigned URL a sender
 //! put in a message. Read-only: every other operation is `NotSupported`.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use url::Url;
 use xferkit_core::body;
 use xferkit_core::status::{self, Answer};
 use xferkit_core::url::{ObjectUrl, shown};
@@ -13,10 +16,32 @@ use xferkit_core::{
     PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx, UploadSource, async_trait,
 };
 
+use crate::links::{Guard, LinkPolicy, Refusal};
+
+/// The policy's refusal inside a reqwest error (raised by the guard).
+fn refusal_in(e: &reqwest::Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<Refusal>() {
+            return Some(r.0.clone());
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// The store that owns every `http://` and `https://` URL; keys are the URLs.
+///
+/// Every request follows a [`LinkPolicy`]: by default a link may not reach
+/// this machine or its network, at most 5 redirects are followed (each
+/// checked again), and an object may be at most 4 GiB.
 #[derive(Debug, Clone)]
 pub struct HttpStore {
-    client: reqwest::Client,
+    policy: Arc<LinkPolicy>,
+    /// For URLs the policy checks: names resolve through the guard, no proxy.
+    guarded: reqwest::Client,
+    /// For trusted origins, allowed hosts, or everything with `allow_private`.
+    open: reqwest::Client,
 }
 
 impl Default for HttpStore {
@@ -29,16 +54,124 @@ impl Default for HttpStore {
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl HttpStore {
+    /// A link store with the default (safe) policy.
     pub fn new() -> Self {
+        Self::with_policy(LinkPolicy::default())
+    }
+
+    /// A link store following `policy`.
+    pub fn with_policy(policy: LinkPolicy) -> Self {
+        let policy = Arc::new(policy);
         // A server that accepts and then says nothing must not hang a
         // transfer forever: a read that waits this long is a transient error
-        // (retried, or resumed with a range).
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(READ_TIMEOUT)
+        // (retried, or resumed with a range). Redirects are followed here,
+        // one checked hop at a time.
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(30))
+                .read_timeout(READ_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+        };
+        let resolver = |check| {
+            Arc::new(Guard {
+                policy: policy.clone(),
+                check,
+            })
+        };
+        let guarded = builder()
+            .no_proxy()
+            .dns_resolver(resolver(true))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        HttpStore { client }
+        let open = builder()
+            .dns_resolver(resolver(false))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        HttpStore {
+            policy,
+            guarded,
+            open,
+        }
+    }
+
+    /// The policy this store follows.
+    pub fn policy(&self) -> &LinkPolicy {
+        &self.policy
+    }
+
+    /// GET `link` (with `range`), following redirects the policy allows;
+    /// the final answer, whatever its status.
+    async fn get(&self, link: &str, range: Option<String>) -> Result<reqwest::Response> {
+        let mut url =
+            Url::parse(link).map_err(|e| Error::invalid_url(shown(link), e.to_string()))?;
+        let mut hops = 0;
+        loop {
+            let target = shown(url.as_str());
+            let refuse = |why: String| {
+                let why = match hops {
+                    0 => why,
+                    n => format!("{why} (after {n} redirect(s) from {})", shown(link)),
+                };
+                Error::refused(target.clone(), why)
+            };
+            if let Some(why) = self.policy.check_url(&url) {
+                return Err(refuse(why));
+            }
+            let client = if self.policy.unguarded(&url) {
+                &self.open
+            } else {
+                &self.guarded
+            };
+            let mut req = client.get(url.clone());
+            if let Some(r) = &range {
+                req = req.header("range", r);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err(match refusal_in(&e) {
+                        Some(why) => refuse(why),
+                        None => Error::Transient {
+                            target,
+                            retry_after: None,
+                            source: Some(e.without_url().into()),
+                        },
+                    });
+                }
+            };
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok());
+            let (true, Some(location)) = (resp.status().is_redirection(), location) else {
+                return Ok(resp);
+            };
+            if hops == self.policy.max_redirects {
+                return Err(refuse(format!(
+                    "it redirects more than [links] max_redirects = {} times",
+                    self.policy.max_redirects
+                )));
+            }
+            url = url
+                .join(location)
+                .map_err(|e| refuse(format!("it redirects to an invalid URL: {e}")))?;
+            hops += 1;
+        }
+    }
+
+    /// Refuse an object larger than `max_size`.
+    fn check_size(&self, link: &str, size: u64) -> Result<()> {
+        if size <= self.policy.max_size {
+            return Ok(());
+        }
+        Err(Error::refused(shown(link), self.too_large(size)))
+    }
+
+    fn too_large(&self, size: impl fmt::Display) -> String {
+        format!(
+            "it is {size} bytes, more than [links] max_size = {} bytes; raise max_size to fetch it",
+            self.policy.max_size
+        )
     }
 
     /// What a GET response says about the whole object: size from
@@ -107,27 +240,29 @@ impl FileTransferHandler for HttpStore {
         key: &str,
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
-        let mut req = self.client.get(key);
-        if let Some(r) = range {
-            req = req.header("range", r.to_http_header());
-        }
-        let resp = req.send().await.map_err(|e| Error::Transient {
-            target: shown(key),
-            retry_after: None,
-            source: Some(e.without_url().into()),
-        })?;
+        let resp = self.get(key, range.map(|r| r.to_http_header())).await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(Self::status_error(key, &resp));
         }
         let obj = Self::describe(key, &resp);
+        self.check_size(key, obj.size)?;
         let target = shown(key);
+        // The bytes received count too: a body without a length (chunked)
+        // or longer than it said ends in an error at the cap.
+        let (max, mut received) = (self.policy.max_size, 0u64);
+        let too_large = self.too_large(format!("more than {max}"));
         let stream = resp.bytes_stream().map(move |r| {
-            r.map_err(|e| Error::Transient {
+            let chunk = r.map_err(|e| Error::Transient {
                 target: target.clone(),
                 retry_after: None,
                 source: Some(e.without_url().into()),
-            })
+            })?;
+            received += chunk.len() as u64;
+            if received > max {
+                return Err(Error::refused(target.clone(), too_large.clone()));
+            }
+            Ok(chunk)
         });
         match range {
             // A server that ignores `Range` answers 200 with everything:
@@ -142,17 +277,7 @@ impl FileTransferHandler for HttpStore {
     async fn stat(&self, key: &str) -> Result<RemoteObject> {
         // GET of the first byte, not HEAD: a presigned URL is signed for GET
         // only, and S3-style stores refuse a HEAD with it.
-        let resp = self
-            .client
-            .get(key)
-            .header("range", "bytes=0-0")
-            .send()
-            .await
-            .map_err(|e| Error::Transient {
-                target: shown(key),
-                retry_after: None,
-                source: Some(e.without_url().into()),
-            })?;
+        let resp = self.get(key, Some("bytes=0-0".into())).await?;
         let status = resp.status();
         if status.as_u16() == 416 {
             // Only an empty object has no first byte: `Content-Range: bytes */0`.
@@ -163,7 +288,9 @@ impl FileTransferHandler for HttpStore {
         if !status.is_success() {
             return Err(Self::status_error(key, &resp));
         }
-        Ok(Self::describe(key, &resp))
+        let obj = Self::describe(key, &resp);
+        self.check_size(key, obj.size)?;
+        Ok(obj)
     }
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<RemoteObject>> {
         let e = Error::not_supported(shown(prefix), "listing a plain http(s) link");
@@ -212,7 +339,10 @@ mod tests {
 
         // Nothing is forwarded: every request gets the injected answer.
         let proxy = FaultProxy::start("127.0.0.1:9").await.unwrap();
-        let store = HttpStore::new();
+        let store = HttpStore::with_policy(crate::LinkPolicy {
+            allow_private: true,
+            ..Default::default()
+        });
         let link = format!("{}/f.bin?X-Amz-Signature=SECRETSIG", proxy.url());
         let answer = |fault| {
             proxy.set_rules(vec![Rule::new(fault)]);

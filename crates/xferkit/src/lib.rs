@@ -3,6 +3,8 @@
 pub mod config;
 #[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "http")]
+pub mod links;
 #[cfg(feature = "thumbnail")]
 pub mod thumbnail;
 
@@ -14,6 +16,8 @@ pub use xferkit_core::*;
 pub use config::{Settings, figment_for};
 #[cfg(feature = "http")]
 pub use http::HttpStore;
+#[cfg(feature = "http")]
+pub use links::LinkPolicy;
 
 /// Re-exports of the compiled-in backends.
 pub mod backends {
