@@ -199,6 +199,31 @@ impl LocalStore {
         })
     }
 
+    /// A signed PUT URL for `key` (as `presign` makes) whose body may be at
+    /// most `max_size` bytes: the limit is part of the signature, and
+    /// `xfer serve` answers a larger body `413` however often the URL is
+    /// used.
+    pub fn presign_put_with_limit(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        max_size: u64,
+    ) -> Result<PresignedUrl> {
+        self.path_for(key)?;
+        match &self.serve {
+            Some((base, signer)) => {
+                signer.sign_with_limit(base, PresignMethod::Put, key, expires_in, Some(max_size))
+            }
+            None => Err(Error::not_supported(
+                &self.name,
+                format!(
+                    "presign (set stores.{0}.serve_url and stores.{0}.signing_key, then run `xfer serve`)",
+                    self.name
+                ),
+            )),
+        }
+    }
+
     /// The `serve_*` keys and `max_upload_size`, defaults applied: how
     /// `xfer serve` should run in front of this store.
     pub fn serve_settings(&self) -> &ServeSettings {

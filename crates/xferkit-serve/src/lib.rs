@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod conn;
 mod range;
 mod server;
 

@@ -1,33 +1,63 @@
 //! The request handler and the server handle.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use futures::TryStreamExt;
-use percent_encoding::percent_decode_str;
+use futures::{Stream, StreamExt, TryStreamExt};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use xferkit_core::signed::UrlSigner;
+use xferkit_core::signed::{MAX_SIZE_PARAM, UrlSigner};
 use xferkit_core::{
     ByteRange, DynHandler, Error, ErrorKind, PresignMethod, PutOptions, TransferCtx, UploadSource,
     validate_key,
 };
 
+use crate::conn::{self, Limits};
 use crate::range;
 
-/// What the server needs besides the store and its signer.
-#[derive(Debug, Clone, Default)]
+/// What the server needs besides the store and its signer. The limits have
+/// the defaults of the store's `serve_*` keys (see `docs/config.md`).
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServeOptions {
     /// Path prefix the objects live under (the path of the store's
     /// `serve_url`, e.g. `/files`); empty for the root.
     pub base_path: String,
+    /// A client must send a whole request head within this (and a
+    /// kept-alive connection may be idle this long). Default 10 s.
+    pub header_timeout: Duration,
+    /// A request body that receives nothing, or a response the client
+    /// reads nothing of, for this long ends its connection. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more get `503` and are closed at once.
+    /// Default 512.
+    pub max_connections: usize,
+    /// Content types shown inline (with a sandboxing CSP) besides the
+    /// passive built-in ones; everything else is an attachment. Lowercase,
+    /// no parameters.
+    pub inline_types: Vec<String>,
+    /// Largest PUT body; larger ones get `413` and leave nothing.
+    pub max_upload_size: Option<u64>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            base_path: String::new(),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
+            inline_types: Vec::new(),
+            max_upload_size: None,
+        }
+    }
 }
 
 impl ServeOptions {
@@ -36,7 +66,18 @@ impl ServeOptions {
         let path = url::Url::parse(serve_url)
             .map(|u| u.path().trim_end_matches('/').to_string())
             .unwrap_or_default();
-        ServeOptions { base_path: path }
+        ServeOptions {
+            base_path: path,
+            ..Default::default()
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+        }
     }
 }
 
@@ -44,20 +85,39 @@ struct State {
     store: DynHandler,
     signer: UrlSigner,
     base_path: String,
+    inline_types: Vec<String>,
+    max_upload_size: Option<u64>,
+    idle_timeout: Duration,
 }
 
 /// The axum router serving `store`: every request must carry a URL signed by
-/// `signer` (see the crate docs).
+/// `signer` (see the crate docs). Serve it with [`Server::start_with`] and
+/// the same options for the connection limits.
 pub fn router(store: DynHandler, signer: UrlSigner, options: ServeOptions) -> Router {
     let state = Arc::new(State {
         store,
         signer,
         base_path: options.base_path.trim_end_matches('/').to_string(),
+        inline_types: options
+            .inline_types
+            .iter()
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect(),
+        max_upload_size: options.max_upload_size,
+        idle_timeout: options.idle_timeout,
     });
     Router::new().fallback(
         move |method: Method, uri: Uri, headers: HeaderMap, body: Body| {
             let state = state.clone();
-            async move { handle(&state, method, uri, headers, body).await }
+            async move {
+                let mut r = handle(&state, method, uri, headers, body).await;
+                // No response is ever sniffed into something more active.
+                r.headers_mut().insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                );
+                r
+            }
         },
     )
 }
@@ -72,16 +132,25 @@ pub struct Server {
 
 impl Server {
     /// Serve `router` on an already-bound listener (bind first to learn the
-    /// port, then configure the store's `serve_url`, then start).
+    /// port, then configure the store's `serve_url`, then start), with the
+    /// default connection limits.
     pub fn start(listener: TcpListener, router: Router) -> std::io::Result<Server> {
+        Self::start_with(listener, router, &ServeOptions::default())
+    }
+
+    /// [`Server::start`] with the connection limits of `options`: HTTP/1
+    /// only, `header_timeout`, `idle_timeout` for responses the client
+    /// stops reading, `max_connections`.
+    pub fn start_with(
+        listener: TcpListener,
+        router: Router,
+        options: &ServeOptions,
+    ) -> std::io::Result<Server> {
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let token = stop.clone();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await
-        });
+        let limits = options.limits();
+        let task = tokio::spawn(conn::accept_loop(listener, router, limits, token));
         Ok(Server {
             addr,
             stop,
@@ -140,6 +209,8 @@ fn error_response(key: &str, e: &Error) -> Response {
         ErrorKind::AlreadyExists | ErrorKind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
         ErrorKind::InvalidRange => StatusCode::RANGE_NOT_SATISFIABLE,
         ErrorKind::NotSupported => StatusCode::NOT_IMPLEMENTED,
+        // The store's `max_upload_size`.
+        ErrorKind::Refused => StatusCode::PAYLOAD_TOO_LARGE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -158,19 +229,30 @@ fn error_response(key: &str, e: &Error) -> Response {
     )
 }
 
-fn query_params(uri: &Uri) -> (Option<String>, Option<String>) {
-    let mut expires = None;
-    let mut sig = None;
+/// The signature parameters of a request's query.
+#[derive(Default)]
+struct Signed {
+    expires: Option<String>,
+    max_size: Option<String>,
+    sig: Option<String>,
+}
+
+fn query_params(uri: &Uri) -> Signed {
+    let mut p = Signed::default();
     if let Some(q) = uri.query() {
         for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
-            match &*k {
-                "expires" if expires.is_none() => expires = Some(v.into_owned()),
-                "sig" if sig.is_none() => sig = Some(v.into_owned()),
-                _ => {}
+            let slot = match &*k {
+                "expires" => &mut p.expires,
+                MAX_SIZE_PARAM => &mut p.max_size,
+                "sig" => &mut p.sig,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(v.into_owned());
             }
         }
     }
-    (expires, sig)
+    p
 }
 
 async fn handle(
@@ -202,23 +284,33 @@ async fn handle(
     };
     let key = key.into_owned();
     // The signature is checked before anything else touches the store.
-    let (expires, sig) = query_params(&uri);
-    if let Err(refusal) = state.signer.verify(
+    let p = query_params(&uri);
+    let signed_max = match state.signer.verify_with_limit(
         signed_as,
         &key,
-        expires.as_deref(),
-        sig.as_deref(),
+        p.expires.as_deref(),
+        p.max_size.as_deref(),
+        p.sig.as_deref(),
         SystemTime::now(),
     ) {
-        tracing::info!(%method, key, %refusal, "refused");
-        return text(StatusCode::FORBIDDEN, refusal.to_string());
-    }
+        Ok(m) => m,
+        Err(refusal) => {
+            tracing::info!(%method, key, %refusal, "refused");
+            return text(StatusCode::FORBIDDEN, refusal.to_string());
+        }
+    };
     if let Err(e) = validate_key(&key) {
         return text(StatusCode::BAD_REQUEST, e.to_string());
     }
     let response = match signed_as {
         PresignMethod::Get => get(state, &key, &headers, method == Method::HEAD).await,
-        PresignMethod::Put => put(state, &key, &headers, body).await,
+        PresignMethod::Put => {
+            let limit = match (signed_max, state.max_upload_size) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            put(state, &key, &headers, body, limit).await
+        }
     };
     tracing::info!(%method, key, status = response.status().as_u16(), "served");
     response
@@ -272,17 +364,28 @@ async fn get(state: &State, key: &str, headers: &HeaderMap, head_only: bool) -> 
         StatusCode::OK
     };
     let len = span.end - span.start;
+    let content_type = obj
+        .content_type
+        .as_deref()
+        .filter(|t| HeaderValue::from_str(t).is_ok())
+        .unwrap_or("application/octet-stream");
     let mut builder = Response::builder()
         .status(status)
         .header(header::CONTENT_LENGTH, len)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::CACHE_CONTROL, "private")
-        .header(
-            header::CONTENT_TYPE,
-            obj.content_type
-                .as_deref()
-                .unwrap_or("application/octet-stream"),
-        );
+        .header(header::CONTENT_TYPE, content_type);
+    match presentation(content_type, &state.inline_types) {
+        Presentation::Inline => {}
+        Presentation::Sandboxed => {
+            builder = builder.header(header::CONTENT_SECURITY_POLICY, SANDBOX);
+        }
+        Presentation::Attachment => {
+            builder = builder
+                .header(header::CONTENT_SECURITY_POLICY, LOCKED)
+                .header(header::CONTENT_DISPOSITION, attachment(key));
+        }
+    }
     if let Some(etag) = &etag {
         builder = builder.header(header::ETAG, etag.as_str());
     }
@@ -318,7 +421,152 @@ async fn unsatisfiable(state: &State, key: &str, requested: Option<ByteRange>) -
     resp
 }
 
-async fn put(state: &State, key: &str, headers: &HeaderMap, body: Body) -> Response {
+/// How a browser may show an object: passive types inline; types the
+/// operator listed in `serve_inline_types` inline but sandboxed (no script,
+/// no forms, an opaque origin); everything else (HTML, SVG, XML,
+/// JavaScript, PDF, unknown types...) as a download, sandboxed too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presentation {
+    Inline,
+    Sandboxed,
+    Attachment,
+}
+
+/// Served with a listed type shown inline: no script, no forms, no
+/// plugins, an opaque origin.
+const SANDBOX: &str = "sandbox";
+/// Served with an attachment, should a browser show it anyway.
+const LOCKED: &str = "sandbox; default-src 'none'";
+
+/// Types no browser runs script in: raster images, audio, video, plain text
+/// (with `nosniff`, which every response carries).
+fn is_passive(essence: &str) -> bool {
+    matches!(
+        essence,
+        "image/png"
+            | "image/jpeg"
+            | "image/gif"
+            | "image/webp"
+            | "image/avif"
+            | "image/bmp"
+            | "image/x-icon"
+            | "image/vnd.microsoft.icon"
+            | "text/plain"
+    ) || essence.starts_with("audio/")
+        || essence.starts_with("video/")
+}
+
+fn presentation(content_type: &str, inline_types: &[String]) -> Presentation {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if is_passive(&essence) {
+        Presentation::Inline
+    } else if inline_types.contains(&essence) {
+        Presentation::Sandboxed
+    } else {
+        Presentation::Attachment
+    }
+}
+
+/// RFC 6266 `attachment` naming the key's last segment (RFC 8187 encoding).
+fn attachment(key: &str) -> String {
+    const ATTR: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'!')
+        .remove(b'#')
+        .remove(b'$')
+        .remove(b'&')
+        .remove(b'+')
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'^')
+        .remove(b'_')
+        .remove(b'`')
+        .remove(b'|')
+        .remove(b'~');
+    let name = key.rsplit('/').next().unwrap_or(key);
+    format!(
+        "attachment; filename*=UTF-8''{}",
+        utf8_percent_encode(name, ATTR)
+    )
+}
+
+/// Why the server cut a request body short.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    TooLarge(u64),
+    Stalled,
+}
+
+/// The request body as a store upload stream that ends with an error when
+/// it grows past `limit` or when nothing arrives for `idle`, saying why in
+/// `cut`.
+fn guarded_body(
+    body: Body,
+    key: &str,
+    limit: Option<u64>,
+    idle: Duration,
+    cut: Arc<OnceLock<Cut>>,
+) -> impl Stream<Item = xferkit_core::Result<axum::body::Bytes>> + Send + 'static {
+    let key = key.to_string();
+    let data = body.into_data_stream();
+    futures::stream::unfold((data, 0u64, false), move |(mut data, total, done)| {
+        let key = key.clone();
+        let cut = cut.clone();
+        async move {
+            if done {
+                return None;
+            }
+            let fail = |c: Cut, why: &str| {
+                let _ = cut.set(c);
+                Err(Error::backend(key.clone(), why, "request body cut"))
+            };
+            match tokio::time::timeout(idle, data.next()).await {
+                Err(_) => Some((
+                    fail(Cut::Stalled, "the request body stalled"),
+                    (data, total, true),
+                )),
+                Ok(None) => None,
+                Ok(Some(Err(e))) => Some((
+                    Err(Error::backend(
+                        key,
+                        "the request body ended early",
+                        std::io::Error::other(e),
+                    )),
+                    (data, total, true),
+                )),
+                Ok(Some(Ok(chunk))) => {
+                    let total = total + chunk.len() as u64;
+                    match limit {
+                        Some(max) if total > max => Some((
+                            fail(Cut::TooLarge(max), "the request body is too large"),
+                            (data, total, true),
+                        )),
+                        _ => Some((Ok(chunk), (data, total, false))),
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn too_large(key: &str, max: u64) -> Response {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("{key}: the body is larger than this URL allows ({max} bytes)"),
+    )
+}
+
+async fn put(
+    state: &State,
+    key: &str,
+    headers: &HeaderMap,
+    body: Body,
+    limit: Option<u64>,
+) -> Response {
     let mut options = PutOptions::default();
     if let Some(ct) = header_str(headers, header::CONTENT_TYPE) {
         options.content_type = Some(ct.to_string());
@@ -334,23 +582,34 @@ async fn put(state: &State, key: &str, headers: &HeaderMap, body: Body) -> Respo
         }
     }
     let size = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
-    let target = key.to_string();
-    let stream = body.into_data_stream().map_err(move |e| {
-        Error::backend(
-            target.clone(),
-            "the request body ended early",
-            std::io::Error::other(e),
-        )
-    });
+    // Refused before a byte of the body is read (and before a client that
+    // sent `Expect: 100-continue` is told to send it).
+    if let (Some(size), Some(max)) = (size, limit)
+        && size > max
+    {
+        return too_large(key, max);
+    }
+    let cut = Arc::new(OnceLock::new());
+    let stream = guarded_body(body, key, limit, state.idle_timeout, cut.clone());
     let source = UploadSource::Stream {
         stream: Box::pin(stream),
         size,
     };
-    match state
+    let stored = state
         .store
         .upload(key, source, &options, &TransferCtx::none())
-        .await
-    {
+        .await;
+    match cut.get() {
+        Some(Cut::TooLarge(max)) => return too_large(key, *max),
+        Some(Cut::Stalled) => {
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("{key}: no body data arrived for the idle timeout"),
+            );
+        }
+        None => {}
+    }
+    match stored {
         Ok(obj) => {
             let mut r = StatusCode::CREATED.into_response();
             if let Some(etag) = obj.etag

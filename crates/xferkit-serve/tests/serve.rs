@@ -88,9 +88,8 @@ impl Fixture {
         let mut out = Vec::new();
         walk(&self.root, &mut out);
         out.retain(|p| {
-            !p.strip_prefix(&self.root)
-                .unwrap()
-                .starts_with(".xferkit/meta")
+            let rel = p.strip_prefix(&self.root).unwrap();
+            !rel.starts_with(".xferkit/meta") && !rel.starts_with(".xferkit/meta2")
         });
         out.sort();
         out
