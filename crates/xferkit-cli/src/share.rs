@@ -80,13 +80,17 @@ pub async fn serve(cx: &Ctx, store: Option<&str>, bind: Option<SocketAddr>) -> R
         .local_addr()
         .map_err(|e| Failure::failed(format!("cannot listen on {addr}: {e}")))?;
     let root = local.root().display().to_string();
-    let app = router(
-        std::sync::Arc::new(local),
-        signer,
-        ServeOptions::for_serve_url(&base),
-    );
-    let server =
-        Server::start(listener, app).map_err(|e| Failure::failed(format!("{addr}: {e}")))?;
+    // The store's serve_* keys and max_upload_size.
+    let settings = local.serve_settings();
+    let mut options = ServeOptions::for_serve_url(&base);
+    options.header_timeout = settings.header_timeout;
+    options.idle_timeout = settings.idle_timeout;
+    options.max_connections = settings.max_connections;
+    options.inline_types = settings.inline_types.clone();
+    options.max_upload_size = settings.max_upload_size;
+    let app = router(std::sync::Arc::new(local), signer, options.clone());
+    let server = Server::start_with(listener, app, &options)
+        .map_err(|e| Failure::failed(format!("{addr}: {e}")))?;
     if cx.json {
         line(
             json!({ "store": name, "root": root, "serve_url": base, "listening": addr.to_string() }),
