@@ -476,7 +476,7 @@ fn downloads_and_local_store_objects_get_the_umasks_mode() {
         );
         assert_eq!(std::fs::read(&dest).unwrap(), body);
         // The metadata sidecar stays private.
-        let side = xferkit_local::LocalStore::sidecar_path_under(sb.root(), &key);
+        let side = xferkit_local::LocalStore::sidecar_path_under(&sb.root(), &key);
         assert_eq!(mode(&side), "600", "sidecar, umask {mask:03o}");
     }
 }
