@@ -360,6 +360,7 @@ fn a_killed_downloads_part_file_goes_at_the_next_download_to_that_destination() 
             sb.command(&[
                 "--quiet",
                 "download",
+                "--allow-private-links",
                 &format!("http://127.0.0.1:{port}/slow/clip.bin"),
                 dest.to_str().unwrap(),
             ])
@@ -387,6 +388,7 @@ fn a_killed_downloads_part_file_goes_at_the_next_download_to_that_destination() 
     // the destination in the folder.
     sb.ok(&[
         "download",
+        "--allow-private-links",
         &format!("http://127.0.0.1:{port}/fast/clip.bin"),
         dest.to_str().unwrap(),
     ]);
@@ -400,6 +402,7 @@ fn a_killed_downloads_part_file_goes_at_the_next_download_to_that_destination() 
     std::fs::write(dir.join(".clip.bin.gz.DeAd03.xferkit-part"), b"other").unwrap();
     sb.ok(&[
         "download",
+        "--allow-private-links",
         "--force",
         &format!("http://127.0.0.1:{port}/fast/clip.bin"),
         dest.to_str().unwrap(),
@@ -460,6 +463,7 @@ fn downloads_and_local_store_objects_get_the_umasks_mode() {
             sb.command(&["upload", src.to_str().unwrap(), "--key", &key]),
             sb.command(&[
                 "download",
+                "--allow-private-links",
                 &format!("http://127.0.0.1:{port}/fast/m.bin"),
                 dest.to_str().unwrap(),
             ]),
