@@ -472,7 +472,11 @@ fn http_links_download_to_their_path_name() {
     let r = sb.fails_cleanly(
         &["download", &link],
         2,
-        &["refused", "127.0.0.1 is a loopback address", "--allow-private-links"],
+        &[
+            "refused",
+            "127.0.0.1 is a loopback address",
+            "--allow-private-links",
+        ],
     );
     assert!(!r.stderr.contains("SECRET"), "{r:?}");
     let r = sb.ok(&["--json", "--allow-private-links", "download", &link]);
