@@ -512,18 +512,28 @@ impl PartialPaths {
     /// (the rule in [`Self::new_part`]); returns how many. Only names of
     /// exactly that form are touched: `.a.x.RANDOM.xferkit-part` belongs to
     /// `a.x`, not to `a`.
+    ///
+    /// The folder is listed once per [`STALE_RESCAN`] for every destination
+    /// in it, not once per download: `cp -r` of 2,000 files into one folder
+    /// listed it 2,000 times (quadratic). A temp file left by a process that
+    /// died after the listing is found at the next listing.
     fn remove_stale_parts(dest: &Path) -> usize {
         let parent = parent_of(dest);
         let name = file_name_of(dest);
-        let Ok(entries) = std::fs::read_dir(&parent) else {
-            return 0;
-        };
+        let fresh = |s: &Scan| s.at.elapsed() < STALE_RESCAN;
+        let listed = lock(&SCANS).get(&parent).is_some_and(fresh);
+        if !listed {
+            let scan = Scan::of(&parent);
+            let mut scans = lock(&SCANS);
+            scans.retain(|_, s| fresh(s));
+            scans.insert(parent.clone(), scan);
+        }
+        let candidates = lock(&SCANS)
+            .get_mut(&parent)
+            .and_then(|s| s.parts.remove(&name))
+            .unwrap_or_default();
         let mut removed = 0;
-        for entry in entries.flatten() {
-            if !Self::is_part_of(&entry.file_name().to_string_lossy(), &name) {
-                continue;
-            }
-            let path = entry.path();
+        for path in candidates {
             match Self::remove_if_stale(&path) {
                 Ok(true) => {
                     tracing::debug!(path = %path.display(), "removed a stale download temp file");
@@ -536,15 +546,22 @@ impl PartialPaths {
         removed
     }
 
+    /// The destination name a `.NAME.RANDOM.xferkit-part` file belongs to.
+    fn part_owner(file: &str) -> Option<&str> {
+        let (name, random) = file
+            .strip_prefix('.')?
+            .strip_suffix(Self::PART_SUFFIX)?
+            .rsplit_once('.')?;
+        let ok = random.len() == Self::PART_RANDOM
+            && random.bytes().all(|b| b.is_ascii_alphanumeric())
+            && !name.is_empty();
+        ok.then_some(name)
+    }
+
     /// Whether `file` is named `.NAME.RANDOM.xferkit-part` for `name`.
+    #[cfg(test)]
     fn is_part_of(file: &str, name: &str) -> bool {
-        file.strip_prefix('.')
-            .and_then(|f| f.strip_prefix(name))
-            .and_then(|f| f.strip_prefix('.'))
-            .and_then(|f| f.strip_suffix(Self::PART_SUFFIX))
-            .is_some_and(|r| {
-                r.len() == Self::PART_RANDOM && r.bytes().all(|b| b.is_ascii_alphanumeric())
-            })
+        Self::part_owner(file) == Some(name)
     }
 
     /// Remove the regular file at `path` if no one holds its lock: `true`
@@ -586,6 +603,39 @@ impl PartialPaths {
             Ok(m) => Ok(m.dev() == held.dev() && m.ino() == held.ino()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// How long one listing of a folder's temp files serves the downloads into it.
+const STALE_RESCAN: Duration = Duration::from_secs(30);
+
+/// The folders listed for stale temp files lately, by folder.
+static SCANS: std::sync::LazyLock<Mutex<std::collections::HashMap<PathBuf, Scan>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// One listing of a folder: its one-stream temp files by destination name.
+struct Scan {
+    at: Instant,
+    parts: std::collections::HashMap<String, Vec<PathBuf>>,
+}
+
+impl Scan {
+    fn of(dir: &Path) -> Scan {
+        let mut parts = std::collections::HashMap::<String, Vec<PathBuf>>::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let file = entry.file_name();
+            let file = file.to_string_lossy();
+            if let Some(name) = PartialPaths::part_owner(&file) {
+                parts
+                    .entry(name.to_string())
+                    .or_default()
+                    .push(entry.path());
+            }
+        }
+        Scan {
+            at: Instant::now(),
+            parts,
         }
     }
 }
@@ -1104,6 +1154,40 @@ mod tests {
         assert!(!of(".x.bin.aB3-E9.xferkit-part", "x.bin"));
         assert!(!of(".x.bin.xferkit-partial", "x.bin"));
         assert!(!of("x.bin.aB3dE9.xferkit-part", "x.bin"));
+    }
+
+    #[test]
+    fn one_listing_serves_every_destination_in_a_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, b"left by a dead process").unwrap();
+            p
+        };
+        let a1 = stale(".a.bin.AAAAA1.xferkit-part");
+        let a2 = stale(".a.bin.AAAAA2.xferkit-part");
+        let b1 = stale(".b.bin.BBBBB1.xferkit-part");
+        let other = stale(".a.bin.gz.CCCCC1.xferkit-part");
+        let live = dir.path().join(".a.bin.LiVe01.xferkit-part");
+        let held = std::fs::File::create(&live).unwrap();
+        held.lock().unwrap();
+        assert_eq!(
+            PartialPaths::remove_stale_parts(&dir.path().join("a.bin")),
+            2
+        );
+        assert!(!a1.exists() && !a2.exists());
+        assert!(b1.exists() && other.exists() && live.exists());
+        assert_eq!(
+            PartialPaths::remove_stale_parts(&dir.path().join("b.bin")),
+            1
+        );
+        assert!(!b1.exists() && other.exists() && live.exists());
+        // Listed already: a second download to `a.bin` does not list again.
+        assert_eq!(
+            PartialPaths::remove_stale_parts(&dir.path().join("a.bin")),
+            0
+        );
+        assert!(live.exists());
     }
 
     #[test]
