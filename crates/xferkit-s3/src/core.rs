@@ -53,7 +53,7 @@ impl Core {
     pub async fn new(config: &S3Config) -> Result<Core> {
         // hyper + rustls with ring (the provider reqwest uses too, so a build
         // has one crypto library), acknowledging every read at once: see http.rs.
-        let http = crate::http::client();
+        let http = xferkit_http::smithy_client();
         let region = Region::new(config.region.clone());
         let mut builder = match (&config.access_key_id, &config.secret_access_key) {
             (Some(id), Some(secret)) => {

@@ -3,7 +3,6 @@
 mod backend;
 mod config;
 mod core;
-mod http;
 mod writer;
 
 pub use backend::S3Store;

@@ -1,4 +1,7 @@
-//! The HTTP client under the S3 SDK: hyper 1 and rustls (ring), as
+//! HTTP transports that xferkit's backends run their SDKs on. Today one:
+//! the client under the AWS SDK (`xferkit-s3`), [`smithy_client`].
+//!
+//! That client is hyper 1 and rustls (ring), as
 //! `aws-smithy-http-client` builds it, plus one thing that client has no hook
 //! for: on Linux, every read from a connection's socket re-arms
 //! `TCP_QUICKACK`, so the kernel acknowledges what arrived at once instead of
@@ -50,8 +53,8 @@ use tokio::net::TcpStream;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// The HTTP client for an S3 store's SDK config.
-pub(crate) fn client() -> SharedHttpClient {
+/// The HTTP client for an AWS SDK config (`aws_sdk_s3::config::Builder::http_client`).
+pub fn smithy_client() -> SharedHttpClient {
     SharedHttpClient::new(QuickAckClient::default())
 }
 
