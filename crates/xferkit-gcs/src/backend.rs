@@ -22,9 +22,9 @@ use xferkit_core::{
 };
 
 use crate::SCHEME;
-use crate::client::{Gcs, Signer, map_sdk, to_remote};
+use crate::client::{Gcs, Signer, map_sdk, remote_from_headers, to_remote};
 use crate::config::GcsConfig;
-use crate::sign::{EndpointStyle, MAX_EXPIRY, V4Request, sign_v4};
+use crate::sign::{EndpointStyle, MAX_EXPIRY, V4Request, encode_segment, sign_v4};
 use crate::upload::Resumable;
 
 /// A Google Cloud Storage bucket (or a prefix of one) as an xferkit store.
@@ -197,26 +197,38 @@ impl FileTransferHandler for GcsStore {
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
         let (full, url) = self.root.locate(key)?;
+        let Some(range) = range else {
+            // The whole object: one GET, whose headers carry the record.
+            let media = format!(
+                "{}/b/{}/o/{}?alt=media",
+                self.gcs.json_base,
+                encode_segment(&self.bucket),
+                encode_segment(&full)
+            );
+            let get = |_| self.gcs.send(&url, self.gcs.http.get(&media));
+            let resp = self.retry.retry(&url, get).await?;
+            let remote = remote_from_headers(url.clone(), key.to_string(), resp.headers())?;
+            let stream = resp.bytes_stream();
+            return Ok((
+                remote,
+                Box::pin(stream.map_err(move |e| map_sdk(&url, e.into()))),
+            ));
+        };
+        // A range: stat first, so suffixes and empty objects resolve exactly,
+        // then GET the span pinned to the generation just stat'ed.
         let obj = self.get_object(&full, &url).await?;
         let remote = to_remote(url.clone(), key.to_string(), &obj);
-        let span = match range {
-            Some(r) => Some(r.resolve(remote.size, &url)?),
-            None => None,
-        };
-        if span.is_none() && remote.size == 0 {
+        let span = range.resolve(remote.size, &url)?;
+        if span.is_empty() {
             return Ok((remote, Box::pin(futures::stream::empty())));
         }
-        // Pin the generation just stat'ed, so the bytes match the record.
         let req = GetObjectRequest {
             bucket: self.bucket.clone(),
             object: full,
             generation: (obj.generation != 0).then_some(obj.generation),
             ..Default::default()
         };
-        let range = match span {
-            Some(s) => Range(Some(s.start), Some(s.end - 1)),
-            None => Range::default(),
-        };
+        let range = Range(Some(span.start), Some(span.end - 1));
         let stream = self
             .retry
             .retry(&url, |_| async {

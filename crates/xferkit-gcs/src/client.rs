@@ -56,6 +56,8 @@ pub(crate) struct Gcs {
     token: Option<Arc<dyn TokenSource>>,
     /// `{endpoint}/upload/storage/v1`.
     pub upload_base: String,
+    /// `{endpoint}/storage/v1` (the JSON API, as the SDK addresses it).
+    pub json_base: String,
     pub endpoint: url::Url,
     pub signer: Signer,
 }
@@ -174,6 +176,7 @@ impl Gcs {
             http,
             token,
             upload_base: format!("{endpoint_str}/upload/storage/v1"),
+            json_base: format!("{endpoint_str}/storage/v1"),
             endpoint,
             signer,
         })
@@ -395,20 +398,7 @@ pub(crate) fn to_remote(url: String, key: String, o: &Object) -> RemoteObject {
     let etag = o.etag.trim_matches('"');
     r.etag = (!etag.is_empty()).then(|| etag.to_string());
     r.version = (o.generation != 0).then(|| o.generation.to_string());
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).ok();
-    // CRC32C first: downloads verify it on every path (a ranged one combines
-    // its parts'), and composite objects have one; MD5 only where it is all.
-    r.checksum = o
-        .crc32c
-        .as_deref()
-        .and_then(b64)
-        .map(|d| format!("crc32c:{}", hex::encode(d)))
-        .or_else(|| {
-            o.md5_hash
-                .as_deref()
-                .and_then(b64)
-                .map(|d| format!("md5:{}", hex::encode(d)))
-        });
+    r.checksum = checksum(o.crc32c.as_deref(), o.md5_hash.as_deref());
     r.content_type = o.content_type.clone().filter(|c| !c.is_empty());
     r.last_modified = o.updated.or(o.time_created).map(SystemTime::from);
     r.metadata = o
@@ -418,6 +408,71 @@ pub(crate) fn to_remote(url: String, key: String, o: &Object) -> RemoteObject {
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .collect::<BTreeMap<_, _>>();
     r
+}
+
+/// `crc32c:HEX`, else `md5:HEX`, from GCS's base64 hashes. CRC32C first:
+/// downloads verify it on every path (a ranged one combines its parts'), and
+/// composite objects have one; MD5 only where it is all.
+fn checksum(crc32c: Option<&str>, md5: Option<&str>) -> Option<String> {
+    let hex = |alg: &str, s: Option<&str>| {
+        let d = base64::engine::general_purpose::STANDARD.decode(s?).ok()?;
+        Some(format!("{alg}:{}", hex::encode(d)))
+    };
+    hex("crc32c", crc32c).or_else(|| hex("md5", md5))
+}
+
+/// A `RemoteObject` from the headers of an `alt=media` answer for the whole
+/// object: the fields [`to_remote`] reads from the object resource
+/// (`X-Goog-Hash: crc32c=B64,md5=B64`, one header or several).
+pub(crate) fn remote_from_headers(
+    url: String,
+    key: String,
+    h: &reqwest::header::HeaderMap,
+) -> Result<RemoteObject> {
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    let Some(size) = text("x-goog-stored-content-length")
+        .or_else(|| text("content-length"))
+        .and_then(|v| v.parse().ok())
+    else {
+        return Err(Error::backend(
+            &url,
+            "the download has no length",
+            "no Content-Length",
+        ));
+    };
+    let mut r = RemoteObject::new(url, key, size);
+    r.etag = text("etag")
+        .map(|e| e.trim_matches('"'))
+        .filter(|e| !e.is_empty())
+        .map(str::to_string);
+    r.version = text("x-goog-generation")
+        .filter(|g| *g != "0")
+        .map(str::to_string);
+    let hashes: BTreeMap<&str, &str> = (h.get_all("x-goog-hash").iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .collect();
+    r.checksum = checksum(hashes.get("crc32c").copied(), hashes.get("md5").copied());
+    r.content_type = text("content-type")
+        .filter(|c| !c.is_empty())
+        .map(str::to_string);
+    r.last_modified = text("last-modified")
+        .and_then(|v| {
+            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc2822).ok()
+        })
+        .map(SystemTime::from);
+    r.metadata = h
+        .iter()
+        .filter_map(|(k, v)| {
+            let name = k.as_str().strip_prefix("x-goog-meta-")?;
+            Some((
+                name.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            ))
+        })
+        .collect();
+    Ok(r)
 }
 
 /// Parse an object resource from a response body.
@@ -585,5 +640,42 @@ mod tests {
         assert_eq!(r.content_type.as_deref(), Some("text/plain"));
         assert!(r.last_modified.is_some());
         assert_eq!(r.metadata.get("title").map(String::as_str), Some("x"));
+
+        // The same object's `alt=media` answer (fake-gcs-server's headers;
+        // GCS sends X-Goog-Hash twice): the same record, but to the second.
+        let mut h = reqwest::header::HeaderMap::new();
+        for (k, v) in [
+            ("content-length", "11"),
+            ("content-type", "text/plain"),
+            ("etag", "\"XrY7u+Ae7tCTyyK7j1rNww==\""),
+            ("last-modified", "Wed, 25 Nov 2026 13:36:38 GMT"),
+            ("x-goog-generation", "1795613798481150"),
+            ("x-goog-hash", "md5=XrY7u+Ae7tCTyyK7j1rNww=="),
+            ("x-goog-hash", "crc32c=yZRlqg=="),
+            ("x-goog-meta-title", "x"),
+        ] {
+            h.append(k, v.parse().unwrap());
+        }
+        let mut d = remote_from_headers(r.url.clone(), r.key.clone(), &h).unwrap();
+        let secs = |t: Option<SystemTime>| {
+            t.unwrap()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        assert_eq!(secs(d.last_modified), secs(r.last_modified));
+        d.last_modified = r.last_modified;
+        assert_eq!(d, r);
+        h.remove("x-goog-hash");
+        h.insert(
+            "x-goog-hash",
+            "crc32c=yZRlqg==,md5=XrY7u+Ae7tCTyyK7j1rNww=="
+                .parse()
+                .unwrap(),
+        );
+        let d = remote_from_headers(r.url.clone(), r.key.clone(), &h).unwrap();
+        assert_eq!(d.checksum, r.checksum);
+        h.remove("content-length");
+        assert!(remote_from_headers(r.url.clone(), r.key.clone(), &h).is_err());
     }
 }
