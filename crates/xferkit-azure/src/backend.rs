@@ -253,35 +253,42 @@ impl FileTransferHandler for AzureStore {
         key: &str,
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
-        // One HEAD for the object's record and size (so ranges resolve
-        // exactly, including suffixes and empty objects), then one GET of the
-        // resolved range pinned to that etag.
-        let obj = self.stat(key).await?;
-        let span = match range {
-            Some(r) => r.resolve(obj.size, &obj.url)?,
-            None => 0..obj.size,
-        };
-        if span.is_empty() {
-            return Ok((obj, Box::pin(futures::stream::empty())));
-        }
-        let len = span.end - span.start;
-        let range_text = format!("bytes={}-{}", span.start, span.end - 1);
-        let options = BlobClientDownloadOptions {
-            range: Some(HttpRange::new(span.start, len)),
-            // One partition covering the whole range: the SDK then streams
-            // the single response body instead of buffering partitions.
+        validate_key(key)?;
+        let full = self.root.full(key);
+        let url = self.root.url_full(&full);
+        // The whole blob: one GET, whose response headers carry the record
+        // (one partition: the SDK streams the single body). A range: one HEAD
+        // for the record and size (so ranges resolve exactly, including
+        // suffixes and empty blobs), then one GET of the range pinned to that etag.
+        let mut options = BlobClientDownloadOptions {
             parallel: NonZero::new(1),
-            partition_size: NonZero::new(usize::try_from(len).unwrap_or(usize::MAX)),
-            if_match: obj.etag.as_ref().map(|e| Etag::from(format!("\"{e}\""))),
+            partition_size: NonZero::new(usize::MAX),
             ..Default::default()
         };
-        let url = obj.url.clone();
+        let (obj, range_text) = match range {
+            None => (None, None),
+            Some(r) => {
+                let obj = self.stat(key).await?;
+                let span = r.resolve(obj.size, &obj.url)?;
+                if span.is_empty() {
+                    return Ok((obj, Box::pin(futures::stream::empty())));
+                }
+                let len = span.end - span.start;
+                options.range = Some(HttpRange::new(span.start, len));
+                options.partition_size = NonZero::new(usize::try_from(len).unwrap_or(usize::MAX));
+                options.if_match = obj.etag.as_ref().map(|e| Etag::from(format!("\"{e}\"")));
+                (
+                    Some(obj),
+                    Some(format!("bytes={}-{}", span.start, span.end - 1)),
+                )
+            }
+        };
         let op = Op {
             target: &url,
             create_only: false,
-            range: Some(&range_text),
+            range: range_text.as_deref(),
         };
-        let blob = self.blob(&self.root.full(key));
+        let blob = self.blob(&full);
         let res = self
             .retry
             .retry(&url, |_| {
@@ -308,6 +315,19 @@ impl FileTransferHandler for AzureStore {
         let body = res
             .body
             .map_err(move |e| map(Op::on(&stream_url), "read download body", e));
+        let obj = match obj {
+            Some(obj) => obj,
+            None => {
+                let p = res.properties;
+                let mut obj = RemoteObject::new(&url, key, p.content_length.unwrap_or(0));
+                obj.etag = p.etag.map(|e| etag_text(&e));
+                obj.content_type = p.content_type;
+                obj.last_modified = p.last_modified.map(SystemTime::from);
+                obj.version = p.version_id;
+                obj.metadata = lower_keys(p.metadata);
+                obj
+            }
+        };
         Ok((obj, Box::pin(body)))
     }
 
