@@ -315,19 +315,16 @@ impl FileTransferHandler for AzureStore {
         let body = res
             .body
             .map_err(move |e| map(Op::on(&stream_url), "read download body", e));
-        let obj = match obj {
-            Some(obj) => obj,
-            None => {
-                let p = res.properties;
-                let mut obj = RemoteObject::new(&url, key, p.content_length.unwrap_or(0));
-                obj.etag = p.etag.map(|e| etag_text(&e));
-                obj.content_type = p.content_type;
-                obj.last_modified = p.last_modified.map(SystemTime::from);
-                obj.version = p.version_id;
-                obj.metadata = lower_keys(p.metadata);
-                obj
-            }
-        };
+        let obj = obj.unwrap_or_else(|| {
+            let p = res.properties;
+            let mut obj = RemoteObject::new(&url, key, p.content_length.unwrap_or(0));
+            obj.etag = p.etag.map(|e| etag_text(&e));
+            obj.content_type = p.content_type;
+            obj.last_modified = p.last_modified.map(SystemTime::from);
+            obj.version = p.version_id;
+            obj.metadata = lower_keys(p.metadata);
+            obj
+        });
         Ok((obj, Box::pin(body)))
     }
 

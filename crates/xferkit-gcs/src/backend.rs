@@ -239,9 +239,7 @@ impl FileTransferHandler for GcsStore {
                     .map_err(|e| map_sdk(&url, e))
             })
             .await?;
-        let target = url;
-        let stream: ByteStream = Box::pin(stream.map_err(move |e| map_sdk(&target, e)));
-        Ok((remote, stream))
+        Ok((remote, Box::pin(stream.map_err(move |e| map_sdk(&url, e)))))
     }
 
     async fn stat(&self, key: &str) -> Result<RemoteObject> {
@@ -327,11 +325,8 @@ impl FileTransferHandler for GcsStore {
             })
             .await;
         match r {
-            Ok(()) => Ok(()),
-            Err(e) => match e {
-                e if e.kind() == ErrorKind::NotFound => Ok(()),
-                e => Err(e),
-            },
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
     }
 
