@@ -8,11 +8,11 @@ use futures::TryStreamExt;
 use futures::stream::BoxStream;
 use gcloud_storage::http::objects::Object;
 use gcloud_storage::http::objects::delete::DeleteObjectRequest;
-use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::list::ListObjectsRequest;
 use gcloud_storage::http::objects::rewrite::RewriteObjectRequest;
 use gcloud_storage::sign::{SignedURLError, SignedURLMethod, SignedURLOptions};
+use xferkit_core::body;
 use xferkit_core::key::Root;
 use xferkit_core::url::ObjectUrl;
 use xferkit_core::{
@@ -197,49 +197,58 @@ impl FileTransferHandler for GcsStore {
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
         let (full, url) = self.root.locate(key)?;
-        let Some(range) = range else {
-            // The whole object: one GET, whose headers carry the record.
-            let media = format!(
-                "{}/b/{}/o/{}?alt=media",
-                self.gcs.json_base,
-                encode_segment(&self.bucket),
-                encode_segment(&full)
-            );
-            let get = |_| self.gcs.send(&url, self.gcs.http.get(&media));
-            let resp = self.retry.retry(&url, get).await?;
-            let remote = remote_from_headers(url.clone(), key.to_string(), resp.headers())?;
-            let stream = resp.bytes_stream();
-            return Ok((
-                remote,
-                Box::pin(stream.map_err(move |e| map_sdk(&url, e.into()))),
-            ));
+        let invalid = |r: ByteRange| Error::InvalidRange {
+            target: url.clone(),
+            range: r.to_string(),
         };
-        // A range: stat first, so suffixes and empty objects resolve exactly,
-        // then GET the span pinned to the generation just stat'ed.
-        let obj = self.get_object(&full, &url).await?;
-        let remote = to_remote(url.clone(), key.to_string(), &obj);
-        let span = range.resolve(remote.size, &url)?;
-        if span.is_empty() {
-            return Ok((remote, Box::pin(futures::stream::empty())));
+        if let Some(r) = range {
+            // Refuse what no size satisfies (an empty bounded range, a zero
+            // suffix) here: a malformed Range header is ignored, not refused.
+            r.resolve(u64::MAX, &url)?;
         }
-        let req = GetObjectRequest {
-            bucket: self.bucket.clone(),
-            object: full,
-            generation: (obj.generation != 0).then_some(obj.generation),
-            ..Default::default()
+        // One GET: its headers carry the record (a range's Content-Range the
+        // size), so each record comes from the answer that carries its bytes.
+        let media = format!(
+            "{}/b/{}/o/{}?alt=media",
+            self.gcs.json_base,
+            encode_segment(&self.bucket),
+            encode_segment(&full)
+        );
+        let get = |_| {
+            let rb = self.gcs.http.get(&media);
+            let rb = match range {
+                Some(r) => rb.header("Range", r.to_http_header()),
+                None => rb,
+            };
+            self.gcs.send(&url, rb)
         };
-        let range = Range(Some(span.start), Some(span.end - 1));
-        let stream = self
-            .retry
-            .retry(&url, |_| async {
-                self.gcs
-                    .client
-                    .download_streamed_object(&req, &range)
-                    .await
-                    .map_err(|e| map_sdk(&url, e))
-            })
-            .await?;
-        Ok((remote, Box::pin(stream.map_err(move |e| map_sdk(&url, e)))))
+        let resp = match (self.retry.retry(&url, get).await, range) {
+            (Ok(resp), _) => resp,
+            (Err(e), Some(r)) if e.kind() == ErrorKind::InvalidRange => {
+                // A suffix of an empty object is the empty object: decide by the size.
+                let obj = self.stat(key).await?;
+                return match r.resolve(obj.size, &url) {
+                    Ok(_) if obj.size == 0 => Ok((obj, Box::pin(futures::stream::empty()))),
+                    _ => Err(invalid(r)),
+                };
+            }
+            (Err(e), _) => return Err(e),
+        };
+        let partial = (resp.headers().get("content-range"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(body::content_range);
+        let mut remote = remote_from_headers(url.clone(), key.to_string(), resp.headers())?;
+        if let Some((_, total)) = partial {
+            remote.size = total;
+        }
+        let target = url.clone();
+        let mut bytes: ByteStream =
+            Box::pin((resp.bytes_stream()).map_err(move |e| map_sdk(&target, e.into())));
+        // A server that ignored the range sent the whole object: cut it here.
+        if let (None, Some(r)) = (partial, range) {
+            bytes = body::slice(bytes, r.resolve(remote.size, &url).map_err(|_| invalid(r))?);
+        }
+        Ok((remote, bytes))
     }
 
     async fn stat(&self, key: &str) -> Result<RemoteObject> {

@@ -299,3 +299,71 @@ async fn the_last_resumable_chunk_carries_the_objects_crc32c() {
     );
     via.delete("big.bin").await.unwrap();
 }
+
+/// A download, whole or ranged, is one GET (its headers carry the record);
+/// a suffix of an empty object is empty and an offset into it is refused.
+#[tokio::test]
+async fn a_download_is_one_get_and_empty_objects_keep_range_semantics() {
+    use xferkit_core::ByteRange;
+    let Some(emu) = emulator() else { return };
+    ensure_bucket(&emu).await;
+    let proxy = FaultProxy::start(&emu).await.unwrap();
+    let via = store(&proxy.url(), &unique_prefix("faults", "get1"), 2 * MIB).await;
+    let body = data(1000, 3);
+    let put = |k: &'static str, b: Vec<u8>| {
+        let via = &via;
+        async move {
+            (via.upload(
+                k,
+                UploadSource::from_bytes(b),
+                &PutOptions::default(),
+                &TransferCtx::none(),
+            ))
+            .await
+            .unwrap()
+        }
+    };
+    let up = put("k.bin", body.clone()).await;
+    put("empty", Vec::new()).await;
+    let gets = || {
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET")
+            .count()
+    };
+    let before = gets();
+    let (obj, _) = via.download_stream("k.bin", None).await.unwrap();
+    assert_eq!(
+        (obj.size, &obj.etag, &obj.version),
+        (1000, &up.etag, &up.version)
+    );
+    assert!(
+        obj.checksum
+            .as_deref()
+            .is_some_and(|c| c.starts_with("crc32c:")),
+        "{obj:?}"
+    );
+    let got = via
+        .read_bytes("k.bin", Some(ByteRange::Suffix(10)))
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &body[990..]);
+    let (obj, _) = via
+        .download_stream("k.bin", Some(ByteRange::From(10)))
+        .await
+        .unwrap();
+    assert_eq!((obj.size, &obj.etag), (1000, &up.etag));
+    assert_eq!(gets() - before, 3, "one GET per download");
+    let got = via
+        .read_bytes("empty", Some(ByteRange::Suffix(5)))
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    let e = via
+        .read_bytes("empty", Some(ByteRange::From(0)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidRange, "{}", e.chain());
+    assert!(via.read_bytes("empty", None).await.unwrap().is_empty());
+}
