@@ -1,7 +1,6 @@
 //! `AzureStore`: the `FileTransferHandler` for Azure Blob Storage.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::num::NonZero;
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +30,7 @@ use crate::error::{AzureError, Op, map};
 use crate::sas::{self, BlobSas, SAS_VERSION};
 
 /// An Azure Blob Storage container (or a prefix of one) as an xferkit store.
+#[derive(Debug)]
 pub struct AzureStore {
     pub(crate) name: String,
     pub(crate) cfg: Resolved,
@@ -41,20 +41,6 @@ pub struct AzureStore {
     pub(crate) retry: RetryPolicy,
     /// Journals of staged uploads of files (resume after a crash).
     pub(crate) state_dir: Option<std::path::PathBuf>,
-}
-
-impl fmt::Debug for AzureStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AzureStore")
-            .field("name", &self.name)
-            .field("account", &self.cfg.account)
-            .field("container", &self.cfg.container)
-            .field("prefix", &self.cfg.prefix)
-            .field("endpoint", &self.cfg.endpoint.as_str())
-            .field("credential", &self.cfg.credential)
-            .field("retry", &self.retry)
-            .finish()
-    }
 }
 
 impl AzureStore {

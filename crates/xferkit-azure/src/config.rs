@@ -457,31 +457,27 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let mut c = with_key();
-        c.container = "Has/Slash".into();
-        assert!(err(&c).contains("stores.main.container"));
-        let mut c = with_key();
-        c.account = "Not_An_Account".into();
-        assert!(err(&c).contains("stores.main.account"));
-        let mut c = with_key();
-        c.block_size = 0;
-        assert!(err(&c).contains("stores.main.block_size"));
-        let mut c = with_key();
-        c.concurrency = 0;
-        assert!(err(&c).contains("stores.main.concurrency"));
-        let mut c = with_key();
-        c.multipart_threshold = 0;
-        assert!(err(&c).contains("stores.main.multipart_threshold"));
-        let mut c = with_key();
-        c.prefix = "a/../b".into();
-        assert!(err(&c).contains("stores.main.prefix"));
-        let mut c = with_key();
-        c.endpoint = Some("ftp://x".into());
-        assert!(err(&c).contains("stores.main.endpoint"));
-        let mut c = with_key();
-        c.account_key = Some(Secret::new("not base64 !!"));
-        let m = err(&c);
-        assert!(m.contains("stores.main.account_key"), "{m}");
+        let named = |edit: fn(&mut AzureConfig), key: &str| {
+            let mut c = with_key();
+            edit(&mut c);
+            let m = err(&c);
+            assert!(m.contains(&format!("stores.main.{key}")), "{m}");
+            m
+        };
+        named(|c| c.container = "Has/Slash".into(), "container");
+        named(|c| c.account = "Not_An_Account".into(), "account");
+        named(|c| c.block_size = 0, "block_size");
+        named(|c| c.concurrency = 0, "concurrency");
+        named(|c| c.multipart_threshold = 0, "multipart_threshold");
+        named(|c| c.prefix = "a/../b".into(), "prefix");
+        named(|c| c.endpoint = Some("ftp://x".into()), "endpoint");
+        let q = |c: &mut AzureConfig| c.endpoint = Some("https://a.b/?sv=1&sig=SECRETSIG".into());
+        let m = named(q, "endpoint");
+        assert!(!m.contains("SECRETSIG"), "{m}");
+        let m = named(
+            |c| c.account_key = Some(Secret::new("not base64 !!")),
+            "account_key",
+        );
         assert!(!m.contains("not base64 !!"), "{m}");
     }
 
@@ -499,18 +495,6 @@ mod tests {
             m.contains("stores.main.connection_string") && m.contains("stores.main.account_key"),
             "{m}"
         );
-    }
-
-    #[test]
-    fn endpoint_with_a_query_is_refused_without_echoing_it() {
-        let mut c = with_key();
-        c.endpoint = Some("https://myaccount.blob.core.windows.net/?sv=1&sig=SECRETSIG".into());
-        let m = err(&c);
-        assert!(
-            m.contains("stores.main.endpoint") && m.contains("a token goes in its own key"),
-            "{m}"
-        );
-        assert!(!m.contains("SECRETSIG"), "{m}");
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! `GcsStore`: the `FileTransferHandler` implementation.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +31,7 @@ use crate::upload::Resumable;
 /// Uses the JSON API through gcloud-storage; uploads above
 /// `multipart_threshold` are resumable uploads in `chunk_size` chunks. See
 /// the crate documentation for the configuration keys.
+#[derive(Debug)]
 pub struct GcsStore {
     name: String,
     bucket: String,
@@ -44,20 +44,6 @@ pub struct GcsStore {
     retry: RetryPolicy,
     /// Journals of resumable uploads of files (resume after a crash).
     state_dir: Option<std::path::PathBuf>,
-}
-
-impl fmt::Debug for GcsStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GcsStore")
-            .field("name", &self.name)
-            .field("bucket", &self.bucket)
-            .field("prefix", &self.root.prefix())
-            .field("multipart_threshold", &self.threshold)
-            .field("chunk_size", &self.chunk_size)
-            .field("client", &self.gcs)
-            .field("retry", &self.retry)
-            .finish()
-    }
 }
 
 impl GcsStore {

@@ -1,6 +1,5 @@
 //! `GcsConfig`: the keys of one `[stores.NAME]` table with `backend = "gcs"`.
 
-use std::fmt;
 use std::path::PathBuf;
 
 use xferkit_core::Result;
@@ -27,7 +26,7 @@ pub(crate) const DEFAULT_ENDPOINT: &str = "https://storage.googleapis.com";
 /// the gcloud well-known file, then the metadata server on Google Cloud).
 /// Signed URLs need a service-account key (from `credentials_file` or the
 /// application-default chain) or, on Google Cloud, the IAM `signBlob` API.
-#[derive(Clone, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
 pub struct GcsConfig {
@@ -72,23 +71,6 @@ impl Default for GcsConfig {
             multipart_threshold: 16 * MIB,
             chunk_size: 16 * MIB,
         }
-    }
-}
-
-// Hand-written so that a future secret field cannot slip into logs; the key
-// file's content is never held here, only its path.
-impl fmt::Debug for GcsConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GcsConfig")
-            .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
-            .field("endpoint", &self.endpoint)
-            .field("project_id", &self.project_id)
-            .field("credentials_file", &self.credentials_file)
-            .field("anonymous", &self.anonymous)
-            .field("multipart_threshold", &self.multipart_threshold)
-            .field("chunk_size", &self.chunk_size)
-            .finish()
     }
 }
 

@@ -1,6 +1,5 @@
 //! `S3Store`: the `FileTransferHandler` implementation.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -22,7 +21,7 @@ use crate::writer::Upload;
 
 /// An S3 bucket (or a prefix of one) as a store: Amazon S3 or any
 /// S3-compatible service (MinIO, Ceph, R2, ...).
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct S3Store {
     name: String,
     core: Arc<Core>,
@@ -30,17 +29,6 @@ pub struct S3Store {
     retry: RetryPolicy,
     /// Journals of multipart uploads of files (resume after a crash).
     state_dir: Option<std::path::PathBuf>,
-}
-
-impl fmt::Debug for S3Store {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("S3Store")
-            .field("name", &self.name)
-            .field("core", &self.core)
-            .field("retry", &self.retry)
-            .field("state_dir", &self.state_dir)
-            .finish()
-    }
 }
 
 impl S3Store {

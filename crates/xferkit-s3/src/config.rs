@@ -200,59 +200,37 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let mut c = S3Config::default();
-        assert!(
-            err(&c).contains("stores.media.bucket is missing"),
-            "{}",
-            err(&c)
+        let named = |edit: fn(&mut S3Config), key: &str| {
+            let mut c = S3Config::new("b");
+            edit(&mut c);
+            let e = err(&c);
+            assert!(e.contains(&format!("stores.media.{key}")), "{e}");
+            e
+        };
+        assert!(named(|c| c.bucket.clear(), "bucket").contains("bucket is missing"));
+        assert!(named(|c| c.part_size = 5 * MIB - 1, "part_size").contains("5 MiB"));
+        named(|c| c.part_size = 6 * 1024 * MIB, "part_size");
+        named(|c| c.concurrency = 0, "concurrency");
+        named(
+            |c| c.multipart_threshold = 6 * 1024 * MIB,
+            "multipart_threshold",
         );
-
-        c = S3Config::new("b");
-        c.part_size = 5 * MIB - 1;
-        let e = err(&c);
-        assert!(
-            e.contains("stores.media.part_size") && e.contains("5 MiB"),
-            "{e}"
+        named(|c| c.region = " ".into(), "region");
+        named(|c| c.endpoint = Some("localhost:9000".into()), "endpoint");
+        named(|c| c.prefix = "a/../b".into(), "prefix");
+        named(|c| c.bucket = "b/x".into(), "bucket");
+        named(
+            |c| c.access_key_id = Some("AKID".into()),
+            "secret_access_key",
         );
-
-        c = S3Config::new("b");
-        c.part_size = 6 * 1024 * MIB;
-        assert!(err(&c).contains("stores.media.part_size"));
-
-        c = S3Config::new("b");
-        c.concurrency = 0;
-        assert!(err(&c).contains("stores.media.concurrency"));
-
-        c = S3Config::new("b");
-        c.multipart_threshold = 6 * 1024 * MIB;
-        assert!(err(&c).contains("stores.media.multipart_threshold"));
-
-        c = S3Config::new("b");
-        c.region = " ".into();
-        assert!(err(&c).contains("stores.media.region"));
-
-        c = S3Config::new("b");
-        c.endpoint = Some("localhost:9000".into());
-        assert!(err(&c).contains("stores.media.endpoint"));
-
-        c = S3Config::new("b");
-        c.prefix = "a/../b".into();
-        assert!(err(&c).contains("stores.media.prefix"));
-
-        c = S3Config::new("b/x");
-        assert!(err(&c).contains("stores.media.bucket"));
-
-        c = S3Config::new("b");
-        c.access_key_id = Some("AKID".into());
-        assert!(err(&c).contains("stores.media.secret_access_key"));
-
-        c = S3Config::new("b");
-        c.secret_access_key = Some(Secret::new("s"));
-        assert!(err(&c).contains("stores.media.access_key_id"));
-
-        c = S3Config::new("b");
-        c.session_token = Some(Secret::new("t"));
-        assert!(err(&c).contains("stores.media.session_token"));
+        named(
+            |c| c.secret_access_key = Some(Secret::new("s")),
+            "access_key_id",
+        );
+        named(
+            |c| c.session_token = Some(Secret::new("t")),
+            "session_token",
+        );
     }
 
     #[test]
