@@ -332,6 +332,9 @@ async fn write_stream_verified(
     verify: Option<Checksum>,
     deliver: Option<Deliver>,
 ) -> Result<()> {
+    if expected <= SMALL_DOWNLOAD {
+        return write_small(stream, dest, expected, target, ctx, verify, deliver).await;
+    }
     let dest_s = dest.display().to_string();
     let parent = parent_of(dest);
     refuse_directory(dest)?;
@@ -422,6 +425,97 @@ async fn write_stream_verified(
             r
         }
     }
+}
+
+/// Downloads of at most this many bytes are collected in memory and written
+/// in one blocking task (see [`write_small`]).
+const SMALL_DOWNLOAD: u64 = 1 << 20;
+
+/// [`write_stream_verified`] for a small object: the bytes are collected
+/// (and verified) in memory, then one blocking task does everything the
+/// file needs (stale sweep, temp file, write, fsync, mode, rename or
+/// delivery) instead of a hand-off to the blocking pool per step: `cp -r`
+/// of 2,000 small files spent a fifth of its CPU on those hand-offs. The
+/// promises are the same: fsynced before the rename, nothing at `dest`
+/// unless complete and verified, a stop before the rename leaves nothing.
+async fn write_small(
+    mut stream: crate::ByteStream,
+    dest: &Path,
+    expected: u64,
+    target: &str,
+    ctx: &TransferCtx,
+    verify: Option<Checksum>,
+    deliver: Option<Deliver>,
+) -> Result<()> {
+    let mut chunks = Vec::new();
+    let (mut crc, mut sha) = (0u32, Sha256::default());
+    let mut written = 0u64;
+    while let Some(chunk) = ctx
+        .cancellable(target, async { Ok(stream.next().await) })
+        .await?
+    {
+        let chunk = chunk?;
+        written += chunk.len() as u64;
+        if written > expected {
+            break;
+        }
+        ctx.throttle(target, chunk.len() as u64).await?;
+        match verify {
+            Some(Checksum::Crc32c(_)) => crc = crc32c::crc32c_append(crc, &chunk),
+            Some(Checksum::Sha256(_)) => sha.update(&chunk),
+            None => {}
+        }
+        ctx.add_progress(chunk.len() as u64);
+        chunks.push(chunk);
+    }
+    if written != expected {
+        return Err(Error::Transient {
+            target: target.to_string(),
+            retry_after: None,
+            source: Some(format!("stream ended after {written} of {expected} bytes").into()),
+        });
+    }
+    if let Some(want) = &verify {
+        let got = match want {
+            Checksum::Crc32c(_) => Checksum::Crc32c(crc),
+            Checksum::Sha256(_) => Checksum::Sha256(hex::encode(sha.finalize())),
+        };
+        if &got != want {
+            return Err(mismatch(target, want, got));
+        }
+    }
+    let (dest, target, ctx) = (dest.to_path_buf(), target.to_string(), ctx.clone());
+    let task_target = target.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let target = task_target;
+        let dest_s = dest.display().to_string();
+        let io = |e| Error::from_io(&dest_s, e);
+        refuse_directory(&dest)?;
+        PartialPaths::remove_stale_parts(&dest);
+        let (mut tmp, mode) = PartialPaths::new_part(&dest)
+            .map_err(|e| Error::from_io(parent_of(&dest).display().to_string(), e))?;
+        for c in &chunks {
+            tmp.write_all(c).map_err(io)?;
+        }
+        tmp.as_file().sync_all().map_err(io)?;
+        ctx.check(&target)?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io)?;
+        match deliver {
+            None => tmp.persist(&dest).map(drop).map_err(|e| io(e.error)),
+            // The lock stays (the temp file is open) until delivered.
+            Some(d) => {
+                let r = d(tmp.path());
+                drop(tmp); // whatever delivery left at the path goes
+                r
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::backend(target, "file task failed", e))?
 }
 
 // ---------------------------------------------------------------------------------------------
