@@ -751,14 +751,18 @@ pub fn link_policy(figment: &Figment, settings: &Settings) -> crate::LinkPolicy 
         ..Default::default()
     };
     for name in &settings.store_names {
-        let value = |key: &str| figment.extract_inner::<String>(&format!("stores.{name}.{key}"));
+        let value = |key: &str| {
+            figment
+                .extract_inner::<String>(&format!("stores.{name}.{key}"))
+                .ok()
+        };
         for key in ["endpoint", "endpoint_url", "storage_endpoint", "serve_url"] {
-            if let Ok(endpoint) = value(key) {
+            if let Some(endpoint) = value(key) {
                 policy = policy.trust_endpoint(&endpoint);
             }
         }
         // An Azure connection string names its endpoint (or the emulator's).
-        if let Ok(cs) = value("connection_string") {
+        if let Some(cs) = value("connection_string") {
             for part in cs.split(';') {
                 match part
                     .split_once('=')

@@ -80,10 +80,10 @@ impl LinkPolicy {
     /// `serve_url`): links to that host and port may be private. Anything
     /// that is not an http(s) URL with a host is ignored.
     pub fn trust_endpoint(mut self, endpoint: &str) -> Self {
-        if let Some(origin) = Url::parse(endpoint).ok().as_ref().and_then(origin) {
-            if !self.trusted.contains(&origin) {
-                self.trusted.push(origin);
-            }
+        if let Some(origin) = Url::parse(endpoint).ok().as_ref().and_then(origin)
+            && !self.trusted.contains(&origin)
+        {
+            self.trusted.push(origin);
         }
         self
     }

@@ -2,6 +2,8 @@
 //! every redirect hop, the size cap on announced and received bytes, and
 //! no file left behind after a refusal.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure by design
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
