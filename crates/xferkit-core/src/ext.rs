@@ -323,6 +323,50 @@ enum Hasher {
     Sha256(Box<Sha256>),
 }
 
+impl Hasher {
+    fn for_checksum(verify: &Option<Checksum>) -> Option<Hasher> {
+        verify.as_ref().map(|c| match c {
+            Checksum::Crc32c(_) => Hasher::Crc32c(0),
+            Checksum::Sha256(_) => Hasher::Sha256(Box::default()),
+        })
+    }
+
+    fn update(&mut self, chunk: &[u8]) {
+        match self {
+            Hasher::Crc32c(c) => *c = crc32c::crc32c_append(*c, chunk),
+            Hasher::Sha256(h) => h.update(chunk),
+        }
+    }
+}
+
+/// The end of a one-stream download: every byte arrived, and the checksum
+/// (if one is to be verified) matches.
+fn check_end(
+    target: &str,
+    written: u64,
+    expected: u64,
+    verify: &Option<Checksum>,
+    hasher: Option<Hasher>,
+) -> Result<()> {
+    if written != expected {
+        return Err(Error::Transient {
+            target: target.to_string(),
+            retry_after: None,
+            source: Some(format!("stream ended after {written} of {expected} bytes").into()),
+        });
+    }
+    if let (Some(want), Some(h)) = (verify, hasher) {
+        let got = match h {
+            Hasher::Crc32c(c) => Checksum::Crc32c(c),
+            Hasher::Sha256(h) => Checksum::Sha256(hex::encode(h.finalize())),
+        };
+        if &got != want {
+            return Err(mismatch(target, want, got));
+        }
+    }
+    Ok(())
+}
+
 async fn write_stream_verified(
     mut stream: crate::ByteStream,
     dest: &Path,
@@ -332,7 +376,8 @@ async fn write_stream_verified(
     verify: Option<Checksum>,
     deliver: Option<Deliver>,
 ) -> Result<()> {
-    if expected <= SMALL_DOWNLOAD {
+    // Size 0 may be a link that announced no length: the streaming path.
+    if (1..=SMALL_DOWNLOAD).contains(&expected) {
         return write_small(stream, dest, expected, target, ctx, verify, deliver).await;
     }
     let dest_s = dest.display().to_string();
@@ -355,10 +400,7 @@ async fn write_stream_verified(
         .try_clone()
         .map_err(|e| Error::from_io(&dest_s, e))?;
     let mut file = tokio::fs::File::from_std(std_file);
-    let mut hasher = verify.as_ref().map(|c| match c {
-        Checksum::Crc32c(_) => Hasher::Crc32c(0),
-        Checksum::Sha256(_) => Hasher::Sha256(Box::default()),
-    });
+    let mut hasher = Hasher::for_checksum(&verify);
     let mut written = 0u64;
     loop {
         let next = ctx
@@ -367,10 +409,8 @@ async fn write_stream_verified(
         let Some(chunk) = next else { break };
         let chunk = chunk?;
         ctx.throttle(target, chunk.len() as u64).await?;
-        match &mut hasher {
-            Some(Hasher::Crc32c(c)) => *c = crc32c::crc32c_append(*c, &chunk),
-            Some(Hasher::Sha256(h)) => h.update(&chunk),
-            None => {}
+        if let Some(h) = &mut hasher {
+            h.update(&chunk);
         }
         file.write_all(&chunk)
             .await
@@ -378,22 +418,7 @@ async fn write_stream_verified(
         written += chunk.len() as u64;
         ctx.add_progress(chunk.len() as u64);
     }
-    if written != expected {
-        return Err(Error::Transient {
-            target: target.to_string(),
-            retry_after: None,
-            source: Some(format!("stream ended after {written} of {expected} bytes").into()),
-        });
-    }
-    if let (Some(want), Some(h)) = (&verify, hasher) {
-        let got = match h {
-            Hasher::Crc32c(c) => Checksum::Crc32c(c),
-            Hasher::Sha256(h) => Checksum::Sha256(hex::encode(h.finalize())),
-        };
-        if &got != want {
-            return Err(mismatch(target, want, got));
-        }
-    }
+    check_end(target, written, expected, &verify, hasher)?;
     file.flush().await.map_err(|e| Error::from_io(&dest_s, e))?;
     file.sync_all()
         .await
@@ -448,7 +473,7 @@ async fn write_small(
     deliver: Option<Deliver>,
 ) -> Result<()> {
     let mut chunks = Vec::new();
-    let (mut crc, mut sha) = (0u32, Sha256::default());
+    let mut hasher = Hasher::for_checksum(&verify);
     let mut written = 0u64;
     while let Some(chunk) = ctx
         .cancellable(target, async { Ok(stream.next().await) })
@@ -460,30 +485,13 @@ async fn write_small(
             break;
         }
         ctx.throttle(target, chunk.len() as u64).await?;
-        match verify {
-            Some(Checksum::Crc32c(_)) => crc = crc32c::crc32c_append(crc, &chunk),
-            Some(Checksum::Sha256(_)) => sha.update(&chunk),
-            None => {}
+        if let Some(h) = &mut hasher {
+            h.update(&chunk);
         }
         ctx.add_progress(chunk.len() as u64);
         chunks.push(chunk);
     }
-    if written != expected {
-        return Err(Error::Transient {
-            target: target.to_string(),
-            retry_after: None,
-            source: Some(format!("stream ended after {written} of {expected} bytes").into()),
-        });
-    }
-    if let Some(want) = &verify {
-        let got = match want {
-            Checksum::Crc32c(_) => Checksum::Crc32c(crc),
-            Checksum::Sha256(_) => Checksum::Sha256(hex::encode(sha.finalize())),
-        };
-        if &got != want {
-            return Err(mismatch(target, want, got));
-        }
-    }
+    check_end(target, written, expected, &verify, hasher)?;
     let (dest, target, ctx) = (dest.to_path_buf(), target.to_string(), ctx.clone());
     let task_target = target.clone();
     tokio::task::spawn_blocking(move || {
