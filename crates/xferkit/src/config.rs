@@ -155,13 +155,15 @@ pub fn parse_rate(text: &str) -> std::result::Result<Option<u64>, String> {
     Ok((bytes > 0).then_some(bytes))
 }
 
+/// A number in the config: an integer, or text with a unit.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Raw {
+    Int(u64),
+    Text(String),
+}
+
 fn rate<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(u64),
-        Text(String),
-    }
     match <Raw as serde::Deserialize>::deserialize(d)? {
         Raw::Int(n) => Ok((n > 0).then_some(n)),
         Raw::Text(t) => parse_rate(&t).map_err(serde::de::Error::custom),
@@ -232,12 +234,6 @@ impl LinkSettings {
 
 /// A size in bytes: an integer, or a size with a unit (`"4GiB"`, `"500 MB"`).
 fn size<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(u64),
-        Text(String),
-    }
     match <Raw as serde::Deserialize>::deserialize(d)? {
         Raw::Int(n) => Ok(n),
         Raw::Text(t) => t
