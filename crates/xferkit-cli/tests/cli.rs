@@ -502,8 +502,9 @@ fn http_links_download_to_their_path_name() {
 fn ctrl_c_stops_the_transfer_and_leaves_nothing() {
     let sb = Sandbox::local();
     std::fs::create_dir(sb.work().join("dl")).unwrap();
-    // 1 MB at 1 KB every 20 ms: takes ~20 s unless stopped.
-    let (port, rx) = serve(1_000_000, 1000, Duration::from_millis(20));
+    // 2 MB at 1 KB every 20 ms: takes ~40 s unless stopped. Over 1 MiB, so
+    // it streams to a temp file (smaller downloads collect in memory).
+    let (port, rx) = serve(2_000_000, 1000, Duration::from_millis(20));
     let link = format!("http://127.0.0.1:{port}/big.bin");
     let mut child = sb
         .command(&["download", "--allow-private-links", &link, "dl"])
