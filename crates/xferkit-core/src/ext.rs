@@ -25,7 +25,9 @@
 //!   `PreconditionFailed`.
 //! - **One stream** (a range was asked for, the store cannot serve ranges,
 //!   the object is small, or its checksum is a SHA-256 that can only be
-//!   computed in order): the bytes go to a fresh hidden temp file.
+//!   computed in order): the bytes go to a fresh hidden temp file. Up to
+//!   1 MiB they are first collected (and verified) in memory, and one
+//!   blocking task then writes, fsyncs and renames the file.
 //!
 //! Both paths fsync the file and rename it over the destination only when it
 //! is complete and verified: the destination never holds a partial file.
