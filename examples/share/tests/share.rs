@@ -81,16 +81,32 @@ fn share_through(store_toml: &str, label: &str) {
     assert!(msg.url.starts_with("http"), "{label}: {}", msg.url);
     assert!(msg.thumbnail_url.is_some(), "{label}: no thumbnail: {err}");
 
-    // The receiver has its own directory and no configuration at all.
+    // The receiver has its own directory and no configuration at all. Its
+    // link store refuses links to this machine by default (the emulators
+    // are on 127.0.0.1), and nothing is written; naming the host lets the
+    // link through.
     let inbox = d.join("inbox");
     std::fs::create_dir(&inbox).unwrap();
+    let message = d.join("message.json");
+    let (message, inbox_s) = (message.to_str().unwrap(), inbox.to_str().unwrap());
     let (ok, err) = run(
         env!("CARGO_BIN_EXE_share-receive"),
         &inbox,
-        &[
-            d.join("message.json").to_str().unwrap(),
-            inbox.to_str().unwrap(),
-        ],
+        &[message, inbox_s],
+    );
+    assert!(!ok && err.contains("loopback address"), "{label}: {err}");
+    assert_eq!(std::fs::read_dir(&inbox).unwrap().count(), 0, "{label}");
+    let host = msg
+        .url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap();
+    let allow = ["--allow-host", host];
+    let (ok, err) = run(
+        env!("CARGO_BIN_EXE_share-receive"),
+        &inbox,
+        &[message, inbox_s, allow[0], allow[1]],
     );
     assert!(ok, "{label}: share-receive failed: {err}");
     assert!(err.contains("checksum ok"), "{label}: {err}");
@@ -124,6 +140,8 @@ fn share_through(store_toml: &str, label: &str) {
         &[
             d.join("bad.json").to_str().unwrap(),
             inbox.to_str().unwrap(),
+            allow[0],
+            allow[1],
         ],
     );
     assert!(!ok && err.contains("checksum mismatch"), "{label}: {err}");
