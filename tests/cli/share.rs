@@ -156,6 +156,30 @@ async fn upload_share_is_fetchable_by_anyone_and_tampering_is_refused() {
         "v2 from a receiver"
     );
 
+    // A PUT URL with a signed size limit: a body within it is stored, a
+    // larger one gets 413 and changes nothing, and the limit cannot be
+    // stripped from the URL (403).
+    let put = ok(
+        d,
+        &["presign", &url, "--method", "put", "--max-size", "1KiB"],
+    );
+    assert!(put.contains("max_size=1024"), "{put}");
+    let r = http.put(&put).body(vec![b'a'; 1024]).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = http.put(&put).body(vec![b'b'; 1025]).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        std::fs::read(d.join("files/inbox/note.txt")).unwrap(),
+        vec![b'a'; 1024]
+    );
+    let stripped = put.replace("&max_size=1024", "");
+    let r = http.put(&stripped).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    // Where no limit can be signed, the command says so (exit 2).
+    let (code, _, err) = xfer(d, &["presign", &url, "--max-size", "1KiB"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--method put"), "{err}");
+
     // The thumbnail: stored next to the object, shareable, within max_side.
     let v: serde_json::Value = serde_json::from_str(&ok(
         d,

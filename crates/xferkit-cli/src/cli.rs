@@ -148,6 +148,11 @@ pub enum Command {
         /// What the URL allows.
         #[arg(long, value_enum, default_value_t = Method::Get)]
         method: Method,
+        /// With `--method put` on a local store behind `xfer serve`: the
+        /// largest body the URL accepts ("1MiB", "500KB", bytes). The limit
+        /// is signed into the URL; a larger body gets 413.
+        #[arg(long, value_name = "SIZE", value_parser = xferkit::config::parse_size)]
+        max_size: Option<u64>,
     },
     /// List the configured stores.
     Stores,

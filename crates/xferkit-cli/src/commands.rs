@@ -115,7 +115,8 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             url,
             expires,
             method,
-        } => presign(cx, &url, expires, method).await,
+            max_size,
+        } => presign(cx, &url, expires, method, max_size).await,
         Command::Stores => stores(cx),
         Command::Serve { store, bind } => crate::share::serve(cx, store.as_deref(), bind).await,
         Command::Gc {
@@ -300,13 +301,33 @@ async fn relay(
     // `dir` and the temp file in it are removed here, on success or not.
 }
 
-async fn presign(cx: &Ctx, url: &str, expires: Duration, method: Method) -> Result<(), Failure> {
+async fn presign(
+    cx: &Ctx,
+    url: &str,
+    expires: Duration,
+    method: Method,
+    max_size: Option<u64>,
+) -> Result<(), Failure> {
     let (store, key) = target::object(cx.kit.registry(), url)?;
-    let method = match method {
-        Method::Get => PresignMethod::Get,
-        Method::Put => PresignMethod::Put,
+    let p = match (method, max_size) {
+        (Method::Get, None) => store.presign(&key, PresignMethod::Get, expires).await?,
+        (Method::Put, None) => store.presign(&key, PresignMethod::Put, expires).await?,
+        (Method::Get, Some(_)) => {
+            return Err(Failure::usage(
+                "--max-size limits a PUT URL: add --method put",
+            ));
+        }
+        // Only a local store behind `xfer serve` checks a signed limit.
+        (Method::Put, Some(max)) => match cx.kit.local_store(store.name()).await {
+            Ok(local) => local.presign_put_with_limit(&key, expires, max)?,
+            Err(_) => {
+                return Err(Failure::usage(format!(
+                    "--max-size: store {:?} cannot sign a size limit into a PUT URL (local stores served by `xfer serve` can)",
+                    store.name()
+                )));
+            }
+        },
     };
-    let p = store.presign(&key, method, expires).await?;
     if cx.json {
         let headers: serde_json::Map<String, Value> = p
             .headers

@@ -232,15 +232,21 @@ impl LinkSettings {
     }
 }
 
+/// Parse a size: bytes as an integer, or a size with a unit (`"4GiB"`,
+/// `"500 MB"`, `"1.5KiB"`).
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    t.parse::<u64>()
+        .ok()
+        .or_else(|| t.parse::<bytesize::ByteSize>().ok().map(|b| b.as_u64()))
+        .ok_or_else(|| format!("{text:?} is not a size (bytes, or e.g. \"4GiB\", \"500 MB\")"))
+}
+
 /// A size in bytes: an integer, or a size with a unit (`"4GiB"`, `"500 MB"`).
 fn size<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
     match <Raw as serde::Deserialize>::deserialize(d)? {
         Raw::Int(n) => Ok(n),
-        Raw::Text(t) => t
-            .trim()
-            .parse::<bytesize::ByteSize>()
-            .map(|b| b.as_u64())
-            .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a size (e.g. \"4GiB\")"))),
+        Raw::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
     }
 }
 
