@@ -58,7 +58,7 @@ fn parse_rate(text: &str) -> Result<Rate, String> {
 pub enum Command {
     /// Upload a local file; prints its URL.
     Upload {
-        /// The local file.
+        /// The local file, or `-` for stdin (needs `--key`).
         file: PathBuf,
         /// Store to upload to (default: the configured default store).
         #[arg(long, short)]

@@ -42,7 +42,15 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             share,
             no_thumbnail,
         } => {
-            check_source(&file)?;
+            // `-`: the bytes come from stdin, as a stream of unknown size
+            // (sent in parts, with bounded memory, by stores that have them).
+            let stdin = file.as_os_str() == "-";
+            if stdin && key.is_none() {
+                return Err(Failure::usage("upload -: reading stdin needs --key KEY"));
+            }
+            if !stdin {
+                check_source(&file)?;
+            }
             let store = match store {
                 Some(s) => cx.kit.registry().get(&s)?,
                 None => cx.kit.registry().default_store()?,
@@ -63,7 +71,11 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             if if_not_exists {
                 opts = opts.create_only();
             }
-            let mut request = TransferRequest::upload(&file, "").with_options(opts);
+            let request = match stdin {
+                true => TransferRequest::upload_reader(tokio::io::stdin(), None, ""),
+                false => TransferRequest::upload(&file, ""),
+            };
+            let mut request = request.with_options(opts);
             if let Some(t) = title {
                 request = request.with_title(t);
             }

@@ -544,3 +544,24 @@ fn ctrl_c_stops_the_transfer_and_leaves_nothing() {
     let left: Vec<_> = std::fs::read_dir(sb.work().join("dl")).unwrap().collect();
     assert!(left.is_empty(), "nothing partial is left: {left:?}");
 }
+
+#[test]
+fn upload_from_stdin_stores_the_bytes_and_needs_a_key() {
+    let sb = Sandbox::local();
+    // Over the local store's one-request size, of a size nobody announced.
+    let data = pseudo_random(3_000_000, 0x5EED);
+    let mut child = sb
+        .command(&["upload", "-", "--key", "in/from stdin.bin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn_or_panic();
+    child.stdin.take().unwrap().write_all(&data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("in/from%20stdin.bin"), "{stdout}");
+    assert!(std::fs::read(sb.root().join("in/from stdin.bin")).unwrap() == data);
+    // Without a key there is no name to store it under: refused, nothing written.
+    sb.fails_cleanly(&["upload", "-"], 2, &["reading stdin needs --key"]);
+}
