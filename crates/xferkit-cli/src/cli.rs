@@ -50,6 +50,28 @@ pub struct Cli {
 #[derive(Debug, Clone, Copy)]
 pub struct Rate(pub Option<u64>);
 
+/// `START-END` (inclusive), `START-` or `-N`.
+fn parse_range(text: &str) -> Result<xferkit::ByteRange, String> {
+    use xferkit::ByteRange;
+    let bad = || format!("{text:?} is not a range (START-END, START- or -N, in bytes)");
+    let (a, b) = text.trim().split_once('-').ok_or_else(bad)?;
+    let num = |s: &str| s.trim().parse::<u64>().map_err(|_| bad());
+    match (a.trim(), b.trim()) {
+        ("", n) => Ok(ByteRange::Suffix(num(n)?)),
+        (start, "") => Ok(ByteRange::From(num(start)?)),
+        (start, end) => {
+            let (start, end) = (num(start)?, num(end)?);
+            if end < start {
+                return Err(bad());
+            }
+            Ok(ByteRange::Bounded {
+                start,
+                end: end.saturating_add(1),
+            })
+        }
+    }
+}
+
 fn parse_rate(text: &str) -> Result<Rate, String> {
     xferkit::config::parse_rate(text).map(Rate)
 }
@@ -107,6 +129,15 @@ pub enum Command {
         /// Store to list (instead of a URL prefix).
         #[arg(long, short, conflicts_with = "prefix")]
         store: Option<String>,
+    },
+    /// Write an object (or a byte range of it) to stdout.
+    Cat {
+        /// Object URL, or a plain http(s) link.
+        url: String,
+        /// Bytes to write: `START-END` (inclusive), `START-`, or `-N` (the
+        /// last N), as an HTTP Range.
+        #[arg(long, value_name = "RANGE", value_parser = parse_range, allow_hyphen_values = true)]
+        range: Option<xferkit::ByteRange>,
     },
     /// Show an object's size, etag, content type, last modified and metadata.
     Stat {

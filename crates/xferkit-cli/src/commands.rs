@@ -98,6 +98,7 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
         }
         Command::Download { url, dest, force } => download(cx, &url, dest.as_deref(), force).await,
         Command::Ls { prefix, store } => ls(cx, prefix.as_deref(), store.as_deref()).await,
+        Command::Cat { url, range } => cat(cx, &url, range).await,
         Command::Stat { url } => {
             let (store, key) = target::object(cx.kit.registry(), &url)?;
             let obj = store.stat(&key).await?;
@@ -218,6 +219,58 @@ fn print_download(cx: &Ctx, obj: &RemoteObject, dest: &Path) -> Result<(), Failu
     }
     v["path"] = Value::from(dest.display().to_string());
     line(v)
+}
+
+/// Write `url` (or `range` of it) to stdout. A whole object whose store
+/// reports a CRC32C is checked as it streams: a mismatch (the bytes were
+/// written already) fails the command. A closed pipe ends it quietly.
+async fn cat(cx: &Ctx, url: &str, range: Option<xferkit::ByteRange>) -> Result<(), Failure> {
+    let reg = cx.kit.registry();
+    use std::io::Write;
+    let (store, key) = target::object(reg, url)?;
+    let (obj, mut stream) = store.download_stream(&key, range).await?;
+    let target = shown(&store.url_for(&key));
+    let want = obj
+        .checksum
+        .as_deref()
+        .and_then(|c| c.strip_prefix("crc32c:"))
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        .filter(|_| range.is_none());
+    let expected = match range {
+        Some(r) => {
+            let span = r.resolve(obj.size, &target)?;
+            Some(span.end - span.start)
+        }
+        None => (obj.size > 0).then_some(obj.size),
+    };
+    let (mut crc, mut written) = (0u32, 0u64);
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        crc = crc32c::crc32c_append(crc, &chunk);
+        written += chunk.len() as u64;
+        out.write_all(&chunk).map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => Failure::stdout_closed(),
+            _ => Failure::from(Error::from_io("stdout", e)),
+        })?;
+    }
+    out.flush()
+        .map_err(|e| Failure::from(Error::from_io("stdout", e)))?;
+    if expected.is_some_and(|n| n != written) {
+        return Err(Failure::from(Error::Transient {
+            target,
+            retry_after: None,
+            source: Some(format!("stream ended after {written} of {expected:?} bytes").into()),
+        }));
+    }
+    if let Some(want) = want.filter(|w| *w != crc) {
+        return Err(Failure::from(Error::ChecksumMismatch {
+            target,
+            expected: format!("crc32c:{want:08x}"),
+            actual: format!("crc32c:{crc:08x}"),
+        }));
+    }
+    Ok(())
 }
 
 async fn ls(cx: &Ctx, prefix: Option<&str>, store: Option<&str>) -> Result<(), Failure> {

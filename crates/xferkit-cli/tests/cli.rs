@@ -565,3 +565,26 @@ fn upload_from_stdin_stores_the_bytes_and_needs_a_key() {
     // Without a key there is no name to store it under: refused, nothing written.
     sb.fails_cleanly(&["upload", "-"], 2, &["reading stdin needs --key"]);
 }
+
+#[test]
+fn cat_writes_the_object_or_a_range_to_stdout() {
+    let sb = Sandbox::local();
+    let data = pseudo_random(100_000, 0xCA7);
+    sb.file("c.bin", &data);
+    let url = sb.ok(&["upload", "c.bin"]).stdout.trim().to_string();
+    let bytes = |args: &[&str]| {
+        let out = sb.command(args).output_or_panic();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        out.stdout
+    };
+    assert!(bytes(&["cat", &url]) == data);
+    assert_eq!(bytes(&["cat", &url, "--range", "2-5"]), &data[2..6]);
+    assert_eq!(bytes(&["cat", &url, "--range", "99990-"]), &data[99_990..]);
+    assert_eq!(bytes(&["cat", &url, "--range", "-3"]), &data[99_997..]);
+    let r = sb.run(&["cat", &url, "--range", "5-2"]);
+    assert!(
+        r.code == Some(2) && r.stderr.contains("not a range"),
+        "{r:?}"
+    );
+    sb.fails(&["cat", &url, "--range", "200000-"], 1, &["invalid range"]);
+}
