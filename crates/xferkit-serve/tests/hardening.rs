@@ -5,7 +5,9 @@
 //! bounded (timeouts of 1 s in the server, a few seconds of waiting at most).
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -110,25 +112,7 @@ impl Fixture {
     /// Every file under the root but the store's sidecars: objects and temp
     /// files (`.xferkit/tmp`).
     fn files(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            for e in std::fs::read_dir(dir).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    walk(&p, out);
-                } else {
-                    out.push(p);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.root, &mut out);
-        out.retain(|p| {
-            !p.strip_prefix(&self.root)
-                .unwrap()
-                .starts_with(".xferkit/meta2")
-        });
-        out.sort();
-        out
+        common::store_files(&self.root)
     }
 }
 

@@ -1,7 +1,9 @@
 //! `xferkit-serve` in front of a local store, driven with a plain HTTP client.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -75,24 +77,7 @@ impl Fixture {
 
     /// Every file under the root except the store's own bookkeeping.
     fn files(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            for e in std::fs::read_dir(dir).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    walk(&p, out);
-                } else {
-                    out.push(p);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.root, &mut out);
-        out.retain(|p| {
-            let rel = p.strip_prefix(&self.root).unwrap();
-            !rel.starts_with(".xferkit/meta") && !rel.starts_with(".xferkit/meta2")
-        });
-        out.sort();
-        out
+        common::store_files(&self.root)
     }
 }
 
