@@ -120,6 +120,8 @@ pub static CASES: &[Case] = &[
     case!(twenty_callers_of_one_url_get_their_files_from_one_download),
     case!(manager_download_by_canonical_url),
     case!(manager_upload_carries_title_and_message, metadata),
+    case!(encrypted_attachment_round_trips),
+    case!(encrypted_attachment_refuses_tampering),
 ];
 
 // ---------- helpers ----------
@@ -1237,5 +1239,191 @@ async fn manager_upload_carries_title_and_message(e: Arc<Env>, c: &'static str) 
         fin.object.is_some_and(|o| o.url == e.handler.url_for(&key)),
         "no object in FileInfo"
     );
+    Ok(())
+}
+
+// ---------- end-to-end encrypted attachments (xferkit_core::e2e) ----------
+
+/// A manager whose downloads use ranges from 128 KiB, in 64 KiB parts: the
+/// ranged path (records straddling parts) on small files.
+fn ranged_manager(h: DynHandler) -> TransferManager {
+    let m = manager(h);
+    m.set_download_options(
+        xferkit_core::DownloadOptions::default()
+            .with_part_size(64 * 1024)
+            .with_parallel_threshold(128 * 1024),
+    );
+    m
+}
+
+/// Upload `body` encrypted to `key`; the link to hand out.
+async fn upload_encrypted(e: &Env, key: &str, body: &[u8], dir: &Path) -> Result<String, String> {
+    let src = write_temp(dir, "plain", body)?;
+    let m = manager(e.handler.clone());
+    let t = m
+        .start(TransferRequest::upload(&src, e.handler.url_for(key)).encrypted())
+        .ctx("start encrypted upload")?;
+    let fin = t.wait_info().await;
+    ensure!(
+        fin.status == TransferStatus::Completed,
+        "encrypted upload: {:?} {:?}",
+        fin.status,
+        fin.error
+    );
+    let link = fin
+        .share_url
+        .clone()
+        .ok_or("no share_url for an encrypted upload")?;
+    ensure!(
+        link.starts_with(&format!("{}#aes128gcm.", e.handler.url_for(key))),
+        "link is not the canonical URL with an aes128gcm fragment"
+    );
+    ensure!(
+        !format!("{fin:?}").contains("aes128gcm."),
+        "FileInfo's Debug shows the link's fragment"
+    );
+    Ok(link)
+}
+
+/// Download `link` with `m` to a fresh directory: the file's bytes, or the error.
+async fn download_link(
+    m: &TransferManager,
+    link: &str,
+) -> Result<Result<Vec<u8>, xferkit_core::TransferError>, String> {
+    let dir = tempfile::tempdir().ctx("tempdir")?;
+    let dest = dir.path().join("got");
+    let t = m
+        .start(TransferRequest::download(link, &dest))
+        .ctx("start download")?;
+    match t.wait().await {
+        Ok(_) => Ok(Ok(std::fs::read(&dest).ctx("read download")?)),
+        Err(err) => {
+            let left: Vec<_> = std::fs::read_dir(dir.path())
+                .ctx("read_dir")?
+                .filter_map(|d| d.ok().map(|d| d.file_name()))
+                .collect();
+            ensure!(left.is_empty(), "a failed download left {left:?}");
+            Ok(Err(err))
+        }
+    }
+}
+
+async fn encrypted_attachment_round_trips(e: Arc<Env>, c: &'static str) -> R {
+    use xferkit_core::e2e;
+    let dir = tempfile::tempdir().ctx("tempdir")?;
+    // Empty, two records through one stream, and 300 KB in ranges.
+    for (n, len) in [0usize, 70_000, 300_000].into_iter().enumerate() {
+        let key = format!("{c}/secret-{n}.bin");
+        let body = data(len, 77 + n as u64);
+        let link = upload_encrypted(&e, &key, &body, dir.path()).await?;
+        let raw = get(&e, &key, None).await?;
+        ensure!(
+            raw.len() as u64 == e2e::sealed_size(len as u64),
+            "{key}: {} bytes stored for {len} of content",
+            raw.len()
+        );
+        ensure!(
+            len < 64
+                || !raw
+                    .windows(64)
+                    .any(|w| w == &body[1000.min(len - 64)..][..64]),
+            "{key}: the store holds plaintext"
+        );
+        let m = ranged_manager(e.handler.clone());
+        let got = download_link(&m, &link)
+            .await?
+            .map_err(|e| format!("{key}: {e}"))?;
+        ensure!(
+            sha256(&got) == sha256(&body),
+            "{key}: decrypted content differs"
+        );
+        // Ranges decrypt their records only: one across a record boundary.
+        if len > 70_000 && e.caps.range {
+            let (url, secret) = e2e::split_link(&link).ctx("split")?;
+            let (h, k) = (
+                e.handler.clone(),
+                e.handler.key_for_url(&ObjectUrl::parse(&url).ctx("url")?),
+            );
+            let k = k.ok_or("the store does not own its own URL")?;
+            let open = e2e::Encrypted::opening(h, secret.ok_or("no secret")?);
+            let r = ByteRange::Bounded {
+                start: 65_000,
+                end: 140_000,
+            };
+            let part = open.read_bytes(&k, Some(r)).await.ctx("ranged read")?;
+            ensure!(
+                part[..] == body[65_000..140_000],
+                "{key}: ranged read differs"
+            );
+            let tail = open
+                .read_bytes(&k, Some(ByteRange::Suffix(10)))
+                .await
+                .ctx("suffix")?;
+            ensure!(tail[..] == body[len - 10..], "{key}: suffix differs");
+            expect_kind(
+                open.read_bytes(&k, Some(ByteRange::From(len as u64))).await,
+                ErrorKind::InvalidRange,
+                "range at the end",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+async fn encrypted_attachment_refuses_tampering(e: Arc<Env>, c: &'static str) -> R {
+    let dir = tempfile::tempdir().ctx("tempdir")?;
+    let key = format!("{c}/victim.bin");
+    // Four records: three full, the last 3,443 bytes of content.
+    let body = data(200_000, 5);
+    let link = upload_encrypted(&e, &key, &body, dir.path()).await?;
+    let raw = get(&e, &key, None).await?;
+    let (head, rs) = (21usize, 65_536usize);
+    let rec = |i: usize| &raw[head + i * rs..(head + (i + 1) * rs).min(raw.len())];
+    let mut flipped = raw.clone();
+    flipped[head + rs + 100] ^= 0x40;
+    let swapped = [&raw[..head], rec(1), rec(0), rec(2), rec(3)].concat();
+    let cut = raw[..head + 3 * rs].to_vec();
+    let (base, frag) = link.split_once('#').ok_or("no fragment")?;
+    let secret: Vec<String> = frag.split('.').map(str::to_string).collect();
+    let flipped_part = |n: usize| {
+        let mut parts = secret.clone();
+        let mut b = parts[n].as_bytes().to_vec();
+        b[0] = if b[0] == b'A' { b'B' } else { b'A' };
+        parts[n] = String::from_utf8(b).unwrap_or_default();
+        format!("{base}#{}", parts.join("."))
+    };
+    let (wrong_key, wrong_digest) = (flipped_part(1), flipped_part(2));
+    let stored: [(&str, Option<&Vec<u8>>, &str); 5] = [
+        ("a flipped bit", Some(&flipped), link.as_str()),
+        ("swapped records", Some(&swapped), link.as_str()),
+        ("a cut after a record", Some(&cut), link.as_str()),
+        ("a wrong key", None, wrong_key.as_str()),
+        ("a wrong digest", None, wrong_digest.as_str()),
+    ];
+    for (what, content, link) in stored {
+        let body = content.unwrap_or(&raw);
+        put(&e, &key, body).await?;
+        for (path, m) in [
+            ("one stream", manager(e.handler.clone())),
+            ("ranges", ranged_manager(e.handler.clone())),
+        ] {
+            match download_link(&m, link).await? {
+                Ok(_) => return Err(format!("{what} ({path}): the download succeeded")),
+                Err(err) => {
+                    ensure!(
+                        err.kind() == ErrorKind::ChecksumMismatch,
+                        "{what} ({path}): {:?} {}",
+                        err.kind(),
+                        err.error()
+                    );
+                    let shown = format!("{} {:?}", err.error(), err);
+                    ensure!(
+                        !shown.contains(&secret[1]) && !shown.contains(&secret[2]),
+                        "{what} ({path}): the error shows the link's secret: {shown}"
+                    );
+                }
+            }
+        }
+    }
     Ok(())
 }

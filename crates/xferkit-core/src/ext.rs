@@ -1051,6 +1051,9 @@ async fn download_ranges<H: FileTransferHandler + ?Sized>(
             return fail(mismatch(&target, &want, got));
         }
     }
+    if let Err(e) = h.check_ranged_download(key, &file).await {
+        return fail(e);
+    }
     if let Err(e) = ctx.check(&target) {
         return fail(e);
     }

@@ -120,6 +120,18 @@ pub trait FileTransferHandler: Send + Sync + std::fmt::Debug {
         expires_in: Duration,
     ) -> Result<PresignedUrl>;
 
+    /// Check a whole-object download that the download engine fetched in
+    /// ranges into `file` (every byte written, not yet fsynced or put in
+    /// place): an error fails the download and removes the file. For
+    /// checks that span the whole object and that no single range can make
+    /// (the digest of an end-to-end encrypted link, see [`crate::e2e`]);
+    /// a one-stream download is checked by the stream itself, which ends in
+    /// an error instead. Default: nothing to check.
+    async fn check_ranged_download(&self, key: &str, file: &std::fs::File) -> Result<()> {
+        let _ = (key, file);
+        Ok(())
+    }
+
     /// Incomplete multipart uploads under `prefix`, where
     /// [`Capabilities::list_pending_uploads`]; otherwise `NotSupported`.
     async fn list_pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>>;

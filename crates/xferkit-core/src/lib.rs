@@ -2,6 +2,7 @@
 
 pub mod body;
 mod ctx;
+pub mod e2e;
 mod error;
 mod ext;
 mod handler;

@@ -103,7 +103,10 @@ impl TransferStatus {
 }
 
 /// A snapshot of one transfer, as listeners see it (mesibo's `FileInfo`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+///
+/// Its `Debug` shows URLs without their query or fragment (a signature, or
+/// the key of an encrypted attachment); `Serialize` shows them whole.
+#[derive(Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct FileInfo {
     pub id: u64,
@@ -149,6 +152,36 @@ pub struct FileInfo {
     pub deduplicated: bool,
     /// `sha256:HEX` of the uploaded content, when computed (dedupe).
     pub checksum: Option<String>,
+}
+
+impl fmt::Debug for FileInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |u: &Option<String>| u.as_deref().map(crate::url::shown);
+        f.debug_struct("FileInfo")
+            .field("id", &self.id)
+            .field("direction", &self.direction)
+            .field("url", &crate::url::shown(&self.url))
+            .field("path", &self.path)
+            .field("size", &self.size)
+            .field("transferred", &self.transferred)
+            .field("rate", &self.rate)
+            .field("status", &self.status)
+            .field("retry_at", &self.retry_at)
+            .field("error", &self.error)
+            .field("error_kind", &self.error_kind)
+            .field("content_type", &self.content_type)
+            .field("title", &self.title)
+            .field("message", &self.message)
+            .field("object", &self.object)
+            .field("share_url", &shown(&self.share_url))
+            .field("share_expires_at", &self.share_expires_at)
+            .field("thumbnail_url", &self.thumbnail_url)
+            .field("thumbnail_share_url", &shown(&self.thumbnail_share_url))
+            .field("thumbnail_error", &self.thumbnail_error)
+            .field("deduplicated", &self.deduplicated)
+            .field("checksum", &self.checksum)
+            .finish()
+    }
 }
 
 /// Receives every snapshot of every transfer of a manager.
@@ -208,7 +241,20 @@ pub struct TransferRequest {
     /// A cap on this transfer's rate, bytes per second (on top of the
     /// manager's, see [`TransferManager::set_bandwidth_limit`]).
     pub bandwidth: Option<u64>,
+    /// Upload: encrypt end to end ([`encrypted`](Self::encrypted)).
+    pub encrypt: bool,
     body: Body,
+    /// Download: the secret of an encrypted link, taken off its fragment.
+    link: LinkPart,
+}
+
+/// What a download link's `#aes128gcm.…` fragment held.
+#[derive(Debug, Clone)]
+enum LinkPart {
+    Plain,
+    Secret(crate::e2e::LinkSecret),
+    /// A malformed one: the error the transfer fails with.
+    Bad(Arc<Error>),
 }
 
 impl TransferRequest {
@@ -222,13 +268,40 @@ impl TransferRequest {
             share_for: None,
             thumbnail: true,
             bandwidth: None,
+            encrypt: false,
             body,
+            link: LinkPart::Plain,
         }
     }
 
-    /// Download `url` to the local file `dest`.
+    /// Download `url` to the local file `dest`. A link to an encrypted
+    /// attachment (`…#aes128gcm.KEY.DIGEST`, see [`crate::e2e`]) is
+    /// decrypted and checked; its fragment is kept out of [`Self::url`],
+    /// [`FileInfo`] and every message.
     pub fn download(url: impl Into<String>, dest: impl Into<PathBuf>) -> Self {
-        Self::new(Direction::Download, url.into(), dest.into(), Body::File)
+        let link = url.into();
+        let (url, part) = match crate::e2e::split_link(&link) {
+            Ok((url, Some(secret))) => (url, LinkPart::Secret(secret)),
+            Ok((url, None)) => (url, LinkPart::Plain),
+            Err(e) => {
+                let url = link.split_once('#').map_or(link.as_str(), |(u, _)| u);
+                (url.to_string(), LinkPart::Bad(Arc::new(e)))
+            }
+        };
+        let mut req = Self::new(Direction::Download, url, dest.into(), Body::File);
+        req.link = part;
+        req
+    }
+
+    /// Upload: encrypt the content end to end with a fresh key ([`crate::e2e`]):
+    /// the store receives only ciphertext, and [`FileInfo::share_url`] is the
+    /// link to hand out, with the key and the ciphertext's digest in its
+    /// `#fragment` (the presigned URL with [`with_share`](Self::with_share),
+    /// else the canonical URL). No thumbnail is made and content dedupe does
+    /// not apply: both would tell the store about the plaintext.
+    pub fn encrypted(mut self) -> Self {
+        self.encrypt = true;
+        self
     }
 
     /// Upload the local file `source` to `url` (a canonical store URL, see
@@ -323,12 +396,18 @@ impl TransferRequest {
     fn identities(&self, unique: u64) -> (String, String) {
         match (self.direction, &self.body) {
             (Direction::Download, _) => {
-                let job = format!("D\0{}", self.url);
+                let secret = match &self.link {
+                    LinkPart::Plain => String::new(),
+                    LinkPart::Secret(s) => format!("\0e2e:{}", s.fingerprint()),
+                    LinkPart::Bad(_) => format!("\0bad#{unique}"),
+                };
+                let job = format!("D\0{}{secret}", self.url);
                 let handle = format!("{job}\0{}", self.path.display());
                 (job, handle)
             }
             (Direction::Upload, Body::File) => {
-                let job = format!("U\0{}\0{}", self.path.display(), self.url);
+                let e2e = if self.encrypt { "\0e2e" } else { "" };
+                let job = format!("U\0{}\0{}{e2e}", self.path.display(), self.url);
                 (job.clone(), job)
             }
             (Direction::Upload, _) => {
@@ -1327,9 +1406,16 @@ enum Outcome {
 
 async fn perform(m: &Arc<ManagerInner>, job: &Arc<Job>, ctx: &TransferCtx) -> Result<Outcome> {
     let req = &job.request;
-    let (handler, key) = m.registry.resolve(&req.url)?;
+    let (mut handler, key) = m.registry.resolve(&req.url)?;
     match req.direction {
         Direction::Download => {
+            match &req.link {
+                LinkPart::Plain => {}
+                LinkPart::Secret(s) => {
+                    handler = Arc::new(crate::e2e::Encrypted::opening(handler, s.clone()));
+                }
+                LinkPart::Bad(e) => return Err(Error::invalid_url(&req.url, e.to_string())),
+            }
             let opts = m.download.read().unwrap_or_else(|p| p.into_inner()).clone();
             let results = Arc::new(Mutex::new(Vec::new()));
             let deliver = {
@@ -1392,7 +1478,14 @@ async fn perform(m: &Arc<ManagerInner>, job: &Arc<Job>, ctx: &TransferCtx) -> Re
                     })
                 }
             };
-            let thumbnailer = if req.thumbnail {
+            let sealer = if req.encrypt {
+                let s = Arc::new(crate::e2e::Encrypted::sealing(handler.clone())?);
+                handler = s.clone();
+                Some(s)
+            } else {
+                None
+            };
+            let thumbnailer = if req.thumbnail && sealer.is_none() {
                 m.thumbnailer
                     .read()
                     .unwrap_or_else(|p| p.into_inner())
@@ -1405,15 +1498,29 @@ async fn perform(m: &Arc<ManagerInner>, job: &Arc<Job>, ctx: &TransferCtx) -> Re
                 key,
                 source,
                 options: &req.options,
-                dedupe: m.registry.dedupe(handler.name()),
+                dedupe: if sealer.is_some() {
+                    crate::Dedupe::Off
+                } else {
+                    m.registry.dedupe(handler.name())
+                },
                 share_for: req.share_for,
                 thumbnailer,
             };
-            let out = crate::share::upload(share, ctx, |k| {
+            let mut out = crate::share::upload(share, ctx, |k| {
                 let url = handler.url_for(k);
                 job.progress(|j| j.url = Some(url));
             })
             .await?;
+            if let Some(s) = sealer {
+                let secret = s.secret().ok_or_else(|| {
+                    Error::backend(&req.url, "the encrypted upload left no key", "e2e")
+                })?;
+                let base = out
+                    .share_url
+                    .take()
+                    .unwrap_or_else(|| out.object.url.clone());
+                out.share_url = Some(secret.attach(&base));
+            }
             Ok(Outcome::Uploaded(out))
         }
     }
