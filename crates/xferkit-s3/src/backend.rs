@@ -40,7 +40,7 @@ impl S3Store {
         config.validate(name)?;
         Ok(S3Store {
             name: name.to_string(),
-            core: Arc::new(Core::new(&config).await?),
+            core: Arc::new(Core::new(name, &config).await?),
             retry: RetryPolicy::default(),
             state_dir: None,
         })

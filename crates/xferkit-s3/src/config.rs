@@ -19,16 +19,24 @@ pub(crate) const MAX_PARTS: u64 = 10_000;
 /// Credentials are optional: without `access_key_id` and
 /// `secret_access_key` the AWS default credential chain is used
 /// (environment, shared config/credentials files and SSO, web identity,
-/// ECS and EC2 instance metadata).
+/// ECS and EC2 instance metadata), with `profile` if set. The region is
+/// `region`, else the SDK's (`AWS_REGION`, `AWS_DEFAULT_REGION`, then the
+/// profile's `region`), else `us-east-1` when `endpoint` is set.
 #[derive(Clone, serde::Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
 pub struct S3Config {
     /// Bucket name. Required.
     pub bucket: String,
-    /// AWS region (alias `aws_region`). Default `us-east-1`.
+    /// AWS region (alias `aws_region`). Default: the AWS SDK's region chain
+    /// (`AWS_REGION`, `AWS_DEFAULT_REGION`, then the profile's `region`);
+    /// with none there, `us-east-1` if `endpoint` is set, else an error.
     #[serde(alias = "aws_region")]
-    pub region: String,
+    pub region: Option<String>,
+    /// Profile of the AWS shared config files (`~/.aws/config`,
+    /// `~/.aws/credentials`) to take credentials and region from, instead of
+    /// `AWS_PROFILE` or `default`. Not with `access_key_id`.
+    pub profile: Option<String>,
     /// Endpoint URL for S3-compatible services and emulators, e.g.
     /// `http://127.0.0.1:9000` (alias `endpoint_url`). Default: AWS.
     #[serde(alias = "endpoint_url")]
@@ -55,6 +63,26 @@ pub struct S3Config {
     /// Parts uploaded at once per multipart upload. Default 4. Memory used by
     /// one upload is about `concurrency × part_size`.
     pub concurrency: usize,
+    /// The checksum each upload request carries for the store to check.
+    /// Default [`S3Checksum::Crc32c`].
+    pub checksum: S3Checksum,
+}
+
+/// The checksum S3 uploads send (`checksum` key).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum S3Checksum {
+    /// `x-amz-checksum-crc32c` on every `PutObject` and `UploadPart`, and the
+    /// whole object's (`FULL_OBJECT`) on `CompleteMultipartUpload`, which S3
+    /// keeps for downloads to verify.
+    #[default]
+    Crc32c,
+    /// `Content-MD5` on every `PutObject` and `UploadPart`, for
+    /// S3-compatible stores that refuse the newer checksum headers.
+    Md5,
+    /// No checksum header at all (the SDK computes none either).
+    None,
 }
 
 impl S3Config {
@@ -63,6 +91,7 @@ impl S3Config {
         "bucket",
         "region",
         "aws_region",
+        "profile",
         "endpoint",
         "endpoint_url",
         "force_path_style",
@@ -73,6 +102,7 @@ impl S3Config {
         "multipart_threshold",
         "part_size",
         "concurrency",
+        "checksum",
     ];
 
     /// A configuration for `bucket` with every other key at its default.
@@ -95,7 +125,23 @@ impl S3Config {
                 ),
             ));
         }
-        k.required("region", &self.region, "e.g. \"us-east-1\"")?;
+        if let Some(region) = &self.region {
+            k.required(
+                "region",
+                region,
+                "e.g. \"us-east-1\"; leave it out for the SDK's",
+            )?;
+        }
+        if let Some(profile) = &self.profile {
+            k.required("profile", profile, "a profile of ~/.aws/config")?;
+            if self.access_key_id.is_some() {
+                return Err(k.error(
+                    "profile",
+                    "is set together with access_key_id (the profile's credentials would not \
+                     be used; give one or the other)",
+                ));
+            }
+        }
         if let Some(ep) = &self.endpoint {
             k.endpoint("endpoint", ep)?;
         }
@@ -143,7 +189,8 @@ impl Default for S3Config {
     fn default() -> Self {
         S3Config {
             bucket: String::new(),
-            region: "us-east-1".into(),
+            region: None,
+            profile: None,
             endpoint: None,
             force_path_style: false,
             prefix: String::new(),
@@ -153,6 +200,7 @@ impl Default for S3Config {
             multipart_threshold: 16 * MIB,
             part_size: 8 * MIB,
             concurrency: 4,
+            checksum: S3Checksum::Crc32c,
         }
     }
 }
@@ -164,6 +212,7 @@ impl fmt::Debug for S3Config {
         f.debug_struct("S3Config")
             .field("bucket", &self.bucket)
             .field("region", &self.region)
+            .field("profile", &self.profile)
             .field("endpoint", &self.endpoint)
             .field("force_path_style", &self.force_path_style)
             .field("prefix", &self.prefix)
@@ -173,6 +222,7 @@ impl fmt::Debug for S3Config {
             .field("multipart_threshold", &self.multipart_threshold)
             .field("part_size", &self.part_size)
             .field("concurrency", &self.concurrency)
+            .field("checksum", &self.checksum)
             .finish()
     }
 }
@@ -191,7 +241,8 @@ mod tests {
     fn defaults() {
         let c = S3Config::new("b");
         c.validate("media").unwrap();
-        assert_eq!(c.region, "us-east-1");
+        assert_eq!(c.region, None, "the SDK's chain decides");
+        assert_eq!(c.checksum, S3Checksum::Crc32c);
         assert_eq!(c.multipart_threshold, 16 * MIB);
         assert_eq!(c.part_size, 8 * MIB);
         assert_eq!(c.concurrency, 4);
@@ -215,7 +266,17 @@ mod tests {
             |c| c.multipart_threshold = 6 * 1024 * MIB,
             "multipart_threshold",
         );
-        named(|c| c.region = " ".into(), "region");
+        named(|c| c.region = Some(" ".into()), "region");
+        named(|c| c.profile = Some("".into()), "profile");
+        let both = named(
+            |c| {
+                c.profile = Some("work".into());
+                c.access_key_id = Some("AKID".into());
+                c.secret_access_key = Some(Secret::new("s"));
+            },
+            "profile",
+        );
+        assert!(both.contains("one or the other"), "{both}");
         named(|c| c.endpoint = Some("localhost:9000".into()), "endpoint");
         named(|c| c.prefix = "a/../b".into(), "prefix");
         named(|c| c.bucket = "b/x".into(), "bucket");
@@ -269,7 +330,7 @@ mod tests {
             "access_key_id": "a",
         }))
         .unwrap();
-        assert_eq!(c.region, "eu-west-1");
+        assert_eq!(c.region.as_deref(), Some("eu-west-1"));
         assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
         assert!(c.force_path_style);
         assert_eq!(c.secret_access_key.as_ref().map(Secret::expose), Some("s"));
@@ -278,11 +339,32 @@ mod tests {
     }
 
     #[test]
+    fn checksum_choices() {
+        for (v, want) in [
+            ("crc32c", S3Checksum::Crc32c),
+            ("md5", S3Checksum::Md5),
+            ("none", S3Checksum::None),
+        ] {
+            let c: S3Config =
+                serde_json::from_value(serde_json::json!({"bucket": "b", "checksum": v})).unwrap();
+            assert_eq!(c.checksum, want);
+        }
+        let e = serde_json::from_value::<S3Config>(serde_json::json!({"checksum": "sha1"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("crc32c") && e.contains("md5") && e.contains("none"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn keys_cover_every_field_and_alias() {
         let all = serde_json::json!({
             "bucket": "b", "region": "r", "endpoint": "http://h", "force_path_style": true,
             "prefix": "p", "access_key_id": "a", "secret_access_key": "s", "session_token": "t",
             "multipart_threshold": 1, "part_size": 1, "concurrency": 1,
+            "profile": "p", "checksum": "md5",
         });
         for k in all.as_object().unwrap().keys() {
             assert!(

@@ -4,16 +4,20 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::SystemTime;
 
+use aws_config::environment::region::EnvironmentVariableRegionProvider;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::region::ProfileFileRegionProvider;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::retry::RetryConfig;
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::DateTime;
 use xferkit_core::key::Root;
+use xferkit_core::settings::StoreKeys;
 use xferkit_core::status::{self, Answer};
 use xferkit_core::{Error, ErrorKind, RemoteObject, Result};
 
-use crate::S3Config;
+use crate::{S3Checksum, S3Config};
 
 /// The URL scheme of S3 objects: `s3://bucket/key`.
 pub const SCHEME: &str = "s3";
@@ -30,6 +34,7 @@ pub(crate) struct Core {
     pub multipart_threshold: u64,
     pub part_size: u64,
     pub concurrency: usize,
+    pub checksum: S3Checksum,
 }
 
 // No client in the output: the SDK config holds the credential provider.
@@ -44,17 +49,19 @@ impl fmt::Debug for Core {
             .field("multipart_threshold", &self.multipart_threshold)
             .field("part_size", &self.part_size)
             .field("concurrency", &self.concurrency)
+            .field("checksum", &self.checksum)
             .finish_non_exhaustive()
     }
 }
 
 impl Core {
-    /// Build the SDK client for a validated `config`.
-    pub async fn new(config: &S3Config) -> Result<Core> {
+    /// Build the SDK client for the validated `config` of store `name`.
+    pub async fn new(name: &str, config: &S3Config) -> Result<Core> {
         // hyper + rustls with ring (the provider reqwest uses too, so a build
         // has one crypto library), acknowledging every read at once: see http.rs.
         let http = xferkit_http::smithy_client();
-        let region = Region::new(config.region.clone());
+        let region = region(name, config).await?;
+        let region_name = region.to_string();
         let mut builder = match (&config.access_key_id, &config.secret_access_key) {
             (Some(id), Some(secret)) => {
                 let creds = Credentials::new(
@@ -74,11 +81,13 @@ impl Core {
                     .http_client(http)
             }
             _ => {
-                let sdk = aws_config::defaults(BehaviorVersion::latest())
+                let mut loader = aws_config::defaults(BehaviorVersion::latest())
                     .region(region)
-                    .http_client(http)
-                    .load()
-                    .await;
+                    .http_client(http);
+                if let Some(profile) = &config.profile {
+                    loader = loader.profile_name(profile.trim());
+                }
+                let sdk = loader.load().await;
                 aws_sdk_s3::config::Builder::from(&sdk)
             }
         };
@@ -90,16 +99,22 @@ impl Core {
         // each request, see `xferkit_core::RetryPolicy`). The SDK's own
         // retries would multiply attempts and hide RetryLater from callers.
         builder = builder.retry_config(RetryConfig::disabled());
+        if config.checksum != S3Checksum::Crc32c {
+            // Else the SDK adds a CRC32 of its own to every PutObject and UploadPart.
+            builder =
+                builder.request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
+        }
         Ok(Core {
             client: Client::from_conf(builder.build()),
             bucket: config.bucket.clone(),
             root: Root::new(SCHEME, &config.bucket, &config.prefix),
-            region: config.region.clone(),
+            region: region_name,
             endpoint: config.endpoint.clone(),
             force_path_style: config.force_path_style,
             multipart_threshold: config.multipart_threshold,
             part_size: config.part_size,
             concurrency: config.concurrency,
+            checksum: config.checksum,
         })
     }
 
@@ -122,6 +137,31 @@ impl Core {
         o.last_modified = last_modified.and_then(|d| SystemTime::try_from(*d).ok());
         o.metadata = metadata.map(lower_keys).unwrap_or_default();
         o
+    }
+}
+
+/// The region requests are signed for: the store's `region`; else the AWS
+/// SDK's chain, `AWS_REGION`, `AWS_DEFAULT_REGION`, then the `region` of the
+/// profile (`profile`, else `AWS_PROFILE`, else `default`); else, for a custom
+/// endpoint (most S3-compatible stores ignore the region), `us-east-1`.
+async fn region(name: &str, config: &S3Config) -> Result<Region> {
+    if let Some(r) = &config.region {
+        return Ok(Region::new(r.trim().to_string()));
+    }
+    let mut profile = ProfileFileRegionProvider::builder();
+    if let Some(p) = &config.profile {
+        profile = profile.profile_name(p.trim());
+    }
+    let chain = RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+        .or_else(profile.build());
+    match chain.region().await {
+        Some(r) => Ok(r),
+        None if config.endpoint.is_some() => Ok(Region::from_static("us-east-1")),
+        None => Err(StoreKeys::new(name).error(
+            "region",
+            "is not set, and the AWS SDK finds none (AWS_REGION, AWS_DEFAULT_REGION, the \
+             profile's region): set one of them",
+        )),
     }
 }
 

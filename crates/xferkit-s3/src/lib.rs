@@ -6,5 +6,5 @@ mod core;
 mod writer;
 
 pub use backend::S3Store;
-pub use config::S3Config;
+pub use config::{S3Checksum, S3Config};
 pub use core::SCHEME;

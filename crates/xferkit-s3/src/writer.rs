@@ -2,11 +2,14 @@
 //! which chooses one `PutObject` or a multipart upload, schedules, retries,
 //! journals, resumes and aborts.
 //!
-//! Checksums: every `PutObject` and `UploadPart` carries a CRC32C, and the
-//! complete of a multipart upload the whole object's (`FullObject`,
-//! combined by the engine from the parts'), which S3 checks and keeps for
-//! downloads to verify. A store that computes its own instead (moto)
-//! reports it back, and the engine compares.
+//! Checksums (`checksum`): by default every `PutObject` and `UploadPart`
+//! carries a CRC32C, and the complete of a multipart upload the whole
+//! object's (`FullObject`, combined by the engine from the parts'), which S3
+//! checks and keeps for downloads to verify. A store that computes its own
+//! instead (moto) reports it back, and the engine compares. With `md5` each
+//! body carries a `Content-MD5` instead (and nothing is kept for downloads);
+//! with `none`, nothing. Either way the engine still compares a CRC32C the
+//! store reports.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,14 +19,48 @@ use aws_sdk_s3::primitives::{ByteStream as SdkStream, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart,
 };
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use xferkit_core::journal::{JournalPart, crc32c_from_base64, crc32c_to_base64};
 use xferkit_core::parts::{Acked, Body, Held, Part, PartStore, Plan, Stored};
 use xferkit_core::{Error, ErrorKind, PutOptions, RemoteObject, Result};
 
+use crate::S3Checksum;
 use crate::config::{MAX_PART_SIZE, MAX_PARTS};
 use crate::core::{Core, HttpStatus, Mode, encode_metadata, map_sdk, unquote};
 
 const MIB: u64 = 1024 * 1024;
+
+/// The MD5 S3 checks for a body (`checksum = "md5"`).
+fn md5(data: &[u8]) -> Vec<u8> {
+    use md5::Digest;
+    md5::Md5::digest(data).to_vec()
+}
+
+/// The MD5 of a one-request body: a file is read once more (from the page
+/// cache, like the engine's CRC32C of it), in a blocking task.
+async fn md5_of(body: &Body) -> Result<Vec<u8>> {
+    let path = match body {
+        Body::Bytes(b) => return Ok(md5(b)),
+        Body::File(path) => path.clone(),
+    };
+    let shown = path.display().to_string();
+    let sum = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        use md5::Digest;
+        use std::io::Read;
+        let (mut file, mut hasher) = (std::fs::File::open(&path)?, md5::Md5::new());
+        let mut buf = vec![0; MIB as usize];
+        loop {
+            match file.read(&mut buf)? {
+                0 => return Ok(hasher.finalize().to_vec()),
+                n => hasher.update(&buf[..n]),
+            }
+        }
+    });
+    let sum = sum.await;
+    let sum = sum.map_err(|e| Error::backend(&shown, "MD5 worker task failed", e))?;
+    sum.map_err(|e| Error::from_io(&shown, e))
+}
 
 /// One upload to one key.
 pub(crate) struct Upload {
@@ -66,7 +103,7 @@ impl Upload {
 
     /// How the engine cuts uploads for this store.
     pub fn plan(core: &Core, opts: &PutOptions, state_dir: Option<std::path::PathBuf>) -> Plan {
-        Plan::new(
+        let plan = Plan::new(
             core.multipart_threshold,
             core.part_size,
             MAX_PART_SIZE,
@@ -75,7 +112,15 @@ impl Upload {
         .granule(MIB)
         .concurrency(core.concurrency)
         .create_only(opts.if_not_exists)
-        .state_dir(state_dir)
+        .state_dir(state_dir);
+        match core.checksum {
+            S3Checksum::Md5 => plan.digest(md5),
+            _ => plan,
+        }
+    }
+
+    fn crc32c(&self) -> bool {
+        self.core.checksum == S3Checksum::Crc32c
     }
 
     fn record(&self, size: u64, etag: Option<&str>, version: Option<&str>) -> RemoteObject {
@@ -170,11 +215,15 @@ impl PartStore for Upload {
             .set_metadata(self.metadata.clone())
             .content_length(size as i64)
             .body(data);
-        // Computed by the SDK (as a trailer while a file streams), verified
-        // by the store and kept as the object's full-object CRC32C, which
-        // downloads check. (A value given as a header alone is not kept by
-        // moto.)
-        req = req.checksum_algorithm(ChecksumAlgorithm::Crc32C);
+        match self.core.checksum {
+            // Computed by the SDK (as a trailer while a file streams), verified
+            // by the store and kept as the object's full-object CRC32C, which
+            // downloads check. (A value given as a header alone is not kept by
+            // moto.)
+            S3Checksum::Crc32c => req = req.checksum_algorithm(ChecksumAlgorithm::Crc32C),
+            S3Checksum::Md5 => req = req.content_md5(BASE64.encode(md5_of(body).await?)),
+            _ => {}
+        }
         if self.mode == Mode::CreateOnly {
             req = req.if_none_match("*");
         }
@@ -200,16 +249,20 @@ impl PartStore for Upload {
     }
 
     async fn start(&self, _size: Option<u64>) -> Result<String> {
-        let created = self
+        let mut req = self
             .core
             .client
             .create_multipart_upload()
             .bucket(&self.core.bucket)
             .key(&self.full)
             .content_type(&self.content_type)
-            .set_metadata(self.metadata.clone())
-            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-            .checksum_type(ChecksumType::FullObject)
+            .set_metadata(self.metadata.clone());
+        if self.crc32c() {
+            req = req
+                .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+                .checksum_type(ChecksumType::FullObject);
+        }
+        let created = req
             .send()
             .await
             .map_err(self.map("CreateMultipartUpload", Mode::Plain))?;
@@ -223,7 +276,7 @@ impl PartStore for Upload {
     }
 
     async fn put_part(&self, session: &str, part: &Part, _attempt: u32) -> Result<Acked> {
-        let out = self
+        let req = self
             .core
             .client
             .upload_part()
@@ -233,8 +286,10 @@ impl PartStore for Upload {
             .part_number(i32::try_from(part.number).unwrap_or(i32::MAX))
             .content_length(part.data.len() as i64)
             // Already computed: sent as a header, the SDK computes no other.
-            .checksum_crc32_c(crc32c_to_base64(part.crc32c))
-            .body(SdkStream::from(part.data.clone()))
+            .set_checksum_crc32_c(self.crc32c().then(|| crc32c_to_base64(part.crc32c)))
+            .set_content_md5(part.digest.as_ref().map(|d| BASE64.encode(d)))
+            .body(SdkStream::from(part.data.clone()));
+        let out = req
             .send()
             .await
             .map_err(self.map("UploadPart", Mode::Plain))?;
@@ -292,7 +347,7 @@ impl PartStore for Upload {
                         CompletedPart::builder()
                             .part_number(i32::try_from(p.number).unwrap_or(i32::MAX))
                             .e_tag(&p.etag)
-                            .checksum_crc32_c(crc32c_to_base64(p.crc32c))
+                            .set_checksum_crc32_c(self.crc32c().then(|| crc32c_to_base64(p.crc32c)))
                             .build()
                     })
                     .collect(),
@@ -305,9 +360,12 @@ impl PartStore for Upload {
             .bucket(&self.core.bucket)
             .key(&self.full)
             .upload_id(session)
-            .checksum_crc32_c(crc32c_to_base64(crc32c))
-            .checksum_type(ChecksumType::FullObject)
             .multipart_upload(completed);
+        if self.crc32c() {
+            req = req
+                .checksum_crc32_c(crc32c_to_base64(crc32c))
+                .checksum_type(ChecksumType::FullObject);
+        }
         if self.mode == Mode::CreateOnly {
             req = req.if_none_match("*");
         }

@@ -6,6 +6,8 @@
 //! - every PutObject and UploadPart body carries a CRC32C, and the complete
 //!   of a multipart upload the whole object's (combined from the parts'),
 //!   so S3 keeps a full-object CRC32C that every download checks;
+//! - with `checksum = "md5"` each body carries a `Content-MD5` instead, with
+//!   `"none"` nothing, and the emulators take both;
 //! - a HEAD refused for its checksum mode (SSE-KMS without `kms:Decrypt`)
 //!   is asked again without it;
 //! - through a transfer manager: a stopped upload's slow abort finishes in
@@ -25,7 +27,7 @@ use xferkit_conformance::testkit::{
 use xferkit_core::{
     ErrorKind, FileTransferExt, FileTransferHandler, PutOptions, Secret, TransferCtx, UploadSource,
 };
-use xferkit_s3::{S3Config, S3Store};
+use xferkit_s3::{S3Checksum, S3Config, S3Store};
 
 const MIB: usize = 1024 * 1024;
 const BUCKET: &str = "xferkit-conformance";
@@ -84,7 +86,13 @@ fn moto() -> Option<Emu> {
 /// prefix: 5 MiB parts (the S3 minimum), 4 in flight, so several parts are
 /// in play at once.
 async fn store(emu: &Emu, endpoint: &str, prefix: &str) -> S3Store {
+    store_with(emu, endpoint, prefix, S3Checksum::Crc32c).await
+}
+
+/// [`store`] sending `checksum`.
+async fn store_with(emu: &Emu, endpoint: &str, prefix: &str, checksum: S3Checksum) -> S3Store {
     let mut c = S3Config::new(BUCKET);
+    c.checksum = checksum;
     c.endpoint = Some(endpoint.to_string());
     c.force_path_style = true;
     c.access_key_id = Some(emu.access_key.clone());
@@ -169,6 +177,91 @@ async fn every_upload_carries_crc32cs_and_stat_reports_the_whole_objects() {
         assert!(complete.header("x-amz-checksum-crc32c").is_some());
         for key in ["single.bin", "streamed.bin", "multi.bin"] {
             via.delete(key).await.unwrap();
+        }
+    }
+}
+
+/// `checksum = "md5"` and `"none"` against both emulators: every PutObject
+/// and UploadPart carries the `Content-MD5` of its body (`md5`) or no
+/// checksum at all (`none`), no request names a CRC32C (no trailer, no
+/// `x-amz-checksum-*`, not on the multipart requests either), the store
+/// takes them, and each object downloads (verified against whatever
+/// checksum the store reports) to the bytes sent.
+#[tokio::test]
+async fn md5_and_no_checksum_uploads_are_taken_and_download_intact() {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    for emu in [s3s(), moto()].into_iter().flatten() {
+        for checksum in [S3Checksum::Md5, S3Checksum::None] {
+            let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+            let pfx = unique_prefix("faults", "checksum-choice");
+            let via = store_with(&emu, &proxy.url(), &pfx, checksum).await;
+            let dir = tempfile::tempdir().unwrap();
+            let mut parts_md5 = Vec::new();
+            for (key, len) in [
+                ("single.bin", MIB),
+                ("streamed.bin", 3 * MIB),
+                ("multi.bin", 12 * MIB),
+            ] {
+                let body = data(len, 33);
+                let src = write_file(dir.path(), key, &body);
+                let what = format!("{} {checksum:?} {key}", emu.name);
+                via.upload(
+                    key,
+                    UploadSource::Path(src),
+                    &PutOptions::default(),
+                    &TransferCtx::none(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {}", e.chain()));
+                let chunks: Vec<&[u8]> = if len > 5 * MIB {
+                    body.chunks(5 * MIB).collect()
+                } else {
+                    vec![&body]
+                };
+                for c in chunks {
+                    parts_md5.push(
+                        base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(c)),
+                    );
+                }
+                let dest = dir.path().join(format!("{key}.down"));
+                via.download_to_path(key, &dest, None, &TransferCtx::none())
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: {}", e.chain()));
+                assert!(std::fs::read(&dest).unwrap() == body, "{what}");
+            }
+            let seen = proxy.requests();
+            let mut sent_md5 = Vec::new();
+            for r in seen.iter().filter(|r| r.target.contains(".bin")) {
+                let what = format!("{} {checksum:?} {} {}", emu.name, r.method, r.target);
+                for (k, _) in &r.headers {
+                    assert!(
+                        !k.starts_with("x-amz-checksum-") || k == "x-amz-checksum-mode",
+                        "{what}: {k}"
+                    );
+                    assert!(!k.starts_with("x-amz-sdk-checksum"), "{what}: {k}");
+                    assert!(k != "x-amz-trailer", "{what}: {k}");
+                }
+                if r.method == "PUT" {
+                    match checksum {
+                        S3Checksum::Md5 => sent_md5.push(
+                            r.header("content-md5")
+                                .unwrap_or_else(|| panic!("{what}: no Content-MD5"))
+                                .to_string(),
+                        ),
+                        _ => assert_eq!(r.header("content-md5"), None, "{what}"),
+                    }
+                }
+            }
+            if checksum == S3Checksum::Md5 {
+                // Two PutObjects and three parts (5 + 5 + 2 MiB), in any order.
+                sent_md5.sort();
+                parts_md5.sort();
+                assert_eq!(sent_md5, parts_md5, "{}", emu.name);
+            }
+            for key in ["single.bin", "streamed.bin", "multi.bin"] {
+                via.delete(key).await.unwrap();
+            }
         }
     }
 }

@@ -1,0 +1,513 @@
+//! What the store puts on the wire, seen by a tiny S3 stand-in on
+//! 127.0.0.1 that records every request: the region a request is signed for
+//! (from the config, the SDK's environment and profile chain, or the
+//! endpoint fallback), and the checksum headers of each `checksum` choice.
+//!
+//! The region cases need environment variables and AWS config files of
+//! their own. Setting variables in a running test is unsafe (edition 2024)
+//! and would leak into the tests beside it, so each case runs this test
+//! binary again as a child process with its own environment (see
+//! [`child_case`]), which prints the credential scope it signed with.
+#![allow(clippy::unwrap_used)] // test helpers panic on failure by design
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use xferkit_core::{
+    ErrorKind, FileTransferHandler, PutOptions, RetryPolicy, Secret, TransferCtx, UploadSource,
+};
+use xferkit_s3::{S3Checksum, S3Config, S3Store};
+
+const MIB: usize = 1024 * 1024;
+
+/// One request as the stand-in received it (header names lower-case).
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// What the request is, by S3 operation.
+    fn op(&self) -> &'static str {
+        let t = &self.target;
+        match self.method.as_str() {
+            "PUT" if t.contains("partNumber=") => "UploadPart",
+            "PUT" => "PutObject",
+            "POST" if t.contains("?uploads") => "CreateMultipartUpload",
+            "POST" if t.contains("uploadId=") => "CompleteMultipartUpload",
+            "HEAD" => "HeadObject",
+            _ => "other",
+        }
+    }
+
+    /// Every checksum header, and the trailer of an `aws-chunked` body,
+    /// as `name: value` (the `x-amz-checksum-type` too).
+    fn checksums(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("x-amz-checksum")
+                    || k.starts_with("x-amz-sdk-checksum")
+                    || *k == "x-amz-trailer"
+                    || *k == "content-md5"
+            })
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        if self.header("content-encoding") == Some("aws-chunked") {
+            let body = String::from_utf8_lossy(&self.body);
+            for line in body.lines() {
+                if line.starts_with("x-amz-checksum-") {
+                    out.push(format!("trailer {line}"));
+                }
+            }
+        }
+        let n = String::from_utf8_lossy(&self.body)
+            .matches("<ChecksumCRC32C>")
+            .count();
+        if n > 0 {
+            out.push(format!("body: {n} ChecksumCRC32C"));
+        }
+        out.sort();
+        out
+    }
+}
+
+/// An S3 stand-in: answers what an upload and a stat need, remembers
+/// every request.
+struct Mock {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Mock {
+    async fn start() -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let _ = serve(conn, log).await;
+                });
+            }
+        });
+        Mock { url, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn serve(conn: tokio::net::TcpStream, log: Arc<Mutex<Vec<Seen>>>) -> std::io::Result<()> {
+    let mut conn = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if conn.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let mut words = line.split_whitespace();
+        let (method, target) = (
+            words.next().unwrap_or("").to_string(),
+            words.next().unwrap_or("").to_string(),
+        );
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            conn.read_line(&mut h).await?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        assert!(
+            !headers.contains_key("transfer-encoding"),
+            "the stand-in reads Content-Length bodies only: {headers:?}"
+        );
+        if headers.get("expect").is_some_and(|v| v == "100-continue") {
+            conn.get_mut()
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await?;
+        }
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        conn.read_exact(&mut body).await?;
+        let seen = Seen {
+            method,
+            target,
+            headers,
+            body,
+        };
+        let (status, extra, payload) = match seen.op() {
+            "HeadObject" => ("404 Not Found", "", String::new()),
+            "UploadPart" | "PutObject" => ("200 OK", "ETag: \"e\"\r\n", String::new()),
+            "CreateMultipartUpload" => (
+                "200 OK",
+                "",
+                "<InitiateMultipartUploadResult><Bucket>bkt</Bucket><Key>k</Key>\
+                 <UploadId>UP1</UploadId></InitiateMultipartUploadResult>"
+                    .to_string(),
+            ),
+            "CompleteMultipartUpload" => (
+                "200 OK",
+                "",
+                "<CompleteMultipartUploadResult><Bucket>bkt</Bucket><Key>k</Key>\
+                 <ETag>\"e-2\"</ETag></CompleteMultipartUploadResult>"
+                    .to_string(),
+            ),
+            _ => ("200 OK", "", String::new()),
+        };
+        log.lock().unwrap().push(seen);
+        let answer = format!(
+            "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\n\r\n{payload}",
+            payload.len()
+        );
+        conn.get_mut().write_all(answer.as_bytes()).await?;
+    }
+}
+
+fn config(endpoint: &str) -> S3Config {
+    let mut c = S3Config::new("bkt");
+    c.endpoint = Some(endpoint.to_string());
+    c.force_path_style = true;
+    c.access_key_id = Some("AKIDSTATIC".into());
+    c.secret_access_key = Some(Secret::new("static-secret"));
+    c
+}
+
+/// The credential scope of a signed request without its date:
+/// `KEYID/REGION/s3/aws4_request`.
+fn scope(seen: &Seen) -> String {
+    let auth = seen.header("authorization").expect("a signed request");
+    let cred = auth
+        .split("Credential=")
+        .nth(1)
+        .and_then(|c| c.split(',').next())
+        .expect("a credential scope");
+    let parts: Vec<&str> = cred.split('/').collect();
+    format!("{}/{}", parts[0], parts[2..].join("/"))
+}
+
+// ---- region -------------------------------------------------------------
+
+/// The child side of [`region_comes_from_config_then_sdk_chain_then_endpoint`]:
+/// does nothing unless `XFERKIT_S3_REGION_CASE` is set. The case is
+/// `KEY=VALUE` pairs separated by `;`: `region`, `profile`, `endpoint=no`
+/// (no custom endpoint), `static=no` (credentials from the SDK chain).
+/// Prints `SCOPE KEYID/REGION/s3/aws4_request` of the stat it signed, or
+/// `ERROR kind: message` when the store could not be built.
+#[tokio::test]
+async fn child_case() {
+    let Ok(case) = std::env::var("XFERKIT_S3_REGION_CASE") else {
+        return;
+    };
+    let case: HashMap<&str, &str> = case
+        .split(';')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let mock = Mock::start().await;
+    let mut c = config(&mock.url);
+    c.region = case.get("region").map(|r| r.to_string());
+    c.profile = case.get("profile").map(|p| p.to_string());
+    if case.get("endpoint") == Some(&"no") {
+        c.endpoint = None;
+        c.force_path_style = false;
+    }
+    if case.get("static") == Some(&"no") {
+        c.access_key_id = None;
+        c.secret_access_key = None;
+    }
+    let store = match S3Store::new("media", c).await {
+        Ok(s) => s.with_retry_policy(RetryPolicy::none()),
+        Err(e) => {
+            println!("ERROR {:?}: {e}", e.kind());
+            return;
+        }
+    };
+    let e = store.stat("k").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{}", e.chain());
+    let seen = mock.seen();
+    println!("SCOPE {}", scope(&seen[0]));
+}
+
+/// Run [`child_case`] with `case` in an environment holding only `env` of
+/// the AWS variables, with AWS config files of its own (`profiles`, written
+/// as `~/.aws/config`); its one output line.
+fn run_case(case: &str, env: &[(&str, &str)], profiles: &str) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let config_file = home.path().join("config");
+    std::fs::write(&config_file, profiles).unwrap();
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["child_case", "--exact", "--nocapture", "--test-threads=1"]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("HOME", home.path())
+        .env("AWS_CONFIG_FILE", &config_file)
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            home.path().join("credentials"),
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("XFERKIT_S3_REGION_CASE", case)
+        .envs(env.iter().copied());
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{case}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| {
+            // libtest prints `test child_case ... ` before it on the line.
+            let at = l.find("SCOPE ").or_else(|| l.find("ERROR "))?;
+            Some(&l[at + 6..])
+        })
+        .unwrap_or_else(|| panic!("{case}: no result in {stdout}"))
+        .to_string()
+}
+
+/// The region a request is signed for: `region` if set; else `AWS_REGION`,
+/// then `AWS_DEFAULT_REGION`, then the profile's; else `us-east-1` for a
+/// custom endpoint, and an error naming the key without one. `profile`
+/// gives credentials and region alike.
+#[test]
+fn region_comes_from_config_then_sdk_chain_then_endpoint() {
+    let profiles = "[default]\nregion = eu-north-1\n\n\
+                    [profile media]\nregion = sa-east-1\n\
+                    aws_access_key_id = AKIDPROFILE\naws_secret_access_key = profile-secret\n";
+    let both = [
+        ("AWS_REGION", "eu-west-1"),
+        ("AWS_DEFAULT_REGION", "us-west-2"),
+    ];
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case<'_>] = &[
+        // What issue 16 found: AWS_REGION was ignored for us-east-1.
+        (
+            "static=yes",
+            &both,
+            "",
+            "AKIDSTATIC/eu-west-1/s3/aws4_request",
+        ),
+        (
+            "static=yes",
+            &[("AWS_DEFAULT_REGION", "us-west-2")],
+            "",
+            "AKIDSTATIC/us-west-2/s3/aws4_request",
+        ),
+        (
+            "region=ap-south-1",
+            &both,
+            profiles,
+            "AKIDSTATIC/ap-south-1/s3/aws4_request",
+        ),
+        // The environment before the profile, as in the SDK.
+        (
+            "static=yes",
+            &both,
+            profiles,
+            "AKIDSTATIC/eu-west-1/s3/aws4_request",
+        ),
+        (
+            "static=yes",
+            &[],
+            profiles,
+            "AKIDSTATIC/eu-north-1/s3/aws4_request",
+        ),
+        (
+            "profile=media;static=no",
+            &[],
+            profiles,
+            "AKIDPROFILE/sa-east-1/s3/aws4_request",
+        ),
+        (
+            "static=no",
+            &[("AWS_PROFILE", "media")],
+            profiles,
+            "AKIDPROFILE/sa-east-1/s3/aws4_request",
+        ),
+        // No region anywhere: a custom endpoint signs for us-east-1 ...
+        (
+            "static=yes",
+            &[],
+            "",
+            "AKIDSTATIC/us-east-1/s3/aws4_request",
+        ),
+    ];
+    for &(case, env, profiles, want) in cases {
+        assert_eq!(run_case(case, env, profiles), want, "{case} {env:?}");
+    }
+    // ... AWS itself needs one.
+    let e = run_case("endpoint=no", &[], "");
+    assert!(e.starts_with("InvalidConfig: "), "{e}");
+    assert!(e.contains("stores.media.region is not set"), "{e}");
+    assert!(e.contains("AWS_REGION"), "{e}");
+}
+
+// ---- checksums ----------------------------------------------------------
+
+/// An upload of `source` with `checksum`: the requests the stand-in saw,
+/// as (operation, checksum headers), HEADs left out.
+async fn upload(checksum: S3Checksum, source: UploadSource) -> Vec<(String, Vec<String>)> {
+    let mock = Mock::start().await;
+    let mut c = config(&mock.url);
+    c.region = Some("us-east-1".into());
+    c.checksum = checksum;
+    c.part_size = 5 * MIB as u64;
+    c.multipart_threshold = 5 * MIB as u64;
+    c.concurrency = 1;
+    let store = S3Store::new("media", c).await.unwrap();
+    let ctx = TransferCtx::default();
+    store
+        .upload("k", source, &PutOptions::default(), &ctx)
+        .await
+        .unwrap();
+    mock.seen()
+        .iter()
+        .filter(|s| s.op() != "HeadObject")
+        .map(|s| (s.op().to_string(), s.checksums()))
+        .collect()
+}
+
+fn crc(data: &[u8]) -> String {
+    BASE64.encode(crc32c::crc32c(data).to_be_bytes())
+}
+
+fn md5(data: &[u8]) -> String {
+    use md5::Digest;
+    BASE64.encode(md5::Md5::digest(data))
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+fn row(op: &str, headers: &[String]) -> (String, Vec<String>) {
+    let mut h = headers.to_vec();
+    h.sort();
+    (op.to_string(), h)
+}
+
+/// One-request uploads, from memory and from a file, for each choice.
+#[tokio::test]
+async fn put_object_checksum_headers_per_choice() {
+    let small = data(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("small");
+    std::fs::write(&file, &small).unwrap();
+    let sources = || {
+        [
+            UploadSource::from_bytes(small.clone()),
+            UploadSource::Path(file.clone()),
+        ]
+    };
+    for source in sources() {
+        let sent = upload(S3Checksum::Crc32c, source).await;
+        // Computed by the SDK (this SDK version sends it as a header for a
+        // body of known length, also from a file).
+        let want = [
+            format!("x-amz-checksum-crc32c: {}", crc(&small)),
+            "x-amz-sdk-checksum-algorithm: CRC32C".into(),
+        ];
+        assert_eq!(sent, vec![row("PutObject", &want)]);
+    }
+    for source in sources() {
+        let sent = upload(S3Checksum::Md5, source).await;
+        assert_eq!(
+            sent,
+            vec![row("PutObject", &[format!("content-md5: {}", md5(&small))])]
+        );
+    }
+    for source in sources() {
+        let sent = upload(S3Checksum::None, source).await;
+        assert_eq!(sent, vec![row("PutObject", &[])]);
+    }
+}
+
+/// A multipart upload of 6 MiB (parts of 5 and 1 MiB) for each choice:
+/// the exact checksum headers of every request.
+#[tokio::test]
+async fn multipart_checksum_headers_per_choice() {
+    let big = data(6 * MIB);
+    let (p1, p2) = big.split_at(5 * MIB);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big");
+    std::fs::write(&file, &big).unwrap();
+    let source = || UploadSource::Path(file.clone());
+
+    let sent = upload(S3Checksum::Crc32c, source()).await;
+    assert_eq!(
+        sent,
+        vec![
+            row(
+                "CreateMultipartUpload",
+                &[
+                    "x-amz-checksum-algorithm: CRC32C".into(),
+                    "x-amz-checksum-type: FULL_OBJECT".into()
+                ]
+            ),
+            row(
+                "UploadPart",
+                &[format!("x-amz-checksum-crc32c: {}", crc(p1))]
+            ),
+            row(
+                "UploadPart",
+                &[format!("x-amz-checksum-crc32c: {}", crc(p2))]
+            ),
+            row(
+                "CompleteMultipartUpload",
+                &[
+                    "body: 2 ChecksumCRC32C".into(),
+                    format!("x-amz-checksum-crc32c: {}", crc(&big)),
+                    "x-amz-checksum-type: FULL_OBJECT".into()
+                ]
+            ),
+        ]
+    );
+
+    let sent = upload(S3Checksum::Md5, source()).await;
+    assert_eq!(
+        sent,
+        vec![
+            row("CreateMultipartUpload", &[]),
+            row("UploadPart", &[format!("content-md5: {}", md5(p1))]),
+            row("UploadPart", &[format!("content-md5: {}", md5(p2))]),
+            row("CompleteMultipartUpload", &[]),
+        ]
+    );
+
+    let sent = upload(S3Checksum::None, source()).await;
+    assert_eq!(
+        sent,
+        vec![
+            row("CreateMultipartUpload", &[]),
+            row("UploadPart", &[]),
+            row("UploadPart", &[]),
+            row("CompleteMultipartUpload", &[]),
+        ]
+    );
+}
