@@ -144,11 +144,75 @@ pub enum Command {
         /// Object URL.
         url: String,
     },
-    /// Delete objects (deleting a missing object succeeds).
+    /// Delete objects (deleting a missing object succeeds), or with -r
+    /// everything under URL prefixes.
     Rm {
-        /// Object URLs.
+        /// Object URLs (with -r: URL prefixes).
         #[arg(required = true)]
         urls: Vec<String>,
+        /// Delete every object under each URL prefix (a missing trailing `/`
+        /// is added, so `s3://b/photos` does not touch `photos2/`).
+        #[arg(long, short)]
+        recursive: bool,
+        /// With -r: list what would be deleted, delete nothing.
+        #[arg(long, requires = "recursive")]
+        dry_run: bool,
+        /// With -r: delete even when more than 1000 objects would go.
+        #[arg(long, short, requires = "recursive")]
+        force: bool,
+        /// With -r: deletes running at once.
+        #[arg(long, value_name = "N", default_value_t = crate::batch::DEFAULT_CONCURRENCY,
+              value_parser = clap::value_parser!(u16).range(1..=1024))]
+        concurrency: u16,
+    },
+    /// Make DST hold what SRC holds, sending only what differs: a directory
+    /// to a URL prefix, a prefix to a directory, or a prefix to a prefix
+    /// (across stores too).
+    #[command(
+        after_help = "A file is sent when the destination lacks it, its size differs, or the \
+source is newer than the destination (modification times compared to the second; a download \
+gets the object's last-modified time as its mtime). With --checksum: when the checksums differ \
+(where either side has none, size and time decide)."
+    )]
+    Sync {
+        /// Source: a local directory or a URL prefix.
+        src: OsString,
+        /// Destination: a local directory (created if missing) or a URL prefix.
+        dst: OsString,
+        /// Compare by checksum (CRC32C or SHA-256, as the store reports it)
+        /// instead of size and modification time.
+        #[arg(long)]
+        checksum: bool,
+        /// Delete destination files the source does not have (not those
+        /// --exclude/--include leave out), after every transfer succeeded.
+        #[arg(long)]
+        delete: bool,
+        /// Print what would be sent and deleted, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Leave out paths matching GLOB (relative to SRC/DST; `*` crosses
+        /// `/`: `*.tmp`, `cache/*`). Repeatable.
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+        /// Consider only paths matching GLOB (then --exclude still applies). Repeatable.
+        #[arg(long, value_name = "GLOB")]
+        include: Vec<String>,
+        /// Files moving at once.
+        #[arg(long, value_name = "N", default_value_t = crate::batch::DEFAULT_CONCURRENCY,
+              value_parser = clap::value_parser!(u16).range(1..=1024))]
+        concurrency: u16,
+    },
+    /// Move: copy SRC to DST, check the copy (size, and checksum where both
+    /// sides have one), then delete SRC. Within one store a server-side copy.
+    Mv {
+        /// Source: a local file or an object URL.
+        src: OsString,
+        /// Destination: a local path or an object URL (a URL ending in `/`
+        /// receives the source's name).
+        dst: OsString,
+        /// Overwrite an existing local destination file.
+        #[arg(long, short)]
+        force: bool,
     },
     /// Copy: path→URL uploads, URL→path downloads, URL→URL copies between or within stores.
     Cp {
@@ -165,9 +229,12 @@ pub enum Command {
         #[arg(long, short)]
         recursive: bool,
         /// With -r: files moving at once.
-        #[arg(long, value_name = "N", default_value_t = crate::tree::DEFAULT_TREE_CONCURRENCY,
+        #[arg(long, value_name = "N", default_value_t = crate::batch::DEFAULT_CONCURRENCY,
               value_parser = clap::value_parser!(u16).range(1..=1024))]
         concurrency: u16,
+        /// With -r: print what would be copied, copy nothing.
+        #[arg(long, requires = "recursive")]
+        dry_run: bool,
     },
     /// Print a presigned URL for an object.
     Presign {
@@ -213,6 +280,13 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print a shell completion script (`xfer completions bash > ~/.local/share/bash-completion/completions/xfer`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff: `xfer man | man -l -`).
+    Man,
 }
 
 /// HTTP method of a presigned URL.
@@ -220,6 +294,36 @@ pub enum Command {
 pub enum Method {
     Get,
     Put,
+}
+
+/// `xfer completions SHELL`: the completion script on stdout.
+pub fn completions(shell: clap_complete::Shell) -> Result<(), crate::fail::Failure> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "xfer", &mut out);
+    write_stdout(&out)
+}
+
+/// `xfer man`: the manual page, roff, on stdout.
+pub fn man() -> Result<(), crate::fail::Failure> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut out)
+        .map_err(|e| crate::fail::Failure::failed(format!("rendering the man page: {e}")))?;
+    write_stdout(&out)
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<(), crate::fail::Failure> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            Err(crate::fail::Failure::stdout_closed())
+        }
+        Err(e) => Err(xferkit::Error::from_io("stdout", e).into()),
+    }
 }
 
 fn parse_expiry(s: &str) -> Result<Duration, String> {

@@ -104,7 +104,14 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             let obj = store.stat(&key).await?;
             print_object(cx, &obj, output::stat_text)
         }
-        Command::Rm { urls } => {
+        Command::Rm {
+            urls,
+            recursive: true,
+            dry_run,
+            force,
+            concurrency,
+        } => crate::sync::rm_r(cx, &urls, dry_run, force, usize::from(concurrency)).await,
+        Command::Rm { urls, .. } => {
             for url in &urls {
                 let (store, key) = target::object(cx.kit.registry(), url)?;
                 store.delete(&key).await?;
@@ -120,7 +127,8 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             force,
             recursive: true,
             concurrency,
-        } => crate::tree::cp(cx, &src, &dst, force, usize::from(concurrency)).await,
+            dry_run,
+        } => crate::tree::cp(cx, &src, &dst, force, usize::from(concurrency), dry_run).await,
         Command::Cp {
             src, dst, force, ..
         } => cp(cx, &src, &dst, force).await,
@@ -138,11 +146,33 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             older_than,
             dry_run,
         } => crate::gc::run(cx, prefix.as_deref(), store.as_deref(), older_than, dry_run).await,
+        Command::Sync {
+            src,
+            dst,
+            checksum,
+            delete,
+            dry_run,
+            exclude,
+            include,
+            concurrency,
+        } => {
+            let opts = crate::sync::Options {
+                checksum,
+                delete,
+                dry_run,
+                filter: crate::sync::Filter::new(&include, &exclude)?,
+                concurrency: usize::from(concurrency),
+            };
+            crate::sync::sync(cx, &src, &dst, &opts).await
+        }
+        Command::Mv { src, dst, force } => crate::sync::mv(cx, &src, &dst, force).await,
+        // Answered before a configuration is read (see `crate::run`).
+        Command::Completions { .. } | Command::Man => Ok(()),
     }
 }
 
 /// Print `obj` as JSON, or as `text(obj)`.
-fn print_object(
+pub fn print_object(
     cx: &Ctx,
     obj: &RemoteObject,
     text: impl FnOnce(&RemoteObject) -> String,
@@ -155,7 +185,7 @@ fn print_object(
 }
 
 /// The default key for an upload: the file's name.
-fn key_from_file_name(file: &Path) -> Result<String, Failure> {
+pub fn key_from_file_name(file: &Path) -> Result<String, Failure> {
     file.file_name()
         .and_then(|n| n.to_str())
         .map(str::to_string)
@@ -168,7 +198,7 @@ fn key_from_file_name(file: &Path) -> Result<String, Failure> {
 }
 
 /// An upload source must exist and not be a directory.
-fn check_source(file: &Path) -> Result<(), Failure> {
+pub fn check_source(file: &Path) -> Result<(), Failure> {
     let meta =
         std::fs::metadata(file).map_err(|e| Error::from_io(file.display().to_string(), e))?;
     if meta.is_dir() {
@@ -182,7 +212,7 @@ fn check_source(file: &Path) -> Result<(), Failure> {
 
 /// Upload `file` to `key` of `store` through the manager. `request` carries
 /// the options; its URL is set here.
-async fn upload(
+pub async fn upload(
     cx: &Ctx,
     file: &Path,
     store: &DynHandler,
@@ -323,7 +353,7 @@ async fn cp(cx: &Ctx, src: &OsString, dst: &OsString, force: bool) -> Result<(),
 
 /// The store and key a `cp` destination URL names; a URL ending in `/`
 /// names a prefix, to which `name()` is appended.
-fn destination(
+pub fn destination(
     reg: &xferkit::Registry,
     url: &str,
     name: impl FnOnce() -> Result<String, Failure>,
@@ -337,7 +367,7 @@ fn destination(
 }
 
 /// Copy between stores: download to a temp file, then upload it.
-async fn relay(
+pub async fn relay(
     cx: &Ctx,
     from: &DynHandler,
     from_key: &str,
@@ -354,13 +384,7 @@ async fn relay(
     let tmp = dir.path().join(&name);
     let down = TransferRequest::download(from.url_for(from_key), &tmp);
     let obj = transfer::run(cx.kit.manager(), down, &name, cx.progress).await?;
-    let mut opts = PutOptions::default();
-    if let Some(ct) = obj.content_type {
-        opts = opts.with_content_type(ct);
-    }
-    for (k, v) in obj.metadata {
-        opts = opts.with_metadata(k, v);
-    }
+    let opts = crate::batch::options_like(&obj);
     let up = TransferRequest::upload(&tmp, to.url_for(to_key)).with_options(opts);
     transfer::run(cx.kit.manager(), up, &name, cx.progress).await
     // `dir` and the temp file in it are removed here, on success or not.

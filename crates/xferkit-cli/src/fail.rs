@@ -3,7 +3,7 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success (also: stdout closed early, e.g. `xfer ls … \| head`) |
-//! | 1 | the operation failed (not found, permission, network, already exists, not supported, …) |
+//! | 1 | the operation failed (not found, permission, network, already exists, not supported, …); for `cp -r`, `sync`, `rm -r`: a file failed |
 //! | 2 | usage, configuration or invalid input (`InvalidConfig`, `InvalidUrl`, `InvalidKey`, bad arguments) |
 //! | 130 | interrupted by Ctrl-C; the running transfer was stopped and left nothing behind |
 

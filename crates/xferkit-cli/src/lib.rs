@@ -5,12 +5,14 @@
 //! hands a package's tests only its own binaries); `src/main.rs` calls
 //! [`main`]. Nothing here is an API.
 
+mod batch;
 mod cli;
 mod commands;
 mod fail;
 mod gc;
 mod output;
 mod share;
+mod sync;
 mod target;
 mod transfer;
 mod tree;
@@ -65,6 +67,12 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    // Neither needs (nor may fail on) a configuration.
+    match &cli.command {
+        cli::Command::Completions { shell } => return cli::completions(*shell),
+        cli::Command::Man => return cli::man(),
+        _ => {}
+    }
     let mut figment = xferkit::figment_for(cli.config.as_deref())?;
     if cli.allow_private_links {
         figment = figment.merge(("links.allow_private", true));

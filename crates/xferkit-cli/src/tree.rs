@@ -9,7 +9,10 @@
 //!   `DIR/RELATIVE/PATH` (`DIR` and subdirectories are created); an existing
 //!   file is kept unless `--force`.
 //!
-//! Up to `--concurrency` files move at once. A file that cannot be copied
+//! `--dry-run` prints what would be copied (`(dryrun) upload: PATH to URL`)
+//! and copies nothing.
+//!
+//! Up to `--concurrency` files move at once ([`crate::batch`]). A file that cannot be copied
 //! (a name that is not UTF-8 or not a valid key, a key that would leave
 //! `DIR`, an existing destination, a failed transfer) is reported on stderr
 //! naming its path or URL, the others go on, and the command ends with a
@@ -19,41 +22,14 @@ use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
 
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use xferkit::{
-    CancellationToken, Direction, DynHandler, Error, ErrorKind, TransferRequest, TransferStatus,
-    validate_key,
-};
+use xferkit::{Direction, DynHandler, Error, TransferRequest, validate_key};
 
+use crate::batch::{self, Job, Problem, Work};
 use crate::commands::Ctx;
-use crate::fail::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Failure, one_line};
+use crate::fail::Failure;
 use crate::output::line;
 use crate::target::{self, Location, shown};
-
-/// Files moving at once when `--concurrency` is not given: enough to hide
-/// per-request latency for small files (see docs/benchmarks.md).
-pub const DEFAULT_TREE_CONCURRENCY: u16 = 16;
-
-const BAR_TEMPLATE: &str =
-    "{msg:.bold} [{bar:30}] {pos}/{len} files {binary_bytes_per_sec} eta {eta}";
-
-/// One file to move: where from, where to, and how to name it in messages.
-#[derive(Debug)]
-struct Item {
-    request: TransferRequest,
-    /// Local path (upload) or URL (download), for messages.
-    label: String,
-}
-
-/// A file that could not be moved.
-#[derive(Debug)]
-struct Problem {
-    label: String,
-    message: String,
-    /// An invalid name (usage-class) rather than a failed transfer.
-    invalid: bool,
-}
 
 /// `xfer cp -r SRC DST`.
 pub async fn cp(
@@ -62,9 +38,10 @@ pub async fn cp(
     dst: &OsStr,
     force: bool,
     concurrency: usize,
+    dry_run: bool,
 ) -> Result<(), Failure> {
     let reg = cx.kit.registry();
-    let (items, mut problems) = match (target::classify(src)?, target::classify(dst)?) {
+    let (items, problems) = match (target::classify(src)?, target::classify(dst)?) {
         (Location::Path(s), Location::Url(d)) => {
             let meta =
                 std::fs::metadata(&s).map_err(|e| Error::from_io(s.display().to_string(), e))?;
@@ -79,7 +56,7 @@ pub async fn cp(
         }
         (Location::Url(s), Location::Path(d)) => {
             let (store, prefix) = target::prefix(reg, &as_prefix(&s))?;
-            download_items(&store, &prefix, &d, force).await?
+            download_items(&store, &prefix, &d, force, dry_run).await?
         }
         (Location::Url(_), Location::Url(_)) => {
             return Err(Failure::usage(
@@ -95,53 +72,59 @@ pub async fn cp(
         }
     };
     for p in &problems {
-        report(cx, p);
+        batch::report(cx, p);
     }
     let total = items.len() + problems.len();
-    let (moved, interrupted, failed) = run_all(cx, items, concurrency.max(1)).await?;
-    for p in &failed {
-        report(cx, p);
+    if dry_run {
+        plan(cx, &items)?;
+        let planned = batch::Outcome {
+            done: items.len(),
+            ..Default::default()
+        };
+        return batch::finish(&planned, &problems, total, "to copy");
     }
-    problems.extend(failed);
-    if interrupted {
-        return Err(Failure {
-            message: Some(format!(
-                "interrupted: {moved} of {total} files copied; the running transfers were stopped and left nothing partial"
-            )),
-            code: EXIT_INTERRUPTED,
-        });
-    }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let code = if problems.iter().all(|p| p.invalid) {
-        EXIT_USAGE
-    } else {
-        EXIT_FAILED
-    };
-    Err(Failure {
-        message: Some(format!(
-            "{} of {total} files failed ({moved} copied); see the messages above",
-            problems.len()
-        )),
-        code,
+    let outcome = batch::run(cx, items, concurrency, "copying", |_, info| {
+        let Some(info) = info else { return Ok(()) };
+        let path = info.path.display().to_string();
+        if cx.json {
+            line(json!({ "url": shown(&info.url), "path": path, "size": info.size }))
+        } else if info.direction == Direction::Upload {
+            line(shown(&info.url))
+        } else {
+            line(path)
+        }
     })
+    .await?;
+    batch::finish(&outcome, &problems, total, "copied")
+}
+
+/// `--dry-run`: one line per job, `(dryrun) ACTION: SRC to DST` (with
+/// `--json`, `{"action", "src", "dst", "size", "dry_run": true}`), and nothing done.
+pub fn plan(cx: &Ctx, jobs: &[Job]) -> Result<(), Failure> {
+    for Job { meta, .. } in jobs {
+        if cx.json {
+            line(json!({
+                "action": meta.action, "src": meta.label, "dst": meta.dst,
+                "size": meta.size, "dry_run": true,
+            }))?;
+        } else if meta.dst.is_empty() {
+            line(format!("(dryrun) {}: {}", meta.action, meta.label))?;
+        } else {
+            line(format!(
+                "(dryrun) {}: {} to {}",
+                meta.action, meta.label, meta.dst
+            ))?;
+        }
+    }
+    Ok(())
 }
 
 /// `url` with a trailing `/`, so that it names a prefix of whole segments.
-fn as_prefix(url: &str) -> String {
+pub fn as_prefix(url: &str) -> String {
     if url.ends_with('/') {
         url.to_string()
     } else {
         format!("{url}/")
-    }
-}
-
-fn report(cx: &Ctx, p: &Problem) {
-    if cx.json {
-        let _ = line(json!({ "path": p.label, "error": p.message }));
-    } else {
-        eprintln!("xfer: {}", one_line(&format!("{}: {}", p.label, p.message)));
     }
 }
 
@@ -150,7 +133,7 @@ async fn upload_items(
     dir: &Path,
     store: &DynHandler,
     prefix: &str,
-) -> Result<(Vec<Item>, Vec<Problem>), Failure> {
+) -> Result<(Vec<Job>, Vec<Problem>), Failure> {
     let root = dir.to_path_buf();
     let files = tokio::task::spawn_blocking(move || walk(&root))
         .await
@@ -171,24 +154,25 @@ async fn upload_items(
             validate_key(&key).map_err(|e| e.to_string())?;
             Ok(key)
         }) {
-            Ok(key) => items.push(Item {
+            Ok(key) => {
+                let url = store.url_for(&key);
                 // A tree copy copies files, as `aws s3 cp --recursive` does:
                 // no thumbnails next to them.
-                request: TransferRequest::upload(&path, store.url_for(&key)).without_thumbnail(),
-                label: shown_path,
-            }),
-            Err(message) => problems.push(Problem {
-                label: shown_path,
-                message,
-                invalid: true,
-            }),
+                let request = TransferRequest::upload(&path, url.clone()).without_thumbnail();
+                let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+                let mut job = Job::new(Work::Transfer(request), shown_path, size);
+                job.meta.action = "upload";
+                job.meta.dst = shown(&url);
+                items.push(job);
+            }
+            Err(message) => problems.push(Problem::invalid(shown_path, message)),
         }
     }
     Ok((items, problems))
 }
 
 /// The key for a relative path: its components joined with `/`; each must be UTF-8.
-fn key_for(rel: &Path) -> Result<String, String> {
+pub fn key_for(rel: &Path) -> Result<String, String> {
     let mut parts = Vec::new();
     for c in rel.components() {
         match c {
@@ -204,7 +188,7 @@ fn key_for(rel: &Path) -> Result<String, String> {
 
 /// Regular files under `root` (sorted, depth first) with their path relative
 /// to `root`; unreadable entries become problems naming their path.
-fn walk(root: &Path) -> Vec<Result<(PathBuf, PathBuf), Problem>> {
+pub fn walk(root: &Path) -> Vec<Result<(PathBuf, PathBuf), Problem>> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -253,11 +237,10 @@ fn walk(root: &Path) -> Vec<Result<(PathBuf, PathBuf), Problem>> {
 }
 
 fn io_problem(path: &Path, e: std::io::Error) -> Problem {
-    Problem {
-        label: path.display().to_string(),
-        message: Error::from_io(path.display().to_string(), e).to_string(),
-        invalid: false,
-    }
+    Problem::failed(
+        path.display().to_string(),
+        Error::from_io(path.display().to_string(), e).to_string(),
+    )
 }
 
 /// Every object under `prefix`, as download requests into `dir`.
@@ -266,14 +249,9 @@ async fn download_items(
     prefix: &str,
     dir: &Path,
     force: bool,
-) -> Result<(Vec<Item>, Vec<Problem>), Failure> {
-    if dir.exists() && !dir.is_dir() {
-        return Err(Failure::failed(format!(
-            "{} exists and is not a directory",
-            dir.display()
-        )));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| Error::from_io(dir.display().to_string(), e))?;
+    dry_run: bool,
+) -> Result<(Vec<Job>, Vec<Problem>), Failure> {
+    ensure_dir(dir, dry_run)?;
     let mut items = Vec::new();
     let mut problems = Vec::new();
     let mut objects = store.list(prefix);
@@ -286,54 +264,66 @@ async fn download_items(
         if rel.is_empty() || rel.ends_with('/') {
             continue; // a "directory marker" object
         }
-        let invalid = |message: String| Problem {
-            label: shown(&url),
-            message,
-            invalid: true,
-        };
-        let path = match local_path_for(dir, rel) {
+        let path = match download_path(dir, rel, &url, !dry_run) {
             Ok(p) => p,
-            Err(m) => {
-                problems.push(invalid(m));
+            Err(p) => {
+                problems.push(p);
                 continue;
             }
         };
-        if let Err(m) = prepare_parent(dir, &path) {
-            problems.push(Problem {
-                label: shown(&url),
-                message: m,
-                invalid: false,
-            });
+        if !force && std::fs::symlink_metadata(&path).is_ok() {
+            problems.push(Problem::failed(
+                shown(&url),
+                format!(
+                    "{} already exists (use --force to overwrite it)",
+                    path.display()
+                ),
+            ));
             continue;
         }
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => {
-                problems.push(Problem {
-                    label: shown(&url),
-                    message: format!("{} is a directory", path.display()),
-                    invalid: false,
-                });
-                continue;
-            }
-            Ok(_) if !force => {
-                problems.push(Problem {
-                    label: shown(&url),
-                    message: format!(
-                        "{} already exists (use --force to overwrite it)",
-                        path.display()
-                    ),
-                    invalid: false,
-                });
-                continue;
-            }
-            _ => {}
-        }
-        items.push(Item {
-            request: TransferRequest::download(url.clone(), &path),
-            label: shown(&url),
-        });
+        let mut job = Job::new(
+            Work::Transfer(TransferRequest::download(url.clone(), &path)),
+            shown(&url),
+            obj.size,
+        );
+        job.meta.action = "download";
+        job.meta.dst = path.display().to_string();
+        items.push(job);
     }
     Ok((items, problems))
+}
+
+/// `dir` exists as a directory afterwards (unless `dry_run`, which only
+/// checks that nothing else is in the way).
+pub fn ensure_dir(dir: &Path, dry_run: bool) -> Result<(), Failure> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Failure::failed(format!(
+            "{} exists and is not a directory",
+            dir.display()
+        )));
+    }
+    if !dry_run {
+        std::fs::create_dir_all(dir).map_err(|e| Error::from_io(dir.display().to_string(), e))?;
+    }
+    Ok(())
+}
+
+/// Where the object `url`, `rel` below the listed prefix, downloads to in
+/// `dir`: a plain path inside `dir` (else an invalid-name problem), whose
+/// parent directories are created when `create` (never through a
+/// symlink), and that is not a directory.
+pub fn download_path(dir: &Path, rel: &str, url: &str, create: bool) -> Result<PathBuf, Problem> {
+    let path = local_path_for(dir, rel).map_err(|m| Problem::invalid(shown(url), m))?;
+    if create {
+        prepare_parent(dir, &path).map_err(|m| Problem::failed(shown(url), m))?;
+    }
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+        return Err(Problem::failed(
+            shown(url),
+            format!("{} is a directory", path.display()),
+        ));
+    }
+    Ok(path)
 }
 
 /// `dir/rel`, refusing any segment that would not stay a plain name inside `dir`.
@@ -384,111 +374,6 @@ fn prepare_parent(dir: &Path, path: &Path) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Run `items`, at most `concurrency` at once; Ctrl-C stops the running ones
-/// and starts no more. Returns (copied, interrupted, failures).
-async fn run_all(
-    cx: &Ctx,
-    items: Vec<Item>,
-    concurrency: usize,
-) -> Result<(usize, bool, Vec<Problem>), Failure> {
-    let manager = cx.kit.new_manager(concurrency);
-    let stop = CancellationToken::new();
-    let bar = cx.progress.then(|| {
-        let bar = ProgressBar::new(items.len() as u64).with_message("copying");
-        if let Ok(style) = ProgressStyle::with_template(BAR_TEMPLATE) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar
-    });
-    let mut results = futures::stream::iter(items.into_iter().map(|item| {
-        let manager = &manager;
-        let stop = stop.clone();
-        async move {
-            if stop.is_cancelled() {
-                return None;
-            }
-            let t = match manager.start(item.request) {
-                Ok(t) => t,
-                Err(e) => {
-                    return Some(Err(Problem {
-                        label: item.label,
-                        message: e.chain(),
-                        invalid: e.kind() == ErrorKind::InvalidKey,
-                    }));
-                }
-            };
-            let info = tokio::select! {
-                info = t.wait_info() => info,
-                _ = stop.cancelled() => {
-                    t.stop();
-                    t.wait_info().await
-                }
-            };
-            Some(match info.status {
-                TransferStatus::Completed => Ok((item.label, info)),
-                TransferStatus::Cancelled if stop.is_cancelled() => return None,
-                _ => Err(Problem {
-                    label: item.label,
-                    message: info.error.unwrap_or_else(|| "transfer failed".into()),
-                    invalid: false,
-                }),
-            })
-        }
-    }))
-    .buffer_unordered(concurrency);
-
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let mut listening = true;
-    let mut moved = 0;
-    let mut failed = Vec::new();
-    loop {
-        tokio::select! {
-            next = results.next() => {
-                let Some(r) = next else { break };
-                match r {
-                    None => {}
-                    Some(Ok((_label, info))) => {
-                        moved += 1;
-                        if let Some(bar) = &bar {
-                            bar.inc(1);
-                        }
-                        let path = info.path.display().to_string();
-                        let printed = if cx.json {
-                            line(json!({ "url": shown(&info.url), "path": path, "size": info.size }))
-                        } else if info.direction == Direction::Upload {
-                            line(shown(&info.url))
-                        } else {
-                            line(path)
-                        };
-                        printed?;
-                    }
-                    Some(Err(p)) => {
-                        if let Some(bar) = &bar {
-                            bar.inc(1);
-                        }
-                        failed.push(p);
-                    }
-                }
-            }
-            signal = &mut ctrl_c, if listening => {
-                listening = false;
-                if signal.is_ok() {
-                    stop.cancel();
-                }
-            }
-        }
-    }
-    drop(results);
-    if stop.is_cancelled() {
-        crate::transfer::settle(&manager).await;
-    }
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
-    Ok((moved, stop.is_cancelled(), failed))
 }
 
 #[cfg(test)]

@@ -9,8 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{outcome, store_config, xfer_in};
-use xferkit_conformance::emulator_env as env;
+use common::{outcome, xfer_in};
 
 fn xfer(dir: &Path, args: &[&str]) -> (i32, String, String) {
     outcome(xfer_in(dir).arg("--quiet").args(args))
@@ -87,47 +86,22 @@ fn prefix() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xfer_against_s3_from_config() {
-    let Some(v) = env(&xferkit_conformance::S3S_VARS) else {
-        return;
-    };
-    let toml = format!(
-        "backend = \"s3\"\nbucket = \"xferkit-cli\"\nendpoint = {:?}\nforce_path_style = true\n\
-         access_key_id = {:?}\nsecret_access_key = {:?}\nprefix = {:?}\n",
-        v[0],
-        v[1],
-        v[2],
-        prefix()
-    );
-    let fig = store_config(&toml);
-    let store = xferkit_s3::S3Store::new("remote", fig).await.unwrap();
-    store.ensure_bucket().await.unwrap();
-    exercise(toml, "s3").await;
+    if let Some(toml) = common::s3_store_toml("xferkit-cli", &prefix()).await {
+        exercise(toml, "s3").await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xfer_against_azure_from_config() {
-    let Some(toml) = xferkit_conformance::azurite_store_toml("xferkit-cli", &prefix()) else {
-        return;
-    };
-    let store = xferkit_azure::AzureStore::new("remote", store_config(&toml))
-        .await
-        .unwrap();
-    store.create_container_if_missing().await.unwrap();
-    exercise(toml, "az").await;
+    if let Some(toml) = common::azure_store_toml("xferkit-cli", &prefix()).await {
+        exercise(toml, "az").await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xfer_against_gcs_from_config() {
-    let Some(endpoint) = xferkit_conformance::gcs::emulator_with_bucket("xferkit-cli").await else {
-        return;
-    };
     let dir = tempfile::tempdir().unwrap();
-    let cred = xferkit_conformance::gcs::service_account_file(dir.path()).unwrap();
-    let toml = format!(
-        "backend = \"gcs\"\nbucket = \"xferkit-cli\"\nendpoint = {endpoint:?}\nanonymous = true\n\
-         credentials_file = {:?}\nprefix = {:?}\n",
-        cred.display().to_string(),
-        prefix()
-    );
-    exercise(toml, "gs").await;
+    if let Some(toml) = common::gcs_store_toml("xferkit-cli", &prefix(), dir.path()).await {
+        exercise(toml, "gs").await;
+    }
 }

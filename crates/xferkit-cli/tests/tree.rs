@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::{Run, xfer_in};
+use common::{Run, read_tree, write_tree, xfer_in};
 use xferkit_conformance::emulator_env as env;
 
 /// Run xfer in `dir` with `dir/xferkit.toml`.
@@ -43,36 +43,6 @@ fn sample_tree() -> BTreeMap<String, Vec<u8>> {
         );
     }
     t
-}
-
-fn write_tree(root: &Path, tree: &BTreeMap<String, Vec<u8>>) {
-    for (rel, data) in tree {
-        let p = root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, data).unwrap();
-    }
-}
-
-/// Every regular file under `root` (the store's reserved `.xferkit` left out).
-fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            if e.file_name() == ".xferkit" {
-                continue;
-            }
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
 }
 
 /// A sandbox with a local store `local` rooted at `root/`.

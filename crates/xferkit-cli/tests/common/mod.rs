@@ -590,3 +590,80 @@ pub fn store_config<T: serde::de::DeserializeOwned>(toml: &str) -> T {
     table.remove("backend");
     table.try_into().unwrap()
 }
+
+/// The `[stores.NAME]` body of an S3 store on s3s-fs (bucket `bucket`
+/// created, keys under `prefix`), or None (after failing under CI) without
+/// the emulator.
+pub async fn s3_store_toml(bucket: &str, prefix: &str) -> Option<String> {
+    let v = xferkit_conformance::emulator_env(&xferkit_conformance::S3S_VARS)?;
+    let toml = format!(
+        "backend = \"s3\"\nbucket = {bucket:?}\nendpoint = {:?}\nforce_path_style = true\n\
+         access_key_id = {:?}\nsecret_access_key = {:?}\nprefix = {prefix:?}\n",
+        v[0], v[1], v[2]
+    );
+    let store = xferkit_s3::S3Store::new("setup", store_config(&toml))
+        .await
+        .unwrap();
+    store.ensure_bucket().await.unwrap();
+    Some(toml)
+}
+
+/// Likewise an Azure store on Azurite (container created).
+pub async fn azure_store_toml(container: &str, prefix: &str) -> Option<String> {
+    let toml = xferkit_conformance::azurite_store_toml(container, prefix)?;
+    let store = xferkit_azure::AzureStore::new("setup", store_config(&toml))
+        .await
+        .unwrap();
+    store.create_container_if_missing().await.unwrap();
+    Some(toml)
+}
+
+/// Likewise a GCS store on fake-gcs-server (bucket created), with a service
+/// account file written into `dir` so that it can sign URLs.
+pub async fn gcs_store_toml(bucket: &str, prefix: &str, dir: &Path) -> Option<String> {
+    let endpoint = xferkit_conformance::gcs::emulator_with_bucket(bucket).await?;
+    let cred = xferkit_conformance::gcs::service_account_file(dir).unwrap();
+    Some(format!(
+        "backend = \"gcs\"\nbucket = {bucket:?}\nendpoint = {endpoint:?}\nanonymous = true\n\
+         credentials_file = {:?}\nprefix = {prefix:?}\n",
+        cred.display().to_string()
+    ))
+}
+
+/// Write `tree` (relative path → content) under `root`.
+pub fn write_tree(root: &Path, tree: &BTreeMap<String, Vec<u8>>) {
+    for (rel, data) in tree {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+}
+
+/// Every regular file under `root` (the local store's `.xferkit` left out).
+pub fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let e = e.unwrap();
+            if e.file_name() == ".xferkit" {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
