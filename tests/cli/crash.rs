@@ -6,7 +6,8 @@
 //! complete, the object must be byte-identical, and no journal, temp file or
 //! pending upload may be left. Then a SIGINT mid-upload must leave no object
 //! and nothing pending, and a ranged `xfer download` SIGKILLed mid-way and run
-//! again must give the same bytes and leave only the file.
+//! again must give the same bytes and leave only the file; so must one of
+//! the same file uploaded with `--encrypt`, through its link.
 //!
 //! Targets: local, S3 on s3s-fs and on moto, GCS on fake-gcs-server, Azure on
 //! Azurite. Each prints (and `cargo xtask test` repeats) a line such as
@@ -34,6 +35,8 @@ const SIZE: u64 = 200 * MIB;
 const PART: u64 = 8 * MIB;
 const KILLS: usize = 10;
 const KEY: &str = "crash.bin";
+/// The same file as an encrypted attachment.
+const SEALED_KEY: &str = "crash.sealed";
 /// Longest a run to completion may take before the test gives up on it.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 
@@ -111,10 +114,31 @@ impl Bed {
         c
     }
 
-    fn download(&self) -> Command {
+    /// Upload the source again, encrypted, to [`SEALED_KEY`]: its link.
+    fn upload_encrypted(&self) -> String {
+        let out = xfer_in(self.dir.path())
+            .args(self.args)
+            .args([
+                "--quiet",
+                "upload",
+                "src.bin",
+                "--key",
+                SEALED_KEY,
+                "--encrypt",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "encrypted upload: {out:?}");
+        let link = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(link.contains("#aes128gcm."), "not an encrypted link");
+        link
+    }
+
+    fn download(&self, link: &str) -> Command {
         let mut c = xfer_in(self.dir.path());
         c.args(self.args)
-            .args(["--quiet", "download", &self.url, "down/back.bin", "--force"])
+            .args(["--quiet", "download", link, "down/back.bin", "--force"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -292,39 +316,48 @@ async fn crash_target(t: Target) {
         }
     }
 
-    // A ranged download killed mid-way, run again.
+    // A ranged download killed mid-way, run again: of the object, and of
+    // an encrypted attachment of the same file through its link (resumed
+    // records are sealed again to check the link's digest).
     finish(bed.upload().spawn_or_panic(), "the download seed upload");
-    let started = Instant::now();
-    finish(bed.download().spawn_or_panic(), "the calibration download");
-    let full_down = started.elapsed();
-    for i in 0..3 {
-        std::fs::remove_file(bed.path("down/back.bin")).unwrap();
-        let delay = full_down.mul_f64(rng.between(0.05, 0.95));
-        let mut child = bed.download().spawn_or_panic();
-        if wait_for(&bed, &mut child, Moment::Random, delay).await {
-            child.kill().unwrap();
-        }
-        let _ = child.wait();
+    let sealed = bed.upload_encrypted();
+    for (kind, link) in [("plain", bed.url.clone()), ("encrypted", sealed)] {
+        let started = Instant::now();
         finish(
-            bed.download().spawn_or_panic(),
-            &format!("{} download kill {i}: the re-run", t.label),
+            bed.download(&link).spawn_or_panic(),
+            &format!("the calibration download ({kind})"),
         );
-        assert!(
-            same_content(&bed.path("down/back.bin"), &bed.path("src.bin")),
-            "{} download kill {i}: the file differs",
-            t.label
-        );
-        let left: Vec<_> = std::fs::read_dir(bed.path("down"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(
-            left,
-            ["back.bin"],
-            "{} download kill {i}: files left",
-            t.label
-        );
+        let full_down = started.elapsed();
+        for i in 0..3 {
+            std::fs::remove_file(bed.path("down/back.bin")).unwrap();
+            let delay = full_down.mul_f64(rng.between(0.05, 0.95));
+            let mut child = bed.download(&link).spawn_or_panic();
+            if wait_for(&bed, &mut child, Moment::Random, delay).await {
+                child.kill().unwrap();
+            }
+            let _ = child.wait();
+            finish(
+                bed.download(&link).spawn_or_panic(),
+                &format!("{} {kind} download kill {i}: the re-run", t.label),
+            );
+            assert!(
+                same_content(&bed.path("down/back.bin"), &bed.path("src.bin")),
+                "{} {kind} download kill {i}: the file differs",
+                t.label
+            );
+            let left: Vec<_> = std::fs::read_dir(bed.path("down"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(
+                left,
+                ["back.bin"],
+                "{} {kind} download kill {i}: files left",
+                t.label
+            );
+        }
     }
+    bed.store.delete(SEALED_KEY).await.unwrap();
     bed.store.delete(KEY).await.unwrap();
     drop(bed.kit);
 

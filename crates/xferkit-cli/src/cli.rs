@@ -110,6 +110,12 @@ pub enum Command {
         /// Do not store a thumbnail next to an image.
         #[arg(long)]
         no_thumbnail: bool,
+        /// Encrypt end to end with a fresh key (RFC 8188 aes128gcm): the
+        /// store gets only ciphertext; prints the link with the key and the
+        /// ciphertext's digest in its `#fragment` (keep it secret). No
+        /// thumbnail is made.
+        #[arg(long)]
+        encrypt: bool,
     },
     /// Download an object (or a plain http(s) link) to a local file.
     Download {

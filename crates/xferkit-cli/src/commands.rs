@@ -41,6 +41,7 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             if_not_exists,
             share,
             no_thumbnail,
+            encrypt,
         } => {
             // `-`: the bytes come from stdin, as a stream of unknown size
             // (sent in parts, with bounded memory, by stores that have them).
@@ -87,6 +88,9 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             }
             if no_thumbnail {
                 request = request.without_thumbnail();
+            }
+            if encrypt {
+                request = request.encrypted();
             }
             validate_key(&key)?;
             request.url = store.url_for(&key);
@@ -228,11 +232,15 @@ pub async fn upload(
 }
 
 /// Download `url` to `dest` (see [`target::download_dest`]) and print where it went.
+/// A link to an encrypted attachment (`#aes128gcm.…`) is decrypted and checked.
 async fn download(cx: &Ctx, url: &str, dest: Option<&Path>, force: bool) -> Result<(), Failure> {
-    let (store, key) = target::object(cx.kit.registry(), url)?;
-    let name = target::file_name_for(url, &key)?;
+    let (url, secret) = xferkit::e2e::split_link(url)?;
+    let (store, key) = target::object(cx.kit.registry(), &url)?;
+    let name = target::file_name_for(&url, &key)?;
     let dest = target::download_dest(dest, &name, force)?;
-    let request = TransferRequest::download(store.url_for(&key), &dest);
+    let canonical = store.url_for(&key);
+    let link = secret.map_or_else(|| canonical.clone(), |s| s.attach(&canonical));
+    let request = TransferRequest::download(link, &dest);
     let obj = transfer::run(cx.kit.manager(), request, &name, cx.progress).await?;
     print_download(cx, &obj, &dest)
 }
@@ -253,11 +261,17 @@ fn print_download(cx: &Ctx, obj: &RemoteObject, dest: &Path) -> Result<(), Failu
 
 /// Write `url` (or `range` of it) to stdout. A whole object whose store
 /// reports a CRC32C is checked as it streams: a mismatch (the bytes were
-/// written already) fails the command. A closed pipe ends it quietly.
+/// written already) fails the command. A closed pipe ends it quietly. A
+/// link to an encrypted attachment is decrypted record by record, and a
+/// whole one checked against the link's digest at the end.
 async fn cat(cx: &Ctx, url: &str, range: Option<xferkit::ByteRange>) -> Result<(), Failure> {
     let reg = cx.kit.registry();
     use std::io::Write;
-    let (store, key) = target::object(reg, url)?;
+    let (url, secret) = xferkit::e2e::split_link(url)?;
+    let (mut store, key) = target::object(reg, &url)?;
+    if let Some(s) = secret {
+        store = std::sync::Arc::new(xferkit::e2e::Encrypted::opening(store, s));
+    }
     let (obj, mut stream) = store.download_stream(&key, range).await?;
     let target = shown(&store.url_for(&key));
     let want = obj

@@ -122,4 +122,7 @@ impl FileTransferHandler for Counting {
     async fn abort_pending_upload(&self, pending: &PendingUpload) -> Result<()> {
         self.inner.abort_pending_upload(pending).await
     }
+    async fn check_ranged_download(&self, key: &str, file: &std::fs::File) -> Result<()> {
+        self.inner.check_ranged_download(key, file).await
+    }
 }
