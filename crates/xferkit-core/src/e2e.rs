@@ -951,6 +951,15 @@ mod tests {
         assert_eq!(format!("{s:?}"), "LinkSecret(<redacted>)");
         let (plain, none) = split_link("https://h/o#section").unwrap();
         assert_eq!((plain.as_str(), none), ("https://h/o#section", None));
+        // A download request keeps the secret apart from its URL and out of Debug.
+        let req = crate::TransferRequest::download(&link, "/tmp/x");
+        assert_eq!(req.url, "https://h/o?sig=x");
+        let shown = format!("{req:?}");
+        assert!(!shown.contains(&B64.encode(s.key)), "{shown}");
+        assert!(!shown.contains(&B64.encode(s.digest)), "{shown}");
+        let bad_req = crate::TransferRequest::download("s3://b/k#aes128gcm.AAAA.secretish", "x");
+        assert_eq!(bad_req.url, "s3://b/k");
+        assert!(!format!("{bad_req:?}").contains("secretish"));
         let bad = split_link("s3://b/k#aes128gcm.AAAA.secretish").unwrap_err();
         assert!(!bad.to_string().contains("secretish"), "{bad}");
         assert!(!format!("{bad:?}").contains("secretish"), "{bad:?}");
