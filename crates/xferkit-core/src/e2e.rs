@@ -404,7 +404,7 @@ enum Mode {
         secret: LinkSecret,
         keys: tokio::sync::OnceCell<Arc<Keys>>,
         /// SHA-256 of each record this download authenticated, by number.
-        hashes: Arc<Mutex<HashMap<u64, [u8; 32]>>>,
+        hashes: Arc<Mutex<HashMap<u64, Seen>>>,
     },
 }
 
@@ -498,6 +498,31 @@ impl Encrypted {
     }
 }
 
+/// A record an opening download authenticated: the SHA-256 of its stored
+/// bytes, and which bytes of its plaintext this run handed out.
+struct Seen {
+    hash: [u8; 32],
+    spans: Vec<(usize, usize)>,
+}
+
+impl Seen {
+    /// Whether this run handed out all `len` bytes of the record, so the
+    /// file holds exactly what was authenticated; else part of it came
+    /// from an earlier run, and the file is what must be checked.
+    fn covers(&self, len: usize) -> bool {
+        let mut spans = self.spans.clone();
+        spans.sort_unstable();
+        let mut end = 0;
+        for (a, b) in spans {
+            if a > end {
+                return false;
+            }
+            end = end.max(b);
+        }
+        end >= len
+    }
+}
+
 /// Decrypts records `first..` of a stored object as they arrive, emitting
 /// `skip..skip+len` of their plaintext; with `whole`, parses the header
 /// first and checks the digest at the end.
@@ -513,7 +538,7 @@ struct Opener {
     ikm: [u8; 16],
     /// The digest the link carries, checked at the end of a whole read.
     whole: Option<([u8; 32], Sha256)>,
-    hashes: Arc<Mutex<HashMap<u64, [u8; 32]>>>,
+    hashes: Arc<Mutex<HashMap<u64, Seen>>>,
     skip: usize,
     left: u64,
     target: String,
@@ -577,15 +602,28 @@ impl Opener {
             if let Some((_, outer)) = &mut self.whole {
                 outer.update(hash);
             }
-            self.hashes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(self.seq, hash);
-            self.seq += 1;
             let from = self.skip.min(plain.len());
             self.skip -= from;
             let n = (plain.len() - from).min(usize::try_from(self.left).unwrap_or(usize::MAX));
             self.left -= n as u64;
+            {
+                let mut seen = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+                let entry = seen.entry(self.seq).or_insert(Seen {
+                    hash,
+                    spans: Vec::new(),
+                });
+                // Read twice (by two ranges, or a retry), a record must be the
+                // same both times: else the file could mix two versions.
+                if entry.hash != hash {
+                    return Err(Error::ChecksumMismatch {
+                        target: self.target.clone(),
+                        expected: format!("record {} the same on every read", self.seq),
+                        actual: "a record that changed between two reads".into(),
+                    });
+                }
+                entry.spans.push((from, from + n));
+            }
+            self.seq += 1;
             if n > 0 {
                 return Ok(Some(Bytes::from(plain).slice(from..from + n)));
             }
@@ -774,10 +812,11 @@ impl FileTransferHandler for Encrypted {
         let hashes = hashes.clone();
         let want = secret.digest;
         let shown = target.clone();
-        // Records this run did not fetch (a resumed download's) are sealed
-        // again from the plaintext on disk: encryption with the same key,
-        // salt and sequence number is deterministic, so the hash is the
-        // stored record's exactly when the bytes on disk are its plaintext.
+        // Records whose plaintext this run did not wholly write (a resumed
+        // download's, or one straddling a resumed part) are sealed again
+        // from the file: encryption with the same key, salt and sequence
+        // number is deterministic, so the hash is the stored record's
+        // exactly when the bytes on disk are its plaintext.
         let digest = tokio::task::spawn_blocking(move || -> Result<[u8; 32]> {
             let size = file
                 .metadata()
@@ -789,11 +828,11 @@ impl FileTransferHandler for Encrypted {
             outer.update(keys.header);
             let mut buf = vec![0u8; PLAIN_PER_RECORD as usize];
             for seq in 0..count {
+                let start = seq * PLAIN_PER_RECORD;
+                let len = (size - start).min(PLAIN_PER_RECORD) as usize;
                 let hash = match known.get(&seq) {
-                    Some(h) => *h,
-                    None => {
-                        let start = seq * PLAIN_PER_RECORD;
-                        let len = (size - start).min(PLAIN_PER_RECORD) as usize;
+                    Some(s) if s.covers(len) => s.hash,
+                    _ => {
                         file.read_exact_at(&mut buf[..len], start)
                             .map_err(|e| Error::from_io(&shown, e))?;
                         sha256(&keys.seal(seq, &buf[..len], seq + 1 == count))
@@ -900,6 +939,20 @@ mod tests {
         let plain = keys.open(0, &stored[21..], true, "t").unwrap();
         assert_eq!(plain, b"I am the walrus");
         assert_eq!(keys.seal(0, b"I am the walrus", true), &stored[21..]);
+    }
+
+    #[test]
+    fn a_record_counts_as_written_only_when_every_byte_was_handed_out() {
+        let seen = |spans: &[(usize, usize)]| Seen {
+            hash: [0; 32],
+            spans: spans.to_vec(),
+        };
+        assert!(seen(&[(0, 10)]).covers(10));
+        assert!(seen(&[(4, 10), (0, 4)]).covers(10));
+        // Overlaps from a retry do not fill a gap.
+        assert!(!seen(&[(0, 4), (0, 4), (5, 10)]).covers(10));
+        assert!(!seen(&[(3, 10)]).covers(10));
+        assert!(seen(&[]).covers(0));
     }
 
     #[test]
