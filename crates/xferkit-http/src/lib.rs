@@ -321,3 +321,9 @@ impl Connection for QuickAck {
         self.io.connected()
     }
 }
+
+/// The README's examples, compiled and run as doctests (the crate docs above
+/// say the same at more length).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
