@@ -4,9 +4,14 @@
 test *ARGS:
     cargo xtask test {{ARGS}}
 
-# What CI runs: fmt check, clippy -D warnings, tests with emulators, cargo package.
+# What CI runs: fmt check, clippy -D warnings, tests with emulators, the package step.
 ci:
     cargo xtask ci
+
+# License files in every published crate's package, then cargo package verified (each crate
+# built from its .crate file).
+package:
+    cargo xtask package
 
 # Install the emulators into the cache ($XFERKIT_EMULATOR_CACHE or ~/.cache/xferkit-emulators).
 emulators-install:

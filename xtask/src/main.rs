@@ -6,7 +6,8 @@
 //! cargo xtask emulators stop      stop the ones `start` left running
 //! cargo xtask test [ARGS...]      install + start emulators, `cargo test --workspace
 //!                                 --all-features ARGS...`, stop them, print the conformance summary
-//! cargo xtask ci                  fmt check, clippy -D warnings, the test flow, cargo package
+//! cargo xtask ci                  fmt check, clippy -D warnings, the test flow, the package step
+//! cargo xtask package             license files in every package, cargo package (verified)
 //! ```
 //!
 //! The emulators (see shared EMULATORS.md for why these four):
@@ -127,7 +128,9 @@ usage:
   cargo xtask emulators stop      stop the emulators started by `emulators start`
   cargo xtask test [ARGS...]      run `cargo test --workspace --all-features ARGS...` against
                                   freshly started emulators, then stop them
-  cargo xtask ci                  fmt --check, clippy -D warnings, test, cargo package
+  cargo xtask ci                  fmt --check, clippy -D warnings, test, cargo xtask package
+  cargo xtask package             license files in every package, then `cargo package` verified
+                                  (each published crate built from its .crate file)
   cargo xtask bench [--backend s3|gcs|azure|all] [--size 1GiB] [--runs 3] [--small-files 2000]
                                   time xfer against curl, s5cmd, rclone, aws cli and cp on
                                   its own emulator instances (see xtask/src/bench.rs)
@@ -160,6 +163,10 @@ fn run(args: &[String]) -> Result<ExitCode> {
             Ok(exit_code(code))
         }
         ["ci"] => ci(&Workspace::locate()?),
+        ["package"] => {
+            package(&Workspace::locate()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
         ["bench", rest @ ..] => bench::run(&Workspace::locate()?, rest),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
@@ -1129,26 +1136,83 @@ fn ci(ws: &Workspace) -> Result<ExitCode> {
         eprintln!("xtask: error: CI step `cargo xtask test` failed (exit code {code})");
         return Ok(exit_code(code));
     }
+    package(ws)?;
+    header(format!("CI passed ({:.0?})", started.elapsed()));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The publishable crates' packages: each must list both license files, then
+/// `cargo package` builds every one from its .crate file (verified).
+fn package(ws: &Workspace) -> Result<()> {
     let crates = publishable_crates(ws)?;
     if crates.is_empty() {
         header("cargo package");
         say("no publishable crates in the workspace; nothing to package");
     } else {
+        // Each published crate must ship its license texts (`license` names both).
+        header("license files in every package");
+        for c in &crates {
+            let out = cargo()
+                .args(["package", "--list", "--allow-dirty", "-p", c])
+                .current_dir(&ws.root)
+                .stderr(Stdio::inherit())
+                .output()
+                .with_context(|| format!("cannot run cargo package --list -p {c}"))?;
+            if !out.status.success() {
+                bail!("cargo package --list -p {c} failed ({})", out.status);
+            }
+            let listed = String::from_utf8_lossy(&out.stdout);
+            let missing = missing_license_files(&listed);
+            if !missing.is_empty() {
+                bail!("the package of {c} lacks {}", missing.join(", "));
+            }
+        }
+        say(format!(
+            "{} packages carry {}",
+            crates.len(),
+            LICENSE_FILES.join(" and ")
+        ));
         // `cargo package` of several workspace members resolves their path dependencies on each
         // other through a temporary local registry, so internal crates not yet on crates.io are
-        // fine. `--no-verify` skips rebuilding every crate from its .crate file (minutes, and the
-        // test build above already compiled the same sources); what this checks is that each
-        // publishable crate's manifest and file list package cleanly. Non-publishable members
-        // (publish = false) are left out: `--workspace` would include them.
+        // fine. Verified: each crate is built from its .crate file, as crates.io users will, so a
+        // file left out of a package or a dependency only the workspace supplied fails here.
+        // The verify builds use the workspace's target dir, but a packaged manifest has no
+        // [profile] (cargo drops it), so the workspace's dev profile is passed as config: the
+        // dependencies the test step compiled are then reused, not built again with full debug
+        // info (docs/testing.md, "Packaging"). Non-publishable members (publish = false) are
+        // left out: `--workspace` would include them.
         let mut cmd = cargo();
-        cmd.args(["package", "--no-verify", "--allow-dirty"]);
+        cmd.args(["package", "--allow-dirty", "--all-features"]);
+        for c in PACKAGE_PROFILE {
+            cmd.args(["--config", c]);
+        }
         for c in &crates {
             cmd.args(["-p", c]);
         }
-        step("cargo package", cmd.current_dir(&ws.root))?;
+        let t0 = Instant::now();
+        step("cargo package (verified)", cmd.current_dir(&ws.root))?;
+        say(format!("packaged and verified in {:.0?}", t0.elapsed()));
     }
-    header(format!("CI passed ({:.0?})", started.elapsed()));
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// The license texts every published crate ships (its `license` is `MIT OR Apache-2.0`).
+const LICENSE_FILES: &[&str] = &["LICENSE-MIT", "LICENSE-APACHE"];
+
+/// The workspace's `[profile.dev]` as `--config` values, for `cargo package`'s verify builds,
+/// whose packaged manifests carry no profile: keep in step with the root Cargo.toml.
+const PACKAGE_PROFILE: &[&str] = &[
+    "profile.dev.debug=\"line-tables-only\"",
+    "profile.dev.package.\"*\".debug=false",
+];
+
+/// The license files `cargo package --list` output lacks.
+fn missing_license_files(listed: &str) -> Vec<&'static str> {
+    LICENSE_FILES
+        .iter()
+        .filter(|f| !listed.lines().any(|l| l.trim() == **f))
+        .copied()
+        .collect()
 }
 
 /// Workspace members whose `publish` is not `false` (cargo metadata shows false as `[]`).
@@ -1178,6 +1242,38 @@ fn publishable_crates(ws: &Workspace) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn license_files_are_found_in_a_package_listing() {
+        let listed = "Cargo.toml\nLICENSE-APACHE\nLICENSE-MIT\nsrc/lib.rs\n";
+        assert!(missing_license_files(listed).is_empty());
+        assert_eq!(
+            missing_license_files("Cargo.toml\nLICENSE-MIT.txt\n"),
+            ["LICENSE-MIT", "LICENSE-APACHE"]
+        );
+    }
+
+    /// The verify builds of `cargo package` reuse the test step's dependencies only with the
+    /// same profile: PACKAGE_PROFILE must say what the root Cargo.toml says.
+    #[test]
+    fn package_profile_is_the_workspace_dev_profile() {
+        let manifest = include_str!("../../Cargo.toml");
+        for entry in PACKAGE_PROFILE {
+            let (path, value) = entry.split_once('=').expect("KEY=VALUE");
+            let (section, key) = path.rsplit_once('.').expect("SECTION.KEY");
+            let mut current = "";
+            let found = manifest.lines().find_map(|l| {
+                let l = l.trim();
+                if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                    current = h;
+                    return None;
+                }
+                let (k, v) = l.split_once('=')?;
+                (current == section && k.trim() == key).then(|| v.trim().to_string())
+            });
+            assert_eq!(found.as_deref(), Some(value), "{entry}");
+        }
+    }
 
     #[test]
     fn totals_add_up_summary_lines() {
