@@ -241,6 +241,34 @@ fn s3_secrets_never_printed_at_trace_level() {
     ];
     check_runs(&sb, runs, &secrets, "X-Amz-Signature");
 
+    // An encrypted attachment (multipart): its link's key and digest are
+    // printed once, as the upload's result, and nowhere else; not by the
+    // commands that take the link, nor by those that refuse it.
+    let up = run_loud(
+        &sb,
+        &["upload", "big.bin", "--key", "d/sealed.bin", "--encrypt"],
+    );
+    assert_eq!(up.code, Some(0), "{}", up.stderr);
+    let link = up.stdout.trim().to_string();
+    let (base, frag) = link.split_once('#').unwrap();
+    let mut sealed = Secrets::default();
+    for part in frag.split('.').skip(1) {
+        sealed.windows(part);
+    }
+    sealed.check(&up.stderr, "xfer upload --encrypt stderr");
+    let other = format!("{}.{}", frag.rsplit_once('.').unwrap().0, "A".repeat(43));
+    let other = format!("{base}#{other}");
+    let runs: &[(&[&str], bool)] = &[
+        (&["download", &link, "sealed.bin"], true),
+        (&["--json", "download", &link, "sealed2.bin"], true),
+        (&["cat", &link, "--range", "0-99"], true),
+        (&["download", &other, "refused.bin"], false),
+        (&["stat", &link], false),
+        (&["rm", &link], false),
+    ];
+    check_runs(&sb, runs, &sealed, "X-Amz-Signature");
+    assert!(!sb.path("refused.bin").exists());
+
     // Wrong credentials: refused, and neither secret printed.
     let bad = loud(&toml(wrong));
     bad.file("small.txt", b"small");

@@ -71,8 +71,9 @@ impl ObjectUrl {
             ));
         }
         if url.fragment().is_some() {
+            // Shown without it: an encrypted attachment's link carries its key there.
             return Err(Error::invalid_url(
-                input,
+                shown(input),
                 "object URLs take no '#fragment'; percent-encode '#' in keys as %23",
             ));
         }
