@@ -111,6 +111,10 @@ pub static CASES: &[Case] = &[
     case!(upload_of_missing_source_is_not_found),
     case!(content_type_and_metadata_round_trip, metadata),
     case!(copy_keeps_content_and_metadata, copy),
+    case!(
+        copy_of_a_multipart_sized_object_keeps_content_and_metadata,
+        copy
+    ),
     case!(presign_get_plain_http, presign_get),
     case!(presign_put_plain_http, presign_put),
     case!(presign_expired_refused, presign_verified),
@@ -833,6 +837,54 @@ async fn copy_keeps_content_and_metadata(e: Arc<Env>, c: &'static str) -> R {
         );
     }
     ensure!(get(&e, &from, None).await? == body, "source changed");
+    Ok(())
+}
+
+/// A copy of an object just over the target's multipart size. S3's
+/// conformance stores lower `copy_threshold` to one 5 MiB part, so there it
+/// is a multipart copy (UploadPartCopy, four parts); elsewhere the store's own
+/// server-side copy of a large object.
+async fn copy_of_a_multipart_sized_object_keeps_content_and_metadata(
+    e: Arc<Env>,
+    c: &'static str,
+) -> R {
+    let from = format!("{c}/big-src.bin");
+    let to = format!("{c}/big-dst.bin");
+    let body = data(e.multipart_size.max(1 << 20) as usize + 1234, 91);
+    let opts = PutOptions::default()
+        .with_content_type("application/x-xferkit-test")
+        .with_metadata("k", "v");
+    e.handler
+        .upload(
+            &from,
+            UploadSource::from_bytes(body.clone()),
+            &opts,
+            &TransferCtx::none(),
+        )
+        .await
+        .ctx("upload")?;
+    let obj = e.handler.copy(&from, &to).await.ctx("copy")?;
+    ensure!(
+        obj.key == to && obj.size == body.len() as u64,
+        "copy result {obj:?}"
+    );
+    ensure!(get(&e, &to, None).await? == body, "copied content differs");
+    let st = e.handler.stat(&to).await.ctx("stat copy")?;
+    ensure!(
+        st.content_type.as_deref() == Some("application/x-xferkit-test"),
+        "content type {:?}",
+        st.content_type
+    );
+    if e.caps.metadata {
+        ensure!(
+            st.metadata.get("k").map(String::as_str) == Some("v"),
+            "metadata {:?}",
+            st.metadata
+        );
+    }
+    for k in [&from, &to] {
+        e.handler.delete(k).await.ctx("delete")?;
+    }
     Ok(())
 }
 

@@ -391,6 +391,13 @@ impl FileTransferHandler for S3Store {
         let (src_url, dst_url) = (self.core.root.url_full(&src), self.core.root.url_full(&dst));
         // `x-amz-copy-source` is `bucket/key`, percent-encoded (keeping `/`).
         let copy_source = xferkit_core::url::encode_path(&format!("{}/{}", self.core.bucket, src));
+        // The size decides between one CopyObject and a multipart copy; a
+        // missing source fails here, naming it.
+        let source = self.head(from, &src).await?;
+        if source.size > self.core.copy_threshold {
+            crate::copy::in_parts(&self.core, &self.retry, &source, &copy_source, &dst).await?;
+            return self.head(to, &dst).await;
+        }
         let r = self
             .retry
             .retry(&dst_url, |_| async {

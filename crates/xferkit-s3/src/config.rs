@@ -66,6 +66,10 @@ pub struct S3Config {
     /// The checksum each upload request carries for the store to check.
     /// Default [`S3Checksum::Crc32c`].
     pub checksum: S3Checksum,
+    /// Server-side copies of objects up to this many bytes are one
+    /// `CopyObject`; larger ones a multipart copy (`UploadPartCopy` parts of
+    /// `part_size`). Default 5 GiB, S3's largest `CopyObject`, and at most that.
+    pub copy_threshold: u64,
 }
 
 /// The checksum S3 uploads send (`checksum` key).
@@ -103,6 +107,7 @@ impl S3Config {
         "part_size",
         "concurrency",
         "checksum",
+        "copy_threshold",
     ];
 
     /// A configuration for `bucket` with every other key at its default.
@@ -181,6 +186,13 @@ impl S3Config {
             single,
         )?;
         k.within("concurrency", self.concurrency, 1..=usize::MAX, "")?;
+        let copy = " bytes (5 GiB is S3's largest CopyObject)";
+        k.within(
+            "copy_threshold",
+            self.copy_threshold,
+            0..=MAX_PART_SIZE,
+            copy,
+        )?;
         Ok(())
     }
 }
@@ -201,6 +213,7 @@ impl Default for S3Config {
             part_size: 8 * MIB,
             concurrency: 4,
             checksum: S3Checksum::Crc32c,
+            copy_threshold: MAX_PART_SIZE,
         }
     }
 }
@@ -223,6 +236,7 @@ impl fmt::Debug for S3Config {
             .field("part_size", &self.part_size)
             .field("concurrency", &self.concurrency)
             .field("checksum", &self.checksum)
+            .field("copy_threshold", &self.copy_threshold)
             .finish()
     }
 }
@@ -262,6 +276,7 @@ mod tests {
         assert!(named(|c| c.part_size = 5 * MIB - 1, "part_size").contains("5 MiB"));
         named(|c| c.part_size = 6 * 1024 * MIB, "part_size");
         named(|c| c.concurrency = 0, "concurrency");
+        named(|c| c.copy_threshold = 6 * 1024 * MIB, "copy_threshold");
         named(
             |c| c.multipart_threshold = 6 * 1024 * MIB,
             "multipart_threshold",
@@ -364,7 +379,7 @@ mod tests {
             "bucket": "b", "region": "r", "endpoint": "http://h", "force_path_style": true,
             "prefix": "p", "access_key_id": "a", "secret_access_key": "s", "session_token": "t",
             "multipart_threshold": 1, "part_size": 1, "concurrency": 1,
-            "profile": "p", "checksum": "md5",
+            "profile": "p", "checksum": "md5", "copy_threshold": 1,
         });
         for k in all.as_object().unwrap().keys() {
             assert!(

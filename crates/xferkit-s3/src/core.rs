@@ -35,6 +35,7 @@ pub(crate) struct Core {
     pub part_size: u64,
     pub concurrency: usize,
     pub checksum: S3Checksum,
+    pub copy_threshold: u64,
 }
 
 // No client in the output: the SDK config holds the credential provider.
@@ -50,6 +51,7 @@ impl fmt::Debug for Core {
             .field("part_size", &self.part_size)
             .field("concurrency", &self.concurrency)
             .field("checksum", &self.checksum)
+            .field("copy_threshold", &self.copy_threshold)
             .finish_non_exhaustive()
     }
 }
@@ -115,6 +117,7 @@ impl Core {
             part_size: config.part_size,
             concurrency: config.concurrency,
             checksum: config.checksum,
+            copy_threshold: config.copy_threshold,
         })
     }
 

@@ -2,6 +2,7 @@
 
 mod backend;
 mod config;
+mod copy;
 mod core;
 mod writer;
 

@@ -8,6 +8,7 @@
 //!   so S3 keeps a full-object CRC32C that every download checks;
 //! - with `checksum = "md5"` each body carries a `Content-MD5` instead, with
 //!   `"none"` nothing, and the emulators take both;
+//! - copies above `copy_threshold` go as ranged `UploadPartCopy` parts;
 //! - a HEAD refused for its checksum mode (SSE-KMS without `kms:Decrypt`)
 //!   is asked again without it;
 //! - through a transfer manager: a stopped upload's slow abort finishes in
@@ -262,6 +263,86 @@ async fn md5_and_no_checksum_uploads_are_taken_and_download_intact() {
             for key in ["single.bin", "streamed.bin", "multi.bin"] {
                 via.delete(key).await.unwrap();
             }
+        }
+    }
+}
+
+/// A copy above `copy_threshold` is a multipart copy: CreateMultipartUpload,
+/// one `UploadPartCopy` per `part_size` range of the source, each pinned to
+/// the source's ETag, and the complete; one at or below it is a single
+/// CopyObject. Both keep content, content type and metadata.
+#[tokio::test]
+async fn copies_above_the_threshold_go_in_ranged_part_copies() {
+    for emu in [s3s(), moto()].into_iter().flatten() {
+        let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+        let pfx = unique_prefix("faults", "part-copy");
+        let mut c = S3Config::new(BUCKET);
+        c.endpoint = Some(proxy.url());
+        c.force_path_style = true;
+        c.access_key_id = Some(emu.access_key.clone());
+        c.secret_access_key = Some(Secret::new(emu.secret_key.clone()));
+        c.prefix = pfx.clone();
+        c.part_size = 5 * MIB as u64;
+        c.copy_threshold = 5 * MIB as u64;
+        let via = S3Store::new("faults", c).await.unwrap();
+        via.ensure_bucket().await.unwrap();
+        let body = data(12 * MIB + 7, 44);
+        let opts = PutOptions::default()
+            .with_content_type("application/x-part-copy")
+            .with_metadata("who", "üser");
+        for (key, bytes) in [("big", &body[..]), ("small", &body[..5 * MIB])] {
+            let src = format!("{key}.src");
+            let source = UploadSource::from_bytes(bytes.to_vec());
+            via.upload(&src, source, &opts, &TransferCtx::none())
+                .await
+                .unwrap();
+            let before = proxy.requests().len();
+            let copied = via.copy(&src, &format!("{key}.dst")).await;
+            let copied = copied.unwrap_or_else(|e| panic!("{} {key}: {}", emu.name, e.chain()));
+            assert_eq!(copied.size, bytes.len() as u64);
+            let st = via.stat(&format!("{key}.dst")).await.unwrap();
+            assert_eq!(st.content_type.as_deref(), Some("application/x-part-copy"));
+            assert_eq!(st.metadata.get("who").map(String::as_str), Some("üser"));
+            let got = via.read_bytes(&format!("{key}.dst"), None).await.unwrap();
+            assert!(got == bytes, "{} {key}: content differs", emu.name);
+            let seen = proxy.requests().split_off(before);
+            let ranges: Vec<&str> = seen
+                .iter()
+                .filter_map(|r| r.header("x-amz-copy-source-range"))
+                .collect();
+            let copies = seen
+                .iter()
+                .filter(|r| r.header("x-amz-copy-source").is_some())
+                .count();
+            if key == "big" {
+                let mut want = [
+                    "bytes=0-5242879",
+                    "bytes=5242880-10485759",
+                    "bytes=10485760-12582918",
+                ];
+                want.sort();
+                let mut got = ranges.clone();
+                got.sort();
+                assert_eq!(got, want, "{}", emu.name);
+                assert_eq!(copies, 3, "{}", emu.name);
+                let pinned = seen
+                    .iter()
+                    .filter(|r| r.header("x-amz-copy-source-if-match").is_some())
+                    .count();
+                assert_eq!(pinned, 3, "{}: every part pinned to the ETag", emu.name);
+                assert!(
+                    seen.iter()
+                        .any(|r| r.method == "POST" && r.target.contains("uploadId=")),
+                    "{}: a CompleteMultipartUpload",
+                    emu.name
+                );
+            } else {
+                assert!(ranges.is_empty(), "{}: {ranges:?}", emu.name);
+                assert_eq!(copies, 1, "{}: one CopyObject", emu.name);
+            }
+        }
+        for k in ["big.src", "big.dst", "small.src", "small.dst"] {
+            via.delete(k).await.unwrap();
         }
     }
 }
