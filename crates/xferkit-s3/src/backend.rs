@@ -394,13 +394,10 @@ impl FileTransferHandler for S3Store {
         // The size decides between one CopyObject and a multipart copy; a
         // missing source fails here, naming it.
         let source = self.head(from, &src).await?;
-        if source.size > self.core.copy_threshold {
-            crate::copy::in_parts(&self.core, &self.retry, &source, &copy_source, &dst).await?;
-            return self.head(to, &dst).await;
-        }
-        let r = self
-            .retry
-            .retry(&dst_url, |_| async {
+        let r = if source.size > self.core.copy_threshold {
+            crate::copy::in_parts(&self.core, &self.retry, &source, &copy_source, &dst).await
+        } else {
+            let one = self.retry.retry(&dst_url, |_| async {
                 self.core
                     .client
                     .copy_object()
@@ -411,11 +408,13 @@ impl FileTransferHandler for S3Store {
                     .send()
                     .await
                     .map_err(|e| map_sdk("CopyObject", &dst_url, Mode::Plain, e))
-            })
-            .await;
+            });
+            one.await.map(drop)
+        };
         if let Err(e) = r {
             return Err(match e {
-                // The destination needs no existing object; a missing one is the source.
+                // The destination needs no existing object; a missing one is
+                // the source (deleted since the HEAD).
                 Error::NotFound { source, .. } => Error::NotFound {
                     target: src_url,
                     source,
