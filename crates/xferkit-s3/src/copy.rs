@@ -3,14 +3,18 @@
 //! parts are `UploadPartCopy` ranges of the source, all pinned to the
 //! source's ETag (`x-amz-copy-source-if-match`: a source replaced meanwhile
 //! fails the copy with `PreconditionFailed` instead of mixing two versions).
-//! The destination gets the source's content type and metadata; it keeps no
-//! full-object checksum (S3 computes none for a copied part list).
+//! The destination gets the source's content type and metadata, and, with
+//! `checksum = "crc32c"`, the source's full-object CRC32C: the parts are
+//! copied with CRC32C and the complete carries the source's, which S3 checks
+//! against the parts' and keeps for downloads to verify.
 
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart};
 use futures::{StreamExt, TryStreamExt, stream};
+use xferkit_core::journal::crc32c_to_base64;
 use xferkit_core::parts::Plan;
 use xferkit_core::{Error, RemoteObject, Result, RetryPolicy};
 
+use crate::S3Checksum;
 use crate::config::{MAX_PART_SIZE, MAX_PARTS};
 use crate::core::{Core, Mode, encode_metadata, map_sdk};
 
@@ -29,6 +33,14 @@ pub(crate) async fn in_parts(
     let part = Plan::new(0, core.part_size, MAX_PART_SIZE, MAX_PARTS).part_size_for(Some(size));
     let if_match = source.etag.as_ref().map(|e| format!("\"{e}\""));
     let metadata = encode_metadata(target, &source.metadata)?;
+    // The source's full-object CRC32C, which the complete asks S3 to check
+    // against the parts' and keep for downloads.
+    let crc = source
+        .checksum
+        .as_deref()
+        .and_then(|c| c.strip_prefix("crc32c:"))
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .filter(|_| core.checksum == S3Checksum::Crc32c);
     let created = retry
         .retry(target, |_| {
             let req = core
@@ -37,7 +49,9 @@ pub(crate) async fn in_parts(
                 .bucket(&core.bucket)
                 .key(dst)
                 .set_content_type(source.content_type.clone())
-                .set_metadata(metadata.clone());
+                .set_metadata(metadata.clone())
+                .set_checksum_algorithm(crc.map(|_| ChecksumAlgorithm::Crc32C))
+                .set_checksum_type(crc.map(|_| ChecksumType::FullObject));
             async move {
                 req.send()
                     .await
@@ -73,13 +87,16 @@ pub(crate) async fn in_parts(
                         .send()
                         .await
                         .map_err(|e| map_sdk("UploadPartCopy", target, Mode::Plain, e))?;
-                    let etag = out.copy_part_result().and_then(|r| r.e_tag());
+                    let result = out.copy_part_result();
+                    let part_crc = result.and_then(|r| r.checksum_crc32_c());
+                    let etag = result.and_then(|r| r.e_tag());
                     let etag = etag.ok_or_else(|| {
                         Error::backend(target, "UploadPartCopy returned no ETag", "no ETag")
                     })?;
                     Ok(CompletedPart::builder()
                         .part_number(number)
                         .e_tag(etag)
+                        .set_checksum_crc32_c(part_crc.map(str::to_string))
                         .build())
                 }
             })
@@ -100,6 +117,8 @@ pub(crate) async fn in_parts(
                         .bucket(&core.bucket)
                         .key(dst)
                         .upload_id(upload_id)
+                        .set_checksum_crc32_c(crc.map(crc32c_to_base64))
+                        .set_checksum_type(crc.map(|_| ChecksumType::FullObject))
                         .multipart_upload(list.clone());
                     async move {
                         req.send()

@@ -269,8 +269,9 @@ async fn md5_and_no_checksum_uploads_are_taken_and_download_intact() {
 
 /// A copy above `copy_threshold` is a multipart copy: CreateMultipartUpload,
 /// one `UploadPartCopy` per `part_size` range of the source, each pinned to
-/// the source's ETag, and the complete; one at or below it is a single
-/// CopyObject. Both keep content, content type and metadata.
+/// the source's ETag, and the complete with the source's full-object CRC32C;
+/// one at or below it is a single CopyObject. Both keep content, content
+/// type, metadata and the CRC32C.
 #[tokio::test]
 async fn copies_above_the_threshold_go_in_ranged_part_copies() {
     for emu in [s3s(), moto()].into_iter().flatten() {
@@ -301,6 +302,13 @@ async fn copies_above_the_threshold_go_in_ranged_part_copies() {
             let copied = copied.unwrap_or_else(|e| panic!("{} {key}: {}", emu.name, e.chain()));
             assert_eq!(copied.size, bytes.len() as u64);
             let st = via.stat(&format!("{key}.dst")).await.unwrap();
+            // The source's full-object CRC32C is kept (s3s-fs 0.14 keeps none
+            // for a multipart object).
+            let src_crc = via.stat(&src).await.unwrap().checksum;
+            assert!(src_crc.is_some(), "{} {key}", emu.name);
+            let kept = !(emu.name == "s3s-fs" && key == "big");
+            let want = if kept { src_crc } else { None };
+            assert_eq!(st.checksum, want, "{} {key}", emu.name);
             assert_eq!(st.content_type.as_deref(), Some("application/x-part-copy"));
             assert_eq!(st.metadata.get("who").map(String::as_str), Some("üser"));
             let got = via.read_bytes(&format!("{key}.dst"), None).await.unwrap();
@@ -330,12 +338,17 @@ async fn copies_above_the_threshold_go_in_ranged_part_copies() {
                     .filter(|r| r.header("x-amz-copy-source-if-match").is_some())
                     .count();
                 assert_eq!(pinned, 3, "{}: every part pinned to the ETag", emu.name);
-                assert!(
-                    seen.iter()
-                        .any(|r| r.method == "POST" && r.target.contains("uploadId=")),
-                    "{}: a CompleteMultipartUpload",
-                    emu.name
-                );
+                let complete = seen
+                    .iter()
+                    .find(|r| r.method == "POST" && r.target.contains("uploadId="))
+                    .expect("a CompleteMultipartUpload");
+                assert_eq!(complete.header("x-amz-checksum-type"), Some("FULL_OBJECT"));
+                let crc = format!("crc32c:{:08x}", crc32c::crc32c(bytes));
+                let sent = complete.header("x-amz-checksum-crc32c").map(|v| {
+                    let v = xferkit_core::journal::crc32c_from_base64(v).unwrap();
+                    xferkit_core::journal::crc32c_label(v)
+                });
+                assert_eq!(sent, Some(crc), "{}: the source's CRC32C", emu.name);
             } else {
                 assert!(ranges.is_empty(), "{}: {ranges:?}", emu.name);
                 assert_eq!(copies, 1, "{}: one CopyObject", emu.name);
