@@ -26,7 +26,9 @@
 //! against `s5cmd cp 'PREFIX/*'` and `rclone copy`; every file must arrive), a local copy of the `--size` file (`xfer upload` to a local store vs
 //! `cp`, and `cp` + fsync), and one upload and one download of a `--rss-size` file by `xfer`
 //! for its peak RSS, and `xfer --bwlimit` at three caps (16, 32 and 64 MiB/s) on a `--bw-size`
-//! file, up and down, with the achieved rate against the cap. Peers: raw `curl` (one PUT / GET; S3 signed with `--aws-sigv4`, GCS
+//! file, up and down, with the achieved rate against the cap. On S3, also upload and download of
+//! the `--size` file end-to-end encrypted (`--encrypt`, and its link) against the same plain,
+//! whose ratio is the "xfer / fastest peer" column of those rows. Peers: raw `curl` (one PUT / GET; S3 signed with `--aws-sigv4`, GCS
 //! unauthenticated, Azure through a SAS URL from `xfer presign`), s5cmd and the AWS CLI (S3),
 //! rclone (all three).
 //!
@@ -974,6 +976,92 @@ impl Bench {
                 &format!("download {}", human(opts.size)),
                 &tools,
             ));
+        }
+
+        // --- end-to-end encrypted against plain (issue 15), S3 only: the "xfer / fastest
+        // peer" column is then encrypted / plain, the goal at most 1.15 ---
+        if backend == Backend::S3 {
+            let tools = vec![
+                Tool {
+                    name: "xfer",
+                    cmd: Box::new(|r| {
+                        self.xfer(&config)
+                            .args(["upload", "--encrypt", "--key"])
+                            .arg(format!("e2e/sealed-{r}.bin"))
+                            .arg(big)
+                    }),
+                    after: Box::new(|r| rm(format!("e2e/sealed-{r}.bin"))),
+                },
+                Tool {
+                    name: "xfer plain",
+                    cmd: Box::new(|r| {
+                        self.xfer(&config)
+                            .args(["upload", "--key"])
+                            .arg(format!("e2e/plain-{r}.bin"))
+                            .arg(big)
+                    }),
+                    after: Box::new(|r| rm(format!("e2e/plain-{r}.bin"))),
+                },
+            ];
+            results.push(self.job(
+                backend.name(),
+                &format!("upload {} encrypted", human(opts.size)),
+                &tools,
+            ));
+
+            // The encrypted seed: its link is what `xfer upload --encrypt` prints.
+            let sealed_seed = "seed.sealed";
+            let printed = self
+                .xfer(&config)
+                .args(["upload", "--encrypt", "--key", sealed_seed])
+                .arg(big)
+                .command()
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| "cannot run xfer upload --encrypt".to_string())?;
+            if !printed.status.success() {
+                bail!(
+                    "xfer upload --encrypt failed: {}",
+                    String::from_utf8_lossy(&printed.stderr)
+                );
+            }
+            let link = String::from_utf8_lossy(&printed.stdout).trim().to_string();
+            let dest = |tool: &str| out.join(format!("e2e-{tool}.bin"));
+            let clean = |tool: &'static str| {
+                let p = dest(tool);
+                Box::new(move |_| {
+                    let _ = fs::remove_file(&p);
+                    Ok(())
+                }) as Box<dyn Fn(usize) -> Result<()>>
+            };
+            let tools = vec![
+                Tool {
+                    name: "xfer",
+                    cmd: Box::new(|_| {
+                        self.xfer(&config)
+                            .arg("download")
+                            .arg(&link)
+                            .arg(dest("sealed"))
+                    }),
+                    after: clean("sealed"),
+                },
+                Tool {
+                    name: "xfer plain",
+                    cmd: Box::new(|_| {
+                        self.xfer(&config)
+                            .arg("download")
+                            .arg(url(seed))
+                            .arg(dest("plain"))
+                    }),
+                    after: clean("plain"),
+                },
+            ];
+            results.push(self.job(
+                backend.name(),
+                &format!("download {} encrypted", human(opts.size)),
+                &tools,
+            ));
+            rm(sealed_seed.to_string())?;
         }
 
         // --- many small files ---
