@@ -95,6 +95,9 @@ pub static CASES: &[Case] = &[
     case!(list_prefix_is_a_string_prefix),
     case!(list_paginates_past_1000),
     case!(list_missing_prefix_is_empty),
+    case!(list_delimiter_groups_directories),
+    case!(list_start_after_resumes_after_a_key),
+    case!(list_limit_stops_after_n_entries),
     case!(stat_fields),
     case!(upload_result_matches_stat),
     case!(range_bounded, range),
@@ -1477,5 +1480,95 @@ async fn encrypted_attachment_refuses_tampering(e: Arc<Env>, c: &'static str) ->
             }
         }
     }
+    Ok(())
+}
+
+// ---------- listing like the peers: delimiter, start-after, limit ----------
+
+/// `c/` holds a file, a directory with a subdirectory, a key that shares the
+/// directory's first letter, and another directory.
+async fn list_tree(e: &Env, c: &str) -> R {
+    for k in ["a.txt", "d/1", "d/2", "d/e/3", "dz", "f/1"] {
+        put(e, &format!("{c}/{k}"), b"x").await?;
+    }
+    Ok(())
+}
+
+/// `list_with` as names (`PRE ` before a common prefix), relative to `c/`.
+async fn listed(
+    e: &Env,
+    c: &str,
+    prefix: &str,
+    opts: xferkit_core::ListOptions,
+) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut s = e.handler.list_with(&format!("{c}/{prefix}"), &opts);
+    while let Some(entry) = s.next().await {
+        let entry = entry.ctx("list_with")?;
+        let strip = |n: &str| n.strip_prefix(&format!("{c}/")).unwrap_or(n).to_string();
+        out.push(match entry {
+            xferkit_core::ListEntry::Object(o) => strip(&o.key),
+            xferkit_core::ListEntry::Prefix(p) => format!("PRE {}", strip(&p)),
+            other => format!("{other:?}"),
+        });
+    }
+    Ok(out)
+}
+
+async fn list_delimiter_groups_directories(e: Arc<Env>, c: &'static str) -> R {
+    use xferkit_core::ListOptions;
+    list_tree(&e, c).await?;
+    let dirs = ListOptions::default().with_delimiter("/");
+    let top = listed(&e, c, "", dirs.clone()).await?;
+    ensure!(
+        top == ["a.txt", "PRE d/", "dz", "PRE f/"],
+        "top level: {top:?}"
+    );
+    let inner = listed(&e, c, "d/", dirs.clone()).await?;
+    ensure!(inner == ["d/1", "d/2", "PRE d/e/"], "d/: {inner:?}");
+    // A string prefix, not only whole segments.
+    let part = listed(&e, c, "d", dirs).await?;
+    ensure!(part == ["PRE d/", "dz"], "prefix d: {part:?}");
+    let flat = listed(&e, c, "", ListOptions::default()).await?;
+    ensure!(
+        flat == ["a.txt", "d/1", "d/2", "d/e/3", "dz", "f/1"],
+        "no delimiter, in key order: {flat:?}"
+    );
+    Ok(())
+}
+
+async fn list_start_after_resumes_after_a_key(e: Arc<Env>, c: &'static str) -> R {
+    use xferkit_core::ListOptions;
+    list_tree(&e, c).await?;
+    let after = |k: &str| ListOptions::default().with_start_after(format!("{c}/{k}"));
+    let rest = listed(&e, c, "", after("d/2")).await?;
+    ensure!(rest == ["d/e/3", "dz", "f/1"], "after d/2: {rest:?}");
+    let none = listed(&e, c, "", after("f/1")).await?;
+    ensure!(none.is_empty(), "after the last key: {none:?}");
+    let dirs = listed(&e, c, "", after("a.txt").with_delimiter("/")).await?;
+    ensure!(
+        dirs == ["PRE d/", "dz", "PRE f/"],
+        "after a.txt, by directory: {dirs:?}"
+    );
+    Ok(())
+}
+
+async fn list_limit_stops_after_n_entries(e: Arc<Env>, c: &'static str) -> R {
+    use xferkit_core::ListOptions;
+    list_tree(&e, c).await?;
+    let two = listed(&e, c, "", ListOptions::default().with_limit(2)).await?;
+    ensure!(two == ["a.txt", "d/1"], "limit 2: {two:?}");
+    let dirs = ListOptions::default().with_delimiter("/").with_limit(3);
+    let three = listed(&e, c, "", dirs).await?;
+    ensure!(
+        three == ["a.txt", "PRE d/", "dz"],
+        "limit 3 by directory: {three:?}"
+    );
+    // Page by page, as a UI would: a limit, then start-after the last key.
+    let page = ListOptions::default()
+        .with_limit(4)
+        .with_start_after(format!("{c}/d/1"));
+    let next = listed(&e, c, "", page).await?;
+    ensure!(next == ["d/2", "d/e/3", "dz", "f/1"], "next page: {next:?}");
     Ok(())
 }

@@ -125,4 +125,11 @@ impl FileTransferHandler for Counting {
     async fn check_ranged_download(&self, key: &str, file: &std::fs::File) -> Result<()> {
         self.inner.check_ranged_download(key, file).await
     }
+    fn list_with(
+        &self,
+        prefix: &str,
+        opts: &xferkit_core::ListOptions,
+    ) -> BoxStream<'static, Result<xferkit_core::ListEntry>> {
+        self.inner.list_with(prefix, opts)
+    }
 }

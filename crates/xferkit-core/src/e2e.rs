@@ -862,6 +862,14 @@ impl FileTransferHandler for Encrypted {
         self.inner.list(prefix)
     }
 
+    fn list_with(
+        &self,
+        prefix: &str,
+        opts: &crate::ListOptions,
+    ) -> BoxStream<'static, Result<crate::ListEntry>> {
+        self.inner.list_with(prefix, opts)
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(key).await
     }

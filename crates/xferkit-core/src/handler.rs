@@ -103,8 +103,23 @@ pub trait FileTransferHandler: Send + Sync + std::fmt::Debug {
     /// Metadata of `key`.
     async fn stat(&self, key: &str) -> Result<RemoteObject>;
 
-    /// Every object whose key starts with `prefix`.
+    /// Every object whose key starts with `prefix`, in ascending byte order
+    /// of keys.
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<RemoteObject>>;
+
+    /// [`list`](Self::list) with a delimiter (common prefixes as
+    /// "directories"), start-after and a limit ([`crate::list::ListOptions`]),
+    /// entries in ascending order of [`crate::list::ListEntry::name`]. The
+    /// default emulates them over `list` ([`crate::list::emulate`]); stores
+    /// whose service does them override it
+    /// ([`Capabilities::list_native`]), with the same result.
+    fn list_with(
+        &self,
+        prefix: &str,
+        opts: &crate::list::ListOptions,
+    ) -> BoxStream<'static, Result<crate::list::ListEntry>> {
+        crate::list::emulate(self.list(prefix), prefix, opts)
+    }
 
     /// Delete `key`; deleting a missing key succeeds.
     async fn delete(&self, key: &str) -> Result<()>;

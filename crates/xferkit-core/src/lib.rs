@@ -8,6 +8,7 @@ mod ext;
 mod handler;
 pub mod journal;
 pub mod key;
+pub mod list;
 pub mod manager;
 pub mod parts;
 mod registry;
@@ -28,6 +29,7 @@ pub use ext::{
 };
 pub use handler::FileTransferHandler;
 pub use key::{MAX_KEY_LEN, validate_key};
+pub use list::{ListEntry, ListOptions};
 pub use manager::{
     Direction, FileInfo, FileTransferListener, Transfer, TransferError, TransferManager,
     TransferRequest, TransferStatus,

@@ -73,6 +73,10 @@ pub struct Capabilities {
     pub copy: bool,
     /// Content type and user metadata round-trip.
     pub metadata: bool,
+    /// `list_with` sends the delimiter, start-after and limit to the service
+    /// (fewer, smaller pages) instead of filtering a full listing; the
+    /// entries are the same either way.
+    pub list_native: bool,
 }
 
 /// A byte range of an object.

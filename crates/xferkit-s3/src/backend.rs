@@ -10,9 +10,9 @@ use futures::{StreamExt, TryStreamExt};
 use xferkit_core::body;
 use xferkit_core::url::ObjectUrl;
 use xferkit_core::{
-    ByteRange, ByteStream, Capabilities, Error, ErrorKind, FileTransferHandler, PendingUpload,
-    PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, RetryPolicy, TransferCtx,
-    UploadSource, async_trait, validate_key,
+    ByteRange, ByteStream, Capabilities, Error, ErrorKind, FileTransferHandler, ListEntry,
+    ListOptions, PendingUpload, PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result,
+    RetryPolicy, TransferCtx, UploadSource, async_trait, validate_key,
 };
 
 use crate::S3Config;
@@ -232,6 +232,89 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// ListObjectsV2 pages of `prefix` with `opts` (delimiter, start-after,
+    /// a page size no larger than the limit), each page one retried request:
+    /// a failure repeats that page, not the listing.
+    fn pages(
+        &self,
+        prefix: &str,
+        opts: &ListOptions,
+    ) -> BoxStream<'static, Result<aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output>>
+    {
+        let core = self.core.clone();
+        let full_prefix = core.root.full(prefix);
+        let target = core.root.url_full(&full_prefix);
+        let policy = self.retry.clone();
+        let delimiter = opts.delimiter.clone().filter(|d| !d.is_empty());
+        let start_after = opts.start_after.as_deref().map(|k| core.root.full(k));
+        let page_size = opts
+            .limit
+            .map(|n| i32::try_from(n.clamp(1, 1000)).unwrap_or(1000));
+        stream::try_unfold(Some(None::<String>), move |token| {
+            let (core, policy, target, full_prefix) = (
+                core.clone(),
+                policy.clone(),
+                target.clone(),
+                full_prefix.clone(),
+            );
+            let (delimiter, start_after) = (delimiter.clone(), start_after.clone());
+            async move {
+                let Some(token) = token else {
+                    return Ok(None);
+                };
+                let page = policy
+                    .retry(&target, |_| {
+                        let req = core
+                            .client
+                            .list_objects_v2()
+                            .bucket(&core.bucket)
+                            .prefix(&full_prefix)
+                            .set_delimiter(delimiter.clone())
+                            .set_start_after(start_after.clone())
+                            .set_max_keys(page_size)
+                            .set_continuation_token(token.clone());
+                        let target = &target;
+                        async move {
+                            req.send()
+                                .await
+                                .map_err(|e| map_sdk("ListObjectsV2", target, Mode::Plain, e))
+                        }
+                    })
+                    .await?;
+                let next = match page.next_continuation_token() {
+                    Some(t) if page.is_truncated().unwrap_or(false) => Some(Some(t.to_string())),
+                    _ => None,
+                };
+                Ok::<_, Error>(Some((page, next)))
+            }
+        })
+        .boxed()
+    }
+}
+
+/// The objects of one ListObjectsV2 page under this store's prefix.
+fn objects(
+    core: &Core,
+    page: &aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output,
+) -> Vec<RemoteObject> {
+    page.contents()
+        .iter()
+        .filter_map(|o| {
+            let key = core.root.key_of(o.key()?)?;
+            Some(core.object(
+                key,
+                o.size().unwrap_or(0).max(0) as u64,
+                o.e_tag(),
+                None,
+                None,
+                o.last_modified(),
+                None,
+            ))
+        })
+        .collect()
+}
+
 #[async_trait]
 impl FileTransferHandler for S3Store {
     fn name(&self) -> &str {
@@ -249,6 +332,7 @@ impl FileTransferHandler for S3Store {
         c.list_pending_uploads = true;
         c.copy = true;
         c.metadata = true;
+        c.list_native = true;
         c
     }
 
@@ -289,69 +373,35 @@ impl FileTransferHandler for S3Store {
 
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<RemoteObject>> {
         let core = self.core.clone();
-        let full_prefix = core.root.full(prefix);
-        let target = core.root.url_full(&full_prefix);
-        let policy = self.retry.clone();
-        // Paged by hand so each page is one retried request: a failure
-        // repeats that page, not the listing.
-        let page_core = core.clone();
-        let pages = stream::try_unfold(Some(None::<String>), move |token| {
-            let (core, policy, target, full_prefix) = (
-                page_core.clone(),
-                policy.clone(),
-                target.clone(),
-                full_prefix.clone(),
-            );
-            async move {
-                let Some(token) = token else {
-                    return Ok(None);
-                };
-                let page = policy
-                    .retry(&target, |_| {
-                        let req = core
-                            .client
-                            .list_objects_v2()
-                            .bucket(&core.bucket)
-                            .prefix(&full_prefix)
-                            .set_continuation_token(token.clone());
-                        let target = &target;
-                        async move {
-                            req.send()
-                                .await
-                                .map_err(|e| map_sdk("ListObjectsV2", target, Mode::Plain, e))
-                        }
-                    })
-                    .await?;
-                let next = match page.next_continuation_token() {
-                    Some(t) if page.is_truncated().unwrap_or(false) => Some(Some(t.to_string())),
-                    _ => None,
-                };
-                Ok::<_, Error>(Some((page, next)))
-            }
-        });
-        pages
-            .map(move |page| {
-                let page = page?;
-                let objects = page
-                    .contents()
-                    .iter()
-                    .filter_map(|o| {
-                        let key = core.root.key_of(o.key()?)?;
-                        Some(Ok(core.object(
-                            key,
-                            o.size().unwrap_or(0).max(0) as u64,
-                            o.e_tag(),
-                            None,
-                            None,
-                            o.last_modified(),
-                            None,
-                        )))
-                    })
-                    .collect::<Vec<_>>();
-                Ok(stream::iter(objects))
-            })
+        self.pages(prefix, &ListOptions::default())
+            .map_ok(move |page| stream::iter(objects(&core, &page).into_iter().map(Ok)))
             .try_flatten()
             .boxed()
+    }
+
+    fn list_with(&self, prefix: &str, opts: &ListOptions) -> BoxStream<'static, Result<ListEntry>> {
+        let core = self.core.clone();
+        let entries = self
+            .pages(prefix, opts)
+            .map_ok(move |page| {
+                // A page's objects and common prefixes are each in order: merged.
+                let mut all: Vec<ListEntry> = objects(&core, &page)
+                    .into_iter()
+                    .map(ListEntry::Object)
+                    .chain(page.common_prefixes().iter().filter_map(|p| {
+                        Some(ListEntry::Prefix(
+                            core.root.key_of(p.prefix()?)?.to_string(),
+                        ))
+                    }))
+                    .collect();
+                all.sort_by(|a, b| a.name().cmp(b.name()));
+                stream::iter(all.into_iter().map(Ok))
+            })
+            .try_flatten();
+        match opts.limit {
+            Some(n) => entries.take(n).boxed(),
+            None => entries.boxed(),
+        }
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
