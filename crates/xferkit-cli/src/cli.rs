@@ -128,13 +128,18 @@ pub enum Command {
         #[arg(long, short)]
         force: bool,
     },
-    /// List objects under a URL prefix (size, last modified, URL).
+    /// List objects under a URL prefix (size, last modified, URL), and
+    /// directories (`PRE`) unless `-r`.
     Ls {
         /// URL prefix (`s3://bucket/photos/`); default: all of `--store` or the default store.
         prefix: Option<String>,
         /// Store to list (instead of a URL prefix).
         #[arg(long, short, conflicts_with = "prefix")]
         store: Option<String>,
+        /// Every object under the prefix; without it, what is under the
+        /// next `/` is one `PRE name/` line, as `aws s3 ls` shows it.
+        #[arg(long, short)]
+        recursive: bool,
     },
     /// Write an object (or a byte range of it) to stdout.
     Cat {

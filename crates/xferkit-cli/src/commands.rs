@@ -101,7 +101,11 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             crate::share::print_upload(cx, &info)
         }
         Command::Download { url, dest, force } => download(cx, &url, dest.as_deref(), force).await,
-        Command::Ls { prefix, store } => ls(cx, prefix.as_deref(), store.as_deref()).await,
+        Command::Ls {
+            prefix,
+            store,
+            recursive,
+        } => ls(cx, prefix.as_deref(), store.as_deref(), recursive).await,
         Command::Cat { url, range } => cat(cx, &url, range).await,
         Command::Stat { url } => {
             let (store, key) = target::object(cx.kit.registry(), &url)?;
@@ -317,20 +321,38 @@ async fn cat(cx: &Ctx, url: &str, range: Option<xferkit::ByteRange>) -> Result<(
     Ok(())
 }
 
-async fn ls(cx: &Ctx, prefix: Option<&str>, store: Option<&str>) -> Result<(), Failure> {
+/// `xfer ls`: objects, and (unless `recursive`) the common prefixes at the
+/// next `/` as `PRE` lines (`{"prefix", "url"}` in JSON).
+async fn ls(
+    cx: &Ctx,
+    prefix: Option<&str>,
+    store: Option<&str>,
+    recursive: bool,
+) -> Result<(), Failure> {
     let reg = cx.kit.registry();
     let (store, prefix) = match (prefix, store) {
         (Some(url), _) => target::prefix(reg, url)?,
         (None, Some(name)) => (reg.get(name)?, String::new()),
         (None, None) => (reg.default_store()?, String::new()),
     };
-    let mut objects = store.list(&prefix);
-    while let Some(obj) = objects.next().await {
-        let obj = obj?;
-        if cx.json {
-            line(object_json(&obj))?;
-        } else {
-            line(output::ls_line(&obj))?;
+    let mut opts = xferkit::ListOptions::default();
+    if !recursive {
+        opts = opts.with_delimiter("/");
+    }
+    let mut entries = store.list_with(&prefix, &opts);
+    while let Some(entry) = entries.next().await {
+        match entry? {
+            xferkit::ListEntry::Prefix(p) => {
+                let url = store.url_for(&p);
+                if cx.json {
+                    line(json!({ "prefix": p, "url": url }))?;
+                } else {
+                    line(format!("{:>10}  {:<20}  {url}", "PRE", ""))?;
+                }
+            }
+            xferkit::ListEntry::Object(obj) if cx.json => line(object_json(&obj))?,
+            xferkit::ListEntry::Object(obj) => line(output::ls_line(&obj))?,
+            _ => {}
         }
     }
     Ok(())

@@ -146,12 +146,24 @@ fn ls_lists_under_a_prefix() {
             .map(|l| l.rsplit("  ").next().unwrap().to_string())
             .collect()
     };
-    let all = urls(sb.ok(&["ls", &root]));
+    let all = urls(sb.ok(&["ls", "-r", &root]));
     assert_eq!(all.len(), 4, "{all:?}");
     // the store's root without its trailing slash, and no argument at all
-    assert_eq!(urls(sb.ok(&["ls", root.trim_end_matches('/')])), all);
-    assert_eq!(urls(sb.ok(&["ls"])), all);
-    assert_eq!(urls(sb.ok(&["ls", "--store", "local"])), all);
+    assert_eq!(urls(sb.ok(&["ls", "-r", root.trim_end_matches('/')])), all);
+    assert_eq!(urls(sb.ok(&["ls", "--recursive"])), all);
+    assert_eq!(urls(sb.ok(&["ls", "-r", "--store", "local"])), all);
+    // Without -r: one `PRE` line per directory, as `aws s3 ls` shows them.
+    let top = sb.ok(&["ls", &root]).stdout;
+    let dirs: Vec<&str> = top.lines().filter(|l| l.contains("PRE")).collect();
+    assert_eq!(dirs.len(), 3, "{top}");
+    assert!(dirs[0].trim_start().starts_with("PRE") && dirs[0].ends_with("docs/"), "{top}");
+    assert_eq!(
+        urls(sb.ok(&["ls", &root])),
+        [format!("{root}docs/"), format!("{root}photos/"), format!("{root}photos2/")]
+    );
+    let json = sb.ok(&["ls", "--json", &root]).stdout;
+    let first: Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(first["prefix"], "docs/", "{json}");
 
     let photos = urls(sb.ok(&["ls", &format!("{root}photos/")]));
     assert_eq!(
@@ -159,7 +171,11 @@ fn ls_lists_under_a_prefix() {
         [format!("{root}photos/a.jpg"), format!("{root}photos/b.jpg")]
     );
     // a plain string prefix: `photos` also matches `photos2/`
-    assert_eq!(urls(sb.ok(&["ls", &format!("{root}photos")])).len(), 3);
+    assert_eq!(urls(sb.ok(&["ls", "-r", &format!("{root}photos")])).len(), 3);
+    assert_eq!(
+        urls(sb.ok(&["ls", &format!("{root}photos")])),
+        [format!("{root}photos/"), format!("{root}photos2/")]
+    );
 
     let line = sb.ok(&["ls", &format!("{root}docs/")]).stdout;
     assert!(line.contains("5 B"), "size: {line}");

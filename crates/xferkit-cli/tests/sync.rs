@@ -54,7 +54,7 @@ fn tree() -> BTreeMap<String, Vec<u8>> {
 
 /// Keys under `prefix` (a URL ending in `/`), relative to it, as `ls` lists them.
 fn listed(dir: &Path, prefix: &str) -> Vec<String> {
-    let r = ok(dir, &["ls", prefix]);
+    let r = ok(dir, &["ls", "-r", prefix]);
     let mut keys: Vec<String> = r
         .stdout
         .lines()

@@ -189,7 +189,7 @@ async fn a_directory_round_trips_through_s3() {
     let prefix = format!("s3://xferkit-tree/tree-{}/", std::process::id());
     let up = ok(d, &["cp", "-r", "src", &prefix]);
     assert_eq!(up.stdout.lines().count(), tree.len(), "{}", up.stdout);
-    let listing = ok(d, &["ls", &prefix]);
+    let listing = ok(d, &["ls", "-r", &prefix]);
     assert_eq!(
         listing.stdout.lines().count(),
         tree.len(),
