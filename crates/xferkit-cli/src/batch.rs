@@ -91,6 +91,25 @@ pub enum Work {
     RemoveFile(PathBuf),
 }
 
+/// The work that copies `from_key` of `from` to `to_key` of `to`: a
+/// server-side copy within one store that can, else through a temp file.
+pub fn copy_work(from: &DynHandler, from_key: String, to: &DynHandler, to_key: String) -> Work {
+    if from.name() == to.name() && from.capabilities().copy {
+        Work::Copy {
+            store: from.clone(),
+            from: from_key,
+            to: to_key,
+        }
+    } else {
+        Work::Relay {
+            from: from.clone(),
+            from_key,
+            to: to.clone(),
+            to_key,
+        }
+    }
+}
+
 /// One file's work.
 #[derive(Debug)]
 pub struct Job {

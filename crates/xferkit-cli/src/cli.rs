@@ -122,7 +122,8 @@ pub enum Command {
         /// Object URL (`s3://bucket/key`, `file:///…`, `https://…`).
         url: String,
         /// Destination file or existing directory (default: the URL's last
-        /// path segment, in the current directory).
+        /// path segment, in the current directory); `-` writes to stdout, as
+        /// `xfer cat` does.
         dest: Option<PathBuf>,
         /// Overwrite an existing destination file.
         #[arg(long, short)]
@@ -226,25 +227,28 @@ gets the object's last-modified time as its mtime). With --checksum: when the ch
         force: bool,
     },
     /// Copy: path→URL uploads, URL→path downloads, URL→URL copies between or within stores.
+    #[command(
+        after_help = "A source containing `*` or `?` is a glob (quote it from the shell): `'s3://b/photos/*.jpg'`, `'dir/**/*.txt'`. `*` and `?` do not match `/`, `**` matches across it. Every match is copied, N at once, to DST taken as a directory or URL prefix, keeping its path below the glob's last literal directory. `-` as SRC reads stdin (DST must name an object), as DST writes to stdout."
+    )]
     Cp {
-        /// Source: a local path or an object URL.
+        /// Source: a local path, an object URL, a glob of either, or `-` (stdin).
         src: OsString,
-        /// Destination: a local path or an object URL (a URL ending in `/`
-        /// receives the source's name).
+        /// Destination: a local path, an object URL (a URL ending in `/`
+        /// receives the source's name), or `-` (stdout).
         dst: OsString,
         /// Overwrite an existing local destination file.
         #[arg(long, short)]
         force: bool,
-        /// Copy a directory to a URL prefix, or everything under a URL prefix
-        /// to a directory, keeping relative paths as keys.
+        /// Copy a directory to a URL prefix, everything under a URL prefix
+        /// to a directory, or a prefix to a prefix, keeping relative paths.
         #[arg(long, short)]
         recursive: bool,
-        /// With -r: files moving at once.
+        /// With -r or a glob: files moving at once.
         #[arg(long, value_name = "N", default_value_t = crate::batch::DEFAULT_CONCURRENCY,
               value_parser = clap::value_parser!(u16).range(1..=1024))]
         concurrency: u16,
-        /// With -r: print what would be copied, copy nothing.
-        #[arg(long, requires = "recursive")]
+        /// With -r or a glob: print what would be copied, copy nothing.
+        #[arg(long)]
         dry_run: bool,
     },
     /// Print a presigned URL for an object.

@@ -43,9 +43,7 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             no_thumbnail,
             encrypt,
         } => {
-            // `-`: the bytes come from stdin, as a stream of unknown size
-            // (sent in parts, with bounded memory, by stores that have them).
-            let stdin = file.as_os_str() == "-";
+            let stdin = is_stdio(&file);
             if stdin && key.is_none() {
                 return Err(Failure::usage("upload -: reading stdin needs --key KEY"));
             }
@@ -72,11 +70,7 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             if if_not_exists {
                 opts = opts.create_only();
             }
-            let request = match stdin {
-                true => TransferRequest::upload_reader(tokio::io::stdin(), None, ""),
-                false => TransferRequest::upload(&file, ""),
-            };
-            let mut request = request.with_options(opts);
+            let mut request = upload_request(&file).with_options(opts);
             if let Some(t) = title {
                 request = request.with_title(t);
             }
@@ -100,6 +94,11 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             let info = transfer::run_info(cx.kit.manager(), request, &label, cx.progress).await?;
             crate::share::print_upload(cx, &info)
         }
+        Command::Download {
+            url,
+            dest: Some(dest),
+            ..
+        } if is_stdio(&dest) => cat(cx, &url, None).await,
         Command::Download { url, dest, force } => download(cx, &url, dest.as_deref(), force).await,
         Command::Ls {
             prefix,
@@ -133,13 +132,21 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             src,
             dst,
             force,
-            recursive: true,
+            recursive,
             concurrency,
             dry_run,
-        } => crate::tree::cp(cx, &src, &dst, force, usize::from(concurrency), dry_run).await,
-        Command::Cp {
-            src, dst, force, ..
-        } => cp(cx, &src, &dst, force).await,
+        } => {
+            if recursive || crate::tree::is_glob(&src) {
+                let n = usize::from(concurrency);
+                crate::tree::cp(cx, &src, &dst, force, n, dry_run).await
+            } else if dry_run {
+                Err(Failure::usage(
+                    "--dry-run lists the files of a many-file copy: add -r or give a glob source",
+                ))
+            } else {
+                cp(cx, &src, &dst, force).await
+            }
+        }
         Command::Presign {
             url,
             expires,
@@ -192,6 +199,23 @@ pub fn print_object(
     }
 }
 
+/// Whether a file operand is `-`: stdin for a source, stdout for a
+/// destination (a file of that name is `./-`).
+pub fn is_stdio(file: &Path) -> bool {
+    file.as_os_str() == "-"
+}
+
+/// The request for an upload of `file` (its URL is set later), or of stdin
+/// for `-`: a stream of unknown size, sent in parts with bounded memory by
+/// stores that have them. `upload -` and `cp - URL` both come here.
+pub fn upload_request(file: &Path) -> TransferRequest {
+    if is_stdio(file) {
+        TransferRequest::upload_reader(tokio::io::stdin(), None, "")
+    } else {
+        TransferRequest::upload(file, "")
+    }
+}
+
 /// The default key for an upload: the file's name.
 pub fn key_from_file_name(file: &Path) -> Result<String, Failure> {
     file.file_name()
@@ -231,6 +255,7 @@ pub async fn upload(
     request.url = store.url_for(key);
     let label = file
         .file_name()
+        .filter(|_| !is_stdio(file))
         .map_or_else(|| key.to_string(), |n| n.to_string_lossy().into_owned());
     transfer::run(cx.kit.manager(), request, &label, cx.progress).await
 }
@@ -263,7 +288,8 @@ fn print_download(cx: &Ctx, obj: &RemoteObject, dest: &Path) -> Result<(), Failu
     line(v)
 }
 
-/// Write `url` (or `range` of it) to stdout. A whole object whose store
+/// Write `url` (or `range` of it) to stdout: `xfer cat`, and `download URL -`
+/// and `cp URL -` (whole objects). A whole object whose store
 /// reports a CRC32C is checked as it streams: a mismatch (the bytes were
 /// written already) fails the command. A closed pipe ends it quietly. A
 /// link to an encrypted attachment is decrypted record by record, and a
@@ -367,11 +393,21 @@ async fn cp(cx: &Ctx, src: &OsString, dst: &OsString, force: bool) -> Result<(),
             d.display()
         ))),
         (Location::Path(s), Location::Url(d)) => {
-            check_source(&s)?;
-            let (store, key) = destination(reg, &d, || key_from_file_name(&s))?;
-            let obj = upload(cx, &s, &store, &key, TransferRequest::upload(&s, "")).await?;
+            let (store, key) = if is_stdio(&s) {
+                destination(reg, &d, || {
+                    Err(Failure::usage(format!(
+                        "cp - {}: reading stdin needs an object URL to name the object, not a prefix ending in `/`",
+                        target::shown(&d)
+                    )))
+                })?
+            } else {
+                check_source(&s)?;
+                destination(reg, &d, || key_from_file_name(&s))?
+            };
+            let obj = upload(cx, &s, &store, &key, upload_request(&s)).await?;
             print_object(cx, &obj, |o| o.url.clone())
         }
+        (Location::Url(s), Location::Path(d)) if is_stdio(&d) => cat(cx, &s, None).await,
         (Location::Url(s), Location::Path(d)) => download(cx, &s, Some(&d), force).await,
         (Location::Url(s), Location::Url(d)) => {
             let (from, from_key) = target::object(reg, &s)?;

@@ -593,21 +593,7 @@ fn job_for(from: &End, to: &End, rel: &str, e: &Entry, dry_run: bool) -> Result<
             let (from_key, to_key) = (format!("{pa}{rel}"), format!("{pb}{rel}"));
             validate_key(&to_key).map_err(|err| Problem::invalid(&label, err.to_string()))?;
             let dst = shown(&b.url_for(&to_key));
-            let work = if a.name() == b.name() && a.capabilities().copy {
-                Work::Copy {
-                    store: a.clone(),
-                    from: from_key,
-                    to: to_key,
-                }
-            } else {
-                Work::Relay {
-                    from: a.clone(),
-                    from_key,
-                    to: b.clone(),
-                    to_key,
-                }
-            };
-            (work, "copy", dst, None)
+            (batch::copy_work(a, from_key, b, to_key), "copy", dst, None)
         }
         (End::Dir(_), End::Dir(_)) => {
             return Err(Problem::invalid(label, "between two directories"));

@@ -1,5 +1,5 @@
-//! `xfer cp -r`: a directory to a URL prefix, or a URL prefix to a directory,
-//! many files at once through a [`TransferManager`].
+//! `xfer cp -r` and `xfer cp GLOB`: many files at once through a
+//! [`TransferManager`].
 //!
 //! - `cp -r DIR URL` uploads every regular file under `DIR` (symlinks to
 //!   files are followed, symlinked directories are not entered) to the key
@@ -8,6 +8,14 @@
 //! - `cp -r URL DIR` downloads every object under the prefix to
 //!   `DIR/RELATIVE/PATH` (`DIR` and subdirectories are created); an existing
 //!   file is kept unless `--force`.
+//! - `cp -r URL URL` copies every object under a prefix to another prefix
+//!   (server-side within a store, through a temp file between stores).
+//! - A source with `*` or `?` is a glob, as s5cmd has them: `'s3://b/photos/*.jpg'`,
+//!   `'dir/**/*.txt'`. The longest literal prefix is listed (or the
+//!   directory before the first wildcard walked), then filtered: `*` and `?`
+//!   stay within one path segment, `**` spans segments. What matches is
+//!   copied as `-r` copies, its path relative to the glob's last literal
+//!   directory (`photos/`, `dir/`) kept below DST.
 //!
 //! `--dry-run` prints what would be copied (`(dryrun) upload: PATH to URL`)
 //! and copies nothing.
@@ -22,16 +30,164 @@ use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
 
 use futures::StreamExt;
+use globset::{GlobBuilder, GlobMatcher};
+use percent_encoding::percent_decode_str;
 use serde_json::json;
 use xferkit::{Direction, DynHandler, Error, TransferRequest, validate_key};
 
 use crate::batch::{self, Job, Problem, Work};
-use crate::commands::Ctx;
+use crate::commands::{Ctx, is_stdio};
 use crate::fail::Failure;
 use crate::output::line;
 use crate::target::{self, Location, shown};
 
-/// `xfer cp -r SRC DST`.
+/// What a tree copy reads: everything under a directory or URL prefix, or
+/// what a glob below one matches.
+struct Tree {
+    /// Paths and keys are relative to this directory or key prefix.
+    base: Base,
+    /// Only relative paths this matches (a glob); `None`: all.
+    only: Option<GlobMatcher>,
+    /// The original operand, for messages.
+    shown: String,
+}
+
+enum Base {
+    /// A local directory, walked at most `depth` levels down (`None`: all).
+    Dir { dir: PathBuf, depth: Option<usize> },
+    /// A key prefix of `store`; the listing asks for `list` (which starts
+    /// with `prefix`: the literal part of a glob).
+    Prefix {
+        store: DynHandler,
+        prefix: String,
+        list: String,
+    },
+}
+
+impl Tree {
+    fn admits(&self, rel: &str) -> bool {
+        self.only.as_ref().is_none_or(|g| g.is_match(rel))
+    }
+}
+
+/// Whether a `cp` source is a glob: it has `*` or `?` (plain http(s) links,
+/// whose `?` starts a query, never are).
+pub fn is_glob(arg: &OsStr) -> bool {
+    let s = arg.to_string_lossy();
+    let lower = s.to_ascii_lowercase();
+    !(lower.starts_with("http://") || lower.starts_with("https://")) && s.contains(['*', '?'])
+}
+
+/// `text` up to and including its last `/` before the first wildcard, and the rest.
+fn split_glob(text: &str) -> (&str, &str) {
+    let first = text.find(['*', '?']).unwrap_or(text.len());
+    let cut = text[..first].rfind('/').map_or(0, |i| i + 1);
+    text.split_at(cut)
+}
+
+/// The matcher for a glob `pattern` (relative to its literal directory):
+/// `*` and `?` as wildcards, other glob syntax (`[`, `{`) literal.
+fn matcher(pattern: &str, operand: &str) -> Result<GlobMatcher, Failure> {
+    let mut escaped = String::with_capacity(pattern.len());
+    for c in pattern.chars() {
+        match c {
+            '[' | ']' | '{' | '}' => {
+                escaped.push('[');
+                escaped.push(c);
+                escaped.push(']');
+            }
+            c => escaped.push(c),
+        }
+    }
+    GlobBuilder::new(&escaped)
+        .literal_separator(true)
+        .backslash_escape(false)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| Failure::usage(format!("{operand:?} is not a valid glob: {e}")))
+}
+
+/// The tree a `cp` source names: with `glob`, the directory or prefix
+/// before its first wildcard and the pattern after it; else all of the
+/// directory or (`/`-terminated) prefix.
+fn source(reg: &xferkit::Registry, loc: &Location, glob: bool) -> Result<Tree, Failure> {
+    match loc {
+        Location::Path(p) if glob => {
+            let text = p.to_str().ok_or_else(|| {
+                Failure::usage(format!("glob {} is not valid UTF-8", p.display()))
+            })?;
+            let (dir, pattern) = split_glob(text);
+            let dir = if dir.is_empty() { "." } else { dir };
+            is_dir(Path::new(dir))?;
+            // Without `**`, a match is never deeper than the pattern's segments.
+            let depth = (!pattern.contains("**")).then(|| pattern.matches('/').count() + 1);
+            Ok(Tree {
+                base: Base::Dir {
+                    dir: PathBuf::from(dir),
+                    depth,
+                },
+                only: Some(matcher(pattern, text)?),
+                shown: text.to_string(),
+            })
+        }
+        Location::Path(p) => {
+            is_dir(p)?;
+            Ok(Tree {
+                base: Base::Dir {
+                    dir: p.clone(),
+                    depth: None,
+                },
+                only: None,
+                shown: p.display().to_string(),
+            })
+        }
+        Location::Url(u) if glob => {
+            let (dir, pattern) = split_glob(u);
+            let (store, prefix) = target::prefix(reg, dir)?;
+            let (literal, _) = pattern.split_at(pattern.find(['*', '?']).unwrap_or(0));
+            let list = format!(
+                "{prefix}{}",
+                percent_decode_str(literal).decode_utf8_lossy()
+            );
+            let pattern = percent_decode_str(pattern).decode_utf8_lossy();
+            Ok(Tree {
+                base: Base::Prefix {
+                    store,
+                    prefix,
+                    list,
+                },
+                only: Some(matcher(&pattern, &shown(u))?),
+                shown: shown(u),
+            })
+        }
+        Location::Url(u) => {
+            let (store, prefix) = target::prefix(reg, &as_prefix(u))?;
+            Ok(Tree {
+                base: Base::Prefix {
+                    store,
+                    list: prefix.clone(),
+                    prefix,
+                },
+                only: None,
+                shown: shown(u),
+            })
+        }
+    }
+}
+
+/// `dir` is a directory (else a failure naming it).
+fn is_dir(dir: &Path) -> Result<(), Failure> {
+    let meta = std::fs::metadata(dir).map_err(|e| Error::from_io(dir.display().to_string(), e))?;
+    if !meta.is_dir() {
+        return Err(Failure::usage(format!(
+            "{} is not a directory; drop -r to upload one file",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `xfer cp -r SRC DST`, or `xfer cp GLOB DST`.
 pub async fn cp(
     cx: &Ctx,
     src: &OsStr,
@@ -41,36 +197,42 @@ pub async fn cp(
     dry_run: bool,
 ) -> Result<(), Failure> {
     let reg = cx.kit.registry();
-    let (items, problems) = match (target::classify(src)?, target::classify(dst)?) {
-        (Location::Path(s), Location::Url(d)) => {
-            let meta =
-                std::fs::metadata(&s).map_err(|e| Error::from_io(s.display().to_string(), e))?;
-            if !meta.is_dir() {
-                return Err(Failure::usage(format!(
-                    "{} is not a directory; drop -r to upload one file",
-                    s.display()
-                )));
-            }
-            let (store, prefix) = target::prefix(reg, &as_prefix(&d))?;
-            upload_items(&s, &store, &prefix).await?
-        }
-        (Location::Url(s), Location::Path(d)) => {
-            let (store, prefix) = target::prefix(reg, &as_prefix(&s))?;
-            download_items(&store, &prefix, &d, force, dry_run).await?
-        }
-        (Location::Url(_), Location::Url(_)) => {
+    let glob = is_glob(src);
+    let (from, to) = (target::classify(src)?, target::classify(dst)?);
+    for loc in [&from, &to] {
+        if let Location::Path(p) = loc
+            && is_stdio(p)
+        {
             return Err(Failure::usage(
-                "cp -r between two URLs is not supported; copy through a local directory",
+                "cp -r and globs copy many files; `-` (stdin or stdout) holds one",
             ));
         }
-        (Location::Path(s), Location::Path(d)) => {
-            return Err(Failure::usage(format!(
-                "both `{}` and `{}` are local paths; use cp(1) to copy local files",
-                s.display(),
-                d.display()
-            )));
+    }
+    if let (Location::Path(s), Location::Path(d)) = (&from, &to) {
+        return Err(Failure::usage(format!(
+            "both `{}` and `{}` are local paths; use cp(1) to copy local files",
+            s.display(),
+            d.display()
+        )));
+    }
+    let tree = source(reg, &from, glob)?;
+    let (items, problems) = match (&tree.base, &to) {
+        (Base::Dir { dir, depth }, Location::Url(d)) => {
+            let (store, prefix) = target::prefix(reg, &as_prefix(d))?;
+            upload_items(dir, *depth, &tree, &store, &prefix).await?
         }
+        (Base::Prefix { .. }, Location::Path(d)) => {
+            download_items(&tree, d, force, dry_run).await?
+        }
+        (Base::Prefix { .. }, Location::Url(d)) => {
+            let (store, prefix) = target::prefix(reg, &as_prefix(d))?;
+            copy_items(&tree, &store, &prefix).await?
+        }
+        (Base::Dir { .. }, Location::Path(_)) => unreachable!("refused above"),
     };
+    if glob && items.is_empty() && problems.is_empty() {
+        return Err(Failure::failed(format!("nothing matches {}", tree.shown)));
+    }
     for p in &problems {
         batch::report(cx, p);
     }
@@ -83,15 +245,23 @@ pub async fn cp(
         };
         return batch::finish(&planned, &problems, total, "to copy");
     }
-    let outcome = batch::run(cx, items, concurrency, "copying", |_, info| {
-        let Some(info) = info else { return Ok(()) };
-        let path = info.path.display().to_string();
-        if cx.json {
-            line(json!({ "url": shown(&info.url), "path": path, "size": info.size }))
-        } else if info.direction == Direction::Upload {
-            line(shown(&info.url))
-        } else {
-            line(path)
+    let outcome = batch::run(cx, items, concurrency, "copying", |meta, info| {
+        match info.filter(|_| meta.action != "copy") {
+            Some(info) => {
+                let path = info.path.display().to_string();
+                if cx.json {
+                    line(json!({ "url": shown(&info.url), "path": path, "size": info.size }))
+                } else if info.direction == Direction::Upload {
+                    line(shown(&info.url))
+                } else {
+                    line(path)
+                }
+            }
+            // A copy between or within stores.
+            None if cx.json => {
+                line(json!({ "url": meta.dst, "src": meta.label, "size": meta.size }))
+            }
+            None => line(&meta.dst),
         }
     })
     .await?;
@@ -128,14 +298,17 @@ pub fn as_prefix(url: &str) -> String {
     }
 }
 
-/// Every regular file under `dir`, as upload requests to `prefix` + relative path.
+/// Every regular file under `dir` (at most `depth` levels down) that
+/// `tree` admits, as upload requests to `prefix` + relative path.
 async fn upload_items(
     dir: &Path,
+    depth: Option<usize>,
+    tree: &Tree,
     store: &DynHandler,
     prefix: &str,
 ) -> Result<(Vec<Job>, Vec<Problem>), Failure> {
     let root = dir.to_path_buf();
-    let files = tokio::task::spawn_blocking(move || walk(&root))
+    let files = tokio::task::spawn_blocking(move || walk_depth(&root, depth))
         .await
         .map_err(|e| Failure::failed(format!("walking {}: {e}", dir.display())))?;
     let mut items = Vec::new();
@@ -148,6 +321,9 @@ async fn upload_items(
                 continue;
             }
         };
+        if !tree.admits(&rel.to_string_lossy()) {
+            continue;
+        }
         let shown_path = path.display().to_string();
         match key_for(&rel).and_then(|k| {
             let key = format!("{prefix}{k}");
@@ -189,9 +365,14 @@ pub fn key_for(rel: &Path) -> Result<String, String> {
 /// Regular files under `root` (sorted, depth first) with their path relative
 /// to `root`; unreadable entries become problems naming their path.
 pub fn walk(root: &Path) -> Vec<Result<(PathBuf, PathBuf), Problem>> {
+    walk_depth(root, None)
+}
+
+/// [`walk`], entering at most `depth` levels (1: only `root`'s own files).
+fn walk_depth(root: &Path, depth: Option<usize>) -> Vec<Result<(PathBuf, PathBuf), Problem>> {
     let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
+    let mut stack = vec![(root.to_path_buf(), 1)];
+    while let Some((dir, level)) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) => {
@@ -207,7 +388,9 @@ pub fn walk(root: &Path) -> Vec<Result<(PathBuf, PathBuf), Problem>> {
                 continue;
             };
             if ft.is_dir() {
-                stack.push(path);
+                if depth.is_none_or(|d| level < d) {
+                    stack.push((path, level + 1));
+                }
                 continue;
             }
             // Follow a symlink only to a regular file.
@@ -243,28 +426,49 @@ fn io_problem(path: &Path, e: std::io::Error) -> Problem {
     )
 }
 
-/// Every object under `prefix`, as download requests into `dir`.
+/// The objects of `tree` (a prefix), by key and path relative to its base;
+/// "directory marker" objects (ending in `/`) left out.
+async fn objects(tree: &Tree) -> Result<Vec<(xferkit::RemoteObject, String)>, Failure> {
+    let Base::Prefix {
+        store,
+        prefix,
+        list,
+    } = &tree.base
+    else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let mut listing = store.list(list);
+    while let Some(obj) = listing.next().await {
+        let obj = obj?;
+        let Some(rel) = obj.key.strip_prefix(prefix.as_str()) else {
+            continue;
+        };
+        if rel.is_empty() || rel.ends_with('/') || !tree.admits(rel) {
+            continue;
+        }
+        let rel = rel.to_string();
+        out.push((obj, rel));
+    }
+    Ok(out)
+}
+
+/// The objects of `tree` (a prefix), as download requests into `dir`.
 async fn download_items(
-    store: &DynHandler,
-    prefix: &str,
+    tree: &Tree,
     dir: &Path,
     force: bool,
     dry_run: bool,
 ) -> Result<(Vec<Job>, Vec<Problem>), Failure> {
+    let Base::Prefix { store, .. } = &tree.base else {
+        return Ok((Vec::new(), Vec::new()));
+    };
     ensure_dir(dir, dry_run)?;
     let mut items = Vec::new();
     let mut problems = Vec::new();
-    let mut objects = store.list(prefix);
-    while let Some(obj) = objects.next().await {
-        let obj = obj?;
+    for (obj, rel) in objects(tree).await? {
         let url = store.url_for(&obj.key);
-        let Some(rel) = obj.key.strip_prefix(prefix) else {
-            continue;
-        };
-        if rel.is_empty() || rel.ends_with('/') {
-            continue; // a "directory marker" object
-        }
-        let path = match download_path(dir, rel, &url, !dry_run) {
+        let path = match download_path(dir, &rel, &url, !dry_run) {
             Ok(p) => p,
             Err(p) => {
                 problems.push(p);
@@ -288,6 +492,33 @@ async fn download_items(
         );
         job.meta.action = "download";
         job.meta.dst = path.display().to_string();
+        items.push(job);
+    }
+    Ok((items, problems))
+}
+
+/// The objects of `tree` (a prefix), as copies to `prefix` of `to`.
+async fn copy_items(
+    tree: &Tree,
+    to: &DynHandler,
+    prefix: &str,
+) -> Result<(Vec<Job>, Vec<Problem>), Failure> {
+    let Base::Prefix { store: from, .. } = &tree.base else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let mut items = Vec::new();
+    let mut problems = Vec::new();
+    for (obj, rel) in objects(tree).await? {
+        let label = shown(&from.url_for(&obj.key));
+        let to_key = format!("{prefix}{rel}");
+        if let Err(e) = validate_key(&to_key) {
+            problems.push(Problem::invalid(label, e.to_string()));
+            continue;
+        }
+        let dst = shown(&to.url_for(&to_key));
+        let mut job = Job::new(batch::copy_work(from, obj.key, to, to_key), label, obj.size);
+        job.meta.action = "copy";
+        job.meta.dst = dst;
         items.push(job);
     }
     Ok((items, problems))

@@ -421,6 +421,129 @@ fn cp_r_dry_run_copies_nothing() {
     assert!(!d.join("out").exists(), "a dry run made the directory");
 }
 
+/// `xfer --quiet ARGS` in `d` with `input` on stdin: exit code and stdout bytes.
+fn with_stdin(d: &Path, args: &[&str], input: &[u8]) -> (Option<i32>, Vec<u8>, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = xfer_in(d)
+        .arg("--quiet")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.code(), out.stdout, stderr)
+}
+
+/// `-` as stdin for `cp - URL` and as stdout for `download URL -` and `cp URL -`,
+/// on the store whose URL prefix is `base`.
+fn stdio_story(d: &Path, base: &str) {
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let url = format!("{base}stdio/from stdin.bin");
+    let (code, out, err) = with_stdin(d, &["cp", "-", &url], &data);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(String::from_utf8_lossy(&out).contains("from%20stdin.bin"));
+    let shown = String::from_utf8_lossy(&out).trim().to_string();
+    for args in [["download", &shown, "-"], ["cp", &shown, "-"]] {
+        let (code, out, err) = with_stdin(d, &args, b"");
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(out == data, "{args:?}: other bytes on stdout");
+    }
+    assert!(!d.join("-").exists(), "`-` is not a file name here");
+    // stdin has no name: a prefix destination is refused, nothing stored.
+    let (code, _, err) = with_stdin(d, &["cp", "-", &format!("{base}stdio/")], b"x");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("reading stdin needs an object URL"), "{err}");
+    assert_eq!(listed(d, &format!("{base}stdio/")), ["from%20stdin.bin"]);
+    // A missing object: the URL is named, nothing written.
+    let (code, out, err) = with_stdin(d, &["cp", &format!("{base}stdio/none"), "-"], b"");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(out.is_empty() && err.contains("stdio/none"), "{err}");
+    // Many files and `-` do not mix.
+    let r = xfer(d, &["cp", "-r", &format!("{base}stdio/"), "-"]);
+    assert_eq!(r.code, Some(2), "{r:?}");
+}
+
+#[test]
+fn dash_is_stdin_and_stdout_for_cp_and_download() {
+    let (dir, root_url) = sandbox(None);
+    stdio_story(dir.path(), &root_url);
+}
+
+/// Globs in `cp` sources on the store whose URL prefix is `base`: a local
+/// glob up, an object glob down and across, `*` within a segment, `**` across.
+fn glob_story(d: &Path, base: &str) {
+    let t = tree();
+    write_tree(&d.join("src"), &t);
+    let up = format!("{base}g/");
+
+    // `*` stays in its directory.
+    let r = ok(d, &["cp", "src/*.txt", &up]);
+    assert_eq!(r.stdout.lines().count(), 2, "{}", r.stdout);
+    assert_eq!(listed(d, &up), ["empty.txt", "top.txt"]);
+    // `**` crosses directories; paths below the literal directory are kept.
+    let r = ok(d, &["--json", "cp", "src/**/*.txt", &up]);
+    assert_eq!(r.stdout.lines().count(), 3, "{}", r.stdout);
+    assert_eq!(listed(d, &up), ["a/b/two.txt", "empty.txt", "top.txt"]);
+    ok(d, &["cp", "src/many/f1?.dat", &format!("{up}many/")]);
+    assert_eq!(listed(d, &format!("{up}many/")).len(), 10);
+
+    // Down: the literal prefix is listed, then filtered.
+    ok(d, &["cp", &format!("{up}*/*/*.txt"), "down"]);
+    assert_eq!(
+        read_tree(&d.join("down")).into_keys().collect::<Vec<_>>(),
+        ["a/b/two.txt"]
+    );
+    // Only `*` and `?` are wildcards: `[1]` is literal, as in s5cmd.
+    let r = xfer(d, &["cp", &format!("{up}many/f[1]0.dat"), "brackets"]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    let r = ok(d, &["cp", &format!("{up}t*"), "down"]);
+    assert_eq!(r.stdout.trim(), "down/top.txt");
+    assert_eq!(std::fs::read(d.join("down/top.txt")).unwrap(), b"top");
+    // An existing file is kept without --force.
+    let r = xfer(d, &["cp", &format!("{up}t*"), "down"]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+
+    // Across prefixes, dry first.
+    let other = format!("{base}g2/");
+    let r = ok(d, &["cp", "--dry-run", &format!("{up}**"), &other]);
+    assert_eq!(r.stdout.lines().count(), 13, "{}", r.stdout);
+    assert!(
+        r.stdout.lines().all(|l| l.starts_with("(dryrun) copy: ")),
+        "{}",
+        r.stdout
+    );
+    assert!(listed(d, &other).is_empty(), "a dry run copied");
+    ok(d, &["cp", &format!("{up}**"), &other]);
+    assert_eq!(listed(d, &other), listed(d, &up));
+
+    // Nothing matching is a failure naming the glob.
+    let r = xfer(d, &["cp", &format!("{up}*.png"), "down"]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stderr.contains("nothing matches") && r.stderr.contains("*.png"),
+        "{}",
+        r.stderr
+    );
+    let r = xfer(d, &["cp", "src/nowhere/*.txt", &up]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("src/nowhere/"), "{}", r.stderr);
+}
+
+#[test]
+fn cp_globs_select_files_and_objects() {
+    let (dir, root_url) = sandbox(None);
+    glob_story(dir.path(), &root_url);
+}
+
 #[test]
 fn completions_and_the_man_page_need_no_configuration() {
     let dir = tempfile::tempdir().unwrap();
@@ -521,6 +644,25 @@ async fn sync_on_s3() {
         tokio::task::spawn_blocking(move || on_emulator(&toml, "s3", &prefix))
             .await
             .unwrap();
+    }
+}
+
+/// `-` and globs on S3: stdin as a stream of unknown size, objects to stdout,
+/// a glob up, down and across.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_and_globs_on_s3() {
+    let prefix = run_id();
+    if let Some(toml) = common::s3_store_toml("xferkit-sync", &prefix).await {
+        tokio::task::spawn_blocking(move || {
+            let (dir, _) = sandbox(Some(&toml));
+            let d = dir.path();
+            let base = remote_base(d, "s3", &prefix);
+            stdio_story(d, &base);
+            glob_story(d, &base);
+            ok(d, &["rm", "-r", &base]);
+        })
+        .await
+        .unwrap();
     }
 }
 
