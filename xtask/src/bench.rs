@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! cargo xtask bench [--backend s3|gcs|azure|all] [--size 1GiB] [--runs 3]
-//!                   [--small-files 2000] [--rss-size 2GiB] [--bw-size 256MiB]
-//!                   [--no-build] [--no-local]
+//!                   [--small-files 2000] [--sync-files 2000] [--rss-size 2GiB]
+//!                   [--bw-size 256MiB] [--jobs LIST] [--no-build] [--no-local]
 //! ```
 //!
 //! What it does, in order:
@@ -28,7 +28,11 @@
 //! for its peak RSS, and `xfer --bwlimit` at three caps (16, 32 and 64 MiB/s) on a `--bw-size`
 //! file, up and down, with the achieved rate against the cap. On S3, also upload and download of
 //! the `--size` file end-to-end encrypted (`--encrypt`, and its link) against the same plain,
-//! whose ratio is the "xfer / fastest peer" column of those rows. Peers: raw `curl` (one PUT / GET; S3 signed with `--aws-sigv4`, GCS
+//! whose ratio is the "xfer / fastest peer" column of those rows. On S3, also a sync of
+//! `--sync-files` × 16 KiB files of which 10 % changed since the last sync: `xfer sync` against
+//! `rclone sync` and `aws s3 sync`, each tool with its own copy of the tree and its own prefix,
+//! seeded by the tool's own sync once (untimed); before each timed run a different 10 % of the
+//! tool's files get new bytes (same size, a newer mtime: at least a second after its last sync). Peers: raw `curl` (one PUT / GET; S3 signed with `--aws-sigv4`, GCS
 //! unauthenticated, Azure through a SAS URL from `xfer presign`), s5cmd and the AWS CLI (S3),
 //! rclone (all three).
 //!
@@ -59,12 +63,15 @@ const GIB: u64 = 1024 * MIB;
 
 const USAGE: &str = "\
 usage: cargo xtask bench [--backend s3|gcs|azure|all] [--size 1GiB] [--runs 3]
-                         [--small-files 2000] [--rss-size 2GiB] [--bw-size 256MiB]
-                         [--no-build] [--no-local]
+                         [--small-files 2000] [--sync-files 2000] [--rss-size 2GiB]
+                         [--bw-size 256MiB] [--jobs LIST] [--no-build] [--no-local]
   --backend      which emulator(s) to run the store jobs against (default s3)
   --size         size of the big file for upload / download / local copy (default 1GiB)
   --runs         runs of each job per tool; the table shows medians (default 3)
   --small-files  number of 16 KiB files in the many-files jobs, up and down (default 2000; 0 skips them)
+  --sync-files   number of 16 KiB files in the sync job, 10 % changed per run (S3; default 2000; 0 skips)
+  --jobs         only these jobs, comma-separated: big, encrypted, small, sync, rss, bw, local
+                 (default: all)
   --rss-size     size of the file xfer uploads and downloads once for peak RSS (default 2GiB; 0 skips)
   --bw-size      size of the file moved at each --bwlimit cap, up and down (default 256MiB; 0 skips)
   --no-build     use target/release/xfer as it is
@@ -104,6 +111,21 @@ struct Opts {
     bw_size: u64,
     build: bool,
     local: bool,
+    sync_files: usize,
+    /// `--jobs`: only these (`None`: all).
+    jobs: Option<Vec<String>>,
+}
+
+/// The job names `--jobs` takes.
+const JOBS: [&str; 7] = ["big", "encrypted", "small", "sync", "rss", "bw", "local"];
+
+impl Opts {
+    /// Whether `--jobs` (if given) lists `job`.
+    fn wants(&self, job: &str) -> bool {
+        self.jobs
+            .as_ref()
+            .is_none_or(|j| j.iter().any(|x| x == job))
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64> {
@@ -135,6 +157,8 @@ fn parse_opts(args: &[&str]) -> Result<Option<Opts>> {
         bw_size: 256 * MIB,
         build: true,
         local: true,
+        sync_files: 2000,
+        jobs: None,
     };
     let mut it = args.iter();
     while let Some(&a) = it.next() {
@@ -170,6 +194,16 @@ fn parse_opts(args: &[&str]) -> Result<Option<Opts>> {
             }
             "--small-files" => {
                 o.small_files = value()?.parse().context("--small-files needs a number")?
+            }
+            "--sync-files" => {
+                o.sync_files = value()?.parse().context("--sync-files needs a number")?
+            }
+            "--jobs" => {
+                let list: Vec<String> = value()?.split(',').map(|j| j.trim().to_string()).collect();
+                if let Some(bad) = list.iter().find(|j| !JOBS.contains(&j.as_str())) {
+                    bail!("unknown job {bad:?} (jobs: {})\n{USAGE}", JOBS.join(", "));
+                }
+                o.jobs = Some(list);
             }
             "--rss-size" => o.rss_size = parse_size(value()?)?,
             "--bw-size" => o.bw_size = parse_size(value()?)?,
@@ -213,17 +247,23 @@ pub(crate) fn run(ws: &Workspace, args: &[&str]) -> Result<ExitCode> {
     let data = dir.join("data");
     let big = data.join(format!("big-{}.bin", opts.size));
     random_file(&big, opts.size)?;
-    let rss = (opts.rss_size > 0).then(|| data.join(format!("rss-{}.bin", opts.rss_size)));
+    let rss = (opts.rss_size > 0 && opts.wants("rss"))
+        .then(|| data.join(format!("rss-{}.bin", opts.rss_size)));
     if let Some(p) = &rss {
         random_file(p, opts.rss_size)?;
     }
-    let bw = (opts.bw_size > 0).then(|| data.join(format!("bw-{}.bin", opts.bw_size)));
+    let bw = (opts.bw_size > 0 && opts.wants("bw"))
+        .then(|| data.join(format!("bw-{}.bin", opts.bw_size)));
     if let Some(p) = &bw {
         random_file(p, opts.bw_size)?;
     }
     let small = data.join(format!("small-{}", opts.small_files));
-    if opts.small_files > 0 {
+    if opts.small_files > 0 && opts.wants("small") {
         small_files(&small, opts.small_files)?;
+    }
+    let sync_tree = data.join(format!("sync-{}", opts.sync_files));
+    if opts.sync_files > 0 && opts.wants("sync") {
+        small_files(&sync_tree, opts.sync_files)?;
     }
     let machine = machine_info();
     let mut report = String::new();
@@ -247,6 +287,7 @@ pub(crate) fn run(ws: &Workspace, args: &[&str]) -> Result<ExitCode> {
         let files = Files {
             big: &big,
             small: &small,
+            sync: &sync_tree,
             rss: rss.as_deref(),
             bw: bw.as_deref(),
         };
@@ -254,7 +295,7 @@ pub(crate) fn run(ws: &Workspace, args: &[&str]) -> Result<ExitCode> {
         println!("\n{table}");
         let _ = writeln!(report, "### {}\n\n{table}", backend.name());
     }
-    if opts.local {
+    if opts.local && opts.wants("local") {
         header("local copy");
         let table = b.local(&big)?;
         println!("\n{table}");
@@ -557,6 +598,14 @@ impl Cmd {
 }
 
 /// Run `cmd` untimed (setup, cleanup); fails on a non-zero exit.
+/// A tool's `after`: remove the file a download wrote.
+fn remover(p: PathBuf) -> Box<dyn Fn(usize) -> Result<()>> {
+    Box::new(move |_| {
+        let _ = fs::remove_file(&p);
+        Ok(())
+    })
+}
+
 fn plain(cmd: &Cmd, log: &Path) -> Result<()> {
     let out = fs::File::create(log)?;
     let status = cmd
@@ -656,6 +705,7 @@ struct JobResult {
 struct Files<'a> {
     big: &'a Path,
     small: &'a Path,
+    sync: &'a Path,
     rss: Option<&'a Path>,
     bw: Option<&'a Path>,
 }
@@ -746,6 +796,7 @@ impl Bench {
         let Files {
             big,
             small,
+            sync,
             rss,
             bw,
         } = *files;
@@ -923,13 +974,7 @@ impl Bench {
         // --- download of the big file ---
         {
             let dest = |tool: &str| out.join(format!("{tool}.bin"));
-            let clean = |tool: &'static str| {
-                let p = dest(tool);
-                Box::new(move |_| {
-                    let _ = fs::remove_file(&p);
-                    Ok(())
-                }) as Box<dyn Fn(usize) -> Result<()>>
-            };
+            let clean = |tool: &'static str| remover(dest(tool));
             let mut tools: Vec<Tool<'_>> = vec![Tool {
                 name: "xfer",
                 cmd: Box::new(|_| {
@@ -1027,13 +1072,7 @@ impl Bench {
             }
             let link = String::from_utf8_lossy(&printed.stdout).trim().to_string();
             let dest = |tool: &str| out.join(format!("e2e-{tool}.bin"));
-            let clean = |tool: &'static str| {
-                let p = dest(tool);
-                Box::new(move |_| {
-                    let _ = fs::remove_file(&p);
-                    Ok(())
-                }) as Box<dyn Fn(usize) -> Result<()>>
-            };
+            let clean = |tool: &'static str| remover(dest(tool));
             let tools = vec![
                 Tool {
                     name: "xfer",

@@ -807,29 +807,35 @@ async fn content_type_and_metadata_round_trip(e: Arc<Env>, c: &'static str) -> R
     Ok(())
 }
 
-async fn copy_keeps_content_and_metadata(e: Arc<Env>, c: &'static str) -> R {
-    let from = format!("{c}/src.txt");
-    let to = format!("{c}/dst.txt");
-    let body = data(200_000, 77);
+/// Upload `len` bytes with `content_type` and metadata `k=v`, copy them
+/// server-side, and check the copy's content, type and metadata, and that
+/// the source is unchanged.
+async fn copy_check(e: &Env, from: &str, to: &str, len: usize, content_type: Option<&str>) -> R {
+    let body = data(len, 77 + len as u64);
+    let mut opts = PutOptions::default().with_metadata("k", "v");
+    if let Some(ct) = content_type {
+        opts = opts.with_content_type(ct);
+    }
     e.handler
         .upload(
-            &from,
+            from,
             UploadSource::from_bytes(body.clone()),
-            &PutOptions::default().with_metadata("k", "v"),
+            &opts,
             &TransferCtx::none(),
         )
         .await
         .ctx("upload")?;
-    let obj = e.handler.copy(&from, &to).await.ctx("copy")?;
+    let obj = e.handler.copy(from, to).await.ctx("copy")?;
     ensure!(
         obj.key == to && obj.size == body.len() as u64,
         "copy result {obj:?}"
     );
-    ensure!(get(&e, &to, None).await? == body, "copied content differs");
-    let st = e.handler.stat(&to).await.ctx("stat copy")?;
+    ensure!(get(e, to, None).await? == body, "copied content differs");
+    let st = e.handler.stat(to).await.ctx("stat copy")?;
+    let want = content_type.map_or_else(|| opts.content_type_for(from), str::to_string);
     ensure!(
-        st.content_type.as_deref() == Some("text/plain"),
-        "content type {:?}",
+        st.content_type.as_deref() == Some(want.as_str()),
+        "content type {:?}, expected {want}",
         st.content_type
     );
     if e.caps.metadata {
@@ -839,8 +845,19 @@ async fn copy_keeps_content_and_metadata(e: Arc<Env>, c: &'static str) -> R {
             st.metadata
         );
     }
-    ensure!(get(&e, &from, None).await? == body, "source changed");
+    ensure!(get(e, from, None).await? == body, "source changed");
     Ok(())
+}
+
+async fn copy_keeps_content_and_metadata(e: Arc<Env>, c: &'static str) -> R {
+    copy_check(
+        &e,
+        &format!("{c}/src.txt"),
+        &format!("{c}/dst.txt"),
+        200_000,
+        None,
+    )
+    .await
 }
 
 /// A copy of an object just over the target's multipart size. S3's
@@ -851,40 +868,9 @@ async fn copy_of_a_multipart_sized_object_keeps_content_and_metadata(
     e: Arc<Env>,
     c: &'static str,
 ) -> R {
-    let from = format!("{c}/big-src.bin");
-    let to = format!("{c}/big-dst.bin");
-    let body = data(e.multipart_size.max(1 << 20) as usize + 1234, 91);
-    let opts = PutOptions::default()
-        .with_content_type("application/x-xferkit-test")
-        .with_metadata("k", "v");
-    e.handler
-        .upload(
-            &from,
-            UploadSource::from_bytes(body.clone()),
-            &opts,
-            &TransferCtx::none(),
-        )
-        .await
-        .ctx("upload")?;
-    let obj = e.handler.copy(&from, &to).await.ctx("copy")?;
-    ensure!(
-        obj.key == to && obj.size == body.len() as u64,
-        "copy result {obj:?}"
-    );
-    ensure!(get(&e, &to, None).await? == body, "copied content differs");
-    let st = e.handler.stat(&to).await.ctx("stat copy")?;
-    ensure!(
-        st.content_type.as_deref() == Some("application/x-xferkit-test"),
-        "content type {:?}",
-        st.content_type
-    );
-    if e.caps.metadata {
-        ensure!(
-            st.metadata.get("k").map(String::as_str) == Some("v"),
-            "metadata {:?}",
-            st.metadata
-        );
-    }
+    let (from, to) = (format!("{c}/big-src.bin"), format!("{c}/big-dst.bin"));
+    let len = e.multipart_size.max(1 << 20) as usize + 1234;
+    copy_check(&e, &from, &to, len, Some("application/x-xferkit-test")).await?;
     for k in [&from, &to] {
         e.handler.delete(k).await.ctx("delete")?;
     }
