@@ -156,10 +156,17 @@ fn ls_lists_under_a_prefix() {
     let top = sb.ok(&["ls", &root]).stdout;
     let dirs: Vec<&str> = top.lines().filter(|l| l.contains("PRE")).collect();
     assert_eq!(dirs.len(), 3, "{top}");
-    assert!(dirs[0].trim_start().starts_with("PRE") && dirs[0].ends_with("docs/"), "{top}");
+    assert!(
+        dirs[0].trim_start().starts_with("PRE") && dirs[0].ends_with("docs/"),
+        "{top}"
+    );
     assert_eq!(
         urls(sb.ok(&["ls", &root])),
-        [format!("{root}docs/"), format!("{root}photos/"), format!("{root}photos2/")]
+        [
+            format!("{root}docs/"),
+            format!("{root}photos/"),
+            format!("{root}photos2/")
+        ]
     );
     let json = sb.ok(&["ls", "--json", &root]).stdout;
     let first: Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
@@ -171,7 +178,10 @@ fn ls_lists_under_a_prefix() {
         [format!("{root}photos/a.jpg"), format!("{root}photos/b.jpg")]
     );
     // a plain string prefix: `photos` also matches `photos2/`
-    assert_eq!(urls(sb.ok(&["ls", "-r", &format!("{root}photos")])).len(), 3);
+    assert_eq!(
+        urls(sb.ok(&["ls", "-r", &format!("{root}photos")])).len(),
+        3
+    );
     assert_eq!(
         urls(sb.ok(&["ls", &format!("{root}photos")])),
         [format!("{root}photos/"), format!("{root}photos2/")]
