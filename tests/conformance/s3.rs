@@ -126,6 +126,11 @@ fn main() -> ExitCode {
         )
         .multipart_size(16 * MIB)
         .limit(
+            |c| c.sse_service_managed = false,
+            "s3s-fs 0.14 accepts x-amz-server-side-encryption but keeps and reports nothing \
+             (and refuses every storage class but STANDARD: no storage_class case)",
+        )
+        .limit(
             |c| c.list_pending_uploads = false,
             "s3s-fs 0.14 does not implement ListMultipartUploads (501 NotImplemented)",
         )
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
             },
         )
         .multipart_size(16 * MIB)
+        .storage_class("STANDARD_IA")
         .limit(
             |c| c.presign_verified = false,
             "moto accepts forged or expired presigned URLs",

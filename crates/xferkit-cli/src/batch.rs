@@ -68,6 +68,7 @@ pub fn report(cx: &Ctx, p: &Problem) {
 
 /// What one job does.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per queued job, moved once: not worth a Box
 pub enum Work {
     /// An upload or a download through the manager.
     Transfer(TransferRequest),

@@ -21,6 +21,8 @@ pub struct Env {
     pub handler: DynHandler,
     pub caps: Capabilities,
     pub multipart_size: u64,
+    /// A non-default storage class the store reports back ([`crate::Target::storage_class`]).
+    pub storage_class: Option<String>,
     pub rt: Arc<tokio::runtime::Runtime>,
 }
 
@@ -64,6 +66,17 @@ fn copy(c: &Capabilities) -> Result<(), &'static str> {
 }
 fn metadata(c: &Capabilities) -> Result<(), &'static str> {
     c.metadata.then_some(()).ok_or("metadata")
+}
+fn object_headers(c: &Capabilities) -> Result<(), &'static str> {
+    c.object_headers.then_some(()).ok_or("object_headers")
+}
+fn storage_class(c: &Capabilities) -> Result<(), &'static str> {
+    c.storage_class.then_some(()).ok_or("storage_class")
+}
+fn sse_service_managed(c: &Capabilities) -> Result<(), &'static str> {
+    c.sse_service_managed
+        .then_some(())
+        .ok_or("sse_service_managed")
 }
 
 macro_rules! case {
@@ -113,6 +126,13 @@ pub static CASES: &[Case] = &[
     case!(download_to_path_of_missing_key_leaves_no_file),
     case!(upload_of_missing_source_is_not_found),
     case!(content_type_and_metadata_round_trip, metadata),
+    case!(header_cache_control_round_trips, object_headers),
+    case!(header_content_disposition_round_trips, object_headers),
+    case!(header_content_encoding_round_trips, object_headers),
+    case!(header_content_language_round_trips, object_headers),
+    case!(storage_class_round_trips, storage_class),
+    case!(sse_service_managed_is_reported, sse_service_managed),
+    case!(server_options_the_store_cannot_honour_are_refused),
     case!(copy_keeps_content_and_metadata, copy),
     case!(
         copy_of_a_multipart_sized_object_keeps_content_and_metadata,
@@ -1556,5 +1576,185 @@ async fn list_limit_stops_after_n_entries(e: Arc<Env>, c: &'static str) -> R {
         .with_start_after(format!("{c}/d/1"));
     let next = listed(&e, c, "", page).await?;
     ensure!(next == ["d/2", "d/e/3", "dz", "f/1"], "next page: {next:?}");
+    Ok(())
+}
+
+// ---------- server-side upload options ----------
+
+/// Upload with one standard header set to `value`: stat and a download's
+/// record report it, and the bytes come back as sent (a store must not
+/// transcode on a Content-Encoding it does not know).
+async fn header_round_trip(e: Arc<Env>, c: &'static str, name: &'static str, value: &str) -> R {
+    let key = format!("{c}/h.txt");
+    let mut headers = xferkit_core::ObjectHeaders::default();
+    ensure!(headers.set(name, value), "{name} is no ObjectHeaders name");
+    let opts = PutOptions::default().with_headers(headers.clone());
+    let body = b"header test".to_vec();
+    let up = e
+        .handler
+        .upload(
+            &key,
+            UploadSource::from_bytes(body.clone()),
+            &opts,
+            &TransferCtx::none(),
+        )
+        .await
+        .ctx("upload")?;
+    ensure!(
+        up.headers == headers,
+        "upload result {:?}, sent {headers:?}",
+        up.headers
+    );
+    let st = e.handler.stat(&key).await.ctx("stat")?;
+    ensure!(
+        st.headers == headers,
+        "stat reports {:?}, sent {headers:?}",
+        st.headers
+    );
+    let (dl, _) = e
+        .handler
+        .download_stream(&key, None)
+        .await
+        .ctx("download")?;
+    ensure!(
+        dl.headers == headers,
+        "download reports {:?}, sent {headers:?}",
+        dl.headers
+    );
+    ensure!(get(&e, &key, None).await? == body, "content changed");
+    Ok(())
+}
+
+async fn header_cache_control_round_trips(e: Arc<Env>, c: &'static str) -> R {
+    header_round_trip(e, c, "cache-control", "public, max-age=3600").await
+}
+
+async fn header_content_disposition_round_trips(e: Arc<Env>, c: &'static str) -> R {
+    let v = "attachment; filename=\"report 1.txt\"";
+    header_round_trip(e, c, "content-disposition", v).await
+}
+
+async fn header_content_encoding_round_trips(e: Arc<Env>, c: &'static str) -> R {
+    // Not gzip: GCS would decompress it on download (transcoding).
+    header_round_trip(e, c, "content-encoding", "x-xferkit-test").await
+}
+
+async fn header_content_language_round_trips(e: Arc<Env>, c: &'static str) -> R {
+    header_round_trip(e, c, "content-language", "de-CH").await
+}
+
+/// The target's non-default storage class (or Azure tier) is kept and
+/// reported by stat.
+async fn storage_class_round_trips(e: Arc<Env>, c: &'static str) -> R {
+    let Some(class) = e.storage_class.clone() else {
+        return Ok(()); // the target names none: nothing the emulator keeps
+    };
+    let key = format!("{c}/cold.bin");
+    let opts = PutOptions::default().with_storage_class(&class);
+    let src = UploadSource::from_bytes(&b"cold"[..]);
+    let ctx = TransferCtx::none();
+    e.handler
+        .upload(&key, src, &opts, &ctx)
+        .await
+        .ctx("upload")?;
+    let st = e.handler.stat(&key).await.ctx("stat")?;
+    ensure!(
+        st.storage_class.as_deref().map(str::to_ascii_lowercase)
+            == Some(class.to_ascii_lowercase()),
+        "stat reports storage class {:?}, sent {class:?}",
+        st.storage_class
+    );
+    Ok(())
+}
+
+/// SSE with service-managed keys is reported by stat.
+async fn sse_service_managed_is_reported(e: Arc<Env>, c: &'static str) -> R {
+    let key = format!("{c}/sse.bin");
+    let opts =
+        PutOptions::default().with_encryption(xferkit_core::ServerEncryption::ServiceManaged);
+    let src = UploadSource::from_bytes(&b"sse"[..]);
+    let ctx = TransferCtx::none();
+    e.handler
+        .upload(&key, src, &opts, &ctx)
+        .await
+        .ctx("upload")?;
+    let st = e.handler.stat(&key).await.ctx("stat")?;
+    ensure!(
+        st.encryption.is_some(),
+        "stat reports no encryption: {st:?}"
+    );
+    Ok(())
+}
+
+/// Each server-side option the store's capabilities leave out fails the
+/// upload with `NotSupported` naming it, and nothing is stored.
+async fn server_options_the_store_cannot_honour_are_refused(e: Arc<Env>, c: &'static str) -> R {
+    use xferkit_core::ServerEncryption as E;
+    let caps = e.handler.capabilities();
+    let mut headers = xferkit_core::ObjectHeaders::default();
+    headers.content_language = Some("de".into());
+    let key32 = xferkit_core::Secret::new("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=");
+    let kms = E::Kms {
+        key_id: Some("k".into()),
+        bucket_key: None,
+    };
+    let options = [
+        (
+            caps.storage_class,
+            "storage class",
+            PutOptions::default().with_storage_class("COLD"),
+        ),
+        (
+            caps.object_headers,
+            "content-language",
+            PutOptions::default().with_headers(headers),
+        ),
+        (caps.tags, "tags", PutOptions::default().with_tag("k", "v")),
+        (
+            caps.sse_service_managed,
+            "sse = s3",
+            PutOptions::default().with_encryption(E::ServiceManaged),
+        ),
+        (
+            caps.sse_kms,
+            "sse = kms",
+            PutOptions::default().with_encryption(kms),
+        ),
+        (
+            caps.sse_customer_key,
+            "sse = customer",
+            PutOptions::default().with_encryption(E::CustomerKey(key32)),
+        ),
+        (
+            caps.encryption_scope,
+            "encryption scope",
+            PutOptions::default().with_encryption(E::Scope("s".into())),
+        ),
+    ];
+    for (i, (honoured, name, opts)) in options.into_iter().enumerate() {
+        if honoured {
+            continue;
+        }
+        let key = format!("{c}/refused-{i}");
+        let src = UploadSource::from_bytes(&b"x"[..]);
+        let r = e
+            .handler
+            .upload(&key, src, &opts, &TransferCtx::none())
+            .await;
+        match r {
+            Err(err) if err.kind() == ErrorKind::NotSupported && err.to_string().contains(name) => {
+            }
+            other => {
+                return Err(format!(
+                    "{name}: expected NotSupported naming it, got {other:?}"
+                ));
+            }
+        }
+        expect_kind(
+            e.handler.stat(&key).await,
+            ErrorKind::NotFound,
+            "stat after refusal",
+        )?;
+    }
     Ok(())
 }

@@ -61,6 +61,7 @@ pub struct Target {
     /// The values of [`Target::from_env`]'s variables.
     vars: Vec<String>,
     faults: Option<faults::Faults>,
+    storage_class: Option<String>,
 }
 
 impl std::fmt::Debug for Target {
@@ -87,6 +88,7 @@ impl Target {
             skips: Vec::new(),
             vars: Vec::new(),
             faults: None,
+            storage_class: None,
         }
     }
 
@@ -134,12 +136,21 @@ impl Target {
             skips: Vec::new(),
             vars: Vec::new(),
             faults: None,
+            storage_class: None,
         }
     }
 
     /// An object size that the store uploads in at least three parts.
     pub fn multipart_size(mut self, bytes: u64) -> Self {
         self.multipart_size = bytes;
+        self
+    }
+
+    /// A storage class (S3, GCS) or access tier (Azure) other than the
+    /// default that the store keeps and reports back, for the
+    /// `storage_class_round_trips` case (skipped without one).
+    pub fn storage_class(mut self, class: &str) -> Self {
+        self.storage_class = Some(class.to_string());
         self
     }
 
@@ -322,6 +333,7 @@ pub fn run(targets: Vec<Target>) -> ExitCode {
             handler: handler.clone(),
             caps,
             multipart_size: target.multipart_size,
+            storage_class: target.storage_class.clone(),
             rt: rt.clone(),
         });
         let mut trials = Vec::new();

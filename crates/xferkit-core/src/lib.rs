@@ -14,6 +14,7 @@ pub mod parts;
 mod registry;
 mod retry;
 mod secret;
+pub mod server_opts;
 pub mod settings;
 pub mod share;
 pub mod signed;
@@ -37,6 +38,7 @@ pub use manager::{
 pub use registry::{DynHandler, Registry};
 pub use retry::RetryPolicy;
 pub use secret::Secret;
+pub use server_opts::{ObjectHeaders, ServerEncryption, SseMode, UploadDefaults};
 pub use share::{Dedupe, ShareOutcome, Thumbnailer};
 pub use types::{
     ByteRange, ByteStream, Capabilities, PendingUpload, PresignMethod, PresignedUrl, PutOptions,

@@ -8,6 +8,7 @@ use futures::stream::BoxStream;
 use crate::{RemoteObject, Result};
 
 /// One entry of [`crate::FileTransferHandler::list_with`].
+#[allow(clippy::large_enum_variant)] // a RemoteObject: moved once, not worth a Box
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ListEntry {

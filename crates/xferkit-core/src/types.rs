@@ -36,6 +36,17 @@ pub struct RemoteObject {
     pub last_modified: Option<SystemTime>,
     /// User metadata (lower-case keys).
     pub metadata: BTreeMap<String, String>,
+    /// Cache-Control, Content-Disposition, Content-Encoding and
+    /// Content-Language, as the store reports them.
+    pub headers: crate::ObjectHeaders,
+    /// Storage class (S3, GCS) or access tier (Azure), where reported.
+    pub storage_class: Option<String>,
+    /// Server-side encryption as reported: `AES256`, `aws:kms`, `SSE-C`
+    /// (S3), `CMEK` (GCS), `scope` (Azure).
+    pub encryption: Option<String>,
+    /// The KMS key id (S3 SSE-KMS), `kmsKeyName` (GCS) or encryption scope
+    /// (Azure) the store reports.
+    pub encryption_key: Option<String>,
 }
 
 impl RemoteObject {
@@ -77,6 +88,21 @@ pub struct Capabilities {
     /// (fewer, smaller pages) instead of filtering a full listing; the
     /// entries are the same either way.
     pub list_native: bool,
+    /// `PutOptions::storage_class` (S3, GCS storage class; Azure access tier).
+    pub storage_class: bool,
+    /// `PutOptions::headers`: all four of [`crate::ObjectHeaders`] are kept
+    /// and sent back on download.
+    pub object_headers: bool,
+    /// `PutOptions::tags`.
+    pub tags: bool,
+    /// [`crate::ServerEncryption::ServiceManaged`].
+    pub sse_service_managed: bool,
+    /// [`crate::ServerEncryption::Kms`].
+    pub sse_kms: bool,
+    /// [`crate::ServerEncryption::CustomerKey`].
+    pub sse_customer_key: bool,
+    /// [`crate::ServerEncryption::Scope`].
+    pub encryption_scope: bool,
 }
 
 /// A byte range of an object.
@@ -149,6 +175,17 @@ pub struct PutOptions {
     pub metadata: BTreeMap<String, String>,
     /// Fail with `AlreadyExists` instead of overwriting.
     pub if_not_exists: bool,
+    /// Cache-Control, Content-Disposition, Content-Encoding,
+    /// Content-Language to store ([`Capabilities::object_headers`]).
+    pub headers: crate::ObjectHeaders,
+    /// Storage class (S3 `STANDARD_IA`, GCS `NEARLINE`, ...) or Azure access
+    /// tier (`Cool`, ...) ([`Capabilities::storage_class`]).
+    pub storage_class: Option<String>,
+    /// Server-side encryption (see [`crate::ServerEncryption`] for which
+    /// capability each needs).
+    pub encryption: Option<crate::ServerEncryption>,
+    /// Object tags ([`Capabilities::tags`]).
+    pub tags: BTreeMap<String, String>,
 }
 
 impl PutOptions {
@@ -162,6 +199,22 @@ impl PutOptions {
     }
     pub fn create_only(mut self) -> Self {
         self.if_not_exists = true;
+        self
+    }
+    pub fn with_storage_class(mut self, class: impl Into<String>) -> Self {
+        self.storage_class = Some(class.into());
+        self
+    }
+    pub fn with_headers(mut self, headers: crate::ObjectHeaders) -> Self {
+        self.headers = headers;
+        self
+    }
+    pub fn with_encryption(mut self, encryption: crate::ServerEncryption) -> Self {
+        self.encryption = Some(encryption);
+        self
+    }
+    pub fn with_tag(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.tags.insert(k.into(), v.into());
         self
     }
     /// The content type to store: the given one, else a guess from `key`.

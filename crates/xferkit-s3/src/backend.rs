@@ -107,12 +107,14 @@ impl S3Store {
             self.retry.retry(target, move |_| {
                 let mode = mode.clone();
                 async move {
-                    self.core
+                    let head = self
+                        .core
                         .client
                         .head_object()
                         .bucket(&self.core.bucket)
                         .key(full)
-                        .set_checksum_mode(mode)
+                        .set_checksum_mode(mode);
+                    crate::core::sse_c!(head, self.core.read_key.as_ref())
                         .send()
                         .await
                         .map_err(|e| map_sdk("HeadObject", target, Mode::Plain, e))
@@ -136,6 +138,19 @@ impl S3Store {
             out.metadata(),
         );
         obj.checksum = full_object_crc32c(out.checksum_crc32_c());
+        crate::core::reported(
+            &mut obj,
+            [
+                out.cache_control(),
+                out.content_disposition(),
+                out.content_encoding(),
+                out.content_language(),
+            ],
+            out.storage_class(),
+            out.server_side_encryption(),
+            out.ssekms_key_id(),
+            out.sse_customer_algorithm(),
+        );
         Ok(obj)
     }
 
@@ -159,12 +174,14 @@ impl S3Store {
         let sent = self
             .retry
             .retry(&target, |_| async {
-                self.core
+                let get = self
+                    .core
                     .client
                     .get_object()
                     .bucket(&self.core.bucket)
                     .key(full)
-                    .set_range(range.map(|r| r.to_http_header()))
+                    .set_range(range.map(|r| r.to_http_header()));
+                crate::core::sse_c!(get, self.core.read_key.as_ref())
                     .send()
                     .await
                     .map_err(|e| map_sdk("GetObject", &target, Mode::Plain, e))
@@ -202,6 +219,19 @@ impl S3Store {
             out.content_type(),
             out.last_modified(),
             out.metadata(),
+        );
+        crate::core::reported(
+            &mut obj,
+            [
+                out.cache_control(),
+                out.content_disposition(),
+                out.content_encoding(),
+                out.content_language(),
+            ],
+            out.storage_class(),
+            out.server_side_encryption(),
+            out.ssekms_key_id(),
+            out.sse_customer_algorithm(),
         );
         if partial.is_none() {
             // A whole-object answer may carry the stored checksum (the SDK
@@ -315,6 +345,28 @@ fn objects(
         .collect()
 }
 
+/// What every S3 store supports.
+pub(crate) fn capabilities() -> Capabilities {
+    let mut c = Capabilities::default();
+    c.presign_get = true;
+    c.presign_put = true;
+    c.presign_verified = true;
+    c.range = true;
+    c.conditional_create = true;
+    c.multipart = true;
+    c.list_pending_uploads = true;
+    c.copy = true;
+    c.metadata = true;
+    c.list_native = true;
+    c.storage_class = true;
+    c.object_headers = true;
+    c.tags = true;
+    c.sse_service_managed = true;
+    c.sse_kms = true;
+    c.sse_customer_key = true;
+    c
+}
+
 #[async_trait]
 impl FileTransferHandler for S3Store {
     fn name(&self) -> &str {
@@ -322,18 +374,7 @@ impl FileTransferHandler for S3Store {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut c = Capabilities::default();
-        c.presign_get = true;
-        c.presign_put = true;
-        c.presign_verified = true;
-        c.range = true;
-        c.conditional_create = true;
-        c.multipart = true;
-        c.list_pending_uploads = true;
-        c.copy = true;
-        c.metadata = true;
-        c.list_native = true;
-        c
+        capabilities()
     }
 
     fn url_for(&self, key: &str) -> String {
@@ -352,6 +393,8 @@ impl FileTransferHandler for S3Store {
         ctx: &TransferCtx,
     ) -> Result<RemoteObject> {
         validate_key(key)?;
+        let opts = &opts.or_defaults(&self.core.defaults);
+        opts.check_server_options(&self.name, &self.core.root.url(key), &capabilities())?;
         let upload = Arc::new(Upload::new(&self.core, key, opts)?);
         let plan = Upload::plan(&self.core, opts, self.state_dir.clone());
         xferkit_core::parts::upload(upload, &plan, source, ctx).await
@@ -447,14 +490,24 @@ impl FileTransferHandler for S3Store {
         let r = if source.size > self.core.copy_threshold {
             crate::copy::in_parts(&self.core, &self.retry, &source, &copy_source, &dst).await
         } else {
+            // Headers, metadata and tags come with the source; the store's
+            // storage class and encryption apply to the copy (S3 would
+            // otherwise give it STANDARD and the bucket's default encryption).
+            let mut dest = PutOptions::default();
+            dest.storage_class
+                .clone_from(&self.core.defaults.storage_class);
+            dest.encryption.clone_from(&self.core.defaults.encryption);
             let one = self.retry.retry(&dst_url, |_| async {
-                self.core
+                let req = self
+                    .core
                     .client
                     .copy_object()
                     .bucket(&self.core.bucket)
                     .key(&dst)
                     .copy_source(&copy_source)
-                    .metadata_directive(MetadataDirective::Copy)
+                    .metadata_directive(MetadataDirective::Copy);
+                let req = crate::core::server_options!(req, &dest);
+                crate::core::sse_c!(copy_source req, self.core.read_key.as_ref())
                     .send()
                     .await
                     .map_err(|e| map_sdk("CopyObject", &dst_url, Mode::Plain, e))

@@ -70,6 +70,12 @@ pub struct S3Config {
     /// `CopyObject`; larger ones a multipart copy (`UploadPartCopy` parts of
     /// `part_size`). Default 5 GiB, S3's largest `CopyObject`, and at most that.
     pub copy_threshold: u64,
+    /// Defaults of the server-side upload options (`storage_class`, the four
+    /// headers, `tags`, `sse`, `sse_kms_key_id`, `sse_bucket_key`,
+    /// `sse_customer_key`), under each upload's own. With
+    /// `sse_customer_key`, every read of the store sends that key too.
+    #[serde(flatten)]
+    pub upload: xferkit_core::UploadDefaults,
 }
 
 /// The checksum S3 uploads send (`checksum` key).
@@ -108,6 +114,16 @@ impl S3Config {
         "concurrency",
         "checksum",
         "copy_threshold",
+        "storage_class",
+        "cache_control",
+        "content_disposition",
+        "content_encoding",
+        "content_language",
+        "tags",
+        "sse",
+        "sse_kms_key_id",
+        "sse_bucket_key",
+        "sse_customer_key",
     ];
 
     /// A configuration for `bucket` with every other key at its default.
@@ -214,6 +230,7 @@ impl Default for S3Config {
             concurrency: 4,
             checksum: S3Checksum::Crc32c,
             copy_threshold: MAX_PART_SIZE,
+            upload: Default::default(),
         }
     }
 }
@@ -237,6 +254,7 @@ impl fmt::Debug for S3Config {
             .field("concurrency", &self.concurrency)
             .field("checksum", &self.checksum)
             .field("copy_threshold", &self.copy_threshold)
+            .field("upload", &self.upload)
             .finish()
     }
 }

@@ -16,7 +16,7 @@ use xferkit_core::{Error, RemoteObject, Result, RetryPolicy};
 
 use crate::S3Checksum;
 use crate::config::{MAX_PART_SIZE, MAX_PARTS};
-use crate::core::{Core, Mode, encode_metadata, map_sdk};
+use crate::core::{Core, Mode, encode_metadata, map_sdk, server_options, sse_c};
 
 /// Copy `source` (a stat of the object at `copy_source`, `bucket/key`
 /// percent-encoded) to the full name `dst`, in parts.
@@ -41,6 +41,13 @@ pub(crate) async fn in_parts(
         .and_then(|c| c.strip_prefix("crc32c:"))
         .and_then(|h| u32::from_str_radix(h, 16).ok())
         .filter(|_| core.checksum == S3Checksum::Crc32c);
+    // The source's headers; the store's storage class and encryption (the
+    // copy is a new upload: nothing else would carry them over). Tags are
+    // not copied by a multipart copy.
+    let mut dest = core.defaults.clone();
+    dest.headers = source.headers.clone();
+    dest.tags.clear();
+    let key = core.read_key.as_ref();
     let created = retry
         .retry(target, |_| {
             let req = core
@@ -52,6 +59,7 @@ pub(crate) async fn in_parts(
                 .set_metadata(metadata.clone())
                 .set_checksum_algorithm(crc.map(|_| ChecksumAlgorithm::Crc32C))
                 .set_checksum_type(crc.map(|_| ChecksumType::FullObject));
+            let req = server_options!(req, &dest);
             async move {
                 req.send()
                     .await
@@ -82,6 +90,7 @@ pub(crate) async fn in_parts(
                     .copy_source(copy_source)
                     .copy_source_range(format!("bytes={first}-{last}"))
                     .set_copy_source_if_match(if_match.clone());
+                let req = sse_c!(copy_source sse_c!(req, key), key);
                 async move {
                     let out = req
                         .send()

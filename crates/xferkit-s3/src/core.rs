@@ -15,7 +15,7 @@ use aws_sdk_s3::primitives::DateTime;
 use xferkit_core::key::Root;
 use xferkit_core::settings::StoreKeys;
 use xferkit_core::status::{self, Answer};
-use xferkit_core::{Error, ErrorKind, RemoteObject, Result};
+use xferkit_core::{Error, ErrorKind, PutOptions, RemoteObject, Result, Secret, ServerEncryption};
 
 use crate::{S3Checksum, S3Config};
 
@@ -36,6 +36,129 @@ pub(crate) struct Core {
     pub concurrency: usize,
     pub checksum: S3Checksum,
     pub copy_threshold: u64,
+    /// The configured defaults of the server-side upload options.
+    pub defaults: PutOptions,
+    /// The configured SSE-C key, sent with every read (HEAD, GET, copy source).
+    pub read_key: Option<CustomerKey>,
+}
+
+/// An SSE-C key with the MD5 S3 wants next to it on every request that
+/// writes or reads such an object. Never printed.
+#[derive(Clone)]
+pub(crate) struct CustomerKey {
+    key: Secret,
+    md5: String,
+}
+
+impl CustomerKey {
+    /// The key of `opts`' encryption, if it is SSE-C (checked before: base64 of 32 bytes).
+    pub fn of(opts: &PutOptions) -> Option<CustomerKey> {
+        use base64::Engine as _;
+        use md5::Digest;
+        let Some(ServerEncryption::CustomerKey(key)) = &opts.encryption else {
+            return None;
+        };
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let raw = b64.decode(key.expose().trim()).ok()?;
+        Some(CustomerKey {
+            key: Secret::new(key.expose().trim()),
+            md5: b64.encode(md5::Md5::digest(&raw)),
+        })
+    }
+    pub fn algorithm(k: Option<&Self>) -> Option<String> {
+        k.map(|_| "AES256".to_string())
+    }
+    pub fn key(k: Option<&Self>) -> Option<String> {
+        k.map(|k| k.key.expose().to_string())
+    }
+    pub fn md5(k: Option<&Self>) -> Option<String> {
+        k.map(|k| k.md5.clone())
+    }
+}
+
+/// Set the SSE-C headers of `key` (an `Option<&CustomerKey>`) on an SDK
+/// request builder (`copy_source`: the `x-amz-copy-source-…` ones).
+macro_rules! sse_c {
+    ($req:expr, $key:expr) => {{
+        let k: Option<&$crate::core::CustomerKey> = $key;
+        $req.set_sse_customer_algorithm($crate::core::CustomerKey::algorithm(k))
+            .set_sse_customer_key($crate::core::CustomerKey::key(k))
+            .set_sse_customer_key_md5($crate::core::CustomerKey::md5(k))
+    }};
+    (copy_source $req:expr, $key:expr) => {{
+        let k: Option<&$crate::core::CustomerKey> = $key;
+        $req.set_copy_source_sse_customer_algorithm($crate::core::CustomerKey::algorithm(k))
+            .set_copy_source_sse_customer_key($crate::core::CustomerKey::key(k))
+            .set_copy_source_sse_customer_key_md5($crate::core::CustomerKey::md5(k))
+    }};
+}
+pub(crate) use sse_c;
+
+/// Set the server-side options of `opts` (headers, storage class, SSE,
+/// tags) on a `PutObject`, `CreateMultipartUpload` or `CopyObject` builder.
+macro_rules! server_options {
+    ($req:expr, $opts:expr) => {{
+        use aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
+        use xferkit_core::ServerEncryption as E;
+        let o: &xferkit_core::PutOptions = $opts;
+        let h = &o.headers;
+        let (sse, kms_key, bucket_key) = match &o.encryption {
+            Some(E::ServiceManaged) => (Some(ServerSideEncryption::Aes256), None, None),
+            Some(E::Kms { key_id, bucket_key }) => (
+                Some(ServerSideEncryption::AwsKms),
+                key_id.clone(),
+                *bucket_key,
+            ),
+            _ => (None, None, None),
+        };
+        let req = $req
+            .set_cache_control(h.cache_control.clone())
+            .set_content_disposition(h.content_disposition.clone())
+            .set_content_encoding(h.content_encoding.clone())
+            .set_content_language(h.content_language.clone())
+            .set_storage_class(o.storage_class.as_deref().map(StorageClass::from))
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(kms_key)
+            .set_bucket_key_enabled(bucket_key)
+            .set_tagging($crate::core::tagging(&o.tags));
+        let key = $crate::core::CustomerKey::of(o);
+        $crate::core::sse_c!(req, key.as_ref())
+    }};
+}
+pub(crate) use server_options;
+
+/// Tags as S3's `x-amz-tagging` wants them: a URL query string.
+pub(crate) fn tagging(tags: &BTreeMap<String, String>) -> Option<String> {
+    (!tags.is_empty()).then(|| {
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(tags)
+            .finish()
+    })
+}
+
+/// What a HEAD or GET answer says of the server-side options: the four
+/// headers, storage class, encryption and its key.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reported(
+    o: &mut RemoteObject,
+    headers: [Option<&str>; 4],
+    storage_class: Option<&aws_sdk_s3::types::StorageClass>,
+    sse: Option<&aws_sdk_s3::types::ServerSideEncryption>,
+    kms_key: Option<&str>,
+    customer_algorithm: Option<&str>,
+) {
+    for (name, v) in xferkit_core::ObjectHeaders::NAMES.into_iter().zip(headers) {
+        if let Some(v) = v {
+            o.headers.set(name, v);
+        }
+    }
+    o.storage_class = storage_class.map(|c| c.as_str().to_string());
+    o.encryption = match (sse, customer_algorithm) {
+        (_, Some(_)) => Some("SSE-C".to_string()),
+        (Some(s), None) => Some(s.as_str().to_string()),
+        (None, None) => None,
+    };
+    o.encryption_key = kms_key.map(str::to_string);
 }
 
 // No client in the output: the SDK config holds the credential provider.
@@ -52,6 +175,7 @@ impl fmt::Debug for Core {
             .field("concurrency", &self.concurrency)
             .field("checksum", &self.checksum)
             .field("copy_threshold", &self.copy_threshold)
+            .field("defaults", &self.defaults)
             .finish_non_exhaustive()
     }
 }
@@ -106,6 +230,9 @@ impl Core {
             builder =
                 builder.request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
         }
+        let defaults = config
+            .upload
+            .put_options(name, &crate::backend::capabilities())?;
         Ok(Core {
             client: Client::from_conf(builder.build()),
             bucket: config.bucket.clone(),
@@ -118,6 +245,8 @@ impl Core {
             concurrency: config.concurrency,
             checksum: config.checksum,
             copy_threshold: config.copy_threshold,
+            read_key: CustomerKey::of(&defaults),
+            defaults,
         })
     }
 

@@ -27,7 +27,9 @@ use xferkit_core::{Error, ErrorKind, PutOptions, RemoteObject, Result};
 
 use crate::S3Checksum;
 use crate::config::{MAX_PART_SIZE, MAX_PARTS};
-use crate::core::{Core, HttpStatus, Mode, encode_metadata, map_sdk, unquote};
+use crate::core::{
+    Core, CustomerKey, HttpStatus, Mode, encode_metadata, map_sdk, server_options, sse_c, unquote,
+};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -74,6 +76,10 @@ pub(crate) struct Upload {
     /// As given, for the returned record.
     user_metadata: BTreeMap<String, String>,
     mode: Mode,
+    /// Headers, storage class, encryption and tags (defaults merged in).
+    opts: PutOptions,
+    /// SSE-C: sent on every request of this upload, HEADs included.
+    sse_c: Option<CustomerKey>,
 }
 
 impl Upload {
@@ -98,6 +104,8 @@ impl Upload {
             } else {
                 Mode::Plain
             },
+            sse_c: CustomerKey::of(opts),
+            opts: opts.clone(),
         })
     }
 
@@ -129,6 +137,7 @@ impl Upload {
         o.version = version.map(str::to_string);
         o.content_type = Some(self.content_type.clone());
         o.metadata = self.user_metadata.clone();
+        o.headers = self.opts.headers.clone();
         o
     }
 
@@ -143,7 +152,7 @@ impl Upload {
     /// A HEAD of the key.
     fn head(&self) -> aws_sdk_s3::operation::head_object::builders::HeadObjectFluentBuilder {
         let head = self.core.client.head_object().bucket(&self.core.bucket);
-        head.key(&self.full)
+        sse_c!(head.key(&self.full), self.sse_c.as_ref())
     }
 
     /// The whole object's CRC32C as the store keeps it: from the complete's
@@ -215,6 +224,7 @@ impl PartStore for Upload {
             .set_metadata(self.metadata.clone())
             .content_length(size as i64)
             .body(data);
+        req = server_options!(req, &self.opts);
         match self.core.checksum {
             // Computed by the SDK (as a trailer while a file streams), verified
             // by the store and kept as the object's full-object CRC32C, which
@@ -257,6 +267,7 @@ impl PartStore for Upload {
             .key(&self.full)
             .content_type(&self.content_type)
             .set_metadata(self.metadata.clone());
+        req = server_options!(req, &self.opts);
         if self.crc32c() {
             req = req
                 .checksum_algorithm(ChecksumAlgorithm::Crc32C)
@@ -289,7 +300,7 @@ impl PartStore for Upload {
             .set_checksum_crc32_c(self.crc32c().then(|| crc32c_to_base64(part.crc32c)))
             .set_content_md5(part.digest.as_ref().map(|d| BASE64.encode(d)))
             .body(SdkStream::from(part.data.clone()));
-        let out = req
+        let out = sse_c!(req, self.sse_c.as_ref())
             .send()
             .await
             .map_err(self.map("UploadPart", Mode::Plain))?;

@@ -511,3 +511,179 @@ async fn multipart_checksum_headers_per_choice() {
         ]
     );
 }
+
+// ---- server-side options ------------------------------------------------
+
+/// The server-side option headers of a request (no emulator checks KMS or
+/// SSE-C: this is where they are proven).
+fn server_headers(seen: &Seen) -> Vec<String> {
+    let mut out: Vec<String> = (seen.headers.iter())
+        .filter(|(k, _)| {
+            k.starts_with("x-amz-server-side-encryption")
+                || ["x-amz-storage-class", "x-amz-tagging", "cache-control"].contains(&k.as_str())
+                || ["content-disposition", "content-language"].contains(&k.as_str())
+                || (*k == "content-encoding"
+                    && !seen.checksums().iter().any(|c| c.starts_with("trailer")))
+        })
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// SSE-KMS with a key id and a Bucket Key, storage class and a header from
+/// the store's config; another header, a tag and an override per upload:
+/// the PutObject carries each, the upload's own winning.
+#[tokio::test]
+async fn kms_storage_class_headers_and_tags_on_put_object() {
+    let mock = Mock::start().await;
+    let mut c = config(&mock.url);
+    c.region = Some("us-east-1".into());
+    c.upload.sse = Some(xferkit_core::SseMode::Kms);
+    c.upload.sse_kms_key_id = Some("arn:aws:kms:us-east-1:111122223333:key/k1".into());
+    c.upload.sse_bucket_key = Some(true);
+    c.upload.storage_class = Some("STANDARD_IA".into());
+    c.upload.cache_control = Some("max-age=60".into());
+    c.upload.content_language = Some("de".into());
+    let store = S3Store::new("media", c).await.unwrap();
+    let mut headers = xferkit_core::ObjectHeaders::default();
+    headers.cache_control = Some("no-store".into());
+    headers.content_disposition = Some("attachment; filename=\"a b.txt\"".into());
+    let opts = PutOptions::default()
+        .with_headers(headers)
+        .with_tag("team", "a&b")
+        .with_tag("env", "prod");
+    let data = UploadSource::from_bytes(&b"hello"[..]);
+    let ctx = TransferCtx::default();
+    let got = store.upload("k.txt", data, &opts, &ctx).await.unwrap();
+    assert_eq!(got.headers.cache_control.as_deref(), Some("no-store"));
+    let puts: Vec<Vec<String>> = (mock.seen().iter())
+        .filter(|s| s.op() == "PutObject")
+        .map(server_headers)
+        .collect();
+    assert_eq!(
+        puts,
+        vec![vec![
+            "cache-control: no-store".to_string(),
+            "content-disposition: attachment; filename=\"a b.txt\"".into(),
+            "content-language: de".into(),
+            "x-amz-server-side-encryption-aws-kms-key-id: arn:aws:kms:us-east-1:111122223333:key/k1"
+                .into(),
+            "x-amz-server-side-encryption-bucket-key-enabled: true".into(),
+            "x-amz-server-side-encryption: aws:kms".into(),
+            "x-amz-storage-class: STANDARD_IA".into(),
+            "x-amz-tagging: env=prod&team=a%26b".into(),
+        ]]
+    );
+}
+
+/// SSE-S3 per upload on a multipart upload: on CreateMultipartUpload only
+/// (S3 refuses it on UploadPart).
+#[tokio::test]
+async fn sse_s3_goes_on_create_multipart_upload() {
+    let mock = Mock::start().await;
+    let mut c = config(&mock.url);
+    c.region = Some("us-east-1".into());
+    (c.part_size, c.multipart_threshold) = (5 * MIB as u64, 5 * MIB as u64);
+    let store = S3Store::new("media", c).await.unwrap();
+    let opts = PutOptions::default()
+        .with_encryption(xferkit_core::ServerEncryption::ServiceManaged)
+        .with_storage_class("GLACIER_IR");
+    let src = UploadSource::from_bytes(data(6 * MIB));
+    let ctx = TransferCtx::default();
+    store.upload("k", src, &opts, &ctx).await.unwrap();
+    let sent: Vec<(String, Vec<String>)> = (mock.seen().iter())
+        .filter(|s| s.op() != "HeadObject")
+        .map(|s| (s.op().to_string(), server_headers(s)))
+        .collect();
+    let create = vec![
+        "x-amz-server-side-encryption: AES256".to_string(),
+        "x-amz-storage-class: GLACIER_IR".into(),
+    ];
+    assert_eq!(
+        sent,
+        vec![
+            ("CreateMultipartUpload".to_string(), create),
+            ("UploadPart".into(), vec![]),
+            ("UploadPart".into(), vec![]),
+            ("CompleteMultipartUpload".into(), vec![]),
+        ]
+    );
+}
+
+/// SSE-C from the store's config: the key and its MD5 go on every request
+/// that writes or reads the object (CreateMultipartUpload, each UploadPart,
+/// HEAD, GET), never on the complete; the key shows in no Debug or error.
+#[tokio::test]
+async fn sse_c_key_goes_on_every_write_and_read() {
+    let key = BASE64.encode([7u8; 32]);
+    let key_md5 = md5(&[7u8; 32]);
+    let mock = Mock::start().await;
+    let mut c = config(&mock.url);
+    c.region = Some("us-east-1".into());
+    (c.part_size, c.multipart_threshold) = (5 * MIB as u64, 5 * MIB as u64);
+    c.upload.sse_customer_key = Some(Secret::new(key.clone()));
+    assert!(!format!("{c:?}").contains(&key));
+    let store = S3Store::new("media", c).await.unwrap();
+    assert!(!format!("{store:?}").contains(&key));
+    let src = UploadSource::from_bytes(data(6 * MIB));
+    let ctx = TransferCtx::default();
+    store
+        .upload("k", src, &PutOptions::default(), &ctx)
+        .await
+        .unwrap();
+    let err = store.stat("k").await.unwrap_err(); // the stand-in has no objects
+    assert!(!format!("{err} {err:?}").contains(&key));
+    let _ = store.download_stream("k", None).await;
+    let sse_c = vec![
+        "x-amz-server-side-encryption-customer-algorithm: AES256".to_string(),
+        format!("x-amz-server-side-encryption-customer-key-md5: {key_md5}"),
+        format!("x-amz-server-side-encryption-customer-key: {key}"),
+    ];
+    let sent: Vec<(String, Vec<String>)> = (mock.seen().iter())
+        .map(|s| (s.op().to_string(), server_headers(s)))
+        .collect();
+    assert_eq!(
+        sent,
+        vec![
+            ("CreateMultipartUpload".to_string(), sse_c.clone()),
+            ("UploadPart".into(), sse_c.clone()),
+            ("UploadPart".into(), sse_c.clone()),
+            ("CompleteMultipartUpload".into(), vec![]),
+            // the engine asks for the stored CRC32C the complete did not report
+            ("HeadObject".into(), sse_c.clone()),
+            ("HeadObject".into(), sse_c.clone()), // stat
+            ("other".into(), sse_c.clone()),      // the GET
+        ]
+    );
+}
+
+/// Keys the backend does not honour are unknown to it; a bad SSE-C key or
+/// conflicting SSE keys are refused naming the key, before any request.
+#[tokio::test]
+async fn bad_server_side_defaults_are_refused_naming_the_key() {
+    let refused = |f: fn(&mut S3Config)| async move {
+        let mut c = config("http://127.0.0.1:9");
+        c.region = Some("us-east-1".into());
+        f(&mut c);
+        S3Store::new("media", c).await.unwrap_err().to_string()
+    };
+    let e = refused(|c| c.upload.sse_customer_key = Some(Secret::new("c2hvcnQ="))).await;
+    assert!(
+        e.contains("stores.media.sse_customer_key") && e.contains("32 bytes"),
+        "{e}"
+    );
+    assert!(!e.contains("c2hvcnQ="), "{e}");
+    let e = refused(|c| {
+        c.upload.sse = Some(xferkit_core::SseMode::S3);
+        c.upload.sse_kms_key_id = Some("k".into());
+    })
+    .await;
+    assert!(e.contains("stores.media.sse_kms_key_id"), "{e}");
+    let e = refused(|c| c.upload.encryption_scope = Some("scope".into())).await;
+    assert!(
+        e.contains("stores.media.encryption_scope") && e.contains("not supported"),
+        "{e}"
+    );
+    assert!(!S3Config::KEYS.contains(&"encryption_scope"));
+}

@@ -183,6 +183,7 @@ impl Stored {
 }
 
 /// The answer to one part.
+#[allow(clippy::large_enum_variant)] // a RemoteObject: moved once, not worth a Box
 #[derive(Debug)]
 pub enum Acked {
     /// Stored; the store's ETag or id for it (may be empty).
@@ -192,6 +193,7 @@ pub enum Acked {
 }
 
 /// What the store holds of a session it still knows.
+#[allow(clippy::large_enum_variant)] // a RemoteObject: moved once, not worth a Box
 #[derive(Debug)]
 pub enum Held {
     /// Parts by number: length, and ETag where the store lists one.

@@ -53,6 +53,7 @@ impl Journaled {
 }
 
 /// What a previous run left that this one can use.
+#[allow(clippy::large_enum_variant)] // a RemoteObject: moved once, not worth a Box
 pub(crate) enum Resume {
     Fresh,
     /// Go on with `session`; `kept` are stored and verified, in order.
