@@ -68,6 +68,7 @@ fn main() -> std::process::ExitCode {
             },
         )
         .multipart_size(4 * MIB)
+        .storage_class("Cool")
         .faults(|v| {
             let (account, key) = (v[1].clone(), v[2].clone());
             // Azurite checks the transactional Content-MD5 of every Put Blob

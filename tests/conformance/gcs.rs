@@ -70,6 +70,7 @@ fn main() -> ExitCode {
         )
         // 24 chunks of 256 KiB (the stop case uploads twice that).
         .multipart_size(6 * MIB)
+        .storage_class("NEARLINE")
         .limit(
             |c| c.presign_verified = false,
             "fake-gcs-server does not check signed-URL signatures or expiry",

@@ -41,12 +41,34 @@ pub struct AzureStore {
     pub(crate) retry: RetryPolicy,
     /// Journals of staged uploads of files (resume after a crash).
     pub(crate) state_dir: Option<std::path::PathBuf>,
+    /// The configured defaults of the server-side upload options.
+    pub(crate) defaults: PutOptions,
+}
+
+/// The server-side upload options Azure honours, added to `c`.
+fn server_options(mut c: Capabilities) -> Capabilities {
+    c.storage_class = true;
+    c.object_headers = true;
+    c.encryption_scope = true;
+    c
+}
+
+/// The four headers of a blob as the service reports them.
+fn headers(v: [Option<String>; 4]) -> xferkit_core::ObjectHeaders {
+    let mut h = xferkit_core::ObjectHeaders::default();
+    for (name, v) in xferkit_core::ObjectHeaders::NAMES.into_iter().zip(v) {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            h.set(name, v);
+        }
+    }
+    h
 }
 
 impl AzureStore {
     /// Build the store called `name` from `config`. Creates no container and
     /// sends no request: a wrong credential shows on the first operation.
     pub async fn new(name: &str, config: AzureConfig) -> Result<Self> {
+        let defaults = (config.upload).put_options(name, &server_options(Default::default()))?;
         let cfg = config.resolve(name)?;
         let client = Client::new(name, &cfg)?;
         Ok(AzureStore {
@@ -56,6 +78,7 @@ impl AzureStore {
             client,
             retry: RetryPolicy::default(),
             state_dir: None,
+            defaults,
         })
     }
 
@@ -118,6 +141,15 @@ impl AzureStore {
         obj.last_modified = rsp.last_modified().map_err(bad)?.map(SystemTime::from);
         obj.version = rsp.version_id().map_err(bad)?;
         obj.metadata = lower_keys(rsp.metadata().map_err(bad)?);
+        obj.headers = headers([
+            rsp.cache_control().map_err(bad)?,
+            rsp.content_disposition().map_err(bad)?,
+            rsp.content_encoding().map_err(bad)?,
+            rsp.content_language().map_err(bad)?,
+        ]);
+        obj.storage_class = rsp.access_tier().map_err(bad)?;
+        obj.encryption_key = rsp.encryption_scope().map_err(bad)?;
+        obj.encryption = obj.encryption_key.as_ref().map(|_| "scope".to_string());
         Ok(obj)
     }
 
@@ -210,7 +242,7 @@ impl FileTransferHandler for AzureStore {
         c.list_pending_uploads = false;
         c.copy = true;
         c.metadata = true;
-        c
+        server_options(c)
     }
 
     fn url_for(&self, key: &str) -> String {
@@ -229,6 +261,8 @@ impl FileTransferHandler for AzureStore {
         ctx: &TransferCtx,
     ) -> Result<RemoteObject> {
         validate_key(key)?;
+        let opts = &opts.or_defaults(&self.defaults);
+        opts.check_server_options(&self.name, &self.root.url(key), &self.capabilities())?;
         let blocks = std::sync::Arc::new(crate::upload::Blocks::new(self, key, opts));
         let plan = crate::upload::Blocks::plan(self, opts);
         xferkit_core::parts::upload(blocks, &plan, source, ctx).await
@@ -309,6 +343,12 @@ impl FileTransferHandler for AzureStore {
             obj.last_modified = p.last_modified.map(SystemTime::from);
             obj.version = p.version_id;
             obj.metadata = lower_keys(p.metadata);
+            obj.headers = headers([
+                p.cache_control,
+                p.content_disposition,
+                p.content_encoding,
+                p.content_language,
+            ]);
             obj
         });
         Ok((obj, Box::pin(body)))

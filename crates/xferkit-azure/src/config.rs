@@ -70,6 +70,11 @@ pub struct AzureConfig {
     /// Blocks uploaded at once per upload. Default 4. Memory used by one
     /// upload is about `concurrency × block_size`.
     pub concurrency: usize,
+    /// Defaults of the server-side upload options (`storage_class`: the
+    /// access tier, the four headers, `encryption_scope`), under each
+    /// upload's own.
+    #[serde(flatten)]
+    pub upload: xferkit_core::UploadDefaults,
 }
 
 impl Default for AzureConfig {
@@ -85,6 +90,7 @@ impl Default for AzureConfig {
             multipart_threshold: 16 * MIB,
             block_size: 8 * MIB,
             concurrency: 4,
+            upload: Default::default(),
         }
     }
 }
@@ -107,6 +113,7 @@ impl fmt::Debug for AzureConfig {
             .field("multipart_threshold", &self.multipart_threshold)
             .field("block_size", &self.block_size)
             .field("concurrency", &self.concurrency)
+            .field("upload", &self.upload)
             .finish()
     }
 }
@@ -213,6 +220,12 @@ impl AzureConfig {
         "multipart_threshold",
         "block_size",
         "concurrency",
+        "storage_class",
+        "cache_control",
+        "content_disposition",
+        "content_encoding",
+        "content_language",
+        "encryption_scope",
     ];
 
     /// A configuration for `container` of `account` with every other key at
@@ -618,7 +631,9 @@ mod tests {
         let json = serde_json::json!({
             "account": "myaccount", "container": "media", "prefix": "p",
             "endpoint": "https://e.example", "connection_string": "x", "account_key": "y",
-            "sas_token": "z", "multipart_threshold": 1, "block_size": 2, "concurrency": 3
+            "sas_token": "z", "multipart_threshold": 1, "block_size": 2, "concurrency": 3,
+            "storage_class": "Cool", "cache_control": "c", "content_disposition": "d",
+            "content_encoding": "e", "content_language": "l", "encryption_scope": "s"
         });
         let obj = json.as_object().unwrap();
         assert_eq!(obj.len(), AzureConfig::KEYS.len());

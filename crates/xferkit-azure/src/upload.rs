@@ -20,7 +20,7 @@ use azure_core::Uuid;
 use azure_core::http::{ClientMethodOptions, Context, Etag, RequestContent, XmlFormat};
 use azure_storage_blob::BlobClient;
 use azure_storage_blob::models::{
-    BlobClientUploadOptions, BlockBlobClientCommitBlockListOptions,
+    AccessTier, BlobClientUploadOptions, BlockBlobClientCommitBlockListOptions,
     BlockBlobClientCommitBlockListResultHeaders, BlockBlobClientStageBlockOptions, BlockListType,
     BlockLookupList,
 };
@@ -44,6 +44,10 @@ pub(crate) struct Blocks {
     content_type: String,
     metadata: HashMap<String, String>,
     create_only: bool,
+    headers: xferkit_core::ObjectHeaders,
+    tier: Option<AccessTier>,
+    /// Sent on every block and on the commit (they must agree).
+    encryption_scope: Option<String>,
 }
 
 impl Blocks {
@@ -56,6 +60,12 @@ impl Blocks {
             content_type: opts.content_type_for(key),
             metadata: opts.metadata.clone().into_iter().collect(),
             create_only: opts.if_not_exists,
+            headers: opts.headers.clone(),
+            tier: (opts.storage_class.as_deref()).map(|t| t.parse().unwrap_or_else(|e| match e {})),
+            encryption_scope: match &opts.encryption {
+                Some(xferkit_core::ServerEncryption::Scope(s)) => Some(s.clone()),
+                _ => None,
+            },
         }
     }
 
@@ -87,6 +97,7 @@ impl Blocks {
         obj.etag = etag.map(etag_text);
         obj.last_modified = modified;
         obj.content_type = Some(self.content_type.clone());
+        obj.headers = self.headers.clone();
         obj.metadata = self
             .metadata
             .iter()
@@ -153,6 +164,12 @@ impl PartStore for Blocks {
                 context: Context::new().with_value(ContentMd5(BASE64.encode(sum))),
             },
             blob_content_type: Some(self.content_type.clone()),
+            blob_cache_control: self.headers.cache_control.clone(),
+            blob_content_disposition: self.headers.content_disposition.clone(),
+            blob_content_encoding: self.headers.content_encoding.clone(),
+            blob_content_language: self.headers.content_language.clone(),
+            tier: self.tier.clone(),
+            encryption_scope: self.encryption_scope.clone(),
             metadata: Some(self.metadata.clone()),
             if_none_match: self.if_none_match(),
             // Bigger than the content: the SDK sends it as one Put Blob.
@@ -191,6 +208,7 @@ impl PartStore for Blocks {
         let id = block_id(&self.upload_id(session)?, part.number);
         let options = BlockBlobClientStageBlockOptions {
             transactional_content_md5: part.digest.clone(),
+            encryption_scope: self.encryption_scope.clone(),
             ..Default::default()
         };
         let len = part.data.len() as u64;
@@ -245,6 +263,12 @@ impl PartStore for Blocks {
             .map_err(|e| map(self.op(), "encode block list", e))?;
         let options = BlockBlobClientCommitBlockListOptions {
             blob_content_type: Some(self.content_type.clone()),
+            blob_cache_control: self.headers.cache_control.clone(),
+            blob_content_disposition: self.headers.content_disposition.clone(),
+            blob_content_encoding: self.headers.content_encoding.clone(),
+            blob_content_language: self.headers.content_language.clone(),
+            tier: self.tier.clone(),
+            encryption_scope: self.encryption_scope.clone(),
             metadata: Some(self.metadata.clone()),
             if_none_match: self.if_none_match(),
             ..Default::default()

@@ -16,8 +16,8 @@ use xferkit_core::key::Root;
 use xferkit_core::url::ObjectUrl;
 use xferkit_core::{
     ByteRange, ByteStream, Capabilities, Error, ErrorKind, FileTransferHandler, PendingUpload,
-    PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, RetryPolicy, TransferCtx,
-    UploadSource, async_trait, validate_key,
+    PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, RetryPolicy, ServerEncryption,
+    TransferCtx, UploadSource, async_trait, validate_key,
 };
 
 use crate::SCHEME;
@@ -44,6 +44,31 @@ pub struct GcsStore {
     retry: RetryPolicy,
     /// Journals of resumable uploads of files (resume after a crash).
     state_dir: Option<std::path::PathBuf>,
+    /// The configured defaults of the server-side upload options.
+    defaults: PutOptions,
+}
+
+/// The CMEK key name of `opts`: GCS needs a key name, and has no bucket key.
+fn cmek(store: &str, opts: &PutOptions) -> Result<Option<String>> {
+    match &opts.encryption {
+        Some(ServerEncryption::Kms {
+            key_id: Some(k),
+            bucket_key: None,
+        }) => Ok(Some(k.clone())),
+        None => Ok(None),
+        Some(_) => Err(Error::not_supported(
+            store,
+            "uploads with a KMS key but no key name (sse_kms_key_id), or with sse_bucket_key",
+        )),
+    }
+}
+
+/// The server-side upload options GCS honours, added to `c`.
+fn server_options(mut c: Capabilities) -> Capabilities {
+    c.storage_class = true;
+    c.object_headers = true;
+    c.sse_kms = true;
+    c
 }
 
 impl GcsStore {
@@ -54,6 +79,12 @@ impl GcsStore {
     /// application-default chain on Google Cloud, asks the metadata server).
     pub async fn new(name: &str, config: GcsConfig) -> Result<Self> {
         config.validate(name)?;
+        let caps = server_options(Capabilities::default());
+        let defaults = config.upload.put_options(name, &caps)?;
+        cmek(name, &defaults).map_err(|e| {
+            let key = xferkit_core::settings::StoreKeys::new(name);
+            key.error("sse_kms_key_id", format_args!("and sse_bucket_key: {e}"))
+        })?;
         let gcs = Gcs::connect(name, &config).await?;
         Ok(GcsStore {
             name: name.to_string(),
@@ -64,6 +95,7 @@ impl GcsStore {
             gcs: Arc::new(gcs),
             retry: RetryPolicy::default(),
             state_dir: None,
+            defaults,
         })
     }
 
@@ -130,7 +162,7 @@ impl FileTransferHandler for GcsStore {
         c.list_pending_uploads = false;
         c.copy = true;
         c.metadata = true;
-        c
+        server_options(c)
     }
 
     fn url_for(&self, key: &str) -> String {
@@ -149,6 +181,9 @@ impl FileTransferHandler for GcsStore {
         ctx: &TransferCtx,
     ) -> Result<RemoteObject> {
         let (full, url) = self.root.locate(key)?;
+        let opts = &opts.or_defaults(&self.defaults);
+        opts.check_server_options(&self.name, &url, &self.capabilities())?;
+        let kms_key_name = cmek(&self.name, opts)?;
         let upload = Resumable {
             gcs: self.gcs.clone(),
             bucket: self.bucket.clone(),
@@ -158,6 +193,9 @@ impl FileTransferHandler for GcsStore {
             content_type: opts.content_type_for(key),
             metadata: opts.metadata.clone(),
             create_only: opts.if_not_exists,
+            headers: opts.headers.clone(),
+            storage_class: opts.storage_class.clone(),
+            kms_key_name,
         };
         upload.check_content_type()?;
         let plan = Resumable::plan(

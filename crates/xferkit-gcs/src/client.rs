@@ -401,6 +401,23 @@ pub(crate) fn to_remote(url: String, key: String, o: &Object) -> RemoteObject {
     r.checksum = checksum(o.crc32c.as_deref(), o.md5_hash.as_deref());
     r.content_type = o.content_type.clone().filter(|c| !c.is_empty());
     r.last_modified = o.updated.or(o.time_created).map(SystemTime::from);
+    for (name, v) in xferkit_core::ObjectHeaders::NAMES.into_iter().zip([
+        &o.cache_control,
+        &o.content_disposition,
+        &o.content_encoding,
+        &o.content_language,
+    ]) {
+        if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
+            r.headers.set(name, v.clone());
+        }
+    }
+    r.storage_class = o.storage_class.clone().filter(|c| !c.is_empty());
+    r.encryption_key = o.kms_key_name.clone().filter(|k| !k.is_empty());
+    r.encryption = match (&r.encryption_key, &o.customer_encryption) {
+        (Some(_), _) => Some("CMEK".to_string()),
+        (None, Some(_)) => Some("CSEK".to_string()),
+        (None, None) => None,
+    };
     r.metadata = o
         .metadata
         .iter()
@@ -446,6 +463,12 @@ pub(crate) fn remote_from_headers(
     let rfc2822 = &time::format_description::well_known::Rfc2822;
     let modified = text("last-modified").and_then(|v| time::OffsetDateTime::parse(v, rfc2822).ok());
     r.last_modified = modified.map(SystemTime::from);
+    for name in xferkit_core::ObjectHeaders::NAMES {
+        if let Some(v) = text(name).filter(|v| !v.is_empty()) {
+            r.headers.set(name, v);
+        }
+    }
+    r.storage_class = text("x-goog-storage-class").map(str::to_string);
     for (k, v) in h {
         if let Some(name) = k.as_str().strip_prefix("x-goog-meta-") {
             let v = String::from_utf8_lossy(v.as_bytes()).into_owned();

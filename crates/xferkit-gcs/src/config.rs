@@ -57,6 +57,10 @@ pub struct GcsConfig {
     /// fake-gcs-server took 6.1–6.3 s against 9.1–13.5 s at 8 MiB). One
     /// chunk is held in memory per upload.
     pub chunk_size: u64,
+    /// Defaults of the server-side upload options (`storage_class`, the four
+    /// headers, `sse_kms_key_id`: the CMEK `kmsKeyName`), under each upload's own.
+    #[serde(flatten)]
+    pub upload: xferkit_core::UploadDefaults,
 }
 
 impl Default for GcsConfig {
@@ -70,6 +74,7 @@ impl Default for GcsConfig {
             anonymous: false,
             multipart_threshold: 16 * MIB,
             chunk_size: 16 * MIB,
+            upload: Default::default(),
         }
     }
 }
@@ -86,6 +91,12 @@ impl GcsConfig {
         "anonymous",
         "multipart_threshold",
         "chunk_size",
+        "storage_class",
+        "cache_control",
+        "content_disposition",
+        "content_encoding",
+        "content_language",
+        "sse_kms_key_id",
     ];
 
     /// A configuration for `bucket` with every other key at its default.

@@ -79,6 +79,10 @@ pub(crate) struct Resumable {
     pub content_type: String,
     pub metadata: BTreeMap<String, String>,
     pub create_only: bool,
+    pub headers: xferkit_core::ObjectHeaders,
+    pub storage_class: Option<String>,
+    /// CMEK: sent as the `kmsKeyName` query parameter.
+    pub kms_key_name: Option<String>,
 }
 
 impl Resumable {
@@ -126,6 +130,10 @@ impl Resumable {
         if self.create_only {
             u.push_str("&ifGenerationMatch=0");
         }
+        if let Some(k) = &self.kms_key_name {
+            u.push_str("&kmsKeyName=");
+            u.push_str(&crate::sign::encode_segment(k));
+        }
         u
     }
 
@@ -138,6 +146,18 @@ impl Resumable {
         });
         if let Some(crc) = crc {
             r["crc32c"] = crc32c_to_base64(crc).into();
+        }
+        let h = &self.headers;
+        for (field, v) in [
+            ("cacheControl", &h.cache_control),
+            ("contentDisposition", &h.content_disposition),
+            ("contentEncoding", &h.content_encoding),
+            ("contentLanguage", &h.content_language),
+            ("storageClass", &self.storage_class),
+        ] {
+            if let Some(v) = v {
+                r[field] = v.clone().into();
+            }
         }
         r
     }

@@ -685,3 +685,66 @@ async fn an_in_memory_upload_sends_its_crc32c_and_a_refusal_is_sent_again() {
         assert!(body.contains(&field), "no {field} in the resource");
     }
 }
+
+/// CMEK (no emulator checks it): the store's `sse_kms_key_id` goes on the
+/// upload as the `kmsKeyName` query parameter, storage class and headers in
+/// the object resource; the answer's `kmsKeyName` is reported back.
+#[tokio::test]
+async fn cmek_key_name_storage_class_and_headers_are_sent() {
+    const KEY: &str = "projects/p/locations/eu/keyRings/r/cryptoKeys/k";
+    let data = b"cmek".to_vec();
+    let answer = {
+        let mut o: serde_json::Value =
+            serde_json::from_str(&object_json_with_crc("k/a.txt", &data)).unwrap();
+        o["kmsKeyName"] = format!("{KEY}/cryptoKeyVersions/1").into();
+        o["storageClass"] = "COLDLINE".into();
+        o.to_string()
+    };
+    let handler: Handler = Arc::new(move |r: &Req, _: &str| match r.method.as_str() {
+        "POST" => resp(200, &[], &answer),
+        _ => resp(400, &[], ""),
+    });
+    let (base, log) = serve(handler).await;
+    let mut c = GcsConfig::new("bkt");
+    c.endpoint = Some(base.clone());
+    c.anonymous = true;
+    c.upload.sse_kms_key_id = Some(KEY.into());
+    c.upload.storage_class = Some("COLDLINE".into());
+    c.upload.cache_control = Some("no-cache".into());
+    let s = GcsStore::new("mock", c).await.unwrap();
+    let got = s
+        .upload(
+            "k/a.txt",
+            UploadSource::from_bytes(data),
+            &PutOptions::default(),
+            &TransferCtx::none(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.encryption.as_deref(), Some("CMEK"));
+    assert_eq!(
+        got.encryption_key.as_deref(),
+        Some(&*format!("{KEY}/cryptoKeyVersions/1"))
+    );
+    assert_eq!(got.storage_class.as_deref(), Some("COLDLINE"));
+    let log = log.lock().unwrap().clone();
+    let [post] = &log[..] else {
+        panic!("one request: {log:?}")
+    };
+    assert!(
+        post.target
+            .contains("kmsKeyName=projects%2Fp%2Flocations%2Feu%2FkeyRings%2Fr%2FcryptoKeys%2Fk"),
+        "{}",
+        post.target
+    );
+    let body = String::from_utf8_lossy(&post.body);
+    assert!(body.contains(r#""storageClass":"COLDLINE""#), "{body}");
+    assert!(body.contains(r#""cacheControl":"no-cache""#), "{body}");
+    // A bucket key is S3's: refused by name, nothing sent.
+    let mut c = GcsConfig::new("bkt");
+    c.endpoint = Some(base);
+    c.anonymous = true;
+    c.upload.sse_bucket_key = Some(true);
+    let e = GcsStore::new("mock", c).await.unwrap_err().to_string();
+    assert!(e.contains("stores.mock.sse"), "{e}");
+}

@@ -737,6 +737,8 @@ impl FileTransferHandler for LocalStore {
     ) -> Result<RemoteObject> {
         let url = self.url(key);
         self.path_for(key)?;
+        // No headers, storage class, encryption or tags here: refused by name.
+        opts.check_server_options(self.name(), &url, &self.capabilities())?;
         self.blocking(|s| {
             s.sweep_if_due();
             Ok(())
