@@ -116,6 +116,8 @@ pub enum Command {
         /// thumbnail is made.
         #[arg(long)]
         encrypt: bool,
+        #[command(flatten)]
+        server: Box<ServerArgs>,
     },
     /// Download an object (or a plain http(s) link) to a local file.
     Download {
@@ -341,6 +343,89 @@ fn write_stdout(bytes: &[u8]) -> Result<(), crate::fail::Failure> {
     }
 }
 
+/// Server-side options of one upload, over the store's configured defaults
+/// (`storage_class`, `cache_control`, ... in its table). A store that cannot
+/// honour one refuses the upload naming it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Storage class (S3 `STANDARD_IA`, GCS `NEARLINE`) or Azure access tier (`Cool`).
+    #[arg(long, value_name = "CLASS")]
+    pub storage_class: Option<String>,
+    /// Cache-Control the store keeps and sends with every download.
+    #[arg(long, value_name = "VALUE")]
+    pub cache_control: Option<String>,
+    /// Content-Disposition (`attachment; filename="a.pdf"`).
+    #[arg(long, value_name = "VALUE")]
+    pub content_disposition: Option<String>,
+    /// Content-Encoding of the bytes as given (`gzip`: they are sent as they are).
+    #[arg(long, value_name = "VALUE")]
+    pub content_encoding: Option<String>,
+    /// Content-Language (`de-CH`).
+    #[arg(long, value_name = "VALUE")]
+    pub content_language: Option<String>,
+    /// An object tag (S3); repeat for more.
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Server-side encryption: `s3` (SSE-S3) or `kms` (S3 SSE-KMS, GCS
+    /// CMEK). SSE-C only from the store's config (`sse_customer_key`), which
+    /// reads need too.
+    #[arg(long, value_enum)]
+    pub sse: Option<SseArg>,
+    /// KMS key id or ARN (S3), key name (GCS `projects/…/cryptoKeys/…`); implies `--sse kms`.
+    #[arg(long, value_name = "KEY")]
+    pub sse_kms_key_id: Option<String>,
+    /// S3 Bucket Key for SSE-KMS; implies `--sse kms`.
+    #[arg(long)]
+    pub sse_bucket_key: bool,
+    /// Azure encryption scope.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["sse", "sse_kms_key_id", "sse_bucket_key"])]
+    pub encryption_scope: Option<String>,
+}
+
+/// `--sse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SseArg {
+    S3,
+    Kms,
+}
+
+impl ServerArgs {
+    /// `opts` with these options set.
+    pub fn apply(self, mut opts: xferkit::PutOptions) -> Result<xferkit::PutOptions, String> {
+        use xferkit::ServerEncryption as E;
+        let h = &mut opts.headers;
+        h.cache_control = self.cache_control;
+        h.content_disposition = self.content_disposition;
+        h.content_encoding = self.content_encoding;
+        h.content_language = self.content_language;
+        opts.storage_class = self.storage_class;
+        opts.tags.extend(self.tags);
+        let kms = self.sse_kms_key_id.is_some() || self.sse_bucket_key;
+        opts.encryption = match (self.sse, kms) {
+            (Some(SseArg::S3), true) => {
+                return Err(
+                    "--sse s3 cannot be combined with --sse-kms-key-id or --sse-bucket-key".into(),
+                );
+            }
+            (Some(SseArg::S3), false) => Some(E::ServiceManaged),
+            (Some(SseArg::Kms), _) | (None, true) => Some(E::Kms {
+                key_id: self.sse_kms_key_id,
+                bucket_key: self.sse_bucket_key.then_some(true),
+            }),
+            (None, false) => self.encryption_scope.map(E::Scope),
+        };
+        Ok(opts)
+    }
+}
+
+/// `KEY=VALUE` of `--tag`.
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
 fn parse_expiry(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try e.g. 15m, 1h, 7days)"))?;
     if d.is_zero() {
@@ -357,6 +442,47 @@ fn parse_age(s: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    /// `xfer upload`'s server-side flags, parsed into upload options.
+    fn server(args: &[&str]) -> Result<xferkit::PutOptions, String> {
+        let all = [&["xfer", "upload", "f"], args].concat();
+        match Cli::try_parse_from(all).map_err(|e| e.to_string())?.command {
+            Command::Upload { server, .. } => server.apply(Default::default()),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn upload_server_side_flags() {
+        use xferkit::ServerEncryption as E;
+        let o = server(&[
+            "--sse-kms-key-id",
+            "k1",
+            "--tag",
+            "a=b=c",
+            "--storage-class",
+            "X",
+        ])
+        .unwrap();
+        assert_eq!(
+            o.encryption,
+            Some(E::Kms {
+                key_id: Some("k1".into()),
+                bucket_key: None
+            })
+        );
+        assert_eq!(o.tags.get("a").map(String::as_str), Some("b=c"));
+        assert_eq!(o.storage_class.as_deref(), Some("X"));
+        let o = server(&["--sse", "s3", "--content-encoding", "gzip"]).unwrap();
+        assert_eq!(o.encryption, Some(E::ServiceManaged));
+        assert_eq!(o.headers.content_encoding.as_deref(), Some("gzip"));
+        let o = server(&["--encryption-scope", "sc"]).unwrap();
+        assert_eq!(o.encryption, Some(E::Scope("sc".into())));
+        assert!(server(&["--sse", "s3", "--sse-bucket-key"]).is_err());
+        assert!(server(&["--sse", "kms", "--encryption-scope", "sc"]).is_err());
+        assert!(server(&["--tag", "novalue"]).is_err());
+        assert!(server(&["--sse", "customer"]).is_err());
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

@@ -42,6 +42,7 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             share,
             no_thumbnail,
             encrypt,
+            server,
         } => {
             let stdin = is_stdio(&file);
             if stdin && key.is_none() {
@@ -70,6 +71,7 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             if if_not_exists {
                 opts = opts.create_only();
             }
+            let opts = server.apply(opts).map_err(Failure::usage)?;
             let mut request = upload_request(&file).with_options(opts);
             if let Some(t) = title {
                 request = request.with_title(t);

@@ -51,6 +51,13 @@ pub fn object_json(o: &RemoteObject) -> Value {
         "content_type": o.content_type,
         "last_modified": time(o.last_modified),
         "metadata": o.metadata,
+        "cache_control": o.headers.cache_control,
+        "content_disposition": o.headers.content_disposition,
+        "content_encoding": o.headers.content_encoding,
+        "content_language": o.headers.content_language,
+        "storage_class": o.storage_class,
+        "encryption": o.encryption,
+        "encryption_key": o.encryption_key,
     })
 }
 
@@ -86,6 +93,18 @@ pub fn stat_text(o: &RemoteObject) -> String {
     if let Some(c) = &o.checksum {
         rows.push(("checksum".into(), c.clone()));
     }
+    for (k, v) in o.headers.iter() {
+        rows.push((k.into(), v.to_string()));
+    }
+    for (k, v) in [
+        ("storage-class", &o.storage_class),
+        ("encryption", &o.encryption),
+        ("encryption-key", &o.encryption_key),
+    ] {
+        if let Some(v) = v {
+            rows.push((k.into(), v.clone()));
+        }
+    }
     for (k, v) in &o.metadata {
         rows.push((format!("metadata.{k}"), v.clone()));
     }
@@ -107,6 +126,13 @@ pub fn capability_names(c: &Capabilities) -> Vec<&'static str> {
         ("list-pending-uploads", c.list_pending_uploads),
         ("copy", c.copy),
         ("metadata", c.metadata),
+        ("storage-class", c.storage_class),
+        ("object-headers", c.object_headers),
+        ("tags", c.tags),
+        ("sse-s3", c.sse_service_managed),
+        ("sse-kms", c.sse_kms),
+        ("sse-c", c.sse_customer_key),
+        ("encryption-scope", c.encryption_scope),
     ]
     .into_iter()
     .filter_map(|(n, on)| on.then_some(n))

@@ -105,3 +105,65 @@ async fn xfer_against_gcs_from_config() {
         exercise(toml, "gs").await;
     }
 }
+
+/// Server-side options from the store's table and from `xfer upload`
+/// flags (the flag wins), shown by `xfer stat`; Azurite keeps the four
+/// headers and the access tier. An option Azure cannot honour (tags) fails
+/// the upload naming it, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfer_upload_server_side_options_and_stat_shows_them() {
+    let Some(toml) = common::azure_store_toml("xferkit-cli", &prefix()).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("xferkit.toml"),
+        format!(
+            "default_store = \"remote\"\n[stores.remote]\n{toml}\
+             storage_class = \"Cool\"\ncache_control = \"max-age=60\"\ncontent_language = \"de\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.join("a.txt"), b"hello").unwrap();
+    let url = ok(
+        d,
+        &[
+            "upload",
+            "a.txt",
+            "--key",
+            "opts/a.txt",
+            "--cache-control",
+            "no-store",
+            "--content-disposition",
+            "attachment; filename=\"a.txt\"",
+        ],
+    );
+    let stat: serde_json::Value = serde_json::from_str(&ok(d, &["--json", "stat", &url])).unwrap();
+    assert_eq!(stat["cache_control"], "no-store", "{stat}");
+    assert_eq!(
+        stat["content_disposition"], "attachment; filename=\"a.txt\"",
+        "{stat}"
+    );
+    assert_eq!(stat["content_language"], "de", "{stat}");
+    assert_eq!(stat["storage_class"], "Cool", "{stat}");
+    let text = ok(d, &["stat", &url]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("storage-class") && l.ends_with("  Cool")),
+        "{text}"
+    );
+    assert!(text.contains("cache-control"), "{text}");
+    let (code, _, err) = xfer(
+        d,
+        &["upload", "a.txt", "--key", "opts/t.txt", "--tag", "k=v"],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("not supported") && err.contains("tags"),
+        "{err}"
+    );
+    let (code, _, _) = xfer(d, &["stat", &url.replace("a.txt", "t.txt")]);
+    assert_eq!(code, 1, "nothing stored");
+    ok(d, &["rm", &url]);
+}
