@@ -440,6 +440,82 @@ fn small_files(dir: &Path, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// The files of a [`small_files`] tree, relative to it, sorted (its marker left out).
+fn tree_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            } else if entry.file_name() != ".complete" {
+                out.push(
+                    entry
+                        .path()
+                        .strip_prefix(dir)
+                        .unwrap_or(&entry.path())
+                        .to_path_buf(),
+                );
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `files` of `from` copied into a fresh `to`, their mtimes an hour old (older than any
+/// upload, to the second: `aws s3 sync` sends a file whose mtime is later than the object's
+/// whole-second LastModified).
+fn copy_tree(from: &Path, to: &Path, files: &[PathBuf]) -> Result<()> {
+    if to.exists() {
+        fs::remove_dir_all(to)?;
+    }
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for rel in files {
+        let dst = to.join(rel);
+        if let Some(p) = dst.parent() {
+            fs::create_dir_all(p)?;
+        }
+        fs::copy(from.join(rel), &dst)?;
+        set_mtime(&dst, whole_second(old))?;
+    }
+    Ok(())
+}
+
+/// Give every tenth file of `dir` (a different tenth for each `run`) new random bytes of the
+/// same size, with an mtime that is a whole second at least a second after the previous sync
+/// ended (this runs just after it), so every tool's rule (size and mtime) sees the change.
+fn change_tenth(dir: &Path, files: &[PathBuf], run: usize) -> Result<()> {
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let now = whole_second(std::time::SystemTime::now());
+    let mut rnd = fs::File::open("/dev/urandom")?;
+    let mut buf = vec![0u8; SMALL_FILE_SIZE as usize];
+    for rel in files.iter().skip(run % 10).step_by(10) {
+        let path = dir.join(rel);
+        buf.resize(fs::metadata(&path)?.len() as usize, 0);
+        std::io::Read::read_exact(&mut rnd, &mut buf)?;
+        fs::write(&path, &buf)?;
+        set_mtime(&path, now)?;
+    }
+    Ok(())
+}
+
+fn whole_second(t: std::time::SystemTime) -> std::time::SystemTime {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+}
+
+fn set_mtime(path: &Path, t: std::time::SystemTime) -> Result<()> {
+    fs::File::options()
+        .write(true)
+        .open(path)?
+        .set_modified(t)?;
+    Ok(())
+}
+
 /// Regular files under `dir`, recursively (0 if it does not exist).
 fn count_files(dir: &Path) -> Result<usize> {
     let mut n = 0;
@@ -899,14 +975,18 @@ impl Bench {
 
         // The object every download job reads, uploaded once by xfer.
         let seed = "seed.bin";
-        say(format!(
-            "uploading the download seed ({})",
-            human(opts.size)
-        ));
-        plain(
-            &self.xfer(&config).args(["upload", "--key", seed]).arg(big),
-            &setup_log,
-        )?;
+        let big_jobs = opts.wants("big");
+        let e2e_jobs = backend == Backend::S3 && opts.wants("encrypted");
+        if big_jobs || e2e_jobs {
+            say(format!(
+                "uploading the download seed ({})",
+                human(opts.size)
+            ));
+            plain(
+                &self.xfer(&config).args(["upload", "--key", seed]).arg(big),
+                &setup_log,
+            )?;
+        }
 
         let mut results = Vec::new();
         let s3_peer = |name: &'static str| -> PeerCmd<'_> {
@@ -920,7 +1000,7 @@ impl Bench {
         };
 
         // --- upload of the big file ---
-        {
+        if big_jobs {
             let mut tools: Vec<Tool<'_>> = vec![Tool {
                 name: "xfer",
                 cmd: Box::new(|r| {
@@ -972,7 +1052,7 @@ impl Bench {
         }
 
         // --- download of the big file ---
-        {
+        if big_jobs {
             let dest = |tool: &str| out.join(format!("{tool}.bin"));
             let clean = |tool: &'static str| remover(dest(tool));
             let mut tools: Vec<Tool<'_>> = vec![Tool {
@@ -1025,7 +1105,7 @@ impl Bench {
 
         // --- end-to-end encrypted against plain (issue 15), S3 only: the "xfer / fastest
         // peer" column is then encrypted / plain, the goal at most 1.15 ---
-        if backend == Backend::S3 {
+        if e2e_jobs {
             let tools = vec![
                 Tool {
                     name: "xfer",
@@ -1104,7 +1184,8 @@ impl Bench {
         }
 
         // --- many small files ---
-        if opts.small_files > 0 {
+        let small_jobs = opts.small_files > 0 && opts.wants("small");
+        if small_jobs {
             let src = format!("{}/", small.display());
             let mut tools: Vec<Tool<'_>> = vec![Tool {
                 name: "xfer",
@@ -1156,7 +1237,7 @@ impl Bench {
         }
 
         // --- download of the many small files: the prefix xfer's first upload run left ---
-        if opts.small_files > 0 {
+        if small_jobs {
             let prefix = "small/xfer-0";
             let uploaded = results.last().is_some_and(|r: &JobResult| {
                 r.cells
@@ -1215,7 +1296,9 @@ impl Bench {
                 cmd: Box::new(|_| {
                     self.rclone(&rclone_conf)
                         .args(["copy", "--transfers", "16"])
-                        .arg(format!("{rclone_remote}/{prefix}"))
+                        // A trailing `/`: see the sync job (s3s-fs answers rclone's HEAD
+                        // of a directory with 500, which rclone retries for minutes).
+                        .arg(format!("{rclone_remote}/{prefix}/"))
                         .arg(dest("rclone"))
                 }),
                 after: check("rclone"),
@@ -1225,6 +1308,11 @@ impl Bench {
                 &format!("download {} × 16 KiB", opts.small_files),
                 &tools,
             ));
+        }
+
+        // --- sync of a tree with 10 % changed (issue 17), against rclone and aws on S3 ---
+        if opts.sync_files > 0 && opts.wants("sync") && backend == Backend::S3 {
+            results.push(self.sync_job(&config, &rclone_conf, &rclone_remote, &base, sync)?);
         }
 
         // --- xfer's peak RSS on a big file ---
@@ -1264,6 +1352,79 @@ impl Bench {
         };
         drop(emu);
         Ok(table(&results, &rss_rows) + &caps)
+    }
+
+    /// `xfer sync` against `rclone sync` and `aws s3 sync` of `tree` (16 KiB files) to S3,
+    /// a different 10 % of the files changed before each timed run. Each tool syncs its own copy
+    /// of the tree to its own prefix, seeded once by its own sync (untimed: rclone keeps the
+    /// mtime in metadata of its own).
+    fn sync_job(
+        &self,
+        config: &Path,
+        rclone_conf: &Path,
+        rclone_remote: &str,
+        base: &str,
+        tree: &Path,
+    ) -> Result<JobResult> {
+        const TOOLS: [&str; 3] = ["xfer", "rclone", "aws"];
+        let root = self.dir.join("sync");
+        if root.exists() {
+            fs::remove_dir_all(&root)?;
+        }
+        let files = tree_files(tree)?;
+        let local = |tool: &str| root.join(tool);
+        let sync_cmd = |tool: &str| -> Cmd {
+            let dir = format!("{}/", local(tool).display());
+            match tool {
+                "xfer" => self
+                    .xfer(config)
+                    .arg("sync")
+                    .arg(&dir)
+                    .arg(format!("s3://{BUCKET}/sync/xfer/")),
+                "rclone" => self
+                    .rclone(rclone_conf)
+                    .args(["sync", "--transfers", "16", "--checkers", "16"])
+                    .arg(&dir)
+                    // The trailing `/`: without it rclone first HEADs the path to see
+                    // whether it is a file, which s3s-fs answers 500 for a directory (retried
+                    // for minutes).
+                    .arg(format!("{rclone_remote}/sync/rclone/")),
+                _ => self
+                    .aws(base)
+                    .args(["s3", "sync", "--only-show-errors"])
+                    .arg(&dir)
+                    .arg(format!("s3://{BUCKET}/sync/aws/")),
+            }
+        };
+        for tool in TOOLS {
+            copy_tree(tree, &local(tool), &files)?;
+            say(format!(
+                "sync: seeding s3://{BUCKET}/sync/{tool}/ ({} files) with {tool}'s own sync",
+                files.len()
+            ));
+            plain(
+                &sync_cmd(tool),
+                &self.logs().join(format!("sync-seed-{tool}.log")),
+            )?;
+        }
+        for tool in TOOLS {
+            change_tenth(&local(tool), &files, 0)?;
+        }
+        let (sync_cmd, local, files) = (&sync_cmd, &local, &files);
+        let tools: Vec<Tool<'_>> = TOOLS
+            .iter()
+            .map(|&tool| Tool {
+                name: tool,
+                cmd: Box::new(move |_| sync_cmd(tool)),
+                // Untimed: the changes the next run sends.
+                after: Box::new(move |r| change_tenth(&local(tool), files, r + 1)),
+            })
+            .collect();
+        Ok(self.job(
+            "s3",
+            &format!("sync {} × 16 KiB, 10 % changed", files.len()),
+            &tools,
+        ))
     }
 
     /// `xfer --bwlimit` at three caps, up and down: the achieved rate (file
