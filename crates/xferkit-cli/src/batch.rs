@@ -22,6 +22,7 @@ use xferkit::{
 use crate::commands::Ctx;
 use crate::fail::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Failure, one_line};
 use crate::output::line;
+use crate::target::shown;
 
 /// Files moving at once when `--concurrency` is not given: enough to hide
 /// per-request latency for small files (see docs/benchmarks.md).
@@ -88,6 +89,12 @@ pub enum Work {
     },
     /// Delete an object (a missing one is fine).
     Delete { store: DynHandler, key: String },
+    /// Delete many objects of one store in one call (S3: one DeleteObjects
+    /// request), each reported on its own as if it were a job.
+    DeleteMany {
+        store: DynHandler,
+        keys: Vec<String>,
+    },
     /// Delete a local file (a missing one is fine).
     RemoveFile(PathBuf),
 }
@@ -171,8 +178,15 @@ pub async fn run(
     let concurrency = concurrency.max(1);
     let manager = cx.kit.new_manager(concurrency);
     let stop = CancellationToken::new();
+    let files: usize = jobs
+        .iter()
+        .map(|j| match &j.work {
+            Work::DeleteMany { keys, .. } => keys.len(),
+            _ => 1,
+        })
+        .sum();
     let bar = cx.progress.then(|| {
-        let bar = ProgressBar::new(jobs.len() as u64).with_message(verb.to_string());
+        let bar = ProgressBar::new(files as u64).with_message(verb.to_string());
         if let Ok(style) = ProgressStyle::with_template(BAR_TEMPLATE) {
             bar.set_style(style.progress_chars("=> "));
         }
@@ -183,17 +197,20 @@ pub async fn run(
         let stop = stop.clone();
         async move {
             if stop.is_cancelled() {
-                return None;
+                return Vec::new();
             }
             let Job { work, meta } = job;
+            if let Work::DeleteMany { store, keys } = work {
+                return delete_many(&store, &keys, &meta, &stop).await;
+            }
             match execute(manager, work, meta.mtime, &stop).await {
-                Ok(Some(info)) => Some(Ok((meta, info))),
-                Ok(None) => None,
-                Err((message, invalid)) => Some(Err(Problem {
+                Ok(Some(info)) => vec![Ok((meta, info))],
+                Ok(None) => Vec::new(),
+                Err((message, invalid)) => vec![Err(Problem {
                     label: meta.label,
                     message,
                     invalid,
-                })),
+                })],
             }
         }
     }))
@@ -206,20 +223,21 @@ pub async fn run(
     loop {
         tokio::select! {
             next = results.next() => {
-                let Some(r) = next else { break };
+                let Some(done) = next else { break };
                 if let Some(bar) = &bar {
-                    bar.inc(u64::from(r.is_some()));
+                    bar.inc(done.len() as u64);
                 }
-                match r {
-                    None => {}
-                    Some(Ok((meta, info))) => {
-                        out.done += 1;
-                        out.bytes += meta.size;
-                        on_done(&meta, info.as_ref())?;
-                    }
-                    Some(Err(p)) => {
-                        report(cx, &p);
-                        out.failed.push(p);
+                for r in done {
+                    match r {
+                        Ok((meta, info)) => {
+                            out.done += 1;
+                            out.bytes += meta.size;
+                            on_done(&meta, info.as_ref())?;
+                        }
+                        Err(p) => {
+                            report(cx, &p);
+                            out.failed.push(p);
+                        }
                     }
                 }
             }
@@ -281,6 +299,49 @@ pub fn finish(
 /// A job's failure: its message, and whether it is an invalid name.
 type JobError = (String, bool);
 
+/// What became of one file of a job.
+type Done = Result<(Meta, Option<FileInfo>), Problem>;
+
+/// Delete `keys` of `store` with one `delete_many` call: one result per
+/// key, labelled with its URL (`meta` gives the action). Stopped by `stop`:
+/// none (keys already gone stay gone).
+async fn delete_many(
+    store: &DynHandler,
+    keys: &[String],
+    meta: &Meta,
+    stop: &CancellationToken,
+) -> Vec<Done> {
+    let label = |k: &str| shown(&store.url_for(k));
+    let results = tokio::select! {
+        r = store.delete_many(keys) => r,
+        _ = stop.cancelled() => return Vec::new(),
+    };
+    match results {
+        Ok(results) => results
+            .into_iter()
+            .map(|(key, r)| match r {
+                Ok(()) => Ok((
+                    Meta {
+                        label: label(&key),
+                        action: meta.action,
+                        ..Meta::default()
+                    },
+                    None,
+                )),
+                Err(e) => Err(Problem {
+                    label: label(&key),
+                    message: e.chain(),
+                    invalid: e.kind() == ErrorKind::InvalidKey,
+                }),
+            })
+            .collect(),
+        Err(e) => keys
+            .iter()
+            .map(|k| Err(Problem::failed(label(k), e.chain())))
+            .collect(),
+    }
+}
+
 /// Do `job`. `Ok(None)`: stopped by `stop`.
 async fn execute(
     manager: &TransferManager,
@@ -320,6 +381,8 @@ async fn execute(
                 _ = stop.cancelled() => Ok(None),
             }
         }
+        // `run` hands these to `delete_many`, which reports each key.
+        Work::DeleteMany { .. } => Err(("a batch delete is not one file".into(), false)),
         Work::RemoveFile(path) => match std::fs::remove_file(&path) {
             Ok(()) => Ok(Some(None)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(None)),

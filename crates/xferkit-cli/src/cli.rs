@@ -174,7 +174,8 @@ pub enum Command {
         /// With -r: delete even when more than 1000 objects would go.
         #[arg(long, short, requires = "recursive")]
         force: bool,
-        /// With -r: deletes running at once.
+        /// With -r: batches of up to 1000 objects deleting at once (S3: one
+        /// DeleteObjects request each).
         #[arg(long, value_name = "N", default_value_t = crate::batch::DEFAULT_CONCURRENCY,
               value_parser = clap::value_parser!(u16).range(1..=1024))]
         concurrency: u16,

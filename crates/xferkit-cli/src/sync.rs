@@ -625,9 +625,13 @@ fn delete_job(to: &End, rel: &str, e: &Entry) -> Job {
     job
 }
 
-/// `xfer rm -r URL...`: every object under each prefix, `concurrency`
-/// deletes at once (one request per object: the store trait has no batch
-/// delete). More than [`RM_LIMIT`] objects need `force`.
+/// Objects one `rm -r` batch deletes (S3's DeleteObjects limit).
+pub const RM_BATCH: usize = 1000;
+
+/// `xfer rm -r URL...`: every object under each prefix, in batches of up to
+/// [`RM_BATCH`] keys ([`xferkit::FileTransferHandler::delete_many`]: one
+/// DeleteObjects request on S3), `concurrency` batches at once. More than
+/// [`RM_LIMIT`] objects need `force`.
 pub async fn rm_r(
     cx: &Ctx,
     urls: &[String],
@@ -636,36 +640,55 @@ pub async fn rm_r(
     concurrency: usize,
 ) -> Result<(), Failure> {
     let reg = cx.kit.registry();
-    let mut jobs = Vec::new();
+    let mut listed = Vec::new();
+    let mut total = 0;
     for url in urls {
         let (store, prefix) = target::prefix(reg, &as_prefix(url))?;
-        let before = jobs.len();
+        let mut keys = Vec::new();
         let mut objects = store.list(&prefix);
         while let Some(obj) = objects.next().await {
-            let obj = obj?;
-            let shown_url = shown(&store.url_for(&obj.key));
-            let work = Work::Delete {
+            keys.push(obj?.key);
+        }
+        if keys.is_empty() && !cx.quiet {
+            crate::note(&format!("nothing under {}", shown(&as_prefix(url))));
+        }
+        total += keys.len();
+        listed.push((store, keys));
+    }
+    if dry_run {
+        for (store, keys) in &listed {
+            for key in keys {
+                let mut job = Job::new(
+                    Work::Delete {
+                        store: store.clone(),
+                        key: key.clone(),
+                    },
+                    shown(&store.url_for(key)),
+                    0,
+                );
+                job.meta.action = "delete";
+                plan(cx, std::slice::from_ref(&job))?;
+            }
+        }
+        return Ok(());
+    }
+    if total > RM_LIMIT && !force {
+        return Err(Failure::usage(format!(
+            "this would delete {total} objects (more than {RM_LIMIT}); add --force to delete them, or --dry-run to list them",
+        )));
+    }
+    let mut jobs = Vec::new();
+    for (store, keys) in listed {
+        for batch in keys.chunks(RM_BATCH) {
+            let work = Work::DeleteMany {
                 store: store.clone(),
-                key: obj.key,
+                keys: batch.to_vec(),
             };
-            let mut job = Job::new(work, shown_url, obj.size);
+            let mut job = Job::new(work, shown(&store.url_for("")), 0);
             job.meta.action = "delete";
             jobs.push(job);
         }
-        if jobs.len() == before && !cx.quiet {
-            crate::note(&format!("nothing under {}", shown(&as_prefix(url))));
-        }
     }
-    if dry_run {
-        return plan(cx, &jobs);
-    }
-    if jobs.len() > RM_LIMIT && !force {
-        return Err(Failure::usage(format!(
-            "this would delete {} objects (more than {RM_LIMIT}); add --force to delete them, or --dry-run to list them",
-            jobs.len()
-        )));
-    }
-    let total = jobs.len();
     let outcome = batch::run(cx, jobs, concurrency, "deleting", |meta, _| {
         if cx.json {
             line(json!({ "url": meta.label, "deleted": true }))

@@ -648,9 +648,10 @@ async fn sync_on_s3() {
 }
 
 /// `-` and globs on S3: stdin as a stream of unknown size, objects to stdout,
-/// a glob up, down and across.
+/// a glob up, down and across; `rm -r` of 1001 objects in two DeleteObjects
+/// batches, each object reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stdio_and_globs_on_s3() {
+async fn stdio_globs_and_batch_rm_on_s3() {
     let prefix = run_id();
     if let Some(toml) = common::s3_store_toml("xferkit-sync", &prefix).await {
         tokio::task::spawn_blocking(move || {
@@ -659,6 +660,17 @@ async fn stdio_and_globs_on_s3() {
             let base = remote_base(d, "s3", &prefix);
             stdio_story(d, &base);
             glob_story(d, &base);
+            let many: BTreeMap<String, Vec<u8>> = (0..1001)
+                .map(|i| (format!("n{i:04}"), vec![b'x']))
+                .collect();
+            write_tree(&d.join("many"), &many);
+            let prefix = format!("{base}many/");
+            ok(d, &["sync", "many", &prefix]);
+            assert_eq!(listed(d, &prefix).len(), 1001);
+            let r = ok(d, &["--json", "rm", "-r", "--force", &prefix]);
+            assert_eq!(r.stdout.lines().count(), 1001, "{}", r.stdout);
+            assert!(r.stdout.contains("many/n1000"), "{}", r.stdout);
+            assert!(listed(d, &prefix).is_empty(), "rm -r left objects");
             ok(d, &["rm", "-r", &base]);
         })
         .await

@@ -122,6 +122,7 @@ pub static CASES: &[Case] = &[
     case!(create_only_new_key, conditional),
     case!(create_only_existing_key_already_exists, conditional),
     case!(delete_twice_is_fine),
+    case!(delete_many_reports_each_key_and_missing_ones_are_fine),
     case!(missing_key_not_found_everywhere),
     case!(download_to_path_of_missing_key_leaves_no_file),
     case!(upload_of_missing_source_is_not_found),
@@ -719,6 +720,53 @@ async fn delete_twice_is_fine(e: Arc<Env>, c: &'static str) -> R {
         ErrorKind::NotFound,
         "stat after delete",
     )
+}
+
+async fn delete_many_reports_each_key_and_missing_ones_are_fine(e: Arc<Env>, c: &'static str) -> R {
+    let present: Vec<String> = (0..5).map(|i| format!("{c}/k{i}")).collect();
+    for k in &present {
+        put(&e, k, b"x").await?;
+    }
+    let keep = format!("{c}/keep");
+    put(&e, &keep, b"kept").await?;
+    let mut keys = present.clone();
+    keys.insert(2, format!("{c}/missing"));
+    keys.push(format!("{c}/../bad"));
+    let out = e.handler.delete_many(&keys).await.ctx("delete_many")?;
+    ensure!(
+        out.iter().map(|(k, _)| k).eq(keys.iter()),
+        "keys did not come back one each, in order: {out:?}"
+    );
+    let (bad, good) = out.split_last().ok_or("no results")?;
+    for (k, r) in good {
+        ensure!(
+            r.is_ok(),
+            "delete_many of {k:?} (missing ones included): {r:?}"
+        );
+    }
+    ensure!(
+        matches!(&bad.1, Err(err) if err.kind() == ErrorKind::InvalidKey),
+        "an invalid key: {:?}, not InvalidKey",
+        bad.1
+    );
+    for k in &present {
+        expect_kind(
+            e.handler.stat(k).await,
+            ErrorKind::NotFound,
+            "stat after delete_many",
+        )?;
+    }
+    ensure!(
+        get(&e, &keep, None).await? == b"kept",
+        "delete_many touched a key it was not given"
+    );
+    let none = e
+        .handler
+        .delete_many(&[])
+        .await
+        .ctx("delete_many of no keys")?;
+    ensure!(none.is_empty(), "delete_many of no keys: {none:?}");
+    Ok(())
 }
 
 async fn missing_key_not_found_everywhere(e: Arc<Env>, c: &'static str) -> R {

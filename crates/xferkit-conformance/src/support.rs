@@ -105,6 +105,9 @@ impl FileTransferHandler for Counting {
     async fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(key).await
     }
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<(String, Result<()>)>> {
+        self.inner.delete_many(keys).await
+    }
     async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
         self.inner.copy(from, to).await
     }

@@ -874,6 +874,10 @@ impl FileTransferHandler for Encrypted {
         self.inner.delete(key).await
     }
 
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<(String, Result<()>)>> {
+        self.inner.delete_many(keys).await
+    }
+
     async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
         self.plain(self.inner.copy(from, to).await?)
     }

@@ -11,6 +11,9 @@ use crate::{
     RemoteObject, Result, TransferCtx, UploadSource,
 };
 
+/// Deletes the default [`FileTransferHandler::delete_many`] runs at once.
+const DELETE_MANY_CONCURRENCY: usize = 16;
+
 /// A store that files move to and from.
 ///
 /// Object-safe: stores are used as `Arc<dyn FileTransferHandler>`.
@@ -52,7 +55,8 @@ use crate::{
 ///
 /// **Missing objects.** `stat`, `download_stream`, `copy` (source) and
 /// `presign(Get)` on a missing key are `NotFound`; `delete` of a missing key
-/// is `Ok` (idempotent); `list` of an empty prefix is an empty stream.
+/// is `Ok` (idempotent), and so is its entry in `delete_many`; `list` of an
+/// empty prefix is an empty stream.
 ///
 /// **List.** `list(prefix)` yields every object whose key starts with
 /// `prefix` (a plain string prefix, not only whole segments), each exactly
@@ -123,6 +127,26 @@ pub trait FileTransferHandler: Send + Sync + std::fmt::Debug {
 
     /// Delete `key`; deleting a missing key succeeds.
     async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Delete every key of `keys`, as [`delete`](Self::delete) deletes one:
+    /// each key comes back with its own result, in the order given (a
+    /// missing key is `Ok`, an invalid one `InvalidKey`, and one failure
+    /// does not stop the others). The outer `Err` is for a failure of the
+    /// whole batch, where no key's fate is known (e.g. the store refused the
+    /// request). Stores whose service deletes many keys in one request
+    /// override it (S3: DeleteObjects, 1000 keys a request); the default
+    /// calls `delete`, 16 keys at once.
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<(String, Result<()>)>> {
+        use futures::StreamExt;
+        Ok(futures::stream::iter(keys.iter().cloned())
+            .map(|key| async move {
+                let r = self.delete(&key).await;
+                (key, r)
+            })
+            .buffered(DELETE_MANY_CONCURRENCY)
+            .collect()
+            .await)
+    }
 
     /// Server-side copy of `from` to `to` (content type and metadata kept).
     async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject>;

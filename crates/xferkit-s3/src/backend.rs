@@ -477,6 +477,14 @@ impl FileTransferHandler for S3Store {
         }
     }
 
+    /// DeleteObjects, 1000 keys a request (see `delete.rs`).
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<(String, Result<()>)>> {
+        let one = |key: String| -> futures::future::BoxFuture<'_, Result<()>> {
+            Box::pin(async move { self.delete(&key).await })
+        };
+        crate::delete::delete_many(&self.core, &self.retry, keys, &one).await
+    }
+
     async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
         validate_key(from)?;
         validate_key(to)?;

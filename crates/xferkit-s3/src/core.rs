@@ -447,6 +447,19 @@ impl fmt::Display for S3Failure {
 
 impl std::error::Error for S3Failure {}
 
+impl S3Failure {
+    /// What S3 said about one key of a batch request (DeleteObjects).
+    pub(crate) fn of_key(op: &'static str, code: Option<&str>, message: Option<&str>) -> Self {
+        S3Failure {
+            op,
+            status: None,
+            code: code.map(str::to_string),
+            detail: message.unwrap_or_default().to_string(),
+            request_id: None,
+        }
+    }
+}
+
 /// Map an SDK failure of operation `op` on `target` (a canonical URL) to an
 /// xferkit error: an answer from S3 goes through the one status table
 /// ([`xferkit_core::status`], by error code first, then by status, with

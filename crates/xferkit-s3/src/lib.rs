@@ -4,6 +4,7 @@ mod backend;
 mod config;
 mod copy;
 mod core;
+mod delete;
 mod writer;
 
 pub use backend::S3Store;

@@ -1,0 +1,109 @@
+//! Batch deletes: S3's DeleteObjects, up to 1000 keys a request, in quiet
+//! mode (the answer lists only the keys that failed, each with its code).
+//! A store without DeleteObjects (some S3-compatible services answer
+//! `NotImplemented`) gets one DeleteObject per key instead.
+
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use futures::future::BoxFuture;
+use xferkit_core::status::Answer;
+use xferkit_core::{Error, ErrorKind, Result, RetryPolicy, validate_key};
+
+use crate::core::{Core, Mode, S3Failure, map_sdk};
+
+/// Keys one DeleteObjects request takes at most (S3's limit).
+pub(crate) const MAX_KEYS: usize = 1000;
+
+/// Each key of `keys` with its result, in order: invalid keys are refused
+/// without a request, the others deleted `MAX_KEYS` to a request. A failed
+/// request is the outer error when it is the first (no key's fate known);
+/// after that its keys fail one by one. `one` deletes a single key (the
+/// store's `delete`), for a service that has no DeleteObjects.
+pub(crate) async fn delete_many<'a>(
+    core: &Core,
+    retry: &RetryPolicy,
+    keys: &[String],
+    one: &(dyn Fn(String) -> BoxFuture<'a, Result<()>> + Sync),
+) -> Result<Vec<(String, Result<()>)>> {
+    let mut out: Vec<(String, Result<()>)> =
+        keys.iter().map(|k| (k.clone(), validate_key(k))).collect();
+    let valid: Vec<usize> = (0..out.len()).filter(|&i| out[i].1.is_ok()).collect();
+    let mut sent_any = false;
+    for chunk in valid.chunks(MAX_KEYS) {
+        match request(core, retry, keys, chunk).await {
+            Ok(failed) => {
+                for (i, e) in failed {
+                    out[i].1 = Err(e);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::NotSupported => {
+                for &i in chunk {
+                    out[i].1 = one(keys[i].clone()).await;
+                }
+            }
+            Err(e) if !sent_any => return Err(e),
+            Err(e) => {
+                for &i in chunk {
+                    out[i].1 = Err(Error::Backend {
+                        target: core.root.url(&keys[i]),
+                        message: format!("not deleted: {}", e.chain()),
+                        source: None,
+                    });
+                }
+            }
+        }
+        sent_any = true;
+    }
+    Ok(out)
+}
+
+/// One DeleteObjects request for `keys[i]`, `i` in `chunk`: the indexes of
+/// the keys S3 did not delete, with why.
+async fn request(
+    core: &Core,
+    retry: &RetryPolicy,
+    keys: &[String],
+    chunk: &[usize],
+) -> Result<Vec<(usize, Error)>> {
+    let full: Vec<String> = chunk.iter().map(|&i| core.root.full(&keys[i])).collect();
+    let objects = full
+        .iter()
+        .map(|f| ObjectIdentifier::builder().key(f).build())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::backend(core.root.url(""), "DeleteObjects", e))?;
+    let delete = Delete::builder()
+        .set_objects(Some(objects))
+        .quiet(true)
+        .build()
+        .map_err(|e| Error::backend(core.root.url(""), "DeleteObjects", e))?;
+    let target = core.root.url_full(&full[0]);
+    let answer = retry
+        .retry(&target, |_| async {
+            core.client
+                .delete_objects()
+                .bucket(&core.bucket)
+                .delete(delete.clone())
+                .send()
+                .await
+                .map_err(|e| map_sdk("DeleteObjects", &target, Mode::Plain, e))
+        })
+        .await?;
+    let mut failed = Vec::new();
+    for err in answer.errors() {
+        let Some(pos) = err.key().and_then(|k| full.iter().position(|f| f == k)) else {
+            continue;
+        };
+        let code = err.code();
+        // A key that is not there is deleted already (as `delete` has it).
+        if code == Some("NoSuchKey") {
+            continue;
+        }
+        let url = core.root.url_full(&full[pos]);
+        let failure = S3Failure::of_key("DeleteObjects", code, err.message());
+        let e = Answer::new(None)
+            .code(code)
+            .operation("DeleteObjects")
+            .error(url, failure);
+        failed.push((chunk[pos], e));
+    }
+    Ok(failed)
+}
