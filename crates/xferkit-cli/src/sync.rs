@@ -32,7 +32,7 @@ use crate::commands::Ctx;
 use crate::fail::Failure;
 use crate::output::{self, line};
 use crate::target::{self, Location, shown};
-use crate::tree::{as_prefix, download_path, ensure_dir, key_for, plan, walk};
+use crate::tree::{as_prefix, download_path, ensure_dir, key_for, objects, plan, walk};
 
 /// Objects `rm -r` deletes without `--force`.
 pub const RM_LIMIT: usize = 1000;
@@ -394,17 +394,9 @@ async fn list(
             }
         }
         End::Prefix { store, prefix } => {
-            let mut objects = store.list(prefix);
-            while let Some(obj) = objects.next().await {
-                let obj = obj?;
-                let Some(rel) = obj.key.strip_prefix(prefix.as_str()) else {
-                    continue;
-                };
-                if rel.is_empty() || rel.ends_with('/') || !filter.admits(rel) {
-                    continue; // a "directory marker" object, or filtered out
-                }
+            for (obj, rel) in objects(store, prefix, prefix, |rel| filter.admits(rel)).await? {
                 out.insert(
-                    rel.to_string(),
+                    rel,
                     Entry {
                         size: obj.size,
                         mtime: obj.last_modified,

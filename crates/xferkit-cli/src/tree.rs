@@ -426,31 +426,41 @@ fn io_problem(path: &Path, e: std::io::Error) -> Problem {
     )
 }
 
-/// The objects of `tree` (a prefix), by key and path relative to its base;
-/// "directory marker" objects (ending in `/`) left out.
-async fn objects(tree: &Tree) -> Result<Vec<(xferkit::RemoteObject, String)>, Failure> {
-    let Base::Prefix {
-        store,
-        prefix,
-        list,
-    } = &tree.base
-    else {
-        return Ok(Vec::new());
-    };
+/// The objects of `store` listed under `list` (which starts with `prefix`),
+/// with their keys relative to `prefix`, that `admits` takes; "directory
+/// marker" objects (ending in `/`) left out.
+pub async fn objects(
+    store: &DynHandler,
+    list: &str,
+    prefix: &str,
+    admits: impl Fn(&str) -> bool,
+) -> Result<Vec<(xferkit::RemoteObject, String)>, Failure> {
     let mut out = Vec::new();
     let mut listing = store.list(list);
     while let Some(obj) = listing.next().await {
         let obj = obj?;
-        let Some(rel) = obj.key.strip_prefix(prefix.as_str()) else {
+        let Some(rel) = obj.key.strip_prefix(prefix) else {
             continue;
         };
-        if rel.is_empty() || rel.ends_with('/') || !tree.admits(rel) {
+        if rel.is_empty() || rel.ends_with('/') || !admits(rel) {
             continue;
         }
         let rel = rel.to_string();
         out.push((obj, rel));
     }
     Ok(out)
+}
+
+/// [`objects`] of `tree` (a prefix), relative to its base.
+async fn tree_objects(tree: &Tree) -> Result<Vec<(xferkit::RemoteObject, String)>, Failure> {
+    match &tree.base {
+        Base::Prefix {
+            store,
+            prefix,
+            list,
+        } => objects(store, list, prefix, |rel| tree.admits(rel)).await,
+        Base::Dir { .. } => Ok(Vec::new()),
+    }
 }
 
 /// The objects of `tree` (a prefix), as download requests into `dir`.
@@ -466,7 +476,7 @@ async fn download_items(
     ensure_dir(dir, dry_run)?;
     let mut items = Vec::new();
     let mut problems = Vec::new();
-    for (obj, rel) in objects(tree).await? {
+    for (obj, rel) in tree_objects(tree).await? {
         let url = store.url_for(&obj.key);
         let path = match download_path(dir, &rel, &url, !dry_run) {
             Ok(p) => p,
@@ -508,7 +518,7 @@ async fn copy_items(
     };
     let mut items = Vec::new();
     let mut problems = Vec::new();
-    for (obj, rel) in objects(tree).await? {
+    for (obj, rel) in tree_objects(tree).await? {
         let label = shown(&from.url_for(&obj.key));
         let to_key = format!("{prefix}{rel}");
         if let Err(e) = validate_key(&to_key) {
