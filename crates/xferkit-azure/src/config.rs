@@ -73,7 +73,9 @@ pub struct AzureConfig {
     /// Defaults of the server-side upload options (`storage_class`: the
     /// access tier, the four headers, `encryption_scope`), under each
     /// upload's own.
-    #[serde(flatten)]
+    /// (Read from the same table by the facade; `#[serde(skip)]` here so the
+    /// other keys keep their names in errors.)
+    #[serde(skip)]
     pub upload: xferkit_core::UploadDefaults,
 }
 

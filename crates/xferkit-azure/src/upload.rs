@@ -36,6 +36,27 @@ use crate::client::ContentMd5;
 use crate::config::{MAX_BLOCK_SIZE, MAX_BLOCKS};
 use crate::error::{Op, map};
 
+/// The options of the request that makes the blob (Put Blob, Put Block
+/// List): content type, metadata, the four headers, tier, encryption scope,
+/// create-only; `$field: $value` for the rest.
+macro_rules! blob_options {
+    ($self:ident, $ty:ident { $($field:ident: $value:expr),* $(,)? }) => {
+        $ty {
+            blob_content_type: Some($self.content_type.clone()),
+            blob_cache_control: $self.headers.cache_control.clone(),
+            blob_content_disposition: $self.headers.content_disposition.clone(),
+            blob_content_encoding: $self.headers.content_encoding.clone(),
+            blob_content_language: $self.headers.content_language.clone(),
+            tier: $self.tier.clone(),
+            encryption_scope: $self.encryption_scope.clone(),
+            metadata: Some($self.metadata.clone()),
+            if_none_match: $self.if_none_match(),
+            $($field: $value,)*
+            ..Default::default()
+        }
+    };
+}
+
 /// One upload to one blob.
 pub(crate) struct Blocks {
     blob: BlobClient,
@@ -159,24 +180,17 @@ impl PartStore for Blocks {
         let sum = tokio::task::spawn_blocking(move || md5(&digest))
             .await
             .map_err(|e| Error::backend(&self.url, "MD5 worker task failed", e))?;
-        let options = BlobClientUploadOptions {
-            method_options: ClientMethodOptions {
-                context: Context::new().with_value(ContentMd5(BASE64.encode(sum))),
-            },
-            blob_content_type: Some(self.content_type.clone()),
-            blob_cache_control: self.headers.cache_control.clone(),
-            blob_content_disposition: self.headers.content_disposition.clone(),
-            blob_content_encoding: self.headers.content_encoding.clone(),
-            blob_content_language: self.headers.content_language.clone(),
-            tier: self.tier.clone(),
-            encryption_scope: self.encryption_scope.clone(),
-            metadata: Some(self.metadata.clone()),
-            if_none_match: self.if_none_match(),
-            // Bigger than the content: the SDK sends it as one Put Blob.
-            partition_size: NonZero::new(size.max(1)),
-            parallel: NonZero::new(1),
-            ..Default::default()
-        };
+        let options = blob_options!(
+            self,
+            BlobClientUploadOptions {
+                method_options: ClientMethodOptions {
+                    context: Context::new().with_value(ContentMd5(BASE64.encode(sum))),
+                },
+                // Bigger than the content: the SDK sends it as one Put Blob.
+                partition_size: NonZero::new(size.max(1)),
+                parallel: NonZero::new(1),
+            }
+        );
         let rsp = self
             .blob
             .upload(data.into(), Some(options))
@@ -261,18 +275,7 @@ impl PartStore for Blocks {
         let content: RequestContent<BlockLookupList, XmlFormat> = list
             .try_into()
             .map_err(|e| map(self.op(), "encode block list", e))?;
-        let options = BlockBlobClientCommitBlockListOptions {
-            blob_content_type: Some(self.content_type.clone()),
-            blob_cache_control: self.headers.cache_control.clone(),
-            blob_content_disposition: self.headers.content_disposition.clone(),
-            blob_content_encoding: self.headers.content_encoding.clone(),
-            blob_content_language: self.headers.content_language.clone(),
-            tier: self.tier.clone(),
-            encryption_scope: self.encryption_scope.clone(),
-            metadata: Some(self.metadata.clone()),
-            if_none_match: self.if_none_match(),
-            ..Default::default()
-        };
+        let options = blob_options!(self, BlockBlobClientCommitBlockListOptions {});
         let rsp = self
             .blob
             .block_blob_client()

@@ -1,6 +1,8 @@
 //! Azure-specific checks against Azurite that the shared suite does not make:
 //! the other two credential kinds, error kinds of refused and unreachable
-//! requests, and that no secret reaches an error.
+//! requests, and that no secret reaches an error. One test needs no
+//! emulator: the encryption scope, which Azurite keeps none of, is checked
+//! on the requests a stand-in on 127.0.0.1 records.
 //!
 //! Needs the same variables as `tests/conformance.rs`. Without them each
 //! test passes after printing that it was skipped, unless `CI` or
@@ -293,4 +295,103 @@ async fn presigned_put_without_blob_type_header_is_refused() {
     assert!(resp.status().is_client_error(), "{}", resp.status());
     assert_eq!(s.read_bytes("k.bin", None).await.unwrap().as_ref(), b"x");
     s.delete("k.bin").await.unwrap();
+}
+
+/// An encryption scope (Azurite keeps none, so the request is what is
+/// checked): a tiny stand-in on 127.0.0.1 records the Put Blob, and the
+/// staged path's Put Block and Put Block List, each with
+/// `x-ms-encryption-scope`, the access tier and the headers on the commit.
+#[tokio::test]
+async fn encryption_scope_tier_and_headers_are_sent() {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/acct", listener.local_addr().unwrap());
+    type Log = Arc<Mutex<Vec<(String, Vec<String>)>>>;
+    let seen: Log = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut conn = BufReader::new(conn);
+                loop {
+                    let mut line = String::new();
+                    if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let (mut headers, mut len) = (Vec::new(), 0usize);
+                    loop {
+                        let mut h = String::new();
+                        conn.read_line(&mut h).await.unwrap();
+                        let h = h.trim_end().to_string();
+                        if h.is_empty() {
+                            break;
+                        }
+                        let lower = h.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                        if lower.starts_with("x-ms-encryption-scope")
+                            || lower.starts_with("x-ms-access-tier")
+                            || lower.starts_with("x-ms-blob-cache-control")
+                            || lower.starts_with("x-ms-blob-content-language")
+                        {
+                            headers.push(lower);
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    conn.read_exact(&mut body).await.unwrap();
+                    headers.sort();
+                    let what = match line.split(' ').nth(1).unwrap_or("") {
+                        t if t.contains("comp=blocklist") => "Put Block List",
+                        t if t.contains("comp=block") => "Put Block",
+                        _ => "Put Blob",
+                    };
+                    log.lock().unwrap().push((what.to_string(), headers));
+                    let answer = "HTTP/1.1 201 Created\r\nETag: \"0x1\"\r\n\
+                                  Last-Modified: Mon, 30 Nov 2026 00:00:00 GMT\r\n\
+                                  Content-Length: 0\r\n\r\n";
+                    conn.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    let mut c = AzureConfig::new("acct", "cont");
+    c.endpoint = Some(endpoint);
+    c.account_key = Some(Secret::new(BASE64.encode([1u8; 32])));
+    c.multipart_threshold = 1024 * 1024;
+    c.block_size = 1024 * 1024;
+    c.concurrency = 1;
+    c.upload.encryption_scope = Some("scope1".into());
+    c.upload.storage_class = Some("Cool".into());
+    c.upload.cache_control = Some("no-cache".into());
+    let s = AzureStore::new("mock", c).await.unwrap();
+    let mut headers = xferkit_core::ObjectHeaders::default();
+    headers.content_language = Some("fr".into());
+    let opts = PutOptions::default().with_headers(headers);
+    for size in [10, 1024 * 1024 + 1] {
+        let src = UploadSource::from_bytes(vec![5u8; size]);
+        s.upload("k", src, &opts, &TransferCtx::none())
+            .await
+            .unwrap();
+    }
+    let all = [
+        "x-ms-access-tier: cool",
+        "x-ms-blob-cache-control: no-cache",
+        "x-ms-blob-content-language: fr",
+        "x-ms-encryption-scope: scope1",
+    ]
+    .map(String::from)
+    .to_vec();
+    let scope = vec!["x-ms-encryption-scope: scope1".to_string()];
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            ("Put Blob".to_string(), all.clone()),
+            ("Put Block".into(), scope.clone()),
+            ("Put Block".into(), scope),
+            ("Put Block List".into(), all),
+        ]
+    );
 }

@@ -235,7 +235,7 @@ pub enum SseMode {
 }
 
 /// Per-store defaults of the server-side upload options: keys of a
-/// `[stores.NAME]` table, flattened into each backend's config. Each
+/// `[stores.NAME]` table, read from it beside each backend's config (its `upload` field). Each
 /// upload's own [`PutOptions`] win ([`PutOptions::or_defaults`]). A backend
 /// lists in its `KEYS` only those it honours.
 #[derive(Clone, Default, Debug, PartialEq, Eq, serde::Deserialize)]

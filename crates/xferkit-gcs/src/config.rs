@@ -59,7 +59,9 @@ pub struct GcsConfig {
     pub chunk_size: u64,
     /// Defaults of the server-side upload options (`storage_class`, the four
     /// headers, `sse_kms_key_id`: the CMEK `kmsKeyName`), under each upload's own.
-    #[serde(flatten)]
+    /// (Read from the same table by the facade; `#[serde(skip)]` here so the
+    /// other keys keep their names in errors.)
+    #[serde(skip)]
     pub upload: xferkit_core::UploadDefaults,
 }
 

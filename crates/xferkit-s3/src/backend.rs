@@ -138,19 +138,7 @@ impl S3Store {
             out.metadata(),
         );
         obj.checksum = full_object_crc32c(out.checksum_crc32_c());
-        crate::core::reported(
-            &mut obj,
-            [
-                out.cache_control(),
-                out.content_disposition(),
-                out.content_encoding(),
-                out.content_language(),
-            ],
-            out.storage_class(),
-            out.server_side_encryption(),
-            out.ssekms_key_id(),
-            out.sse_customer_algorithm(),
-        );
+        crate::core::read_back!(&mut obj, out);
         Ok(obj)
     }
 
@@ -220,19 +208,7 @@ impl S3Store {
             out.last_modified(),
             out.metadata(),
         );
-        crate::core::reported(
-            &mut obj,
-            [
-                out.cache_control(),
-                out.content_disposition(),
-                out.content_encoding(),
-                out.content_language(),
-            ],
-            out.storage_class(),
-            out.server_side_encryption(),
-            out.ssekms_key_id(),
-            out.sse_customer_algorithm(),
-        );
+        crate::core::read_back!(&mut obj, out);
         if partial.is_none() {
             // A whole-object answer may carry the stored checksum (the SDK
             // asks for it and checks the body against it as it streams).

@@ -74,7 +74,9 @@ pub struct S3Config {
     /// headers, `tags`, `sse`, `sse_kms_key_id`, `sse_bucket_key`,
     /// `sse_customer_key`), under each upload's own. With
     /// `sse_customer_key`, every read of the store sends that key too.
-    #[serde(flatten)]
+    /// (Read from the same table by the facade; `#[serde(skip)]` here so the
+    /// other keys keep their names in errors.)
+    #[serde(skip)]
     pub upload: xferkit_core::UploadDefaults,
 }
 

@@ -136,9 +136,30 @@ pub(crate) fn tagging(tags: &BTreeMap<String, String>) -> Option<String> {
     })
 }
 
+/// Fill `obj` (a `&mut RemoteObject`) with what a HEAD or GET answer
+/// `out` says of the server-side options ([`reported`]).
+macro_rules! read_back {
+    ($obj:expr, $out:expr) => {{
+        let out = &$out;
+        $crate::core::reported(
+            $obj,
+            [
+                out.cache_control(),
+                out.content_disposition(),
+                out.content_encoding(),
+                out.content_language(),
+            ],
+            out.storage_class(),
+            out.server_side_encryption(),
+            out.ssekms_key_id(),
+            out.sse_customer_algorithm(),
+        )
+    }};
+}
+pub(crate) use read_back;
+
 /// What a HEAD or GET answer says of the server-side options: the four
 /// headers, storage class, encryption and its key.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn reported(
     o: &mut RemoteObject,
     headers: [Option<&str>; 4],

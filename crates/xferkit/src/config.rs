@@ -637,7 +637,8 @@ async fn build_store_from(figment: &Figment, name: &str) -> Result<xferkit_core:
         "s3" => {
             use xferkit_s3::{S3Config, S3Store};
             check_keys(figment, name, "s3", S3Config::KEYS)?;
-            let c: S3Config = extract(figment, name)?;
+            let mut c: S3Config = extract(figment, name)?;
+            c.upload = extract(figment, name)?;
             let retry = RetrySettings::from_figment(figment)?.policy();
             Ok(std::sync::Arc::new(
                 S3Store::new(name, c)
@@ -650,7 +651,8 @@ async fn build_store_from(figment: &Figment, name: &str) -> Result<xferkit_core:
         "gcs" => {
             use xferkit_gcs::{GcsConfig, GcsStore};
             check_keys(figment, name, "gcs", GcsConfig::KEYS)?;
-            let c: GcsConfig = extract(figment, name)?;
+            let mut c: GcsConfig = extract(figment, name)?;
+            c.upload = extract(figment, name)?;
             let retry = RetrySettings::from_figment(figment)?.policy();
             Ok(std::sync::Arc::new(
                 GcsStore::new(name, c)
@@ -663,7 +665,8 @@ async fn build_store_from(figment: &Figment, name: &str) -> Result<xferkit_core:
         "azure" => {
             use xferkit_azure::{AzureConfig, AzureStore};
             check_keys(figment, name, "azure", AzureConfig::KEYS)?;
-            let c: AzureConfig = extract(figment, name)?;
+            let mut c: AzureConfig = extract(figment, name)?;
+            c.upload = extract(figment, name)?;
             let retry = RetrySettings::from_figment(figment)?.policy();
             Ok(std::sync::Arc::new(
                 AzureStore::new(name, c)

@@ -271,3 +271,51 @@ fn bandwidth_limit_reaches_every_manager_and_bad_rates_are_named() {
         Ok(())
     });
 }
+
+/// The server-side upload defaults of a store table (issue 16): from the
+/// file and the environment, typed (a tags table, a bool from a variable);
+/// a key the backend does not honour is unknown to it, and a bad value names
+/// the key.
+#[cfg(feature = "s3")]
+#[test]
+fn server_side_upload_defaults_from_file_and_env() {
+    let store = r#"
+        default_store = "m"
+        [stores.m]
+        backend = "s3"
+        bucket = "b"
+        endpoint = "http://127.0.0.1:9"
+        access_key_id = "AKID"
+        secret_access_key = "SECRET"
+        storage_class = "STANDARD_IA"
+        cache_control = "max-age=60"
+        tags = { team = "media" }
+    "#;
+    Jail::expect_with(|jail| {
+        isolate(jail);
+        jail.create_file("x.toml", store)?;
+        jail.set_env("XFERKIT_STORES__M__SSE_KMS_KEY_ID", "alias/xferkit");
+        jail.set_env("XFERKIT_STORES__M__SSE_BUCKET_KEY", "true");
+        let reg = load(jail, Some("x.toml")).unwrap();
+        let shown = format!("{:?}", reg.get("m").unwrap());
+        for want in [
+            "STANDARD_IA",
+            "max-age=60",
+            "\"team\": \"media\"",
+            "alias/xferkit",
+            "bucket_key: Some(true)",
+        ] {
+            assert!(shown.contains(want), "{want} missing from {shown}");
+        }
+        Ok(())
+    });
+    let m = config_error(&format!("{store}encryption_scope = \"s\"\n"));
+    assert!(
+        m.contains("stores.m.encryption_scope") && m.contains("storage_class"),
+        "{m}"
+    );
+    let m = config_error(&format!("{store}sse = \"rot13\"\n"));
+    assert!(m.contains("stores.m.sse") && m.contains("rot13"), "{m}");
+    let m = config_error(&format!("{store}sse = \"customer\"\n"));
+    assert!(m.contains("stores.m.sse_customer_key"), "{m}");
+}
