@@ -1,17 +1,25 @@
 //! Batch deletes: S3's DeleteObjects, up to 1000 keys a request, in quiet
 //! mode (the answer lists only the keys that failed, each with its code).
 //! A store without DeleteObjects (some S3-compatible services answer
-//! `NotImplemented`) gets one DeleteObject per key instead.
+//! `NotImplemented`) gets one DeleteObject per key instead, and so does a
+//! store configured with `checksum = "md5"` or `"none"`: DeleteObjects must
+//! carry a checksum, which the SDK sends as the `x-amz-checksum-*` header
+//! such stores refuse.
 
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use futures::future::BoxFuture;
+use futures::{StreamExt, stream};
 use xferkit_core::status::Answer;
 use xferkit_core::{Error, ErrorKind, Result, RetryPolicy, validate_key};
 
+use crate::S3Checksum;
 use crate::core::{Core, Mode, S3Failure, map_sdk};
 
 /// Keys one DeleteObjects request takes at most (S3's limit).
 pub(crate) const MAX_KEYS: usize = 1000;
+
+/// DeleteObject requests at once where there is no DeleteObjects.
+const ONE_BY_ONE: usize = 16;
 
 /// Each key of `keys` with its result, in order: invalid keys are refused
 /// without a request, the others deleted `MAX_KEYS` to a request. A failed
@@ -27,6 +35,10 @@ pub(crate) async fn delete_many<'a>(
     let mut out: Vec<(String, Result<()>)> =
         keys.iter().map(|k| (k.clone(), validate_key(k))).collect();
     let valid: Vec<usize> = (0..out.len()).filter(|&i| out[i].1.is_ok()).collect();
+    if core.checksum != S3Checksum::Crc32c {
+        one_by_one(&mut out, &valid, one).await;
+        return Ok(out);
+    }
     let mut sent_any = false;
     for chunk in valid.chunks(MAX_KEYS) {
         match request(core, retry, keys, chunk).await {
@@ -35,11 +47,7 @@ pub(crate) async fn delete_many<'a>(
                     out[i].1 = Err(e);
                 }
             }
-            Err(e) if e.kind() == ErrorKind::NotSupported => {
-                for &i in chunk {
-                    out[i].1 = one(keys[i].clone()).await;
-                }
-            }
+            Err(e) if e.kind() == ErrorKind::NotSupported => one_by_one(&mut out, chunk, one).await,
             Err(e) if !sent_any => return Err(e),
             Err(e) => {
                 for &i in chunk {
@@ -54,6 +62,25 @@ pub(crate) async fn delete_many<'a>(
         sent_any = true;
     }
     Ok(out)
+}
+
+/// `out[i]`'s key deleted with `one`, for each `i` of `which`, a few at once.
+async fn one_by_one<'a>(
+    out: &mut [(String, Result<()>)],
+    which: &[usize],
+    one: &(dyn Fn(String) -> BoxFuture<'a, Result<()>> + Sync),
+) {
+    let results: Vec<(usize, Result<()>)> = stream::iter(which.iter().copied())
+        .map(|i| {
+            let key = out[i].0.clone();
+            async move { (i, one(key).await) }
+        })
+        .buffered(ONE_BY_ONE)
+        .collect()
+        .await;
+    for (i, r) in results {
+        out[i].1 = r;
+    }
 }
 
 /// One DeleteObjects request for `keys[i]`, `i` in `chunk`: the indexes of

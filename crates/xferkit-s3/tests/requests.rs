@@ -46,7 +46,9 @@ impl Seen {
             "PUT" => "PutObject",
             "POST" if t.contains("?uploads") => "CreateMultipartUpload",
             "POST" if t.contains("uploadId=") => "CompleteMultipartUpload",
+            "POST" if t.contains("?delete") => "DeleteObjects",
             "HEAD" => "HeadObject",
+            "DELETE" => "DeleteObject",
             _ => "other",
         }
     }
@@ -166,6 +168,16 @@ async fn serve(conn: tokio::net::TcpStream, log: Arc<Mutex<Vec<Seen>>>) -> std::
                 "",
                 "<InitiateMultipartUploadResult><Bucket>bkt</Bucket><Key>k</Key>\
                  <UploadId>UP1</UploadId></InitiateMultipartUploadResult>"
+                    .to_string(),
+            ),
+            // Key `denied` is refused, `gone` was not there: both per key.
+            "DeleteObjects" => (
+                "200 OK",
+                "",
+                "<DeleteResult>\
+                 <Error><Key>denied</Key><Code>AccessDenied</Code><Message>no</Message></Error>\
+                 <Error><Key>gone</Key><Code>NoSuchKey</Code><Message>none</Message></Error>\
+                 </DeleteResult>"
                     .to_string(),
             ),
             "CompleteMultipartUpload" => (
@@ -686,4 +698,53 @@ async fn bad_server_side_defaults_are_refused_naming_the_key() {
         "{e}"
     );
     assert!(!S3Config::KEYS.contains(&"encryption_scope"));
+}
+
+// ---- batch deletes ------------------------------------------------------
+
+/// `delete_many` is one DeleteObjects request (quiet, the keys in its body,
+/// per-key errors mapped, a missing key fine) with `checksum = "crc32c"`;
+/// with `"md5"` and `"none"`, whose stores refuse the checksum header
+/// DeleteObjects must carry, one DeleteObject per key. An invalid key is
+/// refused without a request either way.
+#[tokio::test]
+async fn delete_many_is_one_delete_objects_request_or_one_delete_per_key() {
+    for checksum in [S3Checksum::Crc32c, S3Checksum::Md5, S3Checksum::None] {
+        let mock = Mock::start().await;
+        let mut c = config(&mock.url);
+        c.region = Some("us-east-1".into());
+        c.checksum = checksum;
+        let store = S3Store::new("media", c).await.unwrap();
+        let keys: Vec<String> = ["a", "denied", "gone", "../bad"].map(String::from).to_vec();
+        let out = store.delete_many(&keys).await.unwrap();
+        let kinds: Vec<(&str, Option<ErrorKind>)> = out
+            .iter()
+            .map(|(k, r)| (k.as_str(), r.as_ref().err().map(|e| e.kind())))
+            .collect();
+        let seen = mock.seen();
+        let ops: Vec<&str> = seen.iter().map(Seen::op).collect();
+        if checksum == S3Checksum::Crc32c {
+            assert_eq!(ops, ["DeleteObjects"], "{checksum:?}");
+            let body = String::from_utf8_lossy(&seen[0].body);
+            assert!(body.contains("<Quiet>true</Quiet>"), "{body}");
+            assert_eq!(body.matches("<Key>").count(), 3, "{body}");
+            assert_eq!(
+                kinds,
+                [
+                    ("a", None),
+                    ("denied", Some(ErrorKind::PermissionDenied)),
+                    ("gone", None),
+                    ("../bad", Some(ErrorKind::InvalidKey)),
+                ]
+            );
+        } else {
+            assert_eq!(ops, ["DeleteObject"; 3], "{checksum:?}");
+            assert!(
+                seen.iter().all(|s| s.checksums().is_empty()),
+                "{checksum:?}: {seen:?}"
+            );
+            assert_eq!(kinds[3], ("../bad", Some(ErrorKind::InvalidKey)));
+            assert!(kinds[..3].iter().all(|(_, k)| k.is_none()), "{kinds:?}");
+        }
+    }
 }
