@@ -118,6 +118,41 @@ pub fn copy_work(from: &DynHandler, from_key: String, to: &DynHandler, to_key: S
     }
 }
 
+/// Objects one batch delete takes at most (S3's DeleteObjects limit).
+pub const DELETE_BATCH: usize = 1000;
+
+/// `jobs` with each run of object deletes in one store (in the order
+/// given) merged into [`Work::DeleteMany`] jobs of up to [`DELETE_BATCH`]
+/// keys, their action kept; other jobs as they are.
+pub fn batched(jobs: Vec<Job>) -> Vec<Job> {
+    let mut out: Vec<Job> = Vec::new();
+    for job in jobs {
+        if let Work::Delete { store, key } = job.work {
+            if let Some(Job {
+                work: Work::DeleteMany { store: s, keys },
+                ..
+            }) = out.last_mut()
+                && s.name() == store.name()
+                && keys.len() < DELETE_BATCH
+            {
+                keys.push(key);
+                continue;
+            }
+            let label = shown(&store.url_for(&key));
+            let work = Work::DeleteMany {
+                store,
+                keys: vec![key],
+            };
+            let mut merged = Job::new(work, label, 0);
+            merged.meta.action = job.meta.action;
+            out.push(merged);
+        } else {
+            out.push(job);
+        }
+    }
+    out
+}
+
 /// One file's work.
 #[derive(Debug)]
 pub struct Job {

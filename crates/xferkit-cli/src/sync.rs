@@ -244,6 +244,7 @@ pub async fn sync(cx: &Ctx, src: &OsStr, dst: &OsStr, opts: &Options) -> Result<
     let mut deleted = Outcome::default();
     if !deletes.is_empty() && !sent.interrupted {
         if summary.failed == 0 {
+            let deletes = batch::batched(deletes);
             deleted = batch::run(cx, deletes, opts.concurrency, "deleting", print).await?;
             summary.deleted = deleted.done;
             summary.failed += deleted.failed.len();
@@ -617,13 +618,10 @@ fn delete_job(to: &End, rel: &str, e: &Entry) -> Job {
     job
 }
 
-/// Objects one `rm -r` batch deletes (S3's DeleteObjects limit).
-pub const RM_BATCH: usize = 1000;
-
 /// `xfer rm -r URL...`: every object under each prefix, in batches of up to
-/// [`RM_BATCH`] keys ([`xferkit::FileTransferHandler::delete_many`]: one
-/// DeleteObjects request on S3), `concurrency` batches at once. More than
-/// [`RM_LIMIT`] objects need `force`.
+/// [`batch::DELETE_BATCH`] keys ([`xferkit::FileTransferHandler::delete_many`]:
+/// one DeleteObjects request on S3), `concurrency` batches at once. More
+/// than [`RM_LIMIT`] objects need `force`.
 pub async fn rm_r(
     cx: &Ctx,
     urls: &[String],
@@ -632,62 +630,49 @@ pub async fn rm_r(
     concurrency: usize,
 ) -> Result<(), Failure> {
     let reg = cx.kit.registry();
-    let mut listed = Vec::new();
-    let mut total = 0;
+    let mut jobs = Vec::new();
     for url in urls {
         let (store, prefix) = target::prefix(reg, &as_prefix(url))?;
-        let mut keys = Vec::new();
+        let before = jobs.len();
         let mut objects = store.list(&prefix);
         while let Some(obj) = objects.next().await {
-            keys.push(obj?.key);
-        }
-        if keys.is_empty() && !cx.quiet {
-            crate::note(&format!("nothing under {}", shown(&as_prefix(url))));
-        }
-        total += keys.len();
-        listed.push((store, keys));
-    }
-    if dry_run {
-        for (store, keys) in &listed {
-            for key in keys {
-                let mut job = Job::new(
-                    Work::Delete {
-                        store: store.clone(),
-                        key: key.clone(),
-                    },
-                    shown(&store.url_for(key)),
-                    0,
-                );
-                job.meta.action = "delete";
-                plan(cx, std::slice::from_ref(&job))?;
-            }
-        }
-        return Ok(());
-    }
-    if total > RM_LIMIT && !force {
-        return Err(Failure::usage(format!(
-            "this would delete {total} objects (more than {RM_LIMIT}); add --force to delete them, or --dry-run to list them",
-        )));
-    }
-    let mut jobs = Vec::new();
-    for (store, keys) in listed {
-        for batch in keys.chunks(RM_BATCH) {
-            let work = Work::DeleteMany {
+            let obj = obj?;
+            let shown_url = shown(&store.url_for(&obj.key));
+            let work = Work::Delete {
                 store: store.clone(),
-                keys: batch.to_vec(),
+                key: obj.key,
             };
-            let mut job = Job::new(work, shown(&store.url_for("")), 0);
+            let mut job = Job::new(work, shown_url, obj.size);
             job.meta.action = "delete";
             jobs.push(job);
         }
-    }
-    let outcome = batch::run(cx, jobs, concurrency, "deleting", |meta, _| {
-        if cx.json {
-            line(json!({ "url": meta.label, "deleted": true }))
-        } else {
-            Ok(())
+        if jobs.len() == before && !cx.quiet {
+            crate::note(&format!("nothing under {}", shown(&as_prefix(url))));
         }
-    })
+    }
+    if dry_run {
+        return plan(cx, &jobs);
+    }
+    if jobs.len() > RM_LIMIT && !force {
+        return Err(Failure::usage(format!(
+            "this would delete {} objects (more than {RM_LIMIT}); add --force to delete them, or --dry-run to list them",
+            jobs.len()
+        )));
+    }
+    let total = jobs.len();
+    let outcome = batch::run(
+        cx,
+        batch::batched(jobs),
+        concurrency,
+        "deleting",
+        |meta, _| {
+            if cx.json {
+                line(json!({ "url": meta.label, "deleted": true }))
+            } else {
+                Ok(())
+            }
+        },
+    )
     .await?;
     batch::finish(&outcome, &[], total, "deleted")
 }
