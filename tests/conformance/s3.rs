@@ -127,8 +127,11 @@ fn main() -> ExitCode {
         .multipart_size(16 * MIB)
         .limit(
             |c| c.sse_service_managed = false,
-            "s3s-fs 0.14 accepts x-amz-server-side-encryption but keeps and reports nothing \
-             (and refuses every storage class but STANDARD: no storage_class case)",
+            "s3s-fs 0.14 accepts x-amz-server-side-encryption but keeps and reports nothing",
+        )
+        .limit(
+            |c| c.storage_class = false,
+            "s3s-fs 0.14 refuses every storage class but STANDARD (400 InvalidStorageClass)",
         )
         .limit(
             |c| c.list_pending_uploads = false,

@@ -1695,7 +1695,7 @@ async fn header_content_language_round_trips(e: Arc<Env>, c: &'static str) -> R 
 /// reported by stat.
 async fn storage_class_round_trips(e: Arc<Env>, c: &'static str) -> R {
     let Some(class) = e.storage_class.clone() else {
-        return Ok(()); // the target names none: nothing the emulator keeps
+        return Err("the target names no storage class (Target::storage_class) to send".into());
     };
     let key = format!("{c}/cold.bin");
     let opts = PutOptions::default().with_storage_class(&class);

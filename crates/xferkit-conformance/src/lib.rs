@@ -355,10 +355,11 @@ pub fn run(targets: Vec<Target>) -> ExitCode {
                     }));
                 }
                 Err(missing) => {
-                    // Why is it off: the store itself, or an emulator gap?
+                    // Why is it off: the store itself, or an emulator gap
+                    // (the last limit before which the case could run)?
                     let reason = if (case.requires)(&base).is_ok() {
                         gaps.iter()
-                            .find(|(before, _)| (case.requires)(before).is_ok())
+                            .rfind(|(before, _)| (case.requires)(before).is_ok())
                             .map(|(_, r)| format!("emulator gap: {r}"))
                             .unwrap_or_else(|| format!("needs {missing}"))
                     } else {
