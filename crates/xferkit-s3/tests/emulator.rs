@@ -326,11 +326,13 @@ async fn sse_c_store_writes_and_reads_with_its_key() {
     assert!(!format!("{s:?}").contains(&key));
 }
 
-/// SSE-KMS and tags on moto: the key id and `aws:kms` come back in stat.
+/// SSE-KMS and tags on moto: the key id and `aws:kms` come back in stat;
+/// the tags (which stat does not show) in GetObjectTagging.
 #[tokio::test]
 async fn sse_kms_is_reported_by_moto() {
     let Some(emu) = moto() else { return };
     let mut c = config(&emu, "sse-kms");
+    let prefix = c.prefix.clone();
     c.upload.sse_kms_key_id = Some("arn:aws:kms:us-east-1:123456789012:key/xferkit-test".into());
     let s = store(c).await;
     let opts = PutOptions::default().with_tag("team", "a b");
@@ -344,4 +346,24 @@ async fn sse_kms_is_reported_by_moto() {
         st.encryption_key.as_deref(),
         Some("arn:aws:kms:us-east-1:123456789012:key/xferkit-test")
     );
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let sdk = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(&emu.endpoint)
+        .force_path_style(true)
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+        .http_client(xferkit_http::smithy_client())
+        .build();
+    let tagging = aws_sdk_s3::Client::from_conf(sdk)
+        .get_object_tagging()
+        .bucket(BUCKET)
+        .key(format!("{prefix}/k"))
+        .send()
+        .await
+        .expect("GetObjectTagging");
+    let tags: Vec<(&str, &str)> = (tagging.tag_set().iter())
+        .map(|t| (t.key(), t.value()))
+        .collect();
+    assert_eq!(tags, [("team", "a b")]);
 }
