@@ -350,7 +350,13 @@ impl FileTransferHandler for S3Store {
     }
 
     fn capabilities(&self) -> Capabilities {
-        capabilities()
+        let mut c = capabilities();
+        // A presigned URL of an SSE-C object works only with the key sent
+        // alongside: it would have to travel with the link.
+        if self.core.read_key.is_some() {
+            (c.presign_get, c.presign_put, c.presign_verified) = (false, false, false);
+        }
+        c
     }
 
     fn url_for(&self, key: &str) -> String {
@@ -519,6 +525,10 @@ impl FileTransferHandler for S3Store {
         expires_in: Duration,
     ) -> Result<PresignedUrl> {
         validate_key(key)?;
+        if self.core.read_key.is_some() {
+            let what = "presigned URLs (the store's SSE-C key would have to go with them)";
+            return Err(Error::not_supported(&self.name, what));
+        }
         let full = self.core.root.full(key);
         let target = self.core.root.url_full(&full);
         let config = PresigningConfig::expires_in(expires_in).map_err(|e| Error::Backend {
@@ -540,15 +550,15 @@ impl FileTransferHandler for S3Store {
                     .await
                     .map_err(|e| map_sdk("presign GetObject", &target, Mode::Plain, e))?
             }
-            PresignMethod::Put => self
-                .core
-                .client
-                .put_object()
-                .bucket(&self.core.bucket)
-                .key(&full)
-                .presigned(config)
-                .await
-                .map_err(|e| map_sdk("presign PutObject", &target, Mode::Plain, e))?,
+            PresignMethod::Put => {
+                // The store's defaults are signed in: the uploader must send
+                // them (`headers`), so a bucket that demands SSE-KMS takes it.
+                let put = self.core.client.put_object().bucket(&self.core.bucket);
+                crate::core::server_options!(put.key(&full), &self.core.defaults)
+                    .presigned(config)
+                    .await
+                    .map_err(|e| map_sdk("presign PutObject", &target, Mode::Plain, e))?
+            }
         };
         let mut url = PresignedUrl::new(req.uri().to_string(), method, expires_at);
         url.headers = req

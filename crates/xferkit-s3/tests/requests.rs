@@ -748,3 +748,44 @@ async fn delete_many_is_one_delete_objects_request_or_one_delete_per_key() {
         }
     }
 }
+
+/// A presigned PUT of a store with defaults signs them in and lists them as
+/// headers the uploader must send; a store with an SSE-C key presigns
+/// nothing (the key would have to travel with the link).
+#[tokio::test]
+async fn presigned_put_carries_the_store_defaults_and_sse_c_refuses() {
+    let mut c = config("http://127.0.0.1:9");
+    c.region = Some("us-east-1".into());
+    c.upload.sse_kms_key_id = Some("alias/k".into());
+    c.upload.storage_class = Some("STANDARD_IA".into());
+    let store = S3Store::new("media", c).await.unwrap();
+    let day = std::time::Duration::from_secs(3600);
+    let p = store
+        .presign("k", xferkit_core::PresignMethod::Put, day)
+        .await
+        .unwrap();
+    let mut headers: Vec<String> = (p.headers.iter())
+        .filter(|(k, _)| k.starts_with("x-amz-s"))
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    headers.sort();
+    assert_eq!(
+        headers,
+        [
+            "x-amz-server-side-encryption-aws-kms-key-id: alias/k",
+            "x-amz-server-side-encryption: aws:kms",
+            "x-amz-storage-class: STANDARD_IA",
+        ]
+    );
+    assert!(p.url.contains("x-amz-storage-class"), "signed: {}", p.url);
+    let mut c = config("http://127.0.0.1:9");
+    c.region = Some("us-east-1".into());
+    c.upload.sse_customer_key = Some(Secret::new(BASE64.encode([3u8; 32])));
+    let store = S3Store::new("media", c).await.unwrap();
+    assert!(!store.capabilities().presign_get);
+    let e = store
+        .presign("k", xferkit_core::PresignMethod::Put, day)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotSupported, "{e}");
+}
