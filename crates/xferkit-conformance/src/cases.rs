@@ -73,6 +73,10 @@ fn object_headers(c: &Capabilities) -> Result<(), &'static str> {
 fn storage_class(c: &Capabilities) -> Result<(), &'static str> {
     c.storage_class.then_some(()).ok_or("storage_class")
 }
+fn copy_and_headers(c: &Capabilities) -> Result<(), &'static str> {
+    copy(c)?;
+    object_headers(c)
+}
 fn sse_service_managed(c: &Capabilities) -> Result<(), &'static str> {
     c.sse_service_managed
         .then_some(())
@@ -132,6 +136,7 @@ pub static CASES: &[Case] = &[
     case!(header_content_encoding_round_trips, object_headers),
     case!(header_content_language_round_trips, object_headers),
     case!(storage_class_round_trips, storage_class),
+    case!(copy_keeps_object_headers, copy_and_headers),
     case!(sse_service_managed_is_reported, sse_service_managed),
     case!(server_options_the_store_cannot_honour_are_refused),
     case!(copy_keeps_content_and_metadata, copy),
@@ -1803,6 +1808,45 @@ async fn server_options_the_store_cannot_honour_are_refused(e: Arc<Env>, c: &'st
             ErrorKind::NotFound,
             "stat after refusal",
         )?;
+    }
+    Ok(())
+}
+
+/// A server-side copy keeps the four headers, of a small object (one copy
+/// request) and of a multipart-sized one (a multipart copy on S3).
+async fn copy_keeps_object_headers(e: Arc<Env>, c: &'static str) -> R {
+    let mut headers = xferkit_core::ObjectHeaders::default();
+    for (name, v) in xferkit_core::ObjectHeaders::NAMES.into_iter().zip([
+        "private, max-age=10",
+        "inline; filename=\"c.bin\"",
+        "x-xferkit-test",
+        "fr",
+    ]) {
+        headers.set(name, v);
+    }
+    let opts = PutOptions::default().with_headers(headers.clone());
+    for (i, len) in [10, e.multipart_size.max(1 << 20) as usize + 1234]
+        .into_iter()
+        .enumerate()
+    {
+        let (from, to) = (format!("{c}/src{i}"), format!("{c}/dst{i}"));
+        let src = UploadSource::from_bytes(data(len, 3));
+        let ctx = TransferCtx::none();
+        e.handler
+            .upload(&from, src, &opts, &ctx)
+            .await
+            .ctx("upload")?;
+        let copied = e.handler.copy(&from, &to).await.ctx("copy")?;
+        let st = e.handler.stat(&to).await.ctx("stat of the copy")?;
+        ensure!(
+            st.headers == headers && copied.headers == headers,
+            "copy of {len} bytes: stat {:?}, copy result {:?}, sent {headers:?}",
+            st.headers,
+            copied.headers
+        );
+        for k in [&from, &to] {
+            e.handler.delete(k).await.ctx("delete")?;
+        }
     }
     Ok(())
 }
