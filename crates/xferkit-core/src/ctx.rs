@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -90,6 +90,30 @@ pub struct TransferCtx {
     /// This run only throws away what a paused run kept.
     discard: bool,
     limits: Vec<Arc<Bandwidth>>,
+    /// The commit gate shared with the manager ([`commit`](Self::commit)).
+    gate: Arc<AtomicU8>,
+}
+
+/// [`TransferCtx::commit`]'s gate: the transfer may still be stopped.
+const GATE_OPEN: u8 = 0;
+/// The request that makes the result visible is on its way: too late to stop.
+const GATE_COMMITTING: u8 = 1;
+/// Stopped (or paused) before the commit: the commit is refused.
+const GATE_STOPPED: u8 = 2;
+
+/// A fresh commit gate for one network transfer.
+pub(crate) fn commit_gate() -> Arc<AtomicU8> {
+    Arc::new(AtomicU8::new(GATE_OPEN))
+}
+
+/// Close `gate` before stopping its transfer: `false` if the transfer
+/// already passed its point of no return (it will complete; the stop is too
+/// late), `true` if it may be stopped (and may no longer commit).
+pub(crate) fn close_gate(gate: &AtomicU8) -> bool {
+    match gate.compare_exchange(GATE_OPEN, GATE_STOPPED, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => true,
+        Err(state) => state != GATE_COMMITTING,
+    }
 }
 
 impl fmt::Debug for TransferCtx {
@@ -125,6 +149,7 @@ impl TransferCtx {
             pause: Arc::new(AtomicBool::new(false)),
             discard: false,
             limits: Vec::new(),
+            gate: commit_gate(),
         }
     }
 
@@ -154,6 +179,32 @@ impl TransferCtx {
     pub(crate) fn with_pause_flag(mut self, flag: Arc<AtomicBool>) -> Self {
         self.pause = flag;
         self
+    }
+
+    /// Share the commit gate `gate` (the manager closes it before a stop).
+    pub(crate) fn with_commit_gate(mut self, gate: Arc<AtomicU8>) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// Pass the point of no return: the request that makes an upload
+    /// visible (a multipart complete, a resumable upload's last chunk) is
+    /// about to be sent. `Cancelled` if the transfer was stopped first;
+    /// after it, a stop through the manager is too late and the transfer
+    /// completes (reported `Completed`, not `Cancelled`), so "stopped" never
+    /// claims nothing was written while the store makes the object visible.
+    pub fn commit(&self, target: &str) -> Result<()> {
+        self.check(target)?;
+        match self.gate.compare_exchange(
+            GATE_OPEN,
+            GATE_COMMITTING,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => Ok(()),
+            Err(GATE_COMMITTING) => Ok(()),
+            Err(_) => Err(Error::cancelled(target)),
+        }
     }
 
     /// Stop the transfer as a pause: like cancelling its token, but the

@@ -536,8 +536,11 @@ impl Transfer {
             return;
         }
         let job = lock(&self.inner.job).clone();
-        if let Some(job) = job {
-            self.detach(&job, false);
+        if let Some(job) = job
+            && !self.detach(&job, false)
+        {
+            // Too late: the store is making the upload visible. It completes.
+            return;
         }
         let paused = self.info().status == TransferStatus::Paused;
         let err = Error::cancelled(&self.inner.request.url);
@@ -566,9 +569,12 @@ impl Transfer {
         ) {
             return;
         }
-        let job = lock(&self.inner.job).take();
+        let job = lock(&self.inner.job).clone();
         if let Some(job) = job {
-            self.detach(&job, true);
+            if !self.detach(&job, true) {
+                return; // too late: it completes
+            }
+            lock(&self.inner.job).take();
         }
         if self.record(|i| {
             i.status = TransferStatus::Paused;
@@ -580,13 +586,23 @@ impl Transfer {
     }
 
     /// Take this handle off `job`; the last one out stops the job (as a
-    /// pause when `pause`), and no handle may join it any more.
-    fn detach(&self, job: &Arc<Job>, pause: bool) {
+    /// pause when `pause`), and no handle may join it any more. `false`, and
+    /// nothing changes, when the last one out comes too late: the job is
+    /// committing (its upload is being made visible) and will complete.
+    fn detach(&self, job: &Arc<Job>, pause: bool) -> bool {
         let Some(m) = self.inner.manager.upgrade() else {
-            return;
+            return true;
         };
         let mut st = lock(&m.state);
         let mut js = lock(&job.m);
+        let last = !js.closed
+            && js
+                .handles
+                .iter()
+                .all(|h| Arc::ptr_eq(&h.inner, &self.inner));
+        if last && !crate::ctx::close_gate(&job.commit) {
+            return false;
+        }
         js.handles.retain(|h| !Arc::ptr_eq(&h.inner, &self.inner));
         if js.handles.is_empty() && !js.closed {
             js.closed = true;
@@ -597,6 +613,7 @@ impl Transfer {
             drop(js);
             st.forget(job);
         }
+        true
     }
 
     /// Continue a paused transfer from what it kept (like
@@ -738,6 +755,9 @@ struct Job {
     identity: String,
     /// Set with `cancel` when the job is paused (see `TransferCtx::pause`).
     pause: Arc<AtomicBool>,
+    /// Closed before the job is stopped; passed by the handler before the
+    /// request that makes the upload visible (`TransferCtx::commit`).
+    commit: Arc<std::sync::atomic::AtomicU8>,
     /// The first caller's request (URL, options; for a download, the
     /// destination whose directory holds the temp and partial files).
     request: TransferRequest,
@@ -1196,6 +1216,7 @@ impl ManagerInner {
                     let job = Arc::new(Job {
                         identity: t.inner.identity.clone(),
                         pause: Arc::new(AtomicBool::new(false)),
+                        commit: crate::ctx::commit_gate(),
                         request: t.inner.request.clone(),
                         cancel: CancellationToken::new(),
                         m: Mutex::new(JobState {
@@ -1329,7 +1350,8 @@ async fn run(m: &Arc<ManagerInner>, job: &Arc<Job>) {
     });
     let mut ctx = TransferCtx::new(progress, token.clone())
         .with_retry_policy(policy)
-        .with_pause_flag(job.pause.clone());
+        .with_pause_flag(job.pause.clone())
+        .with_commit_gate(job.commit.clone());
     if let Some(limit) = m
         .bandwidth
         .read()

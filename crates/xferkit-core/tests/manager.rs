@@ -34,6 +34,10 @@ struct MemStore {
     active: Arc<AtomicUsize>,
     max_active: Arc<AtomicUsize>,
     order: Mutex<Vec<String>>,
+    /// How long the request that makes an upload visible takes (after
+    /// `ctx.commit`); `committing` is set while it runs.
+    commit_delay: Duration,
+    committing: std::sync::atomic::AtomicBool,
 }
 
 impl MemStore {
@@ -110,6 +114,10 @@ impl FileTransferHandler for MemStore {
             ctx.add_progress(chunk.len() as u64);
         }
         let size = data.len() as u64;
+        // Like a multipart complete: past this point a stop is too late.
+        ctx.commit(key)?;
+        self.committing.store(true, Ordering::SeqCst);
+        tokio::time::sleep(self.commit_delay).await;
         self.objects.lock().unwrap().insert(key.into(), data.into());
         Ok(RemoteObject::new(self.url_for(key), key, size))
     }
@@ -963,4 +971,50 @@ async fn two_callers(
         .unwrap();
     until_transferred(&a, 1).await;
     (a, b)
+}
+
+/// A stop that arrives while the store is making the upload visible (a
+/// multipart complete on the wire) is too late: the transfer completes and
+/// says so, instead of reporting `Cancelled` ("nothing was written") for an
+/// object the store then shows. A stop before that point still cancels, and
+/// the store is never asked to commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_the_commit_is_too_late_and_the_transfer_completes() {
+    let mut store = MemStore::new(Duration::from_millis(1));
+    store.commit_delay = Duration::from_millis(400);
+    let store = Arc::new(store);
+    let m = manager(store.clone(), 4);
+    let t = m
+        .start(TransferRequest::upload_bytes(
+            vec![1u8; 100_000],
+            store.url_for("late"),
+        ))
+        .unwrap();
+    while !store.committing.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    t.stop();
+    t.pause();
+    let fin = ended(&t).await;
+    assert_eq!(fin.status, TransferStatus::Completed, "{fin:?}");
+    assert!(store.objects.lock().unwrap().contains_key("late"));
+
+    // Stopped before the commit: cancelled, and nothing is made visible.
+    let mut slow = MemStore::new(Duration::from_millis(20));
+    slow.commit_delay = Duration::from_millis(1);
+    let slow = Arc::new(slow);
+    let m = manager(slow.clone(), 4);
+    let t = m
+        .start(TransferRequest::upload_bytes(
+            vec![1u8; 1_000_000],
+            slow.url_for("early"),
+        ))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    t.stop();
+    let fin = ended(&t).await;
+    assert_eq!(fin.status, TransferStatus::Cancelled, "{fin:?}");
+    assert!(m.settled(Duration::from_secs(5)).await);
+    assert!(!slow.committing.load(Ordering::SeqCst));
+    assert!(!slow.objects.lock().unwrap().contains_key("early"));
 }

@@ -301,7 +301,8 @@ async fn send(
             done.sort_by_key(|p| p.number);
             let total = done.iter().map(|p| p.len).sum();
             let whole = combine(&done);
-            ctx.check(target)?;
+            // The point of no return: a stop from now on is too late.
+            ctx.commit(target)?;
             // Not cancellable (the policy's retry, not the transfer's): a
             // complete dropped mid-flight may still take effect.
             let stored = ctx

@@ -120,6 +120,10 @@ pub(crate) async fn sequential(
                 j.record(jp).await;
             }
         };
+        if last {
+            // The last chunk completes the upload: the point of no return.
+            ctx.commit(target)?;
+        }
         let (ack, ()) = tokio::join!(put_part(store, session, &part, ctx), record);
         let ack = ack?;
         ctx.add_progress(len);
