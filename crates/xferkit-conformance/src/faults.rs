@@ -799,7 +799,9 @@ async fn a_crashed_upload_resumes_sending_only_the_missing_parts(e: Arc<Env>) {
     upload_then_crash(&e, &proxy, first, "big.bin", &src, state.path(), 3).await;
 
     let again = journaled(&e, &proxy, &prefix, state.path()).await;
-    let before = proxy.stats().bytes_up;
+    // Bytes the crashed run had in flight may still be on their way through
+    // the proxy (a busy machine lags): they are not the second run's.
+    let before = settled_bytes_up(&proxy).await;
     let stored = upload(&again, "big.bin", src.clone(), &TransferCtx::none())
         .await
         .unwrap_or_else(|err| panic!("{}: resumed upload: {}", e.label, err.chain()));
@@ -826,6 +828,19 @@ async fn a_crashed_upload_resumes_sending_only_the_missing_parts(e: Arc<Env>) {
         "journal removed after success"
     );
     delete(&direct, "big.bin").await;
+}
+
+/// The proxy's upstream byte count once it has not moved for 300 ms.
+async fn settled_bytes_up(proxy: &FaultProxy) -> u64 {
+    let mut last = proxy.stats().bytes_up;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = proxy.stats().bytes_up;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
 }
 
 /// The file changes (same size) between the crash and the re-run: every
