@@ -17,7 +17,6 @@ mod secret;
 pub mod server_opts;
 pub mod settings;
 pub mod share;
-pub mod signed;
 pub mod status;
 mod types;
 pub mod url;

@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use crate::signed::UrlSigner;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use xferkit_core::signed::UrlSigner;
 use xferkit_core::url::{ObjectUrl, file_url};
 use xferkit_core::{
     ByteRange, ByteStream, Capabilities, Error, FileTransferHandler, PendingUpload, PresignMethod,

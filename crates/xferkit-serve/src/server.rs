@@ -13,11 +13,11 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_perc
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use xferkit_core::signed::{MAX_SIZE_PARAM, UrlSigner};
 use xferkit_core::{
     ByteRange, DynHandler, Error, ErrorKind, PresignMethod, PutOptions, TransferCtx, UploadSource,
     validate_key,
 };
+use xferkit_local::signed::{MAX_SIZE_PARAM, UrlSigner};
 
 use crate::conn::{self, Limits};
 use crate::range;

@@ -16,13 +16,13 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use xferkit_core::signed::UrlSigner;
 use xferkit_core::url::ObjectUrl;
 use xferkit_core::{
     ByteRange, ByteStream, Capabilities, DynHandler, FileTransferHandler, PendingUpload,
     PresignMethod, PresignedUrl, PutOptions, RemoteObject, Secret, TransferCtx, UploadSource,
     async_trait,
 };
+use xferkit_local::signed::UrlSigner;
 use xferkit_local::{LocalConfig, LocalStore};
 use xferkit_serve::{ServeOptions, Server, router};
 

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use xferkit_core::signed::UrlSigner;
 use xferkit_core::{FileTransferHandler, PresignMethod, PutOptions, Secret, TransferCtx};
+use xferkit_local::signed::UrlSigner;
 use xferkit_local::{LocalConfig, LocalStore};
 use xferkit_serve::{ServeOptions, Server, router};
 

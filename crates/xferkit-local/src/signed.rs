@@ -1,5 +1,6 @@
-//! HMAC-signed URLs for stores that have no signing service of their own
-//! (the local store behind `xfer serve`).
+//! HMAC-signed URLs for stores that have no signing service of their own:
+//! the local store signs them, and `xferkit-serve` (what `xfer serve` runs)
+//! checks them.
 //!
 //! A signed URL is `BASE/ENCODED-KEY?expires=UNIX-SECONDS&sig=HEX`, where
 //! `sig` is HMAC-SHA256 over
@@ -26,8 +27,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::url::encode_path;
-use crate::{Error, PresignMethod, PresignedUrl, Result, Secret};
+use xferkit_core::url::encode_path;
+use xferkit_core::{Error, PresignMethod, PresignedUrl, Result, Secret};
 
 /// Shortest accepted signing key, in bytes.
 pub const MIN_SIGNING_KEY_LEN: usize = 32;
