@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use serde_json::json;
-use xferkit::FileInfo;
+use xferkit::{FileInfo, ShareInfo};
 use xferkit_serve::{ServeOptions, Server, router};
 
 use crate::commands::Ctx;
@@ -20,30 +20,31 @@ pub fn print_upload(cx: &Ctx, info: &FileInfo) -> Result<(), Failure> {
             info.url
         )));
     };
-    if let Some(e) = &info.thumbnail_error
+    let share = ShareInfo::of(info);
+    if let Some(e) = &share.thumbnail_error
         && !cx.quiet
         && !cx.json
     {
         eprintln!("warning: {}", crate::fail::one_line(e));
     }
-    if info.deduplicated && !cx.quiet && !cx.json {
+    if share.deduplicated && !cx.quiet && !cx.json {
         eprintln!("already stored (same content): nothing was sent");
     }
     if cx.json {
         let mut v = object_json(obj);
-        v["share_url"] = json!(info.share_url);
-        v["share_expires_at"] = json!(info.share_expires_at);
-        v["thumbnail_url"] = json!(info.thumbnail_url);
-        v["thumbnail_share_url"] = json!(info.thumbnail_share_url);
-        v["thumbnail_error"] = json!(info.thumbnail_error);
-        v["deduplicated"] = json!(info.deduplicated);
+        v["share_url"] = json!(share.share_url);
+        v["share_expires_at"] = json!(share.share_expires_at);
+        v["thumbnail_url"] = json!(share.thumbnail_url);
+        v["thumbnail_share_url"] = json!(share.thumbnail_share_url);
+        v["thumbnail_error"] = json!(share.thumbnail_error);
+        v["deduplicated"] = json!(share.deduplicated);
         v["transferred"] = json!(info.transferred);
         if obj.checksum.is_none() {
-            v["checksum"] = json!(info.checksum);
+            v["checksum"] = json!(share.checksum);
         }
         line(v)
     } else {
-        line(info.share_url.as_deref().unwrap_or(&obj.url))
+        line(share.share_url.as_deref().unwrap_or(&obj.url))
     }
 }
 

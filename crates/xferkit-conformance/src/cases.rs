@@ -1384,7 +1384,7 @@ async fn upload_encrypted(e: &Env, key: &str, body: &[u8], dir: &Path) -> Result
         fin.status,
         fin.error
     );
-    let link = fin
+    let link = xferkit_core::ShareInfo::of(&fin)
         .share_url
         .clone()
         .ok_or("no share_url for an encrypted upload")?;

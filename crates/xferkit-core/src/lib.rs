@@ -5,6 +5,7 @@ mod ctx;
 pub mod e2e;
 mod error;
 mod ext;
+pub mod extensions;
 mod handler;
 pub mod journal;
 pub mod key;
@@ -27,6 +28,7 @@ pub use ext::{
     DEFAULT_DOWNLOAD_CONCURRENCY, DEFAULT_DOWNLOAD_PART_SIZE, DEFAULT_PARALLEL_THRESHOLD,
     DownloadOptions, FileTransferExt, RANGE_WRITE_BUFFER, write_stream_atomically,
 };
+pub use extensions::{Extension, Extensions};
 pub use handler::FileTransferHandler;
 pub use key::{MAX_KEY_LEN, validate_key};
 pub use list::{ListEntry, ListOptions};
@@ -38,7 +40,7 @@ pub use registry::{DynHandler, Registry};
 pub use retry::RetryPolicy;
 pub use secret::Secret;
 pub use server_opts::{ObjectHeaders, ServerEncryption, SseMode, UploadDefaults};
-pub use share::{Dedupe, ShareOutcome, Thumbnailer};
+pub use share::{Dedupe, ShareInfo, Thumbnailer};
 pub use types::{
     ByteRange, ByteStream, Capabilities, PendingUpload, PresignMethod, PresignedUrl, PutOptions,
     RemoteObject, UploadSource,

@@ -54,12 +54,12 @@ use futures::StreamExt;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::DownloadOptions;
 use crate::share::{ShareOutcome, ShareRequest, ShareSource};
 use crate::{
     ByteStream, Error, ErrorKind, ProgressSink, PutOptions, Registry, RemoteObject, Result,
     RetryPolicy, Thumbnailer, TransferCtx, UploadSource,
 };
+use crate::{DownloadOptions, Extensions};
 
 /// Default number of transfers running at once.
 pub const DEFAULT_CONCURRENCY: usize = 4;
@@ -104,8 +104,9 @@ impl TransferStatus {
 
 /// A snapshot of one transfer, as listeners see it (mesibo's `FileInfo`).
 ///
-/// Its `Debug` shows URLs without their query or fragment (a signature, or
-/// the key of an encrypted attachment); `Serialize` shows them whole.
+/// Its `Debug` shows `url` without its query or fragment (a signature, or
+/// the key of an encrypted attachment), and each extension by its own
+/// `Debug`, which keeps its secrets out too; `Serialize` shows them whole.
 #[derive(Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct FileInfo {
@@ -137,26 +138,23 @@ pub struct FileInfo {
     /// The stored object, once completed.
     #[serde(skip)]
     pub object: Option<RemoteObject>,
-    /// Upload: a URL anyone can GET until `share_expires_at` (Unix seconds),
-    /// when the request asked for one ([`TransferRequest::with_share`]).
-    pub share_url: Option<String>,
-    pub share_expires_at: Option<u64>,
-    /// Upload of an image: the thumbnail stored next to the object (canonical
-    /// URL, and a shareable one when sharing).
-    pub thumbnail_url: Option<String>,
-    pub thumbnail_share_url: Option<String>,
-    /// Why an image got no thumbnail (the upload itself succeeded).
-    pub thumbnail_error: Option<String>,
-    /// Upload to a store with `dedupe = "content"`: the content was already
-    /// stored, nothing was sent.
-    pub deduplicated: bool,
-    /// `sha256:HEX` of the uploaded content, when computed (dedupe).
-    pub checksum: Option<String>,
+    /// What a layer above core added (the sharing layer's `ShareInfo`: share
+    /// URL, thumbnail, dedupe); see [`extensions`](Self::extensions).
+    #[serde(flatten)]
+    extensions: Extensions,
+}
+
+impl FileInfo {
+    /// What layers above core attached to this transfer, one value per type,
+    /// read with the layer's accessor (`xferkit_share::ShareInfo::of(&info)`).
+    /// Serialized with each value's fields beside this struct's own.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
 }
 
 impl fmt::Debug for FileInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown = |u: &Option<String>| u.as_deref().map(crate::url::shown);
         f.debug_struct("FileInfo")
             .field("id", &self.id)
             .field("direction", &self.direction)
@@ -173,13 +171,7 @@ impl fmt::Debug for FileInfo {
             .field("title", &self.title)
             .field("message", &self.message)
             .field("object", &self.object)
-            .field("share_url", &shown(&self.share_url))
-            .field("share_expires_at", &self.share_expires_at)
-            .field("thumbnail_url", &self.thumbnail_url)
-            .field("thumbnail_share_url", &shown(&self.thumbnail_share_url))
-            .field("thumbnail_error", &self.thumbnail_error)
-            .field("deduplicated", &self.deduplicated)
-            .field("checksum", &self.checksum)
+            .field("extensions", &self.extensions)
             .finish()
     }
 }
@@ -294,7 +286,7 @@ impl TransferRequest {
     }
 
     /// Upload: encrypt the content end to end with a fresh key ([`crate::e2e`]):
-    /// the store receives only ciphertext, and [`FileInfo::share_url`] is the
+    /// the store receives only ciphertext, and [`ShareInfo::share_url`](crate::ShareInfo::share_url) is the
     /// link to hand out, with the key and the ciphertext's digest in its
     /// `#fragment` (the presigned URL with [`with_share`](Self::with_share),
     /// else the canonical URL). No thumbnail is made and content dedupe does
@@ -351,7 +343,7 @@ impl TransferRequest {
 
     /// Upload: also return a shareable URL (S3/GCS presign, Azure SAS, a
     /// signed `xfer serve` URL) valid for `valid_for`, in
-    /// [`FileInfo::share_url`]. Stores that cannot presign fail the transfer
+    /// [`ShareInfo::share_url`](crate::ShareInfo::share_url). Stores that cannot presign fail the transfer
     /// before sending anything.
     pub fn with_share(mut self, valid_for: Duration) -> Self {
         self.share_for = Some(valid_for);
@@ -725,7 +717,7 @@ impl Transfer {
             if let Some(o) = obj {
                 i.size = Some(o.size);
                 // A deduplicated upload moved nothing and says so.
-                if !i.deduplicated {
+                if !crate::share::ShareInfo::of(i).deduplicated {
                     i.transferred = i.transferred.max(o.size);
                 }
                 if i.content_type.is_none() {
@@ -1125,13 +1117,7 @@ impl TransferManager {
             title: request.options.metadata.get("title").cloned(),
             message: request.options.metadata.get("message").cloned(),
             object: None,
-            share_url: None,
-            share_expires_at: None,
-            thumbnail_url: None,
-            thumbnail_share_url: None,
-            thumbnail_error: None,
-            deduplicated: false,
-            checksum: None,
+            extensions: Extensions::new(),
         };
         let transfer = Transfer {
             inner: Arc::new(TransferInner {
@@ -1391,13 +1377,7 @@ async fn run(m: &Arc<ManagerInner>, job: &Arc<Job>) {
                     None,
                     Some(out.object.clone()),
                     |i| {
-                        i.deduplicated = out.deduplicated;
-                        i.checksum.clone_from(&out.checksum);
-                        i.share_url.clone_from(&out.share_url);
-                        i.share_expires_at = out.share_expires_at;
-                        i.thumbnail_url.clone_from(&out.thumbnail_url);
-                        i.thumbnail_share_url.clone_from(&out.thumbnail_share_url);
-                        i.thumbnail_error.clone_from(&out.thumbnail_error);
+                        i.extensions.insert(out.info.clone());
                     },
                 );
             }
@@ -1538,10 +1518,11 @@ async fn perform(m: &Arc<ManagerInner>, job: &Arc<Job>, ctx: &TransferCtx) -> Re
                     Error::backend(&req.url, "the encrypted upload left no key", "e2e")
                 })?;
                 let base = out
+                    .info
                     .share_url
                     .take()
                     .unwrap_or_else(|| out.object.url.clone());
-                out.share_url = Some(secret.attach(&base));
+                out.info.share_url = Some(secret.attach(&base));
             }
             Ok(Outcome::Uploaded(out))
         }

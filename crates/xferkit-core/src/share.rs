@@ -2,6 +2,7 @@
 //! sharing flow: content-addressed dedupe, a shareable (presigned) URL, and a
 //! thumbnail stored next to the object.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    DynHandler, Error, ErrorKind, PresignMethod, PutOptions, RemoteObject, Result, TransferCtx,
-    UploadSource,
+    DynHandler, Error, ErrorKind, FileInfo, PresignMethod, PutOptions, RemoteObject, Result,
+    TransferCtx, UploadSource,
 };
 
 /// How a store names uploaded objects (config `stores.NAME.dedupe`).
@@ -98,26 +99,69 @@ pub async fn sha256_file(path: &Path, ctx: &TransferCtx) -> Result<String> {
     .map_err(|e| Error::backend("sha256", "hashing task failed", e))?
 }
 
-/// The sharing extras of one upload, as the manager reports them.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What the sharing flow adds to an upload's [`FileInfo`]: an extension,
+/// read with [`ShareInfo::of`]. Its `Debug` shows the shareable URLs without
+/// their query or fragment (a signature, an encrypted attachment's key);
+/// `Serialize` (`xfer --json`) shows them whole.
+#[derive(Clone, Default, PartialEq, serde::Serialize)]
 #[non_exhaustive]
-pub struct ShareOutcome {
-    /// The stored object.
-    pub object: RemoteObject,
-    /// True if the content was already stored and nothing was sent.
-    pub deduplicated: bool,
-    /// `sha256:HEX` of the content, when it was computed (dedupe).
-    pub checksum: Option<String>,
-    /// A URL anyone can GET until `share_expires_at`.
+pub struct ShareInfo {
+    /// A URL anyone can GET until `share_expires_at` (Unix seconds), when
+    /// the request asked for one; for an encrypted upload, the link to hand
+    /// out (with the key in its fragment).
     pub share_url: Option<String>,
-    /// Unix seconds.
     pub share_expires_at: Option<u64>,
-    /// Canonical URL of the thumbnail.
+    /// Upload of an image: the thumbnail stored next to the object
+    /// (canonical URL, and a shareable one when sharing).
     pub thumbnail_url: Option<String>,
-    /// Shareable URL of the thumbnail.
     pub thumbnail_share_url: Option<String>,
-    /// Why no thumbnail was made for an image (the upload still succeeded).
+    /// Why an image got no thumbnail (the upload itself succeeded).
     pub thumbnail_error: Option<String>,
+    /// Upload to a store with `dedupe = "content"`: the content was already
+    /// stored, nothing was sent.
+    pub deduplicated: bool,
+    /// `sha256:HEX` of the uploaded content, when computed (dedupe).
+    pub checksum: Option<String>,
+}
+
+/// What a transfer without sharing extras reports.
+static NOTHING_SHARED: ShareInfo = ShareInfo {
+    share_url: None,
+    share_expires_at: None,
+    thumbnail_url: None,
+    thumbnail_share_url: None,
+    thumbnail_error: None,
+    deduplicated: false,
+    checksum: None,
+};
+
+impl ShareInfo {
+    /// The sharing extras of `info` (all empty for a transfer that has none:
+    /// a download, or an upload through a manager without the sharing layer).
+    pub fn of(info: &FileInfo) -> &ShareInfo {
+        info.extensions().get().unwrap_or(&NOTHING_SHARED)
+    }
+}
+
+impl fmt::Debug for ShareInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |u: &Option<String>| u.as_deref().map(crate::url::shown);
+        f.debug_struct("ShareInfo")
+            .field("share_url", &shown(&self.share_url))
+            .field("share_expires_at", &self.share_expires_at)
+            .field("thumbnail_url", &self.thumbnail_url)
+            .field("thumbnail_share_url", &shown(&self.thumbnail_share_url))
+            .field("thumbnail_error", &self.thumbnail_error)
+            .field("deduplicated", &self.deduplicated)
+            .field("checksum", &self.checksum)
+            .finish()
+    }
+}
+
+/// One upload through the sharing flow: the stored object and the extras.
+pub(crate) struct ShareOutcome {
+    pub object: RemoteObject,
+    pub info: ShareInfo,
 }
 
 /// What an upload through the manager reads.
@@ -160,7 +204,7 @@ pub(crate) async fn upload(
              signing_key and run `xfer serve`)",
         ));
     }
-    let mut out = ShareOutcome::default();
+    let mut info = ShareInfo::default();
     let mut key = req.key;
     let mut options = req.options.clone();
     let (path, source) = match req.source {
@@ -175,7 +219,7 @@ pub(crate) async fn upload(
     if let (Dedupe::Content, Some(path)) = (dedupe, path) {
         let hex = sha256_file(path, ctx).await?;
         key = content_key(&key, &hex);
-        out.checksum = Some(format!("sha256:{hex}"));
+        info.checksum = Some(format!("sha256:{hex}"));
         options.if_not_exists = true;
         if options.content_type.is_none() {
             options.content_type = Some(req.options.content_type_for(&key));
@@ -194,35 +238,34 @@ pub(crate) async fn upload(
     let uploaded = match existing {
         // Already stored: nothing is sent.
         Some(obj) => {
-            out.deduplicated = true;
+            info.deduplicated = true;
             Ok(obj)
         }
         None => h.upload(&key, source, &options, ctx).await,
     };
-    out.object = match uploaded {
+    let object = match uploaded {
         Ok(obj) => obj,
         // Same content already stored (maybe by a concurrent upload of the
         // same file): the key is its hash, so the object is the one wanted.
         Err(e) if dedupe == Dedupe::Content && e.kind() == ErrorKind::AlreadyExists => {
-            out.deduplicated = true;
+            info.deduplicated = true;
             h.stat(&key).await?
         }
         Err(e) => return Err(e),
     };
     if let Some(d) = req.share_for {
         let p = h.presign(&key, PresignMethod::Get, d).await?;
-        out.share_expires_at = Some(unix(p.expires_at));
-        out.share_url = Some(p.url);
+        info.share_expires_at = Some(unix(p.expires_at));
+        info.share_url = Some(p.url);
     }
     if let (Some(t), Some(path)) = (req.thumbnailer, path) {
-        let content_type = out
-            .object
+        let content_type = object
             .content_type
             .clone()
             .unwrap_or_else(|| options.content_type_for(&key));
         match make_thumbnail(t, path, &content_type).await {
             None => {}
-            Some(Err(e)) => out.thumbnail_error = Some(e.to_string()),
+            Some(Err(e)) => info.thumbnail_error = Some(e.to_string()),
             Some(Ok(jpeg)) => {
                 let tkey = thumbnail_key(&key);
                 let topts = PutOptions::default().with_content_type("image/jpeg");
@@ -236,20 +279,20 @@ pub(crate) async fn upload(
                     .await;
                 match stored {
                     Ok(obj) => {
-                        out.thumbnail_url = Some(obj.url);
+                        info.thumbnail_url = Some(obj.url);
                         if let Some(d) = req.share_for {
                             match h.presign(&tkey, PresignMethod::Get, d).await {
-                                Ok(p) => out.thumbnail_share_url = Some(p.url),
-                                Err(e) => out.thumbnail_error = Some(e.to_string()),
+                                Ok(p) => info.thumbnail_share_url = Some(p.url),
+                                Err(e) => info.thumbnail_error = Some(e.to_string()),
                             }
                         }
                     }
-                    Err(e) => out.thumbnail_error = Some(e.to_string()),
+                    Err(e) => info.thumbnail_error = Some(e.to_string()),
                 }
             }
         }
     }
-    Ok(out)
+    Ok(ShareOutcome { object, info })
 }
 
 async fn make_thumbnail(

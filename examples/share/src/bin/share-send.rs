@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use xferkit::{TransferRequest, TransferStatus, Xferkit};
+use xferkit::{ShareInfo, TransferRequest, TransferStatus, Xferkit};
 use xferkit_example_share::{Message, progress, sha256_file};
 
 struct Args {
@@ -87,19 +87,20 @@ async fn send(a: Args) -> Result<(), String> {
             .error
             .unwrap_or_else(|| format!("upload {:?}", info.status)));
     }
-    if let Some(e) = &info.thumbnail_error {
+    let share = ShareInfo::of(&info).clone();
+    if let Some(e) = &share.thumbnail_error {
         eprintln!("warning: {e}");
     }
     let obj = info.object.ok_or("upload completed without an object")?;
     let msg = Message {
-        url: info.share_url.ok_or("the store returned no share URL")?,
+        url: share.share_url.ok_or("the store returned no share URL")?,
         name,
         size: obj.size,
         content_type: obj
             .content_type
             .unwrap_or_else(|| "application/octet-stream".into()),
         checksum,
-        thumbnail_url: info.thumbnail_share_url,
+        thumbnail_url: share.thumbnail_share_url,
     };
     let json = serde_json::to_vec_pretty(&msg).map_err(|e| e.to_string())?;
     std::fs::write(&a.out, json).map_err(|e| format!("{}: {e}", a.out.display()))?;
