@@ -245,6 +245,9 @@ impl FileTransferHandler for AzureStore {
         server_options(c)
     }
 
+    fn schemes(&self) -> &[&str] {
+        self.root.schemes()
+    }
     fn url_for(&self, key: &str) -> String {
         self.root.url(key)
     }

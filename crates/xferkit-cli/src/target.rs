@@ -92,7 +92,7 @@ fn invalid_key_in(reg: &Registry, url: &str) -> Option<Error> {
 /// `resolve`, the store giving the shortest key prefix wins: it is the one
 /// whose root the URL is nearest to.
 pub fn prefix(reg: &Registry, url: &str) -> Result<(DynHandler, String), Failure> {
-    let parsed = ObjectUrl::parse(url)?;
+    let parsed = reg.parse(url)?;
     if parsed.is_http() {
         return Err(Error::not_supported(shown(url), "listing a plain http(s) link").into());
     }

@@ -422,6 +422,13 @@ async fn url_round_trip(e: Arc<Env>, c: &'static str) -> R {
         e.handler.key_for_url(&parsed).as_deref() == Some(key.as_str()),
         "{url} does not map back"
     );
+    // The registry finds the store by the schemes it reports.
+    ensure!(
+        e.handler.schemes().contains(&parsed.scheme.as_str()),
+        "{url}: scheme {:?} is not among the store's schemes {:?}",
+        parsed.scheme,
+        e.handler.schemes()
+    );
     for foreign in [
         "s3://some-other-bucket-xk/k",
         "gs://some-other-bucket-xk/k",

@@ -72,6 +72,9 @@ impl FileTransferHandler for Counting {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
+    fn schemes(&self) -> &[&str] {
+        self.inner.schemes()
+    }
     fn url_for(&self, key: &str) -> String {
         self.inner.url_for(key)
     }

@@ -641,6 +641,9 @@ impl FileTransferHandler for Encrypted {
         self.inner.capabilities()
     }
 
+    fn schemes(&self) -> &[&str] {
+        self.inner.schemes()
+    }
     fn url_for(&self, key: &str) -> String {
         self.inner.url_for(key)
     }

@@ -31,10 +31,11 @@ const DELETE_MANY_CONCURRENCY: usize = 16;
 /// touching the store. A handler may refuse more (e.g. a store length limit),
 /// also with `InvalidKey`.
 ///
-/// **URLs.** [`url_for`](Self::url_for) gives the canonical URL of a key and
+/// **URLs.** [`url_for`](Self::url_for) gives the canonical URL of a key, in
+/// one of the store's [`schemes`](Self::schemes), and
 /// [`key_for_url`](Self::key_for_url) is its inverse: it returns `Some(key)`
-/// exactly for URLs that address an object of this store (same bucket or
-/// root, under its prefix), `None` otherwise.
+/// exactly for URLs that address an object of this store (same scheme,
+/// bucket or root, under its prefix), `None` otherwise.
 ///
 /// **Upload.** `upload` makes the object visible only when all its bytes are
 /// stored: a failed or cancelled upload leaves no object under the key (and
@@ -81,6 +82,11 @@ pub trait FileTransferHandler: Send + Sync + std::fmt::Debug {
 
     /// What this store supports.
     fn capabilities(&self) -> Capabilities;
+
+    /// The URL schemes of this store's URLs (`["s3"]`; a store of plain
+    /// links: `["http", "https"]`). Core has no list of schemes:
+    /// [`crate::Registry`] accepts the URLs of those its stores report.
+    fn schemes(&self) -> &[&str];
 
     /// Canonical URL of `key`.
     fn url_for(&self, key: &str) -> String;

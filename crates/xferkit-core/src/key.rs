@@ -100,6 +100,12 @@ impl Root {
         self
     }
 
+    /// The scheme of the store's URLs, as a one-element list for
+    /// [`FileTransferHandler::schemes`](crate::FileTransferHandler::schemes).
+    pub fn schemes(&self) -> &[&'static str] {
+        std::slice::from_ref(&self.scheme)
+    }
+
     /// The store prefix (no leading or trailing `/`).
     pub fn prefix(&self) -> &str {
         &self.prefix

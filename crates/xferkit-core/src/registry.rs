@@ -80,9 +80,42 @@ impl Registry {
         self.stores.keys().cloned().collect()
     }
 
+    /// The URL schemes the registered stores serve
+    /// ([`FileTransferHandler::schemes`]), each once, in the order of the
+    /// stores' names.
+    pub fn schemes(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for s in self.stores.values().flat_map(|h| h.schemes()) {
+            if !out.contains(s) {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// Parse `url` ([`ObjectUrl::parse`]), refusing a scheme that no
+    /// registered store serves: `InvalidUrl` naming the URL, the stores and
+    /// the schemes they serve.
+    pub fn parse(&self, url: &str) -> Result<ObjectUrl> {
+        let parsed = ObjectUrl::parse(url)?;
+        let schemes = self.schemes();
+        if !schemes.contains(&parsed.scheme.as_str()) {
+            return Err(Error::invalid_url(
+                crate::url::shown(url),
+                format!(
+                    "unsupported scheme '{}': no configured store serves it (stores: {}; schemes served: {})",
+                    parsed.scheme,
+                    self.names().join(", "),
+                    schemes.join(", ")
+                ),
+            ));
+        }
+        Ok(parsed)
+    }
+
     /// The store owning `url` and the key it addresses there.
     pub fn resolve(&self, url: &str) -> Result<(DynHandler, String)> {
-        let parsed = ObjectUrl::parse(url)?;
+        let parsed = self.parse(url)?;
         // Several stores may share a bucket with different prefixes: the
         // one with the longest canonical prefix (shortest key) wins.
         let mut best: Option<(DynHandler, String)> = None;

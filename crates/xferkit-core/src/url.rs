@@ -1,6 +1,12 @@
-//! Canonical object URLs: `file:///abs/path`, `s3://bucket/key`,
-//! `gs://bucket/key`, `az://account/container/key`, plus plain `http(s)://`
-//! links (presigned URLs) that can be downloaded.
+//! Object URLs: `SCHEME://AUTHORITY/key` for every store (`s3://bucket/key`,
+//! `az://account/container/key`, ...), `file:///abs/path`, plus plain
+//! `http(s)://` links (presigned URLs) that can be downloaded.
+//!
+//! Core knows no list of store schemes: each store reports the schemes of
+//! its URLs ([`crate::FileTransferHandler::schemes`]), and
+//! [`crate::Registry`] accepts those of the stores registered with it
+//! ([`crate::Registry::parse`]). Only `file` (no host, an absolute path) and
+//! `http`/`https` (a query kept) follow their own standard's syntax.
 //!
 //! Keys are percent-encoded in URLs (everything but unreserved characters
 //! and `/`), so keys with `#`, `?`, `%` or spaces survive a round trip.
@@ -25,7 +31,7 @@ pub fn encode_path(key: &str) -> String {
 /// A parsed object URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectUrl {
-    /// Lower-case scheme: `file`, `s3`, `gs`, `az`, `http` or `https`.
+    /// Lower-case scheme: `s3`, `file`, `http`, ... (any scheme).
     pub scheme: String,
     /// Bucket (s3, gs), account (az), host[:port] (http) or empty (file).
     pub authority: String,
@@ -36,7 +42,9 @@ pub struct ObjectUrl {
 }
 
 impl ObjectUrl {
-    /// Parse and check an object URL; errors name the URL and the problem.
+    /// Parse and check an object URL of any scheme; errors name the URL and
+    /// the problem. Which schemes a program serves is its registry's to say
+    /// ([`crate::Registry::parse`]).
     pub fn parse(input: &str) -> Result<Self> {
         let url = url::Url::parse(input).map_err(|e| Error::invalid_url(input, e.to_string()))?;
         let scheme = url.scheme().to_ascii_lowercase();
@@ -54,15 +62,7 @@ impl ObjectUrl {
                     raw: input.to_string(),
                 });
             }
-            "file" | "s3" | "gs" | "az" => {}
-            other => {
-                return Err(Error::invalid_url(
-                    input,
-                    format!(
-                        "unsupported scheme '{other}' (expected file, s3, gs, az, http or https)"
-                    ),
-                ));
-            }
+            _ => {}
         }
         if url.query().is_some() {
             return Err(Error::invalid_url(
@@ -255,7 +255,6 @@ mod tests {
     fn bad_urls_name_the_problem() {
         for (u, needle) in [
             ("not a url", "not a url"),
-            ("ftp://x/y", "unsupported scheme 'ftp'"),
             ("s3:///key", "missing bucket"),
             ("s3://b/k?x=1", "query"),
             ("s3://b/k#f", "fragment"),
@@ -280,6 +279,15 @@ mod tests {
             ObjectUrl::parse("s3://b/a/..x/.y").unwrap().path,
             "a/..x/.y"
         );
+    }
+
+    #[test]
+    fn any_scheme_parses_as_scheme_authority_key() {
+        let p = ObjectUrl::parse("MEM://box/a/b").unwrap();
+        assert_eq!((p.scheme.as_str(), p.authority.as_str()), ("mem", "box"));
+        assert_eq!(p.path, "a/b");
+        let e = ObjectUrl::parse("mem:///a").unwrap_err();
+        assert!(e.to_string().contains("expected mem://NAME/key"), "{e}");
     }
 
     #[test]

@@ -142,6 +142,9 @@ impl FileTransferHandler for RangeStore {
         c.range = self.range;
         c
     }
+    fn schemes(&self) -> &[&str] {
+        &["s3"]
+    }
     fn url_for(&self, key: &str) -> String {
         object_url("s3", "mem", key)
     }
@@ -508,6 +511,9 @@ impl FileTransferHandler for WrongSum {
     }
     fn capabilities(&self) -> Capabilities {
         self.0.capabilities()
+    }
+    fn schemes(&self) -> &[&str] {
+        self.0.schemes()
     }
     fn url_for(&self, key: &str) -> String {
         self.0.url_for(key)

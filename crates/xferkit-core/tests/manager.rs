@@ -73,6 +73,9 @@ impl FileTransferHandler for MemStore {
         c.range = self.ranges;
         c
     }
+    fn schemes(&self) -> &[&str] {
+        &["s3"]
+    }
     fn url_for(&self, key: &str) -> String {
         object_url("s3", "mem", key)
     }
@@ -199,6 +202,31 @@ fn manager(store: Arc<MemStore>, concurrency: usize) -> TransferManager {
     let mut reg = Registry::new();
     reg.register(store);
     TransferManager::with_concurrency(Arc::new(reg), concurrency)
+}
+
+/// The registry resolves by the schemes its stores report; another scheme
+/// is refused by name, with the URL and the schemes served.
+#[test]
+fn the_registry_serves_the_schemes_its_stores_report() {
+    let mut reg = Registry::new();
+    assert!(reg.schemes().is_empty());
+    reg.register(Arc::new(MemStore::new(Duration::ZERO)));
+    assert_eq!(reg.schemes(), ["s3"]);
+    assert_eq!(reg.resolve("s3://mem/a/b").unwrap().1, "a/b");
+    let e = reg.resolve("gs://mem/a/b").unwrap_err();
+    assert_eq!(e.kind(), xferkit_core::ErrorKind::InvalidUrl);
+    assert_eq!(
+        e.to_string(),
+        "invalid URL \"gs://mem/a/b\": unsupported scheme 'gs': no configured store \
+         serves it (stores: mem; schemes served: s3)"
+    );
+    // The URL's own faults come first (a password is not repeated).
+    let e = reg.resolve("gs://u:SECRET@mem/a").unwrap_err();
+    assert!(e.to_string().contains("credentials"), "{e}");
+    assert!(!e.to_string().contains("SECRET"), "{e}");
+    // A served scheme with a foreign bucket is still "no store owns it".
+    let e = reg.resolve("s3://other/k").unwrap_err();
+    assert!(e.to_string().contains("no configured store owns"), "{e}");
 }
 
 fn recorder(m: &TransferManager) -> Arc<Mutex<Vec<FileInfo>>> {

@@ -32,6 +32,9 @@ impl FileTransferHandler for Flaky {
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
     }
+    fn schemes(&self) -> &[&str] {
+        &["s3"]
+    }
     fn url_for(&self, key: &str) -> String {
         object_url("s3", "flaky", key)
     }

@@ -165,6 +165,9 @@ impl FileTransferHandler for GcsStore {
         server_options(c)
     }
 
+    fn schemes(&self) -> &[&str] {
+        self.root.schemes()
+    }
     fn url_for(&self, key: &str) -> String {
         self.root.url(key)
     }

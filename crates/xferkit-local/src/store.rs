@@ -715,12 +715,15 @@ impl FileTransferHandler for LocalStore {
         c
     }
 
+    fn schemes(&self) -> &[&str] {
+        &[crate::SCHEME]
+    }
     fn url_for(&self, key: &str) -> String {
         self.url(key)
     }
 
     fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
-        if url.scheme != "file" {
+        if url.scheme != crate::SCHEME {
             return None;
         }
         let key = url.path.strip_prefix(&self.root_str)?.strip_prefix('/')?;

@@ -359,6 +359,9 @@ impl FileTransferHandler for S3Store {
         c
     }
 
+    fn schemes(&self) -> &[&str] {
+        self.core.root.schemes()
+    }
     fn url_for(&self, key: &str) -> String {
         self.core.root.url(key)
     }

@@ -249,6 +249,9 @@ impl FileTransferHandler for Pulled {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
+    fn schemes(&self) -> &[&str] {
+        self.inner.schemes()
+    }
     fn url_for(&self, key: &str) -> String {
         self.inner.url_for(key)
     }

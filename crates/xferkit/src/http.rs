@@ -217,6 +217,9 @@ impl FileTransferHandler for HttpStore {
         c.range = true;
         c
     }
+    fn schemes(&self) -> &[&str] {
+        &["http", "https"]
+    }
     fn url_for(&self, key: &str) -> String {
         key.to_string()
     }
