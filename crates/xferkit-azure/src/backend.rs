@@ -476,6 +476,11 @@ impl FileTransferHandler for AzureStore {
         }
     }
 
+    /// Blob Batch: up to 256 deletes a request (see `batch.rs`).
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<(String, Result<()>)>> {
+        crate::batch::delete_many(self, keys).await
+    }
+
     async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
         validate_key(from)?;
         validate_key(to)?;

@@ -5,13 +5,19 @@
 //! per-call pipeline policy appends a SAS to every request's query: a fixed
 //! token from the configuration, or an account SAS minted from the key and
 //! renewed before it expires (see `sas.rs`).
+//!
+//! Requests the SDK has no call for (Blob Batch, `batch.rs`) go through
+//! [`Client::pipeline`]: the same policies and the same HTTP client.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use azure_core::http::policies::{Policy, PolicyResult};
-use azure_core::http::{ClientOptions, Context, Request, RetryOptions, Url};
+use azure_core::http::{
+    ClientOptions, Context, HttpClientOptions, Pipeline, Request, RetryOptions, Transport, Url,
+    new_http_client,
+};
 use azure_storage_blob::{BlobContainerClient, BlobContainerClientOptions};
 use xferkit_core::{Error, Result};
 
@@ -93,6 +99,12 @@ pub(crate) struct Client {
     pub container: Arc<BlobContainerClient>,
     /// The SAS appended to requests (and to copy sources), unless Entra ID.
     pub sas: Option<Arc<SasSource>>,
+    /// The container client's policies (SAS, no retries) and HTTP client,
+    /// for requests built here; no bearer token policy: with Entra ID it is
+    /// not used.
+    pub pipeline: Pipeline,
+    /// The service version the SDK's requests name (`x-ms-version`).
+    pub version: String,
 }
 
 impl fmt::Debug for Client {
@@ -118,8 +130,16 @@ impl Client {
         // `RetryPolicy::retry` around each request), which sees throttling,
         // 5xx and connection failures as `Transient`. The SDK's own retries
         // would multiply attempts and hide RetryLater from callers.
+        //
+        // One HTTP client for the SDK's requests and the pipeline's, built
+        // as the SDK builds its own (no automatic decompression).
+        #[allow(clippy::needless_update)] // as the SDK: options may grow
         let mut client_options = ClientOptions {
             retry: RetryOptions::none(),
+            transport: Some(Transport::new(new_http_client(Some(HttpClientOptions {
+                automatic_decompression: false,
+                ..Default::default()
+            })))),
             ..Default::default()
         };
         client_options
@@ -134,10 +154,19 @@ impl Client {
             }
             None => Some(entra_id_chain(store)?),
         };
+        let pipeline = Pipeline::new(
+            option_env!("CARGO_PKG_NAME"),
+            option_env!("CARGO_PKG_VERSION"),
+            client_options.clone(),
+            Vec::new(),
+            Vec::new(),
+            None,
+        );
         let options = BlobContainerClientOptions {
             client_options,
             ..Default::default()
         };
+        let version = options.version.clone();
         // Blob names are pushed as one path segment onto the container URL
         // (so '/' in a name travels as %2F, which the service decodes).
         let mut container_url = cfg.endpoint.clone();
@@ -161,6 +190,8 @@ impl Client {
         Ok(Client {
             container: Arc::new(container),
             sas,
+            pipeline,
+            version,
         })
     }
 }

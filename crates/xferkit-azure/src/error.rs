@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::Duration;
 
 use azure_core::error::ErrorKind as AzKind;
-use azure_core::http::headers::HeaderName;
+use azure_core::http::headers::{HeaderName, Headers};
 use xferkit_core::Error;
 use xferkit_core::status::{self, Answer, Mode};
 use xferkit_core::url::redact;
@@ -81,10 +81,10 @@ fn xml_message(body: &[u8]) -> Option<String> {
 /// The wait an Azure answer asks for: `x-ms-retry-after-ms`,
 /// `retry-after-ms` (milliseconds), else `Retry-After` (seconds or a date),
 /// the order of the Azure SDKs' own retry policy.
-fn retry_after(r: &azure_core::http::RawResponse) -> Option<Duration> {
+fn retry_after(headers: &Headers) -> Option<Duration> {
     use azure_core::http::headers::{RETRY_AFTER, RETRY_AFTER_MS, X_MS_RETRY_AFTER_MS};
     let read = |name: HeaderName, parse: fn(&str) -> Option<Duration>| {
-        r.headers().get_optional_str(&name).and_then(parse)
+        headers.get_optional_str(&name).and_then(parse)
     };
     read(X_MS_RETRY_AFTER_MS, status::parse_retry_after_ms)
         .or_else(|| read(RETRY_AFTER_MS, status::parse_retry_after_ms))
@@ -92,9 +92,8 @@ fn retry_after(r: &azure_core::http::RawResponse) -> Option<Duration> {
 }
 
 /// Convert an SDK error about `op`. An answer from the service goes
-/// through the one status table ([`xferkit_core::status`]); a refused
-/// transactional checksum is read as `Md5Mismatch` there (Azurite says
-/// `InvalidOperation` "Provided contentMD5 doesn't match.").
+/// through the one status table ([`xferkit_core::status`]), as [`answer`]
+/// reads it.
 pub(crate) fn map(op: Op<'_>, what: &str, err: azure_core::Error) -> Error {
     let target = op.target.to_string();
     match err.kind() {
@@ -103,41 +102,18 @@ pub(crate) fn map(op: Op<'_>, what: &str, err: azure_core::Error) -> Error {
             error_code,
             raw_response,
         } => {
-            let status_u16 = u16::from(*status);
-            let code = error_code.as_deref();
             let raw = raw_response.as_deref();
-            let message = raw.and_then(|r| xml_message(r.body()));
-            let request_id = raw.and_then(|r| {
-                r.headers()
-                    .get_optional_str(&HeaderName::from_static("x-ms-request-id"))
-            });
-            let mut text = format!("{what}: HTTP {status_u16}");
-            if let Some(c) = code {
-                text.push_str(&format!(" {c}"));
-            }
-            if let Some(m) = &message {
-                text.push_str(&format!(": {m}"));
-            }
-            if let Some(id) = request_id {
-                text.push_str(&format!(" (request id {id})"));
-            }
-            let table_code = if checksum_refused(code, message.as_deref()) {
-                Some("Md5Mismatch")
-            } else {
-                code
-            };
-            let mode = if op.create_only {
-                Mode::CreateOnly
-            } else {
-                Mode::Plain
-            };
-            Answer::new(Some(status_u16))
-                .code(table_code)
-                .mode(mode)
-                .retry_after(raw.and_then(retry_after))
-                .operation(what)
-                .range(op.range.unwrap_or("(range)"))
-                .error(target, AzureError::new(text))
+            let no_headers = Headers::new();
+            let (headers, body) =
+                raw.map_or((&no_headers, &[][..]), |r| (r.headers(), &r.body()[..]));
+            answer(
+                op,
+                what,
+                u16::from(*status),
+                error_code.as_deref(),
+                headers,
+                body,
+            )
         }
         AzKind::Connection | AzKind::Io => Error::Transient {
             target,
@@ -165,6 +141,52 @@ pub(crate) fn map(op: Op<'_>, what: &str, err: azure_core::Error) -> Error {
     }
 }
 
+/// The error of a failed answer about `op`: its status, the service's
+/// error code (`x-ms-error-code`), headers (request id, `Retry-After`) and
+/// XML body (`<Message>`), through the one status table
+/// ([`xferkit_core::status`]). A refused transactional checksum is read as
+/// `Md5Mismatch` there (Azurite says `InvalidOperation` "Provided
+/// contentMD5 doesn't match."). For an SDK call's answer ([`map`]) and for
+/// each answer inside a batch response (`batch.rs`).
+pub(crate) fn answer(
+    op: Op<'_>,
+    what: &str,
+    status: u16,
+    code: Option<&str>,
+    headers: &Headers,
+    body: &[u8],
+) -> Error {
+    let message = xml_message(body);
+    let request_id = headers.get_optional_str(&HeaderName::from_static("x-ms-request-id"));
+    let mut text = format!("{what}: HTTP {status}");
+    if let Some(c) = code {
+        text.push_str(&format!(" {c}"));
+    }
+    if let Some(m) = &message {
+        text.push_str(&format!(": {m}"));
+    }
+    if let Some(id) = request_id {
+        text.push_str(&format!(" (request id {id})"));
+    }
+    let table_code = if checksum_refused(code, message.as_deref()) {
+        Some("Md5Mismatch")
+    } else {
+        code
+    };
+    let mode = if op.create_only {
+        Mode::CreateOnly
+    } else {
+        Mode::Plain
+    };
+    Answer::new(Some(status))
+        .code(table_code)
+        .mode(mode)
+        .retry_after(retry_after(headers))
+        .operation(what)
+        .range(op.range.unwrap_or("(range)"))
+        .error(op.target, AzureError::new(text))
+}
+
 /// Every message in the error's chain, `: `-joined, redacted.
 fn flatten(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
@@ -183,7 +205,6 @@ fn flatten(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use azure_core::http::headers::Headers;
     use azure_core::http::{RawResponse, StatusCode};
     use xferkit_core::ErrorKind;
 

@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use xferkit_azure::{AzureConfig, AzureStore};
+use xferkit_conformance::fault::{Fault, FaultProxy, Rule};
 use xferkit_core::{
     ErrorKind, FileTransferExt, FileTransferHandler, PresignMethod, PutOptions, Secret,
     TransferCtx, UploadSource,
@@ -76,29 +77,45 @@ async fn key_store(emu: &Emulator, prefix: &str) -> AzureStore {
     s
 }
 
-/// An account SAS signed here, independently of the crate's signer.
-fn account_sas(emu: &Emulator) -> String {
-    let expiry = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+/// An hour from now, as a SAS `se`.
+fn sas_expiry() -> String {
+    (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
         .format(time::macros::format_description!(
             "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
         ))
-        .unwrap();
+        .unwrap()
+}
+
+/// A SAS token: `pairs`, then the signature of `string_to_sign` with the
+/// account key.
+fn signed(emu: &Emulator, string_to_sign: &str, pairs: &[(&str, &str)]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(&BASE64.decode(&emu.key).unwrap()).unwrap();
+    mac.update(string_to_sign.as_bytes());
+    let sig = BASE64.encode(mac.finalize().into_bytes());
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    q.extend_pairs(pairs);
+    q.append_pair("sig", &sig).finish()
+}
+
+/// An account SAS signed here, independently of the crate's signer.
+fn account_sas(emu: &Emulator) -> String {
+    let expiry = sas_expiry();
     let sts = format!(
         "{}\nrwdlac\nb\nsco\n\n{expiry}\n\nhttps,http\n2022-11-02\n\n",
         emu.account
     );
-    let mut mac = Hmac::<Sha256>::new_from_slice(&BASE64.decode(&emu.key).unwrap()).unwrap();
-    mac.update(sts.as_bytes());
-    let sig = BASE64.encode(mac.finalize().into_bytes());
-    url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("sv", "2022-11-02")
-        .append_pair("ss", "b")
-        .append_pair("srt", "sco")
-        .append_pair("sp", "rwdlac")
-        .append_pair("se", &expiry)
-        .append_pair("spr", "https,http")
-        .append_pair("sig", &sig)
-        .finish()
+    signed(
+        emu,
+        &sts,
+        &[
+            ("sv", "2022-11-02"),
+            ("ss", "b"),
+            ("srt", "sco"),
+            ("sp", "rwdlac"),
+            ("se", &expiry),
+            ("spr", "https,http"),
+        ],
+    )
 }
 
 /// Every operation but presign, on any store.
@@ -214,6 +231,14 @@ async fn wrong_key_is_permission_denied_and_leaks_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{}", e.chain());
+    assert_no_secret(&e, &emu);
+    // A refused batch request: no key's fate is known, so the whole call fails.
+    let e = s
+        .delete_many(&["a".to_string(), "b".to_string()])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{}", e.chain());
+    assert!(e.chain().contains("blob batch delete"), "{}", e.chain());
     assert_no_secret(&e, &emu);
 }
 
@@ -394,4 +419,232 @@ async fn encryption_scope_tier_and_headers_are_sent() {
             ("Put Block List".into(), all),
         ]
     );
+}
+
+// ---- batch deletes ------------------------------------------------------
+
+/// A service SAS for the whole container (`sr=c`), signed here.
+fn container_sas(emu: &Emulator, permissions: &str) -> String {
+    let expiry = sas_expiry();
+    let sts = format!(
+        "{permissions}\n\n{expiry}\n/blob/{}/{CONTAINER}\n\n\nhttps,http\n2022-11-02\nc\n\n\n\n\n\n\n",
+        emu.account
+    );
+    signed(
+        emu,
+        &sts,
+        &[
+            ("sv", "2022-11-02"),
+            ("spr", "https,http"),
+            ("se", &expiry),
+            ("sr", "c"),
+            ("sp", permissions),
+        ],
+    )
+}
+
+/// Upload a one-byte blob under each of `keys`, 16 at once.
+async fn put_all(s: &AzureStore, keys: &[String]) {
+    futures::stream::iter(keys)
+        .map(|k| async move {
+            s.upload(
+                k,
+                UploadSource::from_bytes(&b"x"[..]),
+                &PutOptions::default(),
+                &TransferCtx::none(),
+            )
+            .await
+            .unwrap()
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+/// The requests the proxy saw from `from` on: (method, target without the
+/// SAS, so no failure message holds a signature).
+fn seen_since(proxy: &FaultProxy, from: usize) -> Vec<(String, String)> {
+    proxy.requests()[from..]
+        .iter()
+        .map(|r| {
+            let target = r.target.split("sv=").next().unwrap_or("");
+            (r.method.clone(), target.to_string())
+        })
+        .collect()
+}
+
+/// A fault proxy in front of Azurite and a store with the account key
+/// under `prefix` that sends its requests through it.
+async fn proxied(emu: &Emulator, prefix: &str) -> (FaultProxy, AzureStore) {
+    let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+    let mut c = AzureConfig::new(emu.account.clone(), CONTAINER);
+    c.endpoint = Some(proxy.endpoint_for(&emu.endpoint));
+    c.account_key = Some(Secret::new(emu.key.clone()));
+    c.prefix = prefix.into();
+    let s = AzureStore::new("proxied", c).await.unwrap();
+    (proxy, s)
+}
+
+/// `delete_many` of 600 blobs is three Blob Batch requests (256, 256, 88
+/// subrequests), account-scoped with the minted account SAS, not 600
+/// DELETEs; every key comes back `Ok`, in order, and the blobs are gone.
+#[tokio::test]
+async fn delete_many_of_600_blobs_is_3_batch_requests() {
+    let Some(emu) = emulator("delete_many_of_600_blobs_is_3_batch_requests") else {
+        return;
+    };
+    let p = prefix("batch600");
+    let direct = key_store(&emu, &p).await;
+    let keys: Vec<String> = (0..600).map(|i| format!("d/k{i:03}")).collect();
+    put_all(&direct, &keys).await;
+    let (proxy, s) = proxied(&emu, &p).await;
+    let out = s.delete_many(&keys).await.unwrap();
+    assert!(out.iter().map(|(k, _)| k).eq(keys.iter()));
+    assert!(out.iter().all(|(_, r)| r.is_ok()), "{out:?}");
+    let seen = seen_since(&proxy, 0);
+    assert_eq!(seen.len(), 3, "{:?} ...", &seen[..seen.len().min(4)]);
+    let account_scoped = format!("/{}/?comp=batch&", emu.account);
+    for (method, target) in &seen {
+        assert_eq!(method, "POST");
+        assert_eq!(*target, account_scoped);
+    }
+    let left: Vec<_> = direct.list("d/").try_collect().await.unwrap();
+    assert!(left.is_empty(), "{} blobs left", left.len());
+}
+
+/// Existing blobs (names with a space, `+`, `%` and non-ASCII, which travel
+/// percent-encoded in the subrequests' paths), a missing one, a leased one
+/// (Azurite refuses its delete: 412 `LeaseIdMissing`) and an invalid key, in
+/// one call: the existing and missing ones are `Ok`, the leased one
+/// `PreconditionFailed` naming its URL and the service's code, and stays;
+/// the invalid one is `InvalidKey` without a request. No secret in errors.
+#[tokio::test]
+async fn delete_many_reports_a_leased_blob_and_deletes_the_others() {
+    let Some(emu) = emulator("delete_many_reports_a_leased_blob_and_deletes_the_others") else {
+        return;
+    };
+    let p = prefix("batchmix");
+    let s = key_store(&emu, &p).await;
+    let present = ["a b+c%.txt", "dir/ünï.txt", "leased"].map(String::from);
+    put_all(&s, &present).await;
+    let sas = account_sas(&emu);
+    let lease_url = format!("{}/{CONTAINER}/{p}/leased?comp=lease&{sas}", emu.endpoint);
+    let client = reqwest::Client::new();
+    let lease = |action: &'static str, id: Option<String>| {
+        let mut req = client
+            .put(&lease_url)
+            .header("x-ms-version", "2021-12-02")
+            .header("x-ms-lease-action", action)
+            .header("x-ms-lease-duration", "-1");
+        if let Some(id) = id {
+            req = req.header("x-ms-lease-id", id);
+        }
+        req.send()
+    };
+    let rsp = lease("acquire", None).await.unwrap();
+    assert_eq!(rsp.status(), 201);
+    let lease_id = rsp.headers()["x-ms-lease-id"].to_str().unwrap().to_string();
+
+    let keys = ["a b+c%.txt", "missing", "leased", "dir/ünï.txt", "../bad"].map(String::from);
+    let out = s.delete_many(&keys).await.unwrap();
+    assert!(out.iter().map(|(k, _)| k).eq(keys.iter()));
+    for i in [0, 1, 3] {
+        assert!(out[i].1.is_ok(), "{}: {:?}", keys[i], out[i].1);
+    }
+    let leased = out[2].1.as_ref().unwrap_err();
+    assert_eq!(
+        leased.kind(),
+        ErrorKind::PreconditionFailed,
+        "{}",
+        leased.chain()
+    );
+    let chain = leased.chain();
+    assert!(
+        chain.contains(&format!("az://{}/{CONTAINER}/{p}/leased", emu.account))
+            && chain.contains("HTTP 412 LeaseIdMissing"),
+        "{chain}"
+    );
+    assert_no_secret(leased, &emu);
+    assert_eq!(out[4].1.as_ref().unwrap_err().kind(), ErrorKind::InvalidKey);
+    for k in ["a b+c%.txt", "dir/ünï.txt"] {
+        assert_eq!(
+            s.stat(k).await.unwrap_err().kind(),
+            ErrorKind::NotFound,
+            "{k}"
+        );
+    }
+    assert!(
+        s.stat("leased").await.is_ok(),
+        "the leased blob was deleted"
+    );
+
+    let rsp = lease("release", Some(lease_id)).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    s.delete("leased").await.unwrap();
+}
+
+/// A store whose SAS is a service SAS for the container (`sr=c`) sends
+/// container-scoped batches (`?restype=container&comp=batch`), which that
+/// SAS authorizes; Azurite deletes through them.
+#[tokio::test]
+async fn a_container_sas_store_sends_container_scoped_batches() {
+    let Some(emu) = emulator("a_container_sas_store_sends_container_scoped_batches") else {
+        return;
+    };
+    let p = prefix("batchsr");
+    key_store(&emu, &p).await; // creates the container
+    let proxy = FaultProxy::start(&emu.endpoint).await.unwrap();
+    let mut c = AzureConfig::new(emu.account.clone(), CONTAINER);
+    c.endpoint = Some(proxy.endpoint_for(&emu.endpoint));
+    c.sas_token = Some(Secret::new(container_sas(&emu, "racwdl")));
+    c.prefix = p;
+    let s = AzureStore::new("container-sas", c).await.unwrap();
+    let keys = ["k1", "k2", "never"].map(String::from);
+    put_all(&s, &keys[..2]).await;
+    let before = proxy.requests().len();
+    let out = s.delete_many(&keys).await.unwrap();
+    assert!(out.iter().all(|(_, r)| r.is_ok()), "{out:?}");
+    let seen = seen_since(&proxy, before);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0],
+        (
+            "POST".to_string(),
+            format!("/{}/{CONTAINER}?restype=container&comp=batch&", emu.account)
+        )
+    );
+    for k in &keys[..2] {
+        assert_eq!(s.stat(k).await.unwrap_err().kind(), ErrorKind::NotFound);
+    }
+}
+
+/// A batch request answered 503 is sent again under the store's retry
+/// policy (one retry layer, no SDK retries), and then deletes everything.
+#[tokio::test]
+async fn a_refused_batch_request_is_retried() {
+    let Some(emu) = emulator("a_refused_batch_request_is_retried") else {
+        return;
+    };
+    let p = prefix("batchretry");
+    let direct = key_store(&emu, &p).await;
+    let keys: Vec<String> = (0..3).map(|i| format!("r{i}")).collect();
+    put_all(&direct, &keys).await;
+    let (proxy, s) = proxied(&emu, &p).await;
+    let s = s.with_retry_policy(xferkit_conformance::testkit::quick_retry(3));
+    proxy.set_rules(vec![
+        Rule::new(Fault::Status(503))
+            .method("POST")
+            .path_contains("comp=batch")
+            .times(1),
+    ]);
+    let out = s.delete_many(&keys).await.unwrap();
+    assert!(out.iter().all(|(_, r)| r.is_ok()), "{out:?}");
+    assert_eq!(proxy.stats().statuses, 1);
+    assert_eq!(seen_since(&proxy, 0).len(), 2);
+    for k in &keys {
+        assert_eq!(
+            direct.stat(k).await.unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+    }
 }
