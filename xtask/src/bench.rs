@@ -23,7 +23,8 @@
 //!
 //! Jobs: upload and download of one `--size` file, upload of `--small-files` × 16 KiB files (a
 //! directory, recursively) and download of the prefix `xfer`'s first upload run left (`cp -r`
-//! against `s5cmd cp 'PREFIX/*'` and `rclone copy`; every file must arrive), a local copy of the `--size` file (`xfer upload` to a local store vs
+//! against `s5cmd cp 'PREFIX/*'`, `rclone copy` and raw curl, 16 GETs at once from a list;
+//! every file must arrive), a local copy of the `--size` file (`xfer upload` to a local store vs
 //! `cp`, and `cp` + fsync), and one upload and one download of a `--rss-size` file by `xfer`
 //! for its peak RSS, and `xfer --bwlimit` at three caps (16, 32 and 64 MiB/s) on a `--bw-size`
 //! file, up and down, with the achieved rate against the cap. On S3, also upload and download of
@@ -1279,6 +1280,42 @@ impl Bench {
                 }),
                 after: check("xfer"),
             }];
+            // The bound: raw curl, 16 transfers at once (as xfer), one GET per object and
+            // nothing else (no fsync, no checksum), from a list made untimed here.
+            let curl_list = logs.join(format!("many-{}.curl", backend.name()));
+            let list_path = curl_list.clone();
+            let mut objects = tree_files(small)?;
+            objects.push(PathBuf::from(".complete"));
+            let mut list = String::new();
+            for rel in &objects {
+                let key = format!("{prefix}/{}", rel.display());
+                let src = match backend {
+                    Backend::S3 => format!("{base}/{BUCKET}/{key}"),
+                    Backend::Gcs => format!(
+                        "{base}/storage/v1/b/{BUCKET}/o/{}?alt=media",
+                        key.replace('/', "%2F")
+                    ),
+                    Backend::Azure => self.presign(&config, &key, "get")?,
+                };
+                let _ = writeln!(
+                    list,
+                    "url = \"{src}\"\noutput = \"{}\"",
+                    dest("curl").join(rel).display()
+                );
+            }
+            fs::write(&curl_list, list)?;
+            tools.push(Tool {
+                name: "curl",
+                cmd: Box::new(move |_| {
+                    let curl = match backend {
+                        Backend::S3 => self.curl_s3(),
+                        _ => Cmd::new("curl").args(["-sS", "--fail"]),
+                    };
+                    curl.args(["-Z", "--parallel-max", "16", "--create-dirs", "-K"])
+                        .arg(&list_path)
+                }),
+                after: check("curl"),
+            });
             if backend == Backend::S3 {
                 tools.push(Tool {
                     name: "s5cmd",
