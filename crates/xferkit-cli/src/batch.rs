@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use xferkit::{
     CancellationToken, DynHandler, Error, ErrorKind, FileInfo, PutOptions, RemoteObject,
-    TransferManager, TransferRequest, TransferStatus,
+    ShareRequestExt, TransferManager, TransferRequest, TransferStatus,
 };
 
 use crate::commands::Ctx;

@@ -8,8 +8,8 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use xferkit::url::ObjectUrl;
 use xferkit::{
-    DynHandler, Error, PresignMethod, PutOptions, RemoteObject, TransferRequest, Xferkit,
-    validate_key,
+    DynHandler, Error, PresignMethod, PutOptions, RemoteObject, ShareRequestExt, TransferRequest,
+    Xferkit, validate_key,
 };
 
 use crate::cli::{Command, Method};

@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde_json::json;
-use xferkit::{DynHandler, Error, TransferRequest, validate_key};
+use xferkit::{DynHandler, Error, ShareRequestExt, TransferRequest, validate_key};
 
 use crate::batch::{self, Job, Meta, Outcome, Problem, Work};
 use crate::commands::Ctx;

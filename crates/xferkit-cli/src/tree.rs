@@ -33,7 +33,7 @@ use futures::StreamExt;
 use globset::{GlobBuilder, GlobMatcher};
 use percent_encoding::percent_decode_str;
 use serde_json::json;
-use xferkit::{Direction, DynHandler, Error, TransferRequest, validate_key};
+use xferkit::{Direction, DynHandler, Error, ShareRequestExt, TransferRequest, validate_key};
 
 use crate::batch::{self, Job, Problem, Work};
 use crate::commands::{Ctx, is_stdio};

@@ -1377,10 +1377,19 @@ fn ranged_manager(h: DynHandler) -> TransferManager {
     m
 }
 
+/// A manager whose registry has the sharing layer (which encrypts).
+fn sharing_manager(h: DynHandler) -> TransferManager {
+    let mut reg = Registry::new();
+    reg.register(h);
+    reg.set_layer(Arc::new(xferkit_share::Sharing::new()));
+    TransferManager::new(Arc::new(reg))
+}
+
 /// Upload `body` encrypted to `key`; the link to hand out.
 async fn upload_encrypted(e: &Env, key: &str, body: &[u8], dir: &Path) -> Result<String, String> {
+    use xferkit_share::ShareRequestExt;
     let src = write_temp(dir, "plain", body)?;
-    let m = manager(e.handler.clone());
+    let m = sharing_manager(e.handler.clone());
     let t = m
         .start(TransferRequest::upload(&src, e.handler.url_for(key)).encrypted())
         .ctx("start encrypted upload")?;
@@ -1391,7 +1400,7 @@ async fn upload_encrypted(e: &Env, key: &str, body: &[u8], dir: &Path) -> Result
         fin.status,
         fin.error
     );
-    let link = xferkit_core::ShareInfo::of(&fin)
+    let link = xferkit_share::ShareInfo::of(&fin)
         .share_url
         .clone()
         .ok_or("no share_url for an encrypted upload")?;

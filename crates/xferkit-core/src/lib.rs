@@ -9,6 +9,7 @@ pub mod extensions;
 mod handler;
 pub mod journal;
 pub mod key;
+pub mod layer;
 pub mod list;
 pub mod manager;
 pub mod parts;
@@ -17,7 +18,6 @@ mod retry;
 mod secret;
 pub mod server_opts;
 pub mod settings;
-pub mod share;
 pub mod status;
 mod types;
 pub mod url;
@@ -31,6 +31,7 @@ pub use ext::{
 pub use extensions::{Extension, Extensions};
 pub use handler::FileTransferHandler;
 pub use key::{MAX_KEY_LEN, validate_key};
+pub use layer::TransferLayer;
 pub use list::{ListEntry, ListOptions};
 pub use manager::{
     Direction, FileInfo, FileTransferListener, Transfer, TransferError, TransferManager,
@@ -40,7 +41,6 @@ pub use registry::{DynHandler, Registry};
 pub use retry::RetryPolicy;
 pub use secret::Secret;
 pub use server_opts::{ObjectHeaders, ServerEncryption, SseMode, UploadDefaults};
-pub use share::{Dedupe, ShareInfo, Thumbnailer};
 pub use types::{
     ByteRange, ByteStream, Capabilities, PendingUpload, PresignMethod, PresignedUrl, PutOptions,
     RemoteObject, UploadSource,

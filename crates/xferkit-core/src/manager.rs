@@ -54,12 +54,11 @@ use futures::StreamExt;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::share::{ShareOutcome, ShareRequest, ShareSource};
+use crate::layer::Upload;
 use crate::{
-    ByteStream, Error, ErrorKind, ProgressSink, PutOptions, Registry, RemoteObject, Result,
-    RetryPolicy, Thumbnailer, TransferCtx, UploadSource,
+    ByteStream, DownloadOptions, Error, ErrorKind, Extensions, ProgressSink, PutOptions, Registry,
+    RemoteObject, Result, RetryPolicy, TransferCtx, UploadSource,
 };
-use crate::{DownloadOptions, Extensions};
 
 /// Default number of transfers running at once.
 pub const DEFAULT_CONCURRENCY: usize = 4;
@@ -212,7 +211,10 @@ impl fmt::Debug for Body {
 }
 
 /// What to transfer.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` shows `url` without its query or fragment (a signature, or a
+/// link's key), and each extension by its own `Debug`.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct TransferRequest {
     pub direction: Direction,
@@ -225,16 +227,15 @@ pub struct TransferRequest {
     pub priority: i32,
     /// Upload options (content type, metadata, create-only).
     pub options: PutOptions,
-    /// Upload: also make a shareable URL valid this long.
-    pub share_for: Option<Duration>,
-    /// Upload: make a thumbnail for images when the manager has a
-    /// thumbnailer (default true; files only).
-    pub thumbnail: bool,
     /// A cap on this transfer's rate, bytes per second (on top of the
     /// manager's, see [`TransferManager::set_bandwidth_limit`]).
     pub bandwidth: Option<u64>,
-    /// Upload: encrypt end to end ([`encrypted`](Self::encrypted)).
-    pub encrypt: bool,
+    /// What a layer above core reads (the sharing layer's options), see
+    /// [`extensions`](Self::extensions).
+    extensions: Extensions,
+    /// What tells this request apart from another of the same file and URL
+    /// (see [`add_identity`](Self::add_identity)).
+    identity: String,
     body: Body,
     /// Download: the secret of an encrypted link, taken off its fragment.
     link: LinkPart,
@@ -257,10 +258,9 @@ impl TransferRequest {
             path,
             priority: 0,
             options: PutOptions::default(),
-            share_for: None,
-            thumbnail: true,
             bandwidth: None,
-            encrypt: false,
+            extensions: Extensions::new(),
+            identity: String::new(),
             body,
             link: LinkPart::Plain,
         }
@@ -283,17 +283,6 @@ impl TransferRequest {
         let mut req = Self::new(Direction::Download, url, dest.into(), Body::File);
         req.link = part;
         req
-    }
-
-    /// Upload: encrypt the content end to end with a fresh key ([`crate::e2e`]):
-    /// the store receives only ciphertext, and [`ShareInfo::share_url`](crate::ShareInfo::share_url) is the
-    /// link to hand out, with the key and the ciphertext's digest in its
-    /// `#fragment` (the presigned URL with [`with_share`](Self::with_share),
-    /// else the canonical URL). No thumbnail is made and content dedupe does
-    /// not apply: both would tell the store about the plaintext.
-    pub fn encrypted(mut self) -> Self {
-        self.encrypt = true;
-        self
     }
 
     /// Upload the local file `source` to `url` (a canonical store URL, see
@@ -341,21 +330,6 @@ impl TransferRequest {
         Self::upload_stream(Box::pin(stream), size, url)
     }
 
-    /// Upload: also return a shareable URL (S3/GCS presign, Azure SAS, a
-    /// signed `xfer serve` URL) valid for `valid_for`, in
-    /// [`ShareInfo::share_url`](crate::ShareInfo::share_url). Stores that cannot presign fail the transfer
-    /// before sending anything.
-    pub fn with_share(mut self, valid_for: Duration) -> Self {
-        self.share_for = Some(valid_for);
-        self
-    }
-
-    /// Upload: no thumbnail, even for an image.
-    pub fn without_thumbnail(mut self) -> Self {
-        self.thumbnail = false;
-        self
-    }
-
     /// Cap this transfer at `bytes_per_sec` (all its parts together).
     pub fn with_bandwidth_limit(mut self, bytes_per_sec: u64) -> Self {
         self.bandwidth = Some(bytes_per_sec);
@@ -383,6 +357,27 @@ impl TransferRequest {
         self
     }
 
+    /// What layers above core attached to this request (the sharing layer's
+    /// options: `xferkit_share::ShareRequestExt`), one value per type.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// The extensions, to change.
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
+    }
+
+    /// Tell this request apart from others of the same file and URL: requests
+    /// with different parts never share a network transfer or a handle. For a
+    /// layer's [`prepare`](crate::TransferLayer::prepare) (an encrypted upload,
+    /// a link's key by a fingerprint that reveals nothing of it); never put a
+    /// secret here.
+    pub fn add_identity(&mut self, part: &str) {
+        self.identity.push('\0');
+        self.identity.push_str(part);
+    }
+
     /// The network transfer this request shares with other callers, and the
     /// handle it shares with callers asking for the very same thing.
     fn identities(&self, unique: u64) -> (String, String) {
@@ -393,20 +388,35 @@ impl TransferRequest {
                     LinkPart::Secret(s) => format!("\0e2e:{}", s.fingerprint()),
                     LinkPart::Bad(_) => format!("\0bad#{unique}"),
                 };
-                let job = format!("D\0{}{secret}", self.url);
+                let job = format!("D\0{}{secret}{}", self.url, self.identity);
                 let handle = format!("{job}\0{}", self.path.display());
                 (job, handle)
             }
             (Direction::Upload, Body::File) => {
-                let e2e = if self.encrypt { "\0e2e" } else { "" };
-                let job = format!("U\0{}\0{}{e2e}", self.path.display(), self.url);
+                let job = format!("U\0{}\0{}{}", self.path.display(), self.url, self.identity);
                 (job.clone(), job)
             }
             (Direction::Upload, _) => {
-                let job = format!("U\0#{unique}\0{}", self.url);
+                let job = format!("U\0#{unique}\0{}{}", self.url, self.identity);
                 (job.clone(), job)
             }
         }
+    }
+}
+
+impl fmt::Debug for TransferRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransferRequest")
+            .field("direction", &self.direction)
+            .field("url", &crate::url::shown(&self.url))
+            .field("path", &self.path)
+            .field("priority", &self.priority)
+            .field("options", &self.options)
+            .field("bandwidth", &self.bandwidth)
+            .field("extensions", &self.extensions)
+            .field("body", &self.body)
+            .field("link", &self.link)
+            .finish()
     }
 }
 
@@ -696,7 +706,7 @@ impl Transfer {
         &self,
         status: TransferStatus,
         err: Option<Arc<Error>>,
-        obj: Option<RemoteObject>,
+        end: Option<End>,
         extra: impl FnOnce(&mut FileInfo),
     ) {
         let dispatch = self.record(|i| {
@@ -714,10 +724,10 @@ impl Transfer {
                 i.error_kind = Some(e.kind());
                 i.error = Some(e.chain());
             }
-            if let Some(o) = obj {
+            if let Some(End { object: o, sent }) = end {
                 i.size = Some(o.size);
-                // A deduplicated upload moved nothing and says so.
-                if !crate::share::ShareInfo::of(i).deduplicated {
+                // An upload of content already stored moved nothing and says so.
+                if sent {
                     i.transferred = i.transferred.max(o.size);
                 }
                 if i.content_type.is_none() {
@@ -740,6 +750,14 @@ impl Transfer {
             self.dispatch();
         }
     }
+}
+
+/// The object a completed transfer ends with.
+struct End {
+    object: RemoteObject,
+    /// The bytes went over the wire (else: an upload's content was already
+    /// stored and `transferred` stays what was moved).
+    sent: bool,
 }
 
 /// One network transfer, shared by every handle attached to it.
@@ -934,7 +952,6 @@ struct ManagerInner {
     listeners: RwLock<Vec<Arc<dyn FileTransferListener>>>,
     runtime: tokio::runtime::Handle,
     retry: RwLock<RetryPolicy>,
-    thumbnailer: RwLock<Option<Arc<dyn Thumbnailer>>>,
     download: RwLock<DownloadOptions>,
     /// One cap shared by every transfer of the manager.
     bandwidth: RwLock<Option<Arc<crate::Bandwidth>>>,
@@ -976,7 +993,6 @@ impl TransferManager {
                 listeners: RwLock::new(Vec::new()),
                 runtime: tokio::runtime::Handle::current(),
                 retry: RwLock::new(RetryPolicy::default()),
-                thumbnailer: RwLock::new(None),
                 download: RwLock::new(DownloadOptions::default()),
                 bandwidth: RwLock::new(None),
             }),
@@ -1023,16 +1039,6 @@ impl TransferManager {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-
-    /// Make thumbnails of image uploads with `t` (stored next to the object
-    /// as `KEY.thumb.jpg`); `None` turns thumbnails off.
-    pub fn set_thumbnailer(&self, t: Option<Arc<dyn Thumbnailer>>) {
-        *self
-            .inner
-            .thumbnailer
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = t;
     }
 
     /// Cap the rate of all transfers of this manager together at
@@ -1087,7 +1093,10 @@ impl TransferManager {
     /// destination, if any; otherwise a new idle handle (which joins a
     /// download of the same URL already in flight when started). Fails early
     /// on a URL no store owns.
-    pub fn file_instance(&self, request: TransferRequest) -> Result<Transfer> {
+    pub fn file_instance(&self, mut request: TransferRequest) -> Result<Transfer> {
+        if let Some(layer) = self.inner.registry.layer() {
+            layer.prepare(&mut request)?;
+        }
         self.inner.registry.resolve(&request.url)?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (identity, handle_key) = request.identities(id);
@@ -1365,21 +1374,30 @@ async fn run(m: &Arc<ManagerInner>, job: &Arc<Job>) {
         Ok(Outcome::Delivered(obj, results)) => {
             for (h, r) in results {
                 match r {
-                    Ok(()) => h.finish(TransferStatus::Completed, None, Some(obj.clone()), |_| {}),
+                    Ok(()) => {
+                        let end = End {
+                            object: obj.clone(),
+                            sent: true,
+                        };
+                        h.finish(TransferStatus::Completed, None, Some(end), |_| {})
+                    }
                     Err(e) => h.finish(TransferStatus::Failed, Some(Arc::new(e)), None, |_| {}),
                 }
             }
         }
-        Ok(Outcome::Uploaded(out)) => {
+        Ok(Outcome::Uploaded {
+            object,
+            extensions,
+            sent,
+        }) => {
             for h in job.close() {
-                h.finish(
-                    TransferStatus::Completed,
-                    None,
-                    Some(out.object.clone()),
-                    |i| {
-                        i.extensions.insert(out.info.clone());
-                    },
-                );
+                let end = End {
+                    object: object.clone(),
+                    sent,
+                };
+                h.finish(TransferStatus::Completed, None, Some(end), |i| {
+                    i.extensions.extend(extensions.clone());
+                });
             }
         }
         Err(e) => {
@@ -1403,7 +1421,13 @@ async fn run(m: &Arc<ManagerInner>, job: &Arc<Job>) {
 enum Outcome {
     /// A download, with each wanting handle's own result of receiving it.
     Delivered(RemoteObject, Vec<(Transfer, Result<()>)>),
-    Uploaded(ShareOutcome),
+    /// An upload: the object, what the layer attached, and whether the
+    /// source was sent (else the content was already stored).
+    Uploaded {
+        object: RemoteObject,
+        extensions: Extensions,
+        sent: bool,
+    },
 }
 
 async fn perform(m: &Arc<ManagerInner>, job: &Arc<Job>, ctx: &TransferCtx) -> Result<Outcome> {
@@ -1448,7 +1472,7 @@ async fn perform(m: &Arc<ManagerInner>, job: &Arc<Job>, ctx: &TransferCtx) -> Re
             Ok(Outcome::Delivered(obj, results))
         }
         Direction::Upload => {
-            let source = match &req.body {
+            let (file, source) = match &req.body {
                 Body::File => {
                     let meta = tokio::fs::metadata(&req.path)
                         .await
@@ -1461,11 +1485,11 @@ async fn perform(m: &Arc<ManagerInner>, job: &Arc<Job>, ctx: &TransferCtx) -> Re
                         ));
                     }
                     ctx.set_total(meta.len());
-                    ShareSource::File(&req.path)
+                    (Some(req.path.clone()), UploadSource::Path(req.path.clone()))
                 }
                 Body::Bytes(b) => {
                     ctx.set_total(b.len() as u64);
-                    ShareSource::Body(UploadSource::from_bytes(b.clone()))
+                    (None, UploadSource::from_bytes(b.clone()))
                 }
                 Body::Stream(slot, size) => {
                     let stream = lock(slot).take().ok_or_else(|| {
@@ -1474,57 +1498,28 @@ async fn perform(m: &Arc<ManagerInner>, job: &Arc<Job>, ctx: &TransferCtx) -> Re
                     if let Some(s) = size {
                         ctx.set_total(*s);
                     }
-                    ShareSource::Body(UploadSource::Stream {
-                        stream,
-                        size: *size,
-                    })
+                    (
+                        None,
+                        UploadSource::Stream {
+                            stream,
+                            size: *size,
+                        },
+                    )
                 }
             };
-            let sealer = if req.encrypt {
-                let s = Arc::new(crate::e2e::Encrypted::sealing(handler.clone())?);
-                handler = s.clone();
-                Some(s)
-            } else {
-                None
+            // The URL the upload goes to, once the layer has chosen the key.
+            let announce = |url: String| job.progress(|j| j.url = Some(url));
+            let mut up = Upload::new(req, handler, key, file, source, ctx, &announce);
+            let object = match m.registry.layer() {
+                Some(layer) => layer.upload(&mut up).await?,
+                None => up.send().await?,
             };
-            let thumbnailer = if req.thumbnail && sealer.is_none() {
-                m.thumbnailer
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone()
-            } else {
-                None
-            };
-            let share = ShareRequest {
-                handler: &handler,
-                key,
-                source,
-                options: &req.options,
-                dedupe: if sealer.is_some() {
-                    crate::Dedupe::Off
-                } else {
-                    m.registry.dedupe(handler.name())
-                },
-                share_for: req.share_for,
-                thumbnailer,
-            };
-            let mut out = crate::share::upload(share, ctx, |k| {
-                let url = handler.url_for(k);
-                job.progress(|j| j.url = Some(url));
+            let (extensions, sent) = up.finish();
+            Ok(Outcome::Uploaded {
+                object,
+                extensions,
+                sent,
             })
-            .await?;
-            if let Some(s) = sealer {
-                let secret = s.secret().ok_or_else(|| {
-                    Error::backend(&req.url, "the encrypted upload left no key", "e2e")
-                })?;
-                let base = out
-                    .info
-                    .share_url
-                    .take()
-                    .unwrap_or_else(|| out.object.url.clone());
-                out.info.share_url = Some(secret.attach(&base));
-            }
-            Ok(Outcome::Uploaded(out))
         }
     }
 }

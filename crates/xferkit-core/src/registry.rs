@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::share::Dedupe;
+use crate::layer::TransferLayer;
 use crate::url::ObjectUrl;
 use crate::{Error, FileTransferHandler, Result};
 
@@ -15,7 +15,7 @@ pub type DynHandler = Arc<dyn FileTransferHandler>;
 pub struct Registry {
     stores: BTreeMap<String, DynHandler>,
     default_store: Option<String>,
-    dedupe: BTreeMap<String, Dedupe>,
+    layer: Option<Arc<dyn TransferLayer>>,
 }
 
 impl Registry {
@@ -64,18 +64,21 @@ impl Registry {
         }
     }
 
-    /// Names of all stores, sorted.
-    /// Name uploads to store `name` by their content (see [`Dedupe`]).
-    pub fn set_dedupe(&mut self, name: &str, mode: Dedupe) -> &mut Self {
-        self.dedupe.insert(name.to_string(), mode);
+    /// Run every transfer of the managers over this registry through
+    /// `layer` (the sharing layer; see [`crate::layer`]), replacing the one set
+    /// before.
+    pub fn set_layer(&mut self, layer: Arc<dyn TransferLayer>) -> &mut Self {
+        self.layer = Some(layer);
         self
     }
 
-    /// The dedupe mode of store `name` (`Off` unless set).
-    pub fn dedupe(&self, name: &str) -> Dedupe {
-        self.dedupe.get(name).copied().unwrap_or_default()
+    /// The layer set with [`set_layer`](Self::set_layer). To reach the
+    /// concrete type: `registry.layer().and_then(|l| (&**l as &dyn Any).downcast_ref::<T>())`.
+    pub fn layer(&self) -> Option<&Arc<dyn TransferLayer>> {
+        self.layer.as_ref()
     }
 
+    /// Names of all stores, sorted.
     pub fn names(&self) -> Vec<String> {
         self.stores.keys().cloned().collect()
     }

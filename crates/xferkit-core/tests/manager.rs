@@ -1046,3 +1046,135 @@ async fn a_stop_during_the_commit_is_too_late_and_the_transfer_completes() {
     assert!(!slow.committing.load(Ordering::SeqCst));
     assert!(!slow.objects.lock().unwrap().contains_key("early"));
 }
+
+// ---------- the layer seam (xferkit_core::layer) ----------
+
+/// What the test layer attached to an upload.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+struct Renamed {
+    renamed_to: String,
+}
+
+/// A layer that moves every upload under `renamed/`, answers a key ending
+/// in `known` from the store when it is there (sending nothing), tells
+/// `#twin` links apart from the plain URL, and refuses `refuse` URLs.
+#[derive(Debug)]
+struct Renaming;
+
+#[async_trait]
+impl xferkit_core::TransferLayer for Renaming {
+    fn prepare(&self, request: &mut TransferRequest) -> Result<()> {
+        if request.url.contains("refuse") {
+            return Err(Error::invalid_url(&request.url, "refused by the layer"));
+        }
+        if let Some(url) = request.url.strip_suffix("#twin") {
+            request.url = url.to_string();
+            request.add_identity("twin");
+        }
+        Ok(())
+    }
+
+    async fn upload(&self, up: &mut xferkit_core::layer::Upload<'_>) -> Result<RemoteObject> {
+        up.key = format!("renamed/{}", up.key);
+        let renamed_to = up.key.clone();
+        up.extensions_mut().insert(Renamed { renamed_to });
+        if up.key.ends_with("known")
+            && let Ok(obj) = up.store.stat(&up.key).await
+        {
+            return Ok(up.found(obj));
+        }
+        up.send().await
+    }
+}
+
+fn layered(store: Arc<MemStore>) -> TransferManager {
+    let mut reg = Registry::new();
+    reg.register(store);
+    reg.set_layer(Arc::new(Renaming));
+    TransferManager::new(Arc::new(reg))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_chooses_the_key_and_its_extensions_reach_the_final_info() {
+    let store = Arc::new(MemStore::new(Duration::ZERO));
+    let m = layered(store.clone());
+    let log = recorder(&m);
+    let t = m
+        .start(TransferRequest::upload_bytes(
+            vec![1u8; 200_000],
+            store.url_for("a"),
+        ))
+        .unwrap();
+    let fin = t.wait().await.unwrap();
+    assert!(store.objects.lock().unwrap().contains_key("renamed/a"));
+    assert_eq!(
+        fin.url,
+        store.url_for("renamed/a"),
+        "listeners see the layer's key"
+    );
+    assert_eq!(fin.transferred, 200_000);
+    let want = Renamed {
+        renamed_to: "renamed/a".into(),
+    };
+    assert_eq!(fin.extensions().get::<Renamed>(), Some(&want));
+    assert!(format!("{fin:?}").contains("renamed_to"), "{fin:?}");
+    let json = serde_json::to_value(&fin).unwrap();
+    assert_eq!(json["renamed_to"], "renamed/a", "{json}");
+    // Before the end, no snapshot carried the extension.
+    let log = log.lock().unwrap();
+    let last = log.last().unwrap();
+    assert_eq!(last.status, TransferStatus::Completed);
+    assert!(
+        log[..log.len() - 1]
+            .iter()
+            .all(|i| i.extensions().is_empty())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_a_layer_finds_stored_moves_nothing_and_says_so() {
+    let store = Arc::new(MemStore::new(Duration::ZERO).with("renamed/known", 5000));
+    let m = layered(store.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("f");
+    std::fs::write(&src, vec![9u8; 5000]).unwrap();
+    let fin = m
+        .start(TransferRequest::upload(&src, store.url_for("known")))
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(fin.status, TransferStatus::Completed);
+    assert_eq!(fin.transferred, 0, "{fin:?}");
+    assert_eq!(fin.size, Some(5000));
+    assert_eq!(fin.object.unwrap().key, "renamed/known");
+    // Untouched: the stored bytes are the 7s it held, not the file's 9s.
+    assert_eq!(store.objects.lock().unwrap()["renamed/known"][0], 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_prepares_requests_before_they_are_identified() {
+    let store = Arc::new(MemStore::new(Duration::from_millis(20)).with("x", 1 << 20));
+    let m = layered(store.clone());
+    let e = m
+        .file_instance(TransferRequest::download(store.url_for("refuse"), "/tmp/x"))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{e}");
+    // The same URL and destination, told apart by the layer: two handles and
+    // two network transfers; asked again, the same handle.
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("x");
+    let plain = TransferRequest::download(store.url_for("x"), &dest);
+    let twin = TransferRequest::download(format!("{}#twin", store.url_for("x")), &dest);
+    let a = m.file_instance(plain.clone()).unwrap();
+    let b = m.file_instance(twin.clone()).unwrap();
+    assert_ne!(a.id(), b.id());
+    assert_eq!(b.info().url, store.url_for("x"), "the layer's url");
+    assert_eq!(m.file_instance(twin).unwrap().id(), b.id());
+    assert_eq!(m.file_instance(plain).unwrap().id(), a.id());
+    a.start();
+    b.start();
+    a.wait().await.unwrap();
+    b.wait().await.unwrap();
+    assert_eq!(store.downloads.load(Ordering::SeqCst), 2);
+}

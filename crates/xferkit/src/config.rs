@@ -717,6 +717,7 @@ pub async fn build_local_store(figment: &Figment, name: &str) -> Result<xferkit_
 /// Build every configured store (plus the `http` link store) into a registry.
 pub async fn build_registry(figment: &Figment, settings: &Settings) -> Result<Registry> {
     let mut reg = Registry::new();
+    let mut sharing = crate::Sharing::new();
     for name in &settings.store_names {
         if name == "http" {
             return Err(Error::invalid_config(
@@ -727,7 +728,7 @@ pub async fn build_registry(figment: &Figment, settings: &Settings) -> Result<Re
         let key = format!("stores.{name}.dedupe");
         if let Ok(mode) = figment.extract_inner::<String>(&key) {
             let what = format!("{key} (in {})", origin(figment, &key));
-            reg.set_dedupe(name, xferkit_core::Dedupe::parse(&mode, &what)?);
+            sharing = sharing.with_dedupe(name, crate::Dedupe::parse(&mode, &what)?);
         } else if figment.find_value(&key).is_ok() {
             return Err(Error::invalid_config(format!(
                 "{key} (in {}) must be a string: \"content\" or \"off\"",
@@ -736,6 +737,16 @@ pub async fn build_registry(figment: &Figment, settings: &Settings) -> Result<Re
         }
     }
     reg.set_default(&settings.default_store)?;
+    #[cfg(feature = "thumbnail")]
+    if settings.thumbnail.enabled {
+        sharing = sharing.with_thumbnailer(std::sync::Arc::new(
+            crate::thumbnail::ImageThumbnailer::new(
+                settings.thumbnail.max_side,
+                settings.thumbnail.max_pixels,
+            ),
+        ));
+    }
+    reg.set_layer(std::sync::Arc::new(sharing));
     #[cfg(feature = "http")]
     reg.register(std::sync::Arc::new(crate::HttpStore::with_policy(
         link_policy(figment, settings),

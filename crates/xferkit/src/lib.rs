@@ -12,6 +12,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use xferkit_core::*;
+/// The sharing layer (content dedupe, thumbnails, share URLs, end-to-end
+/// encryption), which every registry built here runs transfers through.
+pub use xferkit_share as share;
+pub use xferkit_share::{
+    Dedupe, ShareInfo, ShareOptions, ShareRequestExt, Sharing, Thumbnailer, e2e,
+};
 
 pub use config::{Settings, figment_for};
 #[cfg(feature = "http")]
@@ -119,12 +125,5 @@ fn configured_manager(
         .with_retry_policy(settings.retry.policy());
     manager.set_download_options(settings.download.options());
     manager.set_bandwidth_limit(settings.limits.bandwidth);
-    #[cfg(feature = "thumbnail")]
-    if settings.thumbnail.enabled {
-        manager.set_thumbnailer(Some(Arc::new(thumbnail::ImageThumbnailer::new(
-            settings.thumbnail.max_side,
-            settings.thumbnail.max_pixels,
-        ))));
-    }
     manager
 }

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use image::codecs::jpeg::JpegEncoder;
 use image::{ImageFormat, ImageReader, Limits};
-use xferkit_core::{Error, Result, Thumbnailer};
+use xferkit_core::{Error, Result};
+use xferkit_share::Thumbnailer;
 
 /// Image types thumbnails are made for.
 pub const IMAGE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/webp", "image/gif"];

@@ -178,7 +178,8 @@ fn dedupe_and_thumbnail_settings_are_checked() {
             "[stores.local]\nbackend = \"local\"\nroot = \"f\"\ndedupe = \"content\"\n",
         )?;
         let reg = load(jail, Some("a.toml")).unwrap();
-        assert_eq!(reg.dedupe("local"), xferkit::Dedupe::Content);
+        let sharing = xferkit::Sharing::of(&reg).expect("the registry has the sharing layer");
+        assert_eq!(sharing.dedupe("local"), xferkit::Dedupe::Content);
 
         jail.create_file(
             "b.toml",

@@ -161,7 +161,9 @@ async fn dedupe_through(handler: xferkit::DynHandler) {
     let name = handler.name().to_string();
     let mut reg = Registry::new();
     reg.register(handler.clone());
-    reg.set_dedupe(&name, xferkit::Dedupe::Content);
+    reg.set_layer(Arc::new(
+        xferkit::Sharing::new().with_dedupe(&name, xferkit::Dedupe::Content),
+    ));
     let m = TransferManager::new(Arc::new(reg));
     let mut infos = Vec::new();
     for attempt in ["first.bin", "second-name.bin"] {

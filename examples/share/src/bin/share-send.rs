@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use xferkit::{ShareInfo, TransferRequest, TransferStatus, Xferkit};
+use xferkit::{ShareInfo, ShareRequestExt, TransferRequest, TransferStatus, Xferkit};
 use xferkit_example_share::{Message, progress, sha256_file};
 
 struct Args {
