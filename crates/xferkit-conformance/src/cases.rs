@@ -1363,12 +1363,12 @@ async fn manager_upload_carries_title_and_message(e: Arc<Env>, c: &'static str) 
     Ok(())
 }
 
-// ---------- end-to-end encrypted attachments (xferkit_core::e2e) ----------
+// ---------- end-to-end encrypted attachments (xferkit_share::e2e) ----------
 
-/// A manager whose downloads use ranges from 128 KiB, in 64 KiB parts: the
-/// ranged path (records straddling parts) on small files.
+/// A manager with the sharing layer whose downloads use ranges from 128 KiB,
+/// in 64 KiB parts: the ranged path (records straddling parts) on small files.
 fn ranged_manager(h: DynHandler) -> TransferManager {
-    let m = manager(h);
+    let m = sharing_manager(h);
     m.set_download_options(
         xferkit_core::DownloadOptions::default()
             .with_part_size(64 * 1024)
@@ -1439,7 +1439,7 @@ async fn download_link(
 }
 
 async fn encrypted_attachment_round_trips(e: Arc<Env>, c: &'static str) -> R {
-    use xferkit_core::e2e;
+    use xferkit_share::e2e;
     let dir = tempfile::tempdir().ctx("tempdir")?;
     // Empty, two records through one stream, and 300 KB in ranges.
     for (n, len) in [0usize, 70_000, 300_000].into_iter().enumerate() {
@@ -1534,7 +1534,7 @@ async fn encrypted_attachment_refuses_tampering(e: Arc<Env>, c: &'static str) ->
         let body = content.unwrap_or(&raw);
         put(&e, &key, body).await?;
         for (path, m) in [
-            ("one stream", manager(e.handler.clone())),
+            ("one stream", sharing_manager(e.handler.clone())),
             ("ranges", ranged_manager(e.handler.clone())),
         ] {
             match download_link(&m, link).await? {

@@ -28,6 +28,7 @@ mod cases;
 pub mod fault;
 pub mod faults;
 pub mod gcs;
+pub mod range_store;
 mod support;
 pub mod testkit;
 

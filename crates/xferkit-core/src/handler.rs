@@ -169,7 +169,7 @@ pub trait FileTransferHandler: Send + Sync + std::fmt::Debug {
     /// ranges into `file` (every byte written, not yet fsynced or put in
     /// place): an error fails the download and removes the file. For
     /// checks that span the whole object and that no single range can make
-    /// (the digest of an end-to-end encrypted link, see [`crate::e2e`]);
+    /// (the digest of an end-to-end encrypted link: xferkit-share's `e2e`);
     /// a one-stream download is checked by the stream itself, which ends in
     /// an error instead. Default: nothing to check.
     async fn check_ranged_download(&self, key: &str, file: &std::fs::File) -> Result<()> {

@@ -2,7 +2,6 @@
 
 pub mod body;
 mod ctx;
-pub mod e2e;
 mod error;
 mod ext;
 pub mod extensions;

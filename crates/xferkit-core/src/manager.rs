@@ -237,17 +237,6 @@ pub struct TransferRequest {
     /// (see [`add_identity`](Self::add_identity)).
     identity: String,
     body: Body,
-    /// Download: the secret of an encrypted link, taken off its fragment.
-    link: LinkPart,
-}
-
-/// What a download link's `#aes128gcm.…` fragment held.
-#[derive(Debug, Clone)]
-enum LinkPart {
-    Plain,
-    Secret(crate::e2e::LinkSecret),
-    /// A malformed one: the error the transfer fails with.
-    Bad(Arc<Error>),
 }
 
 impl TransferRequest {
@@ -262,27 +251,15 @@ impl TransferRequest {
             extensions: Extensions::new(),
             identity: String::new(),
             body,
-            link: LinkPart::Plain,
         }
     }
 
-    /// Download `url` to the local file `dest`. A link to an encrypted
-    /// attachment (`…#aes128gcm.KEY.DIGEST`, see [`crate::e2e`]) is
-    /// decrypted and checked; its fragment is kept out of [`Self::url`],
-    /// [`FileInfo`] and every message.
+    /// Download `url` to the local file `dest`. A layer may take part of
+    /// the URL off in [`TransferLayer::prepare`](crate::TransferLayer::prepare):
+    /// the sharing layer (`xferkit-share`) takes an encrypted attachment's
+    /// `#aes128gcm.…` fragment off, to decrypt with it.
     pub fn download(url: impl Into<String>, dest: impl Into<PathBuf>) -> Self {
-        let link = url.into();
-        let (url, part) = match crate::e2e::split_link(&link) {
-            Ok((url, Some(secret))) => (url, LinkPart::Secret(secret)),
-            Ok((url, None)) => (url, LinkPart::Plain),
-            Err(e) => {
-                let url = link.split_once('#').map_or(link.as_str(), |(u, _)| u);
-                (url.to_string(), LinkPart::Bad(Arc::new(e)))
-            }
-        };
-        let mut req = Self::new(Direction::Download, url, dest.into(), Body::File);
-        req.link = part;
-        req
+        Self::new(Direction::Download, url.into(), dest.into(), Body::File)
     }
 
     /// Upload the local file `source` to `url` (a canonical store URL, see
@@ -292,8 +269,8 @@ impl TransferRequest {
     }
 
     /// Upload `data` from memory to `url`. Such uploads are never merged
-    /// with another caller's; content dedupe and thumbnails apply to files
-    /// only.
+    /// with another caller's (a layer sees no [`file`](crate::layer::Upload::file)
+    /// for them: the sharing layer's dedupe and thumbnails apply to files only).
     pub fn upload_bytes(data: impl Into<Bytes>, url: impl Into<String>) -> Self {
         Self::new(
             Direction::Upload,
@@ -383,12 +360,7 @@ impl TransferRequest {
     fn identities(&self, unique: u64) -> (String, String) {
         match (self.direction, &self.body) {
             (Direction::Download, _) => {
-                let secret = match &self.link {
-                    LinkPart::Plain => String::new(),
-                    LinkPart::Secret(s) => format!("\0e2e:{}", s.fingerprint()),
-                    LinkPart::Bad(_) => format!("\0bad#{unique}"),
-                };
-                let job = format!("D\0{}{secret}{}", self.url, self.identity);
+                let job = format!("D\0{}{}", self.url, self.identity);
                 let handle = format!("{job}\0{}", self.path.display());
                 (job, handle)
             }
@@ -415,7 +387,6 @@ impl fmt::Debug for TransferRequest {
             .field("bandwidth", &self.bandwidth)
             .field("extensions", &self.extensions)
             .field("body", &self.body)
-            .field("link", &self.link)
             .finish()
     }
 }
@@ -791,7 +762,7 @@ struct JobState {
     transferred: u64,
     retry_at: Option<SystemTime>,
     started: Option<Instant>,
-    /// Upload: the final URL (dedupe may change it).
+    /// Upload: the final URL (a layer may change the key).
     url: Option<String>,
 }
 
@@ -1284,7 +1255,7 @@ impl ManagerInner {
     /// task that holds a slot and that `settled` waits for.
     fn discard(this: &Arc<Self>, t: &Transfer) {
         let req = t.inner.request.clone();
-        // The URL the pause was at (content dedupe may have changed it).
+        // The URL the pause was at (a layer may have changed the key).
         let url = t.info().url;
         let after = {
             let mut st = lock(&this.state);
@@ -1435,12 +1406,8 @@ async fn perform(m: &Arc<ManagerInner>, job: &Arc<Job>, ctx: &TransferCtx) -> Re
     let (mut handler, key) = m.registry.resolve(&req.url)?;
     match req.direction {
         Direction::Download => {
-            match &req.link {
-                LinkPart::Plain => {}
-                LinkPart::Secret(s) => {
-                    handler = Arc::new(crate::e2e::Encrypted::opening(handler, s.clone()));
-                }
-                LinkPart::Bad(e) => return Err(Error::invalid_url(&req.url, e.to_string())),
+            if let Some(layer) = m.registry.layer() {
+                handler = layer.download_store(req, handler)?;
             }
             let opts = m.download.read().unwrap_or_else(|p| p.into_inner()).clone();
             let results = Arc::new(Mutex::new(Vec::new()));

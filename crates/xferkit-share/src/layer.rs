@@ -9,12 +9,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use xferkit_core::layer::Upload;
 use xferkit_core::{
-    Direction, Error, ErrorKind, PresignMethod, PutOptions, Registry, RemoteObject, Result,
-    TransferCtx, TransferLayer, TransferRequest, UploadSource, async_trait,
+    Direction, DynHandler, Error, ErrorKind, PresignMethod, PutOptions, Registry, RemoteObject,
+    Result, TransferCtx, TransferLayer, TransferRequest, UploadSource, async_trait,
 };
 
 use crate::dedupe::{Dedupe, content_key, sha256_file};
-use crate::e2e::Encrypted;
+use crate::e2e::{Encrypted, LinkSecret, split_link};
 use crate::info::{ShareInfo, ShareOptions};
 use crate::thumbnail::{self, Thumbnailer, thumbnail_key};
 
@@ -70,6 +70,18 @@ impl Sharing {
     }
 }
 
+/// The secret an encrypted link's fragment held, kept apart from its URL in
+/// the download request's extensions. Shows nothing of it (`Debug`), and
+/// serializes to nothing.
+#[derive(Debug, Clone, PartialEq)]
+struct OpenLink(LinkSecret);
+
+impl serde::Serialize for OpenLink {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -78,12 +90,38 @@ fn unix(t: SystemTime) -> u64 {
 
 #[async_trait]
 impl TransferLayer for Sharing {
+    /// An encrypted upload is never merged with a plain one. A download of a
+    /// link to an encrypted attachment (`…#aes128gcm.KEY.DIGEST`): the
+    /// fragment is taken off the URL (out of [`TransferRequest::url`], the
+    /// transfer's `FileInfo` and every message) and kept in the request; the
+    /// transfer is identified by a fingerprint of the secret, so links with
+    /// other keys never share it. A malformed `aes128gcm` fragment is
+    /// `InvalidUrl`, naming the URL without it.
     fn prepare(&self, request: &mut TransferRequest) -> Result<()> {
-        // An encrypted upload of a file is never merged with a plain one.
-        if request.direction == Direction::Upload && ShareOptions::of(request).encrypt {
-            request.add_identity("e2e");
+        match request.direction {
+            Direction::Upload => {
+                if ShareOptions::of(request).encrypt {
+                    request.add_identity("e2e");
+                }
+            }
+            Direction::Download => {
+                if let (url, Some(secret)) = split_link(&request.url)? {
+                    request.url = url;
+                    request.add_identity(&format!("e2e:{}", secret.fingerprint()));
+                    request.extensions_mut().insert(OpenLink(secret));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// A link to an encrypted attachment is read through an opening
+    /// [`Encrypted`]: the content decrypted and checked.
+    fn download_store(&self, request: &TransferRequest, store: DynHandler) -> Result<DynHandler> {
+        Ok(match request.extensions().get::<OpenLink>() {
+            Some(OpenLink(secret)) => Arc::new(Encrypted::opening(store, secret.clone())),
+            None => store,
+        })
     }
 
     /// Encrypt (the store is wrapped in a sealing [`Encrypted`]), check the

@@ -49,7 +49,6 @@ use std::time::Duration;
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::aead::generic_array::GenericArray;
 use aes_gcm::{Aes128Gcm, KeyInit};
-use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bytes::{Bytes, BytesMut};
@@ -57,10 +56,11 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use sha2::{Digest, Sha256};
 
-use crate::url::ObjectUrl;
-use crate::{
+use xferkit_core::url::ObjectUrl;
+use xferkit_core::{
     ByteRange, ByteStream, Capabilities, DynHandler, Error, FileTransferHandler, PendingUpload,
     PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx, UploadSource,
+    async_trait,
 };
 
 /// The content coding, and the first word of a link's fragment.
@@ -153,7 +153,7 @@ impl LinkSecret {
 pub fn split_link(link: &str) -> Result<(String, Option<LinkSecret>)> {
     match link.split_once('#') {
         Some((base, frag)) if frag.starts_with(SCHEME) => {
-            let secret = LinkSecret::parse(frag, &crate::url::shown(link))?;
+            let secret = LinkSecret::parse(frag, &xferkit_core::url::shown(link))?;
             Ok((base.to_string(), Some(secret)))
         }
         _ => Ok((link.to_string(), None)),
@@ -459,7 +459,7 @@ impl Encrypted {
     fn plain(&self, mut obj: RemoteObject) -> Result<RemoteObject> {
         obj.size = plain_size(obj.size).ok_or_else(|| {
             Error::backend(
-                crate::url::shown(&obj.url),
+                xferkit_core::url::shown(&obj.url),
                 format!(
                     "not an xferkit encrypted attachment: no content encrypts to {} bytes",
                     obj.size
@@ -481,7 +481,7 @@ impl Encrypted {
             return Err(self.wrong_mode("decrypting with an upload's handler"));
         };
         keys.get_or_try_init(|| async {
-            let target = crate::url::shown(&self.inner.url_for(key));
+            let target = xferkit_core::url::shown(&self.inner.url_for(key));
             let range = ByteRange::Bounded {
                 start: 0,
                 end: HEADER,
@@ -709,7 +709,7 @@ impl FileTransferHandler for Encrypted {
         let got = *fresh.lock().unwrap_or_else(|p| p.into_inner());
         let Some(d) = got else {
             return Err(Error::backend(
-                crate::url::shown(&obj.url),
+                xferkit_core::url::shown(&obj.url),
                 "the store finished the upload before reading all of it",
                 "e2e stream not ended",
             ));
@@ -726,7 +726,7 @@ impl FileTransferHandler for Encrypted {
         let Mode::Open { secret, hashes, .. } = &self.mode else {
             return Err(self.wrong_mode("decrypting with an upload's handler"));
         };
-        let target = crate::url::shown(&self.inner.url_for(key));
+        let target = xferkit_core::url::shown(&self.inner.url_for(key));
         let per = PLAIN_PER_RECORD;
         // Whole records: the first one the range touches onwards, up to the
         // last one (a suffix needs the size first).
@@ -764,7 +764,7 @@ impl FileTransferHandler for Encrypted {
         };
         let (obj, input) = match self.inner.download_stream(key, stored).await {
             // The range asked for starts past the last record.
-            Err(e) if e.kind() == crate::ErrorKind::InvalidRange => {
+            Err(e) if e.kind() == xferkit_core::ErrorKind::InvalidRange => {
                 let size = self.plain(self.inner.stat(key).await?)?.size;
                 let r = range.unwrap_or(ByteRange::From(0));
                 r.resolve(size, &target)?;
@@ -810,7 +810,7 @@ impl FileTransferHandler for Encrypted {
             return Ok(());
         };
         let keys = self.keys(key).await?;
-        let target = crate::url::shown(&self.inner.url_for(key));
+        let target = xferkit_core::url::shown(&self.inner.url_for(key));
         let file = file.try_clone().map_err(|e| Error::from_io(&target, e))?;
         let hashes = hashes.clone();
         let want = secret.digest;
@@ -868,8 +868,8 @@ impl FileTransferHandler for Encrypted {
     fn list_with(
         &self,
         prefix: &str,
-        opts: &crate::ListOptions,
-    ) -> BoxStream<'static, Result<crate::ListEntry>> {
+        opts: &xferkit_core::ListOptions,
+    ) -> BoxStream<'static, Result<xferkit_core::ListEntry>> {
         self.inner.list_with(prefix, opts)
     }
 
@@ -1019,15 +1019,22 @@ mod tests {
         assert_eq!(format!("{s:?}"), "LinkSecret(<redacted>)");
         let (plain, none) = split_link("https://h/o#section").unwrap();
         assert_eq!((plain.as_str(), none), ("https://h/o#section", None));
-        // A download request keeps the secret apart from its URL and out of Debug.
-        let req = crate::TransferRequest::download(&link, "/tmp/x");
+        // A download request keeps the secret out of Debug, and the sharing
+        // layer takes it apart from its URL.
+        use xferkit_core::{TransferLayer, TransferRequest};
+        let mut req = TransferRequest::download(&link, "/tmp/x");
+        let shown = format!("{req:?}");
+        assert!(!shown.contains(&B64.encode(s.key)), "{shown}");
+        crate::Sharing::new().prepare(&mut req).unwrap();
         assert_eq!(req.url, "https://h/o?sig=x");
         let shown = format!("{req:?}");
         assert!(!shown.contains(&B64.encode(s.key)), "{shown}");
         assert!(!shown.contains(&B64.encode(s.digest)), "{shown}");
-        let bad_req = crate::TransferRequest::download("s3://b/k#aes128gcm.AAAA.secretish", "x");
-        assert_eq!(bad_req.url, "s3://b/k");
+        let mut bad_req = TransferRequest::download("s3://b/k#aes128gcm.AAAA.secretish", "x");
         assert!(!format!("{bad_req:?}").contains("secretish"));
+        let bad = crate::Sharing::new().prepare(&mut bad_req).unwrap_err();
+        assert_eq!(bad.kind(), xferkit_core::ErrorKind::InvalidUrl);
+        assert!(!bad.to_string().contains("secretish"), "{bad}");
         let bad = split_link("s3://b/k#aes128gcm.AAAA.secretish").unwrap_err();
         assert!(!bad.to_string().contains("secretish"), "{bad}");
         assert!(!format!("{bad:?}").contains("secretish"), "{bad:?}");
