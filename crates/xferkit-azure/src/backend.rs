@@ -64,13 +64,38 @@ fn headers(v: [Option<String>; 4]) -> xferkit_core::ObjectHeaders {
     h
 }
 
+/// `backend = "azure"`: an [`AzureConfig`] table, the server-side upload
+/// options Azure honours, the application's retry policy and journal
+/// directory.
+#[async_trait]
+impl xferkit_core::Backend for AzureStore {
+    const KIND: &'static str = "azure";
+    type Config = AzureConfig;
+
+    fn upload_options() -> Capabilities {
+        server_options(Capabilities::default())
+    }
+
+    async fn build(
+        name: &str,
+        mut config: AzureConfig,
+        ctx: &xferkit_core::BuildContext,
+    ) -> Result<Self> {
+        config.upload = ctx.upload.clone();
+        Ok(AzureStore::new(name, config)
+            .await?
+            .with_retry_policy(ctx.retry.clone())
+            .with_state_dir(ctx.state_dir.clone()))
+    }
+}
+
 impl AzureStore {
     /// Build the store called `name` from `config`. Creates no container and
     /// sends no request: a wrong credential shows on the first operation.
     pub async fn new(name: &str, config: AzureConfig) -> Result<Self> {
-        let defaults = (config.upload).put_options(name, &server_options(Default::default()))?;
-        let cfg = config.resolve(name)?;
-        let client = Client::new(name, &cfg)?;
+        let defaults = (config.upload).put_options(&server_options(Default::default()))?;
+        let cfg = config.resolve()?;
+        let client = Client::new(&cfg)?;
         Ok(AzureStore {
             name: name.to_string(),
             root: Root::new(SCHEME, &cfg.account, &cfg.prefix).in_container(&cfg.container),

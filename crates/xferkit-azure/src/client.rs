@@ -116,7 +116,7 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    pub(crate) fn new(store: &str, cfg: &Resolved) -> Result<Self> {
+    pub(crate) fn new(cfg: &Resolved) -> Result<Self> {
         let sas = match &cfg.credential {
             Credential::AccountKey(key) => Some(Arc::new(SasSource::minted(
                 &cfg.account,
@@ -152,7 +152,7 @@ impl Client {
                     .push(Arc::new(SasPolicy(s.clone())));
                 None
             }
-            None => Some(entra_id_chain(store)?),
+            None => Some(entra_id_chain()?),
         };
         let pipeline = Pipeline::new(
             option_env!("CARGO_PKG_NAME"),
@@ -175,15 +175,13 @@ impl Client {
                 segments.pop_if_empty().push(&cfg.container);
             }
             Err(()) => {
-                return Err(Error::invalid_config(format!(
-                    "stores.{store}.endpoint cannot be a base URL"
-                )));
+                return Err(Error::invalid_config("endpoint cannot be a base URL"));
             }
         }
         let container = BlobContainerClient::new(container_url, credential, Some(options))
             .map_err(|e| {
                 Error::invalid_config(format!(
-                    "stores.{store}: cannot create the Azure client: {}",
+                    "cannot create the Azure client: {}",
                     xferkit_core::url::redact(&e.to_string())
                 ))
             })?;
@@ -250,7 +248,7 @@ impl TokenCredential for ChainCredential {
     }
 }
 
-fn entra_id_chain(store: &str) -> Result<Arc<dyn TokenCredential>> {
+fn entra_id_chain() -> Result<Arc<dyn TokenCredential>> {
     use azure_identity::{
         ClientSecretCredential, DeveloperToolsCredential, ManagedIdentityCredential,
         WorkloadIdentityCredential,
@@ -281,9 +279,9 @@ fn entra_id_chain(store: &str) -> Result<Arc<dyn TokenCredential>> {
         sources.push(("developer tools (az, azd)", c));
     }
     if sources.is_empty() {
-        return Err(Error::invalid_config(format!(
-            "stores.{store}: no credential is set and no Microsoft Entra ID credential is available"
-        )));
+        return Err(Error::invalid_config(
+            "no credential is set and no Microsoft Entra ID credential is available",
+        ));
     }
     Ok(Arc::new(ChainCredential {
         sources,

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use url::Url;
-use xferkit_core::settings::StoreKeys;
+use xferkit_core::settings;
 use xferkit_core::{Error, Result, Secret};
 
 use crate::sas::AccountKey;
@@ -210,26 +210,6 @@ fn parse_connection_string(s: &str) -> std::result::Result<ConnectionString, Str
 }
 
 impl AzureConfig {
-    /// Every key this backend accepts (`backend` is the facade's).
-    pub const KEYS: &'static [&'static str] = &[
-        "account",
-        "container",
-        "prefix",
-        "endpoint",
-        "connection_string",
-        "account_key",
-        "sas_token",
-        "multipart_threshold",
-        "block_size",
-        "concurrency",
-        "storage_class",
-        "cache_control",
-        "content_disposition",
-        "content_encoding",
-        "content_language",
-        "encryption_scope",
-    ];
-
     /// A configuration for `container` of `account` with every other key at
     /// its default (Entra ID until a credential is set).
     pub fn new(account: impl Into<String>, container: impl Into<String>) -> Self {
@@ -240,12 +220,11 @@ impl AzureConfig {
         }
     }
 
-    /// Check every key and pick the credential; errors name the key as
-    /// `stores.NAME.KEY` and never show a secret.
-    pub(crate) fn resolve(&self, store: &str) -> Result<Resolved> {
-        let k = StoreKeys::new(store);
-        let key_name = |key: &str| k.name(key);
-        let bad = |key: &str, what: String| -> Result<Resolved> { Err(k.error(key, what)) };
+    /// Check every key and pick the credential; errors name the key
+    /// relative to the table (`account = …`) and never show a secret.
+    pub(crate) fn resolve(&self) -> Result<Resolved> {
+        let bad =
+            |key: &str, what: String| -> Result<Resolved> { Err(settings::invalid(key, what)) };
 
         // Exactly one credential.
         let given: Vec<&str> = [
@@ -258,10 +237,9 @@ impl AzureConfig {
         .map(|(k, _)| *k)
         .collect();
         if given.len() > 1 {
-            let names: Vec<String> = given.iter().map(|k| key_name(k)).collect();
             return Err(Error::invalid_config(format!(
                 "{} are all set; give exactly one credential (or none for Microsoft Entra ID)",
-                names.join(" and ")
+                given.join(" and ")
             )));
         }
 
@@ -286,10 +264,7 @@ impl AzureConfig {
             (a, Some(c)) if a != c => {
                 return bad(
                     "account",
-                    format!(
-                        "= {a:?} differs from AccountName {c:?} in {}",
-                        key_name("connection_string")
-                    ),
+                    format!("= {a:?} differs from AccountName {c:?} in connection_string"),
                 );
             }
             (a, _) => a.to_string(),
@@ -309,9 +284,9 @@ impl AzureConfig {
         }
 
         // Container.
-        let container = k
-            .required("container", &self.container, "the blob container name")?
-            .to_string();
+        let container =
+            settings::required("container", &self.container, "the blob container name")?
+                .to_string();
         let container_ok = container.len() >= 3
             && container.len() <= 63
             && container
@@ -329,7 +304,7 @@ impl AzureConfig {
             );
         }
 
-        let prefix = k.prefix("prefix", &self.prefix)?;
+        let prefix = settings::prefix("prefix", &self.prefix)?;
 
         // Endpoint: explicit key, then the connection string, then Azure's default.
         let (endpoint_key, endpoint_str) = if let Some(ep) = &self.endpoint {
@@ -350,7 +325,7 @@ impl AzureConfig {
                 .unwrap_or_else(|| ("https".into(), "core.windows.net".into()));
             ("endpoint", format!("{proto}://{account}.blob.{suffix}"))
         };
-        let endpoint = k.endpoint(endpoint_key, &endpoint_str)?;
+        let endpoint = settings::endpoint(endpoint_key, &endpoint_str)?;
 
         // Credential.
         let key_credential = |k: &str, which: &str| -> Result<Credential> {
@@ -359,11 +334,11 @@ impl AzureConfig {
                 .ok_or_else(|| {
                     Error::invalid_config(format!(
                         "{} {which} is not valid base64 (copy the key from the portal)",
-                        key_name(if which == "AccountKey" {
+                        if which == "AccountKey" {
                             "connection_string"
                         } else {
                             "account_key"
-                        })
+                        }
                     ))
                 })
         };
@@ -371,8 +346,7 @@ impl AzureConfig {
             let t = t.trim().trim_start_matches('?');
             if !t.split('&').any(|p| p.starts_with("sig=")) {
                 return Err(Error::invalid_config(format!(
-                    "{} does not look like a SAS token (no sig= parameter)",
-                    key_name(key)
+                    "{key} does not look like a SAS token (no sig= parameter)"
                 )));
             }
             Ok(Credential::Sas(Secret::new(t)))
@@ -392,28 +366,28 @@ impl AzureConfig {
         };
         if matches!(credential, Credential::EntraId) && endpoint.scheme() != "https" {
             return Err(Error::invalid_config(format!(
-                "stores.{store}: no credential is set, so Microsoft Entra ID is used, and it needs an https endpoint (got {}); set account_key, sas_token or connection_string",
+                "no credential is set, so Microsoft Entra ID is used, and it needs an https endpoint (got {}); set account_key, sas_token or connection_string",
                 endpoint
             )));
         }
 
         // Sizes.
         let single = " bytes (5000 MiB, Azure's largest single Put Blob)";
-        k.within(
+        settings::within(
             "multipart_threshold",
             self.multipart_threshold,
             1..=MAX_SINGLE_PUT,
             single,
         )?;
         let block = " bytes (4000 MiB, Azure's largest block)";
-        k.within("block_size", self.block_size, 1..=MAX_BLOCK_SIZE, block)?;
+        settings::within("block_size", self.block_size, 1..=MAX_BLOCK_SIZE, block)?;
         if usize::try_from(self.block_size).is_err() {
             return bad(
                 "block_size",
                 "does not fit in memory on this platform".into(),
             );
         }
-        k.within("concurrency", self.concurrency, 1..=64, "")?;
+        settings::within("concurrency", self.concurrency, 1..=64, "")?;
 
         Ok(Resolved {
             account,
@@ -442,14 +416,14 @@ mod tests {
     }
 
     fn err(c: &AzureConfig) -> String {
-        let e = c.resolve("main").expect_err("config should be refused");
+        let e = c.resolve().expect_err("config should be refused");
         assert_eq!(e.kind(), ErrorKind::InvalidConfig);
         e.to_string()
     }
 
     #[test]
     fn defaults_and_default_endpoint() {
-        let r = with_key().resolve("main").unwrap();
+        let r = with_key().resolve().unwrap();
         assert_eq!(
             r.endpoint.as_str(),
             "https://myaccount.blob.core.windows.net/"
@@ -464,10 +438,10 @@ mod tests {
     fn missing_required_keys_are_named() {
         let mut c = with_key();
         c.container.clear();
-        assert!(err(&c).contains("stores.main.container is missing"));
+        assert!(err(&c).contains("container is missing"));
         let mut c = with_key();
         c.account.clear();
-        assert!(err(&c).contains("stores.main.account is missing"));
+        assert!(err(&c).contains("account is missing"));
     }
 
     #[test]
@@ -476,7 +450,8 @@ mod tests {
             let mut c = with_key();
             edit(&mut c);
             let m = err(&c);
-            assert!(m.contains(&format!("stores.main.{key}")), "{m}");
+            let relative = format!("invalid configuration: {key} ");
+            assert!(m.starts_with(&relative), "{m}");
             m
         };
         named(|c| c.container = "Has/Slash".into(), "container");
@@ -501,13 +476,13 @@ mod tests {
         let mut c = with_key();
         c.sas_token = Some(Secret::new("sv=x&sig=y"));
         let m = err(&c);
-        assert!(m.contains("stores.main.account_key"), "{m}");
-        assert!(m.contains("stores.main.sas_token"), "{m}");
+        assert!(m.contains("account_key"), "{m}");
+        assert!(m.contains("sas_token"), "{m}");
         let mut c = with_key();
         c.connection_string = Some(Secret::new("AccountName=myaccount;AccountKey=abcd"));
         let m = err(&c);
         assert!(
-            m.contains("stores.main.connection_string") && m.contains("stores.main.account_key"),
+            m.contains("connection_string") && m.contains("account_key"),
             "{m}"
         );
     }
@@ -516,7 +491,7 @@ mod tests {
     fn entra_id_needs_https() {
         let mut c = AzureConfig::new("myaccount", "media");
         assert!(matches!(
-            c.resolve("main").unwrap().credential,
+            c.resolve().unwrap().credential,
             Credential::EntraId
         ));
         c.endpoint = Some("http://127.0.0.1:10000/devstoreaccount1".into());
@@ -527,12 +502,12 @@ mod tests {
     fn sas_token_is_checked_and_trimmed() {
         let mut c = AzureConfig::new("myaccount", "media");
         c.sas_token = Some(Secret::new("?sv=2022-11-02&sig=abc"));
-        match c.resolve("main").unwrap().credential {
+        match c.resolve().unwrap().credential {
             Credential::Sas(t) => assert_eq!(t.expose(), "sv=2022-11-02&sig=abc"),
             other => panic!("{other:?}"),
         }
         c.sas_token = Some(Secret::new("sv=2022-11-02"));
-        assert!(err(&c).contains("stores.main.sas_token"));
+        assert!(err(&c).contains("sas_token"));
     }
 
     #[test]
@@ -541,7 +516,7 @@ mod tests {
         c.connection_string = Some(Secret::new(format!(
             "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1/;QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;"
         )));
-        let r = c.resolve("main").unwrap();
+        let r = c.resolve().unwrap();
         assert_eq!(r.account, "devstoreaccount1");
         assert_eq!(
             r.endpoint.as_str(),
@@ -556,7 +531,7 @@ mod tests {
         c.connection_string = Some(Secret::new(format!(
             "defaultendpointsprotocol=https;accountname=myaccount;accountkey={KEY};endpointsuffix=core.chinacloudapi.cn"
         )));
-        let r = c.resolve("main").unwrap();
+        let r = c.resolve().unwrap();
         assert_eq!(
             r.endpoint.as_str(),
             "https://myaccount.blob.core.chinacloudapi.cn/"
@@ -569,7 +544,7 @@ mod tests {
         c.connection_string = Some(Secret::new(
             "BlobEndpoint=https://myaccount.blob.core.windows.net;SharedAccessSignature=sv=2022-11-02&ss=b&sig=abc%3D",
         ));
-        let r = c.resolve("main").unwrap();
+        let r = c.resolve().unwrap();
         match r.credential {
             Credential::Sas(t) => assert_eq!(t.expose(), "sv=2022-11-02&ss=b&sig=abc%3D"),
             other => panic!("{other:?}"),
@@ -580,7 +555,7 @@ mod tests {
     fn development_storage_connection_string() {
         let mut c = AzureConfig::new("", "media");
         c.connection_string = Some(Secret::new("UseDevelopmentStorage=true"));
-        let r = c.resolve("main").unwrap();
+        let r = c.resolve().unwrap();
         assert_eq!(r.account, DEV_ACCOUNT);
         assert_eq!(r.endpoint.as_str(), DEV_ENDPOINT);
         assert!(matches!(r.credential, Credential::AccountKey(_)));
@@ -593,18 +568,18 @@ mod tests {
             "AccountName=myaccount;AccountKey=SECRET!!;junk",
         ));
         let m = err(&c);
-        assert!(m.contains("stores.main.connection_string"), "{m}");
+        assert!(m.contains("connection_string"), "{m}");
         assert!(!m.contains("SECRET"), "{m}");
         c.connection_string = Some(Secret::new("AccountName=myaccount;AccountKey=SECRET!!"));
         let m = err(&c);
         assert!(
-            m.contains("stores.main.connection_string") && m.contains("AccountKey"),
+            m.contains("connection_string") && m.contains("AccountKey"),
             "{m}"
         );
         assert!(!m.contains("SECRET"), "{m}");
         c.connection_string = Some(Secret::new(format!("AccountName=other;AccountKey={KEY}")));
         c.account = "myaccount".into();
-        assert!(err(&c).contains("stores.main.account"));
+        assert!(err(&c).contains("account"));
         c.account.clear();
         c.connection_string = Some(Secret::new(format!(
             "AccountName=myaccount;AccountKey={KEY};SharedAccessSignature=sv=1&sig=2"
@@ -623,7 +598,7 @@ mod tests {
         c.connection_string = Some(Secret::new("AccountKey=CSKEY"));
         let d = format!("{c:?}");
         assert!(!d.contains("TOKENSIG") && !d.contains("CSKEY"), "{d}");
-        let r = with_key().resolve("main").unwrap();
+        let r = with_key().resolve().unwrap();
         let d = format!("{r:?}");
         assert!(!d.contains(KEY), "{d}");
     }
@@ -637,11 +612,16 @@ mod tests {
             "storage_class": "Cool", "cache_control": "c", "content_disposition": "d",
             "content_encoding": "e", "content_language": "l", "encryption_scope": "s"
         });
-        let obj = json.as_object().unwrap();
-        assert_eq!(obj.len(), AzureConfig::KEYS.len());
-        for k in AzureConfig::KEYS {
-            assert!(obj.contains_key(*k), "{k}");
-        }
+        let mut want: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        want.sort_unstable();
+        let mut keys = <crate::AzureStore as xferkit_core::Backend>::keys();
+        keys.sort_unstable();
+        assert_eq!(keys, want);
         let c: AzureConfig = serde_json::from_value(json).unwrap();
         assert_eq!(
             (c.multipart_threshold, c.block_size, c.concurrency),

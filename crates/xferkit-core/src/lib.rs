@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod backend;
 pub mod body;
 mod ctx;
 mod error;
@@ -21,6 +22,7 @@ pub mod status;
 mod types;
 pub mod url;
 
+pub use backend::{Backend, BuildContext};
 pub use ctx::{Bandwidth, ProgressSink, TransferCtx};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use ext::{

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::settings::StoreKeys;
+use crate::settings;
 use crate::{Capabilities, Error, PutOptions, Result, Secret};
 
 /// The standard HTTP headers a store keeps with an object and sends back on
@@ -264,7 +264,7 @@ pub struct UploadDefaults {
 }
 
 impl UploadDefaults {
-    /// Every key, for a backend's `KEYS` (it lists those it honours).
+    /// Every key.
     pub const KEYS: &'static [&'static str] = &[
         "storage_class",
         "cache_control",
@@ -279,10 +279,29 @@ impl UploadDefaults {
         "encryption_scope",
     ];
 
+    /// The keys of the options a store with `caps` honours: those its
+    /// table accepts (see [`crate::backend::Backend::keys`]). `sse` picks a
+    /// mode no key implies (SSE-S3), so it comes with
+    /// `sse_service_managed`; `sse_bucket_key` is S3's Bucket Key for SSE-KMS,
+    /// of stores that have both.
+    pub fn keys_for(caps: &Capabilities) -> Vec<&'static str> {
+        let honoured = |key: &str| match key {
+            "storage_class" => caps.storage_class,
+            "tags" => caps.tags,
+            "sse" => caps.sse_service_managed,
+            "sse_kms_key_id" => caps.sse_kms,
+            "sse_bucket_key" => caps.sse_kms && caps.sse_service_managed,
+            "sse_customer_key" => caps.sse_customer_key,
+            "encryption_scope" => caps.encryption_scope,
+            _ => caps.object_headers,
+        };
+        Self::KEYS.iter().copied().filter(|k| honoured(k)).collect()
+    }
+
     /// The defaults as upload options, checked against what the store
-    /// honours; errors name the key as `stores.NAME.KEY`.
-    pub fn put_options(&self, store: &str, caps: &Capabilities) -> Result<PutOptions> {
-        let k = StoreKeys::new(store);
+    /// honours; errors name the key relative to the store's table
+    /// (`sse_customer_key is missing ...`).
+    pub fn put_options(&self, caps: &Capabilities) -> Result<PutOptions> {
         let kms = || ServerEncryption::Kms {
             key_id: self.sse_kms_key_id.clone(),
             bucket_key: self.sse_bucket_key,
@@ -295,10 +314,7 @@ impl UploadDefaults {
             None
         });
         let conflict = |key: &str, with: &str| {
-            k.error(
-                key,
-                format_args!("cannot be set together with {}", k.name(with)),
-            )
+            settings::invalid(key, format_args!("cannot be set together with {with}"))
         };
         let encryption = match sse {
             None => None,
@@ -306,7 +322,7 @@ impl UploadDefaults {
             Some(SseMode::Kms) => Some(kms()),
             Some(SseMode::Customer) => Some(ServerEncryption::CustomerKey(
                 self.sse_customer_key.clone().ok_or_else(|| {
-                    k.error(
+                    settings::invalid(
                         "sse_customer_key",
                         "is missing (sse = \"customer\" needs the key)",
                     )
@@ -330,7 +346,7 @@ impl UploadDefaults {
             (None, e) => e,
         };
         if let Some(ServerEncryption::CustomerKey(key)) = &encryption {
-            check_customer_key(key).map_err(|why| k.error("sse_customer_key", why))?;
+            check_customer_key(key).map_err(|why| settings::invalid("sse_customer_key", why))?;
         }
         let opts = PutOptions {
             headers: ObjectHeaders {
@@ -352,10 +368,15 @@ impl UploadDefaults {
                 _ if self.encryption_scope.is_some() => "encryption_scope".to_string(),
                 _ => "sse".to_string(),
             };
-            return Err(k.error(&key, "is not supported by this backend"));
+            return Err(settings::invalid(&key, "is not supported by this backend"));
         }
-        opts.check_server_options(store, &k.name("*"), caps)
-            .map_err(|e| Error::invalid_config(e.to_string()))?;
+        // Values with control characters: the option and value are named
+        // (which key held it, the facade's table says no more precisely).
+        opts.check_server_options("", "", caps)
+            .map_err(|e| match e {
+                Error::Backend { message, .. } => Error::invalid_config(message),
+                e => Error::invalid_config(e.to_string()),
+            })?;
         Ok(opts)
     }
 }
@@ -386,6 +407,38 @@ mod tests {
             encryption_scope: true,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_store_accepts_the_keys_of_the_options_it_honours() {
+        assert_eq!(UploadDefaults::keys_for(&all()), UploadDefaults::KEYS);
+        assert!(UploadDefaults::keys_for(&Capabilities::default()).is_empty());
+        let cmek = Capabilities {
+            storage_class: true,
+            object_headers: true,
+            sse_kms: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            UploadDefaults::keys_for(&cmek),
+            [
+                "storage_class",
+                "cache_control",
+                "content_disposition",
+                "content_encoding",
+                "content_language",
+                "sse_kms_key_id"
+            ]
+        );
+        let d = UploadDefaults {
+            storage_class: Some("A\nB".into()),
+            ..Default::default()
+        };
+        let e = d.put_options(&all()).unwrap_err().to_string();
+        assert!(
+            e.ends_with("storage class \"A\\nB\" is empty or holds a control character"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -450,7 +503,7 @@ mod tests {
             sse_kms_key_id: Some("k1".into()),
             ..Default::default()
         };
-        let o = d.put_options("m", &all()).unwrap();
+        let o = d.put_options(&all()).unwrap();
         assert_eq!(
             o.encryption,
             Some(ServerEncryption::Kms {
@@ -459,28 +512,35 @@ mod tests {
             })
         );
         d.encryption_scope = Some("s".into());
-        let e = d.put_options("m", &all()).unwrap_err().to_string();
-        assert!(e.contains("stores.m.encryption_scope"), "{e}");
+        let e = d.put_options(&all()).unwrap_err().to_string();
+        assert!(
+            e.contains("encryption_scope cannot be set together with sse"),
+            "{e}"
+        );
         let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
         let d = UploadDefaults {
             sse_customer_key: Some(Secret::new(key)),
             ..Default::default()
         };
-        let o = d.put_options("m", &all()).unwrap();
+        let o = d.put_options(&all()).unwrap();
         assert!(!format!("{o:?} {d:?}").contains(key));
         let d = UploadDefaults {
             sse: Some(SseMode::Customer),
             ..Default::default()
         };
-        let e = d.put_options("m", &all()).unwrap_err().to_string();
-        assert!(e.contains("stores.m.sse_customer_key"), "{e}");
+        let e = d.put_options(&all()).unwrap_err().to_string();
+        assert!(
+            e.contains("configuration: sse_customer_key is missing"),
+            "{e}"
+        );
         let d = UploadDefaults {
             content_disposition: Some("inline".into()),
             ..Default::default()
         };
-        let e = d.put_options("m", &Capabilities::default()).unwrap_err();
+        let e = d.put_options(&Capabilities::default()).unwrap_err();
         assert!(
-            e.to_string().contains("stores.m.content_disposition"),
+            e.to_string()
+                .contains("configuration: content_disposition is not supported"),
             "{e}"
         );
     }

@@ -71,19 +71,46 @@ fn server_options(mut c: Capabilities) -> Capabilities {
     c
 }
 
+/// `backend = "gcs"`: a [`GcsConfig`] table, the server-side upload options
+/// GCS honours, the application's retry policy and journal directory.
+#[async_trait]
+impl xferkit_core::Backend for GcsStore {
+    const KIND: &'static str = "gcs";
+    type Config = GcsConfig;
+
+    fn upload_options() -> Capabilities {
+        server_options(Capabilities::default())
+    }
+
+    async fn build(
+        name: &str,
+        mut config: GcsConfig,
+        ctx: &xferkit_core::BuildContext,
+    ) -> Result<Self> {
+        config.upload = ctx.upload.clone();
+        Ok(GcsStore::new(name, config)
+            .await?
+            .with_retry_policy(ctx.retry.clone())
+            .with_state_dir(ctx.state_dir.clone()))
+    }
+}
+
 impl GcsStore {
-    /// A store called `name` (its `[stores.NAME]` table) from `config`.
+    /// A store called `name` from `config` (its `[stores.NAME]` table);
+    /// errors name keys relative to the table.
     ///
     /// Invalid configuration is `InvalidConfig` naming the key. No request is
     /// sent to the bucket; the credentials are resolved here (which, for the
     /// application-default chain on Google Cloud, asks the metadata server).
     pub async fn new(name: &str, config: GcsConfig) -> Result<Self> {
-        config.validate(name)?;
+        config.validate()?;
         let caps = server_options(Capabilities::default());
-        let defaults = config.upload.put_options(name, &caps)?;
+        let defaults = config.upload.put_options(&caps)?;
         cmek(name, &defaults).map_err(|e| {
-            let key = xferkit_core::settings::StoreKeys::new(name);
-            key.error("sse_kms_key_id", format_args!("and sse_bucket_key: {e}"))
+            xferkit_core::settings::invalid(
+                "sse_kms_key_id",
+                format_args!("and sse_bucket_key: {e}"),
+            )
         })?;
         let gcs = Gcs::connect(name, &config).await?;
         Ok(GcsStore {
@@ -557,13 +584,13 @@ mod tests {
         c.chunk_size = 300 * 1024;
         let e = GcsStore::new("media", c).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidConfig);
-        assert!(e.to_string().contains("stores.media.chunk_size"), "{e}");
+        assert!(e.to_string().contains("configuration: chunk_size "), "{e}");
 
         let e = GcsStore::new("media", GcsConfig::default())
             .await
             .unwrap_err();
         assert!(
-            e.to_string().contains("stores.media.bucket is missing"),
+            e.to_string().contains("configuration: bucket is missing"),
             "{e}"
         );
 
@@ -572,7 +599,7 @@ mod tests {
         c.credentials_file = Some("/nonexistent/xferkit/key.json".into());
         let e = GcsStore::new("media", c).await.unwrap_err();
         assert!(
-            e.to_string().contains("stores.media.credentials_file"),
+            e.to_string().contains("configuration: credentials_file "),
             "{e}"
         );
     }
@@ -591,7 +618,7 @@ mod tests {
         c.credentials_file = Some(f.path().to_path_buf());
         let e = GcsStore::new("media", c).await.unwrap_err();
         assert!(
-            e.to_string().contains("stores.media.credentials_file"),
+            e.to_string().contains("configuration: credentials_file "),
             "{e}"
         );
         assert!(!e.chain().contains("TOPSECRET"), "{}", e.chain());

@@ -78,7 +78,7 @@ impl Gcs {
     /// Build the client for a validated config of store `store`.
     pub(crate) async fn connect(store: &str, cfg: &GcsConfig) -> Result<Self> {
         let config_err = |key: &str, what: String, source: Option<BoxError>| Error::InvalidConfig {
-            message: format!("stores.{store}.{key} {what}"),
+            message: format!("{key} {what}"),
             source,
         };
         let endpoint_str = cfg.endpoint_url();
@@ -130,7 +130,7 @@ impl Gcs {
         } else {
             cc = cc.with_auth().await.map_err(|e| Error::InvalidConfig {
                 message: format!(
-                    "stores.{store}: no GCS credentials found (set credentials_file, \
+                    "no GCS credentials found (set credentials_file, \
                      GOOGLE_APPLICATION_CREDENTIALS, or anonymous = true): {e}"
                 ),
                 source: None,

@@ -746,5 +746,8 @@ async fn cmek_key_name_storage_class_and_headers_are_sent() {
     c.anonymous = true;
     c.upload.sse_bucket_key = Some(true);
     let e = GcsStore::new("mock", c).await.unwrap_err().to_string();
-    assert!(e.contains("stores.mock.sse"), "{e}");
+    assert!(
+        e.contains("configuration: sse_kms_key_id and sse_bucket_key"),
+        "{e}"
+    );
 }

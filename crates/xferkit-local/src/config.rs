@@ -81,18 +81,6 @@ impl Default for ServeSettings {
 }
 
 impl LocalConfig {
-    /// Every key this backend accepts (besides `backend`).
-    pub const KEYS: &'static [&'static str] = &[
-        "root",
-        "serve_url",
-        "signing_key",
-        "max_upload_size",
-        "serve_header_timeout",
-        "serve_idle_timeout",
-        "serve_max_connections",
-        "serve_inline_types",
-    ];
-
     pub fn with_root(root: impl Into<PathBuf>) -> Self {
         LocalConfig {
             root: Some(root.into()),

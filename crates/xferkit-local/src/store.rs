@@ -102,20 +102,20 @@ fn remove_dirs(created: &[PathBuf]) {
 
 impl LocalStore {
     /// Open (creating if needed) the store rooted at `config.root`.
+    /// Configuration errors name the key relative to the store's table
+    /// (`root = "…" cannot be created`).
     pub async fn new(name: &str, config: LocalConfig) -> Result<Self> {
         let root = config
             .root
-            .ok_or_else(|| Error::invalid_config(format!("stores.{name}.root is missing")))?;
+            .ok_or_else(|| Error::invalid_config("root is missing"))?;
         let shown = root.display().to_string();
         if shown.is_empty() {
-            return Err(Error::invalid_config(format!(
-                "stores.{name}.root is empty"
-            )));
+            return Err(Error::invalid_config("root is empty"));
         }
         tokio::fs::create_dir_all(root.join(RESERVED).join("tmp"))
             .await
             .map_err(|e| Error::InvalidConfig {
-                message: format!("stores.{name}.root = {shown:?} cannot be created"),
+                message: format!("root = {shown:?} cannot be created"),
                 source: Some(e.into()),
             })?;
         let root = tokio::fs::canonicalize(&root)
@@ -123,54 +123,50 @@ impl LocalStore {
             .map_err(|e| Error::from_io(&shown, e))?;
         let root_str = root
             .to_str()
-            .ok_or_else(|| {
-                Error::invalid_config(format!("stores.{name}.root = {shown:?} is not valid UTF-8"))
-            })?
+            .ok_or_else(|| Error::invalid_config(format!("root = {shown:?} is not valid UTF-8")))?
             .trim_end_matches('/')
             .to_string();
         let serve = match (config.serve_url, config.signing_key) {
             (None, None) => None,
             (Some(base), Some(key)) => {
                 let parsed = url::Url::parse(&base).map_err(|e| {
-                    Error::invalid_config(format!(
-                        "stores.{name}.serve_url = {base:?} is not a URL: {e}"
-                    ))
+                    Error::invalid_config(format!("serve_url = {base:?} is not a URL: {e}"))
                 })?;
                 if !matches!(parsed.scheme(), "http" | "https")
                     || parsed.query().is_some()
                     || parsed.fragment().is_some()
                 {
                     return Err(Error::invalid_config(format!(
-                        "stores.{name}.serve_url = {base:?} must be an http(s) URL without query or fragment"
+                        "serve_url = {base:?} must be an http(s) URL without query or fragment"
                     )));
                 }
-                let signer = UrlSigner::new(key, &format!("stores.{name}.signing_key"))?;
+                let signer = UrlSigner::new(key, "signing_key")?;
                 Some((base.trim_end_matches('/').to_string(), signer))
             }
             (Some(_), None) => {
                 return Err(Error::invalid_config(format!(
-                    "stores.{name}.serve_url is set but stores.{name}.signing_key is missing \
+                    "serve_url is set but signing_key is missing \
                      (set XFERKIT_STORES__{}__SIGNING_KEY)",
                     name.to_uppercase()
                 )));
             }
             (None, Some(_)) => {
-                return Err(Error::invalid_config(format!(
-                    "stores.{name}.signing_key is set but stores.{name}.serve_url is missing"
-                )));
+                return Err(Error::invalid_config(
+                    "signing_key is set but serve_url is missing",
+                ));
             }
         };
         if config.serve_max_connections == Some(0) {
-            return Err(Error::invalid_config(format!(
-                "stores.{name}.serve_max_connections must be at least 1"
-            )));
+            return Err(Error::invalid_config(
+                "serve_max_connections must be at least 1",
+            ));
         }
         let mut inline_types = Vec::new();
         for t in &config.serve_inline_types {
             let t = t.trim().to_ascii_lowercase();
             if t.is_empty() || t.contains(';') || t.split('/').count() != 2 {
                 return Err(Error::invalid_config(format!(
-                    "stores.{name}.serve_inline_types: {t:?} is not a content type \
+                    "serve_inline_types: {t:?} is not a content type \
                      such as \"application/pdf\" (no parameters)"
                 )));
             }

@@ -239,7 +239,8 @@ async fn serve_settings_have_defaults_and_bad_values_are_refused() {
     c.serve_max_connections = Some(0);
     let e = LocalStore::new("t", c).await.unwrap_err();
     assert!(
-        e.to_string().contains("stores.t.serve_max_connections"),
+        e.to_string()
+            .contains("configuration: serve_max_connections must be at least 1"),
         "{e}"
     );
     let mut c = LocalConfig::with_root(dir.path());

@@ -34,13 +34,13 @@ pub struct S3Store {
 impl S3Store {
     /// Check `config` and build the SDK client. No request is sent.
     ///
-    /// Invalid configuration is `InvalidConfig` naming the key
-    /// (`stores.NAME.KEY`).
+    /// Invalid configuration is `InvalidConfig` naming the key relative to
+    /// the store's table (`part_size = …`; the facade adds `stores.NAME.`).
     pub async fn new(name: &str, config: S3Config) -> Result<Self> {
-        config.validate(name)?;
+        config.validate()?;
         Ok(S3Store {
             name: name.to_string(),
-            core: Arc::new(Core::new(name, &config).await?),
+            core: Arc::new(Core::new(&config).await?),
             retry: RetryPolicy::default(),
             state_dir: None,
         })
@@ -319,6 +319,30 @@ fn objects(
             ))
         })
         .collect()
+}
+
+/// `backend = "s3"`: an [`S3Config`] table, the server-side upload options
+/// S3 honours, the application's retry policy and journal directory.
+#[async_trait]
+impl xferkit_core::Backend for S3Store {
+    const KIND: &'static str = "s3";
+    type Config = S3Config;
+
+    fn upload_options() -> Capabilities {
+        capabilities()
+    }
+
+    async fn build(
+        name: &str,
+        mut config: S3Config,
+        ctx: &xferkit_core::BuildContext,
+    ) -> Result<Self> {
+        config.upload = ctx.upload.clone();
+        Ok(S3Store::new(name, config)
+            .await?
+            .with_retry_policy(ctx.retry.clone())
+            .with_state_dir(ctx.state_dir.clone()))
+    }
 }
 
 /// What every S3 store supports.
@@ -704,7 +728,11 @@ mod tests {
         c.part_size = 1024;
         let e = S3Store::new("media", c).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidConfig);
-        assert!(e.to_string().contains("stores.media.part_size"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("invalid configuration: part_size = 1024 must be"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCa
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::DateTime;
 use xferkit_core::key::Root;
-use xferkit_core::settings::StoreKeys;
+use xferkit_core::settings;
 use xferkit_core::status::{self, Answer};
 use xferkit_core::{Error, ErrorKind, PutOptions, RemoteObject, Result, Secret, ServerEncryption};
 
@@ -203,11 +203,11 @@ impl fmt::Debug for Core {
 
 impl Core {
     /// Build the SDK client for the validated `config` of store `name`.
-    pub async fn new(name: &str, config: &S3Config) -> Result<Core> {
+    pub async fn new(config: &S3Config) -> Result<Core> {
         // hyper + rustls with ring (the provider reqwest uses too, so a build
         // has one crypto library), acknowledging every read at once: see http.rs.
         let http = xferkit_http::smithy_client();
-        let region = region(name, config).await?;
+        let region = region(config).await?;
         let region_name = region.to_string();
         let mut builder = match (&config.access_key_id, &config.secret_access_key) {
             (Some(id), Some(secret)) => {
@@ -251,9 +251,7 @@ impl Core {
             builder =
                 builder.request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
         }
-        let defaults = config
-            .upload
-            .put_options(name, &crate::backend::capabilities())?;
+        let defaults = config.upload.put_options(&crate::backend::capabilities())?;
         Ok(Core {
             client: Client::from_conf(builder.build()),
             bucket: config.bucket.clone(),
@@ -297,7 +295,7 @@ impl Core {
 /// SDK's chain, `AWS_REGION`, `AWS_DEFAULT_REGION`, then the `region` of the
 /// profile (`profile`, else `AWS_PROFILE`, else `default`); else, for a custom
 /// endpoint (most S3-compatible stores ignore the region), `us-east-1`.
-async fn region(name: &str, config: &S3Config) -> Result<Region> {
+async fn region(config: &S3Config) -> Result<Region> {
     if let Some(r) = &config.region {
         return Ok(Region::new(r.trim().to_string()));
     }
@@ -310,7 +308,7 @@ async fn region(name: &str, config: &S3Config) -> Result<Region> {
     match chain.region().await {
         Some(r) => Ok(r),
         None if config.endpoint.is_some() => Ok(Region::from_static("us-east-1")),
-        None => Err(StoreKeys::new(name).error(
+        None => Err(settings::invalid(
             "region",
             "is not set, and the AWS SDK finds none (AWS_REGION, AWS_DEFAULT_REGION, the \
              profile's region): set one of them",

@@ -376,7 +376,7 @@ fn region_comes_from_config_then_sdk_chain_then_endpoint() {
     // ... AWS itself needs one.
     let e = run_case("endpoint=no", &[], "");
     assert!(e.starts_with("InvalidConfig: "), "{e}");
-    assert!(e.contains("stores.media.region is not set"), "{e}");
+    assert!(e.contains("configuration: region is not set"), "{e}");
     assert!(e.contains("AWS_REGION"), "{e}");
 }
 
@@ -682,7 +682,7 @@ async fn bad_server_side_defaults_are_refused_naming_the_key() {
     };
     let e = refused(|c| c.upload.sse_customer_key = Some(Secret::new("c2hvcnQ="))).await;
     assert!(
-        e.contains("stores.media.sse_customer_key") && e.contains("32 bytes"),
+        e.contains("configuration: sse_customer_key ") && e.contains("32 bytes"),
         "{e}"
     );
     assert!(!e.contains("c2hvcnQ="), "{e}");
@@ -691,13 +691,23 @@ async fn bad_server_side_defaults_are_refused_naming_the_key() {
         c.upload.sse_kms_key_id = Some("k".into());
     })
     .await;
-    assert!(e.contains("stores.media.sse_kms_key_id"), "{e}");
+    assert!(e.contains("configuration: sse_kms_key_id "), "{e}");
     let e = refused(|c| c.upload.encryption_scope = Some("scope".into())).await;
     assert!(
-        e.contains("stores.media.encryption_scope") && e.contains("not supported"),
+        e.contains("configuration: encryption_scope ") && e.contains("not supported"),
         "{e}"
     );
-    assert!(!S3Config::KEYS.contains(&"encryption_scope"));
+    let keys = <S3Store as xferkit_core::Backend>::keys();
+    assert!(!keys.contains(&"encryption_scope"), "{keys:?}");
+    for k in [
+        "bucket",
+        "aws_region",
+        "endpoint_url",
+        "sse_bucket_key",
+        "tags",
+    ] {
+        assert!(keys.contains(&k), "{k}: {keys:?}");
+    }
 }
 
 // ---- batch deletes ------------------------------------------------------

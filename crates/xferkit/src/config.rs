@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::{Figment, Provider};
-use xferkit_core::{Error, Registry, Result};
+use futures::future::BoxFuture;
+use xferkit_core::{Backend, BuildContext, DynHandler, Error, Registry, Result};
 
 /// Top-level keys (anything else in the file is an error).
 pub const TOP_KEYS: &[&str] = &[
@@ -35,8 +36,37 @@ pub const TOP_KEYS: &[&str] = &[
 /// Keys every store accepts, whatever its backend.
 pub const STORE_KEYS: &[&str] = &["backend", "dedupe"];
 
-/// Backends this build knows of, compiled in or not.
-pub const ALL_BACKENDS: &[&str] = &["local", "s3", "gcs", "azure"];
+/// Builds the store called NAME from `stores.NAME` (a row of [`backends!`]).
+type Build = for<'a> fn(&'a Figment, &'a str) -> BoxFuture<'a, Result<DynHandler>>;
+
+/// The one table of backends: `"KIND" => crate::StoreType as module`: the
+/// `backend = "KIND"` value (also the name of its Cargo feature), the type
+/// implementing [`Backend`] for it, and the name its crate is re-exported
+/// under in [`crate::backends`]. A row whose feature is off is still known,
+/// so a config naming it gets "rebuild with feature `KIND`".
+macro_rules! backends {
+    ($($kind:literal => $krate:ident :: $store:ident as $module:ident,)*) => {
+        /// Backends this build knows of, compiled in or not.
+        pub const ALL_BACKENDS: &[&str] = &[$($kind),*];
+
+        /// The backends compiled in, by [`Backend::KIND`].
+        const BUILDERS: &[(&str, Build)] = &[
+            $(#[cfg(feature = $kind)] (<$krate::$store as Backend>::KIND, build_with::<$krate::$store>),)*
+        ];
+
+        /// Re-exports of the compiled-in backends.
+        pub mod backends {
+            $(#[cfg(feature = $kind)] pub use $krate as $module;)*
+        }
+    };
+}
+
+backends! {
+    "local" => xferkit_local::LocalStore as local,
+    "s3" => xferkit_s3::S3Store as s3,
+    "gcs" => xferkit_gcs::GcsStore as gcs,
+    "azure" => xferkit_azure::AzureStore as azure,
+}
 
 /// Global settings.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -364,18 +394,18 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 /// `state_dir` from the configuration, or the default.
+#[allow(dead_code)] // in a build without any backend feature
 fn state_dir(figment: &Figment) -> PathBuf {
     figment
         .extract_inner::<PathBuf>("state_dir")
         .unwrap_or_else(|_| default_state_dir())
 }
 
-/// Where the embedded local store keeps files by default.
+/// Where a local store whose table names no `root` keeps its files:
+/// [`xferkit_local::default_root`].
+#[cfg(feature = "local")]
 pub fn default_local_root() -> PathBuf {
-    dirs::data_local_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("xferkit")
-        .join("files")
+    xferkit_local::default_root()
 }
 
 /// The config file that applies, if any.
@@ -450,11 +480,8 @@ pub fn defaults() -> Figment {
             "concurrency",
             xferkit_core::manager::DEFAULT_CONCURRENCY,
         ))
+        // Its `root`: the local backend's default.
         .merge(Serialized::default("stores.local.backend", "local"))
-        .merge(Serialized::default(
-            "stores.local.root",
-            default_local_root().to_string_lossy().into_owned(),
-        ))
 }
 
 /// `XFERKIT_*` variables that address config keys (others, like
@@ -571,6 +598,7 @@ impl Settings {
 }
 
 /// Check that `stores.NAME` has only keys its backend accepts.
+#[allow(dead_code)] // in a build without any backend feature
 fn check_keys(figment: &Figment, name: &str, backend: &str, keys: &[&str]) -> Result<()> {
     let path = format!("stores.{name}");
     let dict = figment
@@ -596,32 +624,15 @@ fn check_keys(figment: &Figment, name: &str, backend: &str, keys: &[&str]) -> Re
     Ok(())
 }
 
-#[allow(dead_code)]
+#[allow(dead_code)] // in a build without any backend feature
 fn extract<T: serde::de::DeserializeOwned>(figment: &Figment, name: &str) -> Result<T> {
     figment
         .extract_inner(&format!("stores.{name}"))
         .map_err(figment_err)
 }
 
-/// Build one store from `stores.NAME`.
-pub async fn build_store(figment: &Figment, name: &str) -> Result<xferkit_core::DynHandler> {
-    build_store_from(figment, name).await.map_err(|e| match e {
-        // A backend's own checks name the key (`stores.NAME.KEY`); add
-        // where the table was written, as the facade's own errors do.
-        Error::InvalidConfig { message, source } if !message.contains("(in ") => {
-            Error::InvalidConfig {
-                message: format!(
-                    "{message} (in {})",
-                    origin(figment, &format!("stores.{name}"))
-                ),
-                source,
-            }
-        }
-        e => e,
-    })
-}
-
-async fn build_store_from(figment: &Figment, name: &str) -> Result<xferkit_core::DynHandler> {
+/// Build one store from `stores.NAME`, by the row of its `backend`.
+pub async fn build_store(figment: &Figment, name: &str) -> Result<DynHandler> {
     let key = format!("stores.{name}.backend");
     let backend: String = figment.extract_inner(&key).map_err(|_| {
         Error::invalid_config(format!(
@@ -630,80 +641,88 @@ async fn build_store_from(figment: &Figment, name: &str) -> Result<xferkit_core:
             ALL_BACKENDS.join(", ")
         ))
     })?;
-    match backend.as_str() {
-        #[cfg(feature = "local")]
-        "local" => Ok(std::sync::Arc::new(local_store(figment, name).await?)),
-        #[cfg(feature = "s3")]
-        "s3" => {
-            use xferkit_s3::{S3Config, S3Store};
-            check_keys(figment, name, "s3", S3Config::KEYS)?;
-            let mut c: S3Config = extract(figment, name)?;
-            c.upload = extract(figment, name)?;
-            let retry = RetrySettings::from_figment(figment)?.policy();
-            Ok(std::sync::Arc::new(
-                S3Store::new(name, c)
-                    .await?
-                    .with_retry_policy(retry)
-                    .with_state_dir(Some(state_dir(figment))),
-            ))
-        }
-        #[cfg(feature = "gcs")]
-        "gcs" => {
-            use xferkit_gcs::{GcsConfig, GcsStore};
-            check_keys(figment, name, "gcs", GcsConfig::KEYS)?;
-            let mut c: GcsConfig = extract(figment, name)?;
-            c.upload = extract(figment, name)?;
-            let retry = RetrySettings::from_figment(figment)?.policy();
-            Ok(std::sync::Arc::new(
-                GcsStore::new(name, c)
-                    .await?
-                    .with_retry_policy(retry)
-                    .with_state_dir(Some(state_dir(figment))),
-            ))
-        }
-        #[cfg(feature = "azure")]
-        "azure" => {
-            use xferkit_azure::{AzureConfig, AzureStore};
-            check_keys(figment, name, "azure", AzureConfig::KEYS)?;
-            let mut c: AzureConfig = extract(figment, name)?;
-            c.upload = extract(figment, name)?;
-            let retry = RetrySettings::from_figment(figment)?.policy();
-            Ok(std::sync::Arc::new(
-                AzureStore::new(name, c)
-                    .await?
-                    .with_retry_policy(retry)
-                    .with_state_dir(Some(state_dir(figment))),
-            ))
-        }
-        b if ALL_BACKENDS.contains(&b) => Err(Error::invalid_config(format!(
-            "{key} = {b:?} (in {}): this build lacks backend `{b}`; rebuild with feature `{b}`",
+    match BUILDERS.iter().find(|(kind, _)| *kind == backend) {
+        Some((_, build)) => build(figment, name).await,
+        None if ALL_BACKENDS.contains(&backend.as_str()) => Err(Error::invalid_config(format!(
+            "{key} = {backend:?} (in {}): this build lacks backend `{backend}`; rebuild with feature `{backend}`",
             origin(figment, &key)
         ))),
-        other => Err(Error::invalid_config(format!(
-            "{key} = {other:?} (in {}) is not a known backend (expected one of: {})",
+        None => Err(Error::invalid_config(format!(
+            "{key} = {backend:?} (in {}) is not a known backend (expected one of: {})",
             origin(figment, &key),
             ALL_BACKENDS.join(", ")
         ))),
     }
 }
 
-#[cfg(feature = "local")]
-async fn local_store(figment: &Figment, name: &str) -> Result<xferkit_local::LocalStore> {
-    use xferkit_local::{LocalConfig, LocalStore};
-    check_keys(figment, name, "local", LocalConfig::KEYS)?;
-    let mut c: LocalConfig = extract(figment, name)?;
-    if c.root.is_none() {
-        c.root = Some(default_local_root());
-    }
-    LocalStore::new(name, c).await
+/// [`build_backend`] as a row of the table.
+#[allow(dead_code)] // in a build without any backend feature
+fn build_with<'a, B: Backend>(
+    figment: &'a Figment,
+    name: &'a str,
+) -> BoxFuture<'a, Result<DynHandler>> {
+    Box::pin(async move {
+        let store: DynHandler = std::sync::Arc::new(build_backend::<B>(figment, name).await?);
+        Ok(store)
+    })
+}
+
+/// Store `name` of backend `B`: the keys of `stores.NAME` checked against
+/// [`Backend::keys`], the table read into its config, the store built with
+/// the retry policy, journal directory and server-side upload defaults.
+#[allow(dead_code)] // in a build without any backend feature
+async fn build_backend<B: Backend>(figment: &Figment, name: &str) -> Result<B> {
+    let keys = B::keys();
+    check_keys(figment, name, B::KIND, &keys)?;
+    let config: B::Config = extract(figment, name)?;
+    let ctx = BuildContext::default()
+        .with_retry(RetrySettings::from_figment(figment)?.policy())
+        .with_state_dir(Some(state_dir(figment)))
+        .with_upload(extract(figment, name)?);
+    B::build(name, config, &ctx)
+        .await
+        .map_err(|e| in_table(figment, name, &keys, e))
+}
+
+/// A backend's configuration error put in its place: the backend names a
+/// key relative to its table (`part_size = 1 must be ...`) or speaks of the
+/// whole table; this adds `stores.NAME.` (or `stores.NAME: `) in front, and
+/// where the key's value (or, for one not set, the table) came from.
+#[allow(dead_code)] // in a build without any backend feature
+fn in_table(figment: &Figment, name: &str, keys: &[&str], e: Error) -> Error {
+    let Error::InvalidConfig { message, source } = e else {
+        return e;
+    };
+    let table = format!("stores.{name}");
+    let first = message
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .next()
+        .unwrap_or_default();
+    let (message, at) = if keys.contains(&first) || STORE_KEYS.contains(&first) {
+        let key = format!("{table}.{first}");
+        let at = match figment.find_metadata(&key) {
+            Some(_) => key,
+            None => table.clone(),
+        };
+        (format!("{table}.{message}"), at)
+    } else {
+        (format!("{table}: {message}"), table.clone())
+    };
+    let message = if message.contains("(in ") {
+        message
+    } else {
+        format!("{message} (in {})", origin(figment, &at))
+    };
+    Error::InvalidConfig { message, source }
 }
 
 /// Store `name` as a concrete local store (`xfer serve` needs its signer).
 #[cfg(feature = "local")]
 pub async fn build_local_store(figment: &Figment, name: &str) -> Result<xferkit_local::LocalStore> {
+    use xferkit_local::LocalStore;
     let key = format!("stores.{name}.backend");
     match figment.extract_inner::<String>(&key) {
-        Ok(b) if b == "local" => local_store(figment, name).await,
+        Ok(b) if b == LocalStore::KIND => build_backend::<LocalStore>(figment, name).await,
         Ok(b) => Err(Error::invalid_config(format!(
             "store {name:?} has backend {b:?}; only local stores are served by `xfer serve` \
              (S3, GCS and Azure sign their own URLs)"

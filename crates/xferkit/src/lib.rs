@@ -25,17 +25,9 @@ pub use http::HttpStore;
 #[cfg(feature = "http")]
 pub use links::LinkPolicy;
 
-/// Re-exports of the compiled-in backends.
-pub mod backends {
-    #[cfg(feature = "azure")]
-    pub use xferkit_azure as azure;
-    #[cfg(feature = "gcs")]
-    pub use xferkit_gcs as gcs;
-    #[cfg(feature = "local")]
-    pub use xferkit_local as local;
-    #[cfg(feature = "s3")]
-    pub use xferkit_s3 as s3;
-}
+/// Re-exports of the compiled-in backends (a row each in the table of
+/// backends, `config.rs`).
+pub use config::backends;
 
 /// Stores built from configuration, and a transfer manager over them.
 #[derive(Clone)]

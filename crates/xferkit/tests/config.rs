@@ -320,3 +320,89 @@ fn server_side_upload_defaults_from_file_and_env() {
     let m = config_error(&format!("{store}sse = \"customer\"\n"));
     assert!(m.contains("stores.m.sse_customer_key"), "{m}");
 }
+
+/// A backend names keys relative to its table; the facade puts
+/// `stores.NAME.` in front and says where the key's value came from (the
+/// environment, or the file holding the table), or `stores.NAME: `
+/// for an error about the whole table.
+#[cfg(feature = "s3")]
+#[test]
+fn backend_errors_get_the_table_path_and_the_origin_of_the_key() {
+    Jail::expect_with(|jail| {
+        isolate(jail);
+        jail.create_file(
+            "x.toml",
+            "[stores.m]\nbackend = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9\"\n",
+        )?;
+        jail.set_env("XFERKIT_STORES__M__PART_SIZE", "1024");
+        let e = load(jail, Some("x.toml")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("invalid configuration: stores.m.part_size = 1024 must be between"),
+            "{e}"
+        );
+        // The environment, not the file that holds the rest of the table.
+        assert!(
+            e.ends_with("(in `XFERKIT_` environment variable(s))"),
+            "{e}"
+        );
+        Ok(())
+    });
+    // A key that is not set: the table's file.
+    let m = config_error("[stores.m]\nbackend = \"s3\"\n");
+    assert!(
+        m.starts_with("invalid configuration: stores.m.bucket is missing (the S3 bucket name)"),
+        "{m}"
+    );
+    assert!(m.contains("bad.toml"), "{m}");
+}
+
+/// An error about a whole table (no one key): `stores.NAME: …`.
+#[cfg(feature = "azure")]
+#[test]
+fn a_backend_error_about_the_whole_table_names_the_table() {
+    let m = config_error(
+        "[stores.a]\nbackend = \"azure\"\naccount = \"myacct\"\ncontainer = \"media\"\n\
+         endpoint = \"http://127.0.0.1:9/myacct\"\n",
+    );
+    assert!(
+        m.starts_with(
+            "invalid configuration: stores.a: no credential is set, so Microsoft Entra ID"
+        ),
+        "{m}"
+    );
+    assert!(m.contains("bad.toml"), "{m}");
+}
+
+/// Every backend compiled in is a row of the table under its own kind, and
+/// the accepted keys come from its config struct (aliases too).
+#[cfg(all(feature = "local", feature = "s3", feature = "gcs", feature = "azure"))]
+#[test]
+fn the_table_of_backends_builds_each_kind_and_lists_its_keys() {
+    use xferkit::Backend;
+    use xferkit::backends::{azure, gcs, local, s3};
+    assert_eq!(
+        xferkit::config::ALL_BACKENDS,
+        ["local", "s3", "gcs", "azure"]
+    );
+    assert!(local::LocalStore::keys().contains(&"serve_inline_types"));
+    let s3 = s3::S3Store::keys();
+    for k in [
+        "bucket",
+        "aws_region",
+        "endpoint_url",
+        "copy_threshold",
+        "sse_bucket_key",
+    ] {
+        assert!(s3.contains(&k), "{k}: {s3:?}");
+    }
+    assert!(gcs::GcsStore::keys().contains(&"storage_endpoint"));
+    assert!(azure::AzureStore::keys().contains(&"encryption_scope"));
+    // The unknown key's message lists the backend's keys.
+    let m = config_error("[stores.x]\nbackend = \"gcs\"\nbuckt = \"b\"\n");
+    assert!(
+        m.contains("unknown key `stores.x.buckt`")
+            && m.contains("backend `gcs` accepts")
+            && m.contains("chunk_size"),
+        "{m}"
+    );
+}
