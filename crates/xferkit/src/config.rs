@@ -66,6 +66,7 @@ backends! {
     "s3" => xferkit_s3::S3Store as s3,
     "gcs" => xferkit_gcs::GcsStore as gcs,
     "azure" => xferkit_azure::AzureStore as azure,
+    "memory" => xferkit_memory::MemoryStore as memory,
 }
 
 /// Global settings.

@@ -380,10 +380,14 @@ fn a_backend_error_about_the_whole_table_names_the_table() {
 fn the_table_of_backends_builds_each_kind_and_lists_its_keys() {
     use xferkit::Backend;
     use xferkit::backends::{azure, gcs, local, s3};
-    assert_eq!(
-        xferkit::config::ALL_BACKENDS,
-        ["local", "s3", "gcs", "azure"]
-    );
+    for kind in [
+        local::LocalStore::KIND,
+        s3::S3Store::KIND,
+        gcs::GcsStore::KIND,
+        azure::AzureStore::KIND,
+    ] {
+        assert!(xferkit::config::ALL_BACKENDS.contains(&kind), "{kind}");
+    }
     assert!(local::LocalStore::keys().contains(&"serve_inline_types"));
     let s3 = s3::S3Store::keys();
     for k in [
@@ -403,6 +407,55 @@ fn the_table_of_backends_builds_each_kind_and_lists_its_keys() {
         m.contains("unknown key `stores.x.buckt`")
             && m.contains("backend `gcs` accepts")
             && m.contains("chunk_size"),
+        "{m}"
+    );
+}
+
+/// The memory backend from a table (issue 18: a backend added with one row
+/// of the facade's table): its URLs resolve, its keys are checked and named,
+/// and its server-side defaults apply.
+#[cfg(feature = "memory")]
+#[test]
+fn a_memory_store_from_configuration() {
+    use xferkit::{FileTransferExt, PutOptions, TransferCtx, UploadSource};
+    Jail::expect_with(|jail| {
+        isolate(jail);
+        jail.create_file(
+            "x.toml",
+            "default_store = \"m\"\n[stores.m]\nbackend = \"memory\"\ncache_control = \"no-store\"\n",
+        )?;
+        let reg = load(jail, Some("x.toml")).unwrap();
+        let (store, key) = reg.resolve("mem://m/a/b.txt").unwrap();
+        assert_eq!((store.name(), key.as_str()), ("m", "a/b.txt"));
+        rt().block_on(async {
+            let up = store
+                .upload(
+                    &key,
+                    UploadSource::from_bytes("hi"),
+                    &PutOptions::default(),
+                    &TransferCtx::none(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(up.headers.cache_control.as_deref(), Some("no-store"));
+            assert_eq!(&store.read_bytes(&key, None).await.unwrap()[..], b"hi");
+        });
+        Ok(())
+    });
+    let m = config_error("[stores.m]\nbackend = \"memory\"\npart_size = 0\n");
+    assert!(
+        m.starts_with("invalid configuration: stores.m.part_size = 0 must be between 1 and"),
+        "{m}"
+    );
+    assert!(m.contains("bad.toml"), "{m}");
+    let m = config_error("[stores.m]\nbackend = \"memory\"\ntags = { a = \"b\" }\n");
+    assert!(
+        m.contains("unknown key `stores.m.tags`") && m.contains("part_delay"),
+        "{m}"
+    );
+    let m = config_error("[stores.m]\nbackend = \"memory\"\npart_delay = \"soon\"\n");
+    assert!(
+        m.contains("stores.m.part_delay") && m.contains("soon"),
         "{m}"
     );
 }
