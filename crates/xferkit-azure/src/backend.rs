@@ -5,7 +5,6 @@ use std::num::NonZero;
 use std::time::{Duration, SystemTime};
 
 use azure_core::http::{Etag, Response};
-use azure_storage_blob::BlobClient;
 use azure_storage_blob::models::{
     BlobClientDeleteOptions, BlobClientDownloadOptions, BlobClientGetPropertiesResult,
     BlobClientGetPropertiesResultHeaders, BlobClientStartCopyFromUrlResultHeaders,
@@ -25,25 +24,10 @@ use xferkit_core::{
 
 use crate::SCHEME;
 use crate::client::Client;
-use crate::config::{AzureConfig, Credential, Resolved};
+use crate::config::{AzureConfig, Credential};
 use crate::error::{AzureError, Op, map};
 use crate::sas::{self, BlobSas, SAS_VERSION};
-
-/// An Azure Blob Storage container (or a prefix of one) as an xferkit store.
-#[derive(Debug)]
-pub struct AzureStore {
-    pub(crate) name: String,
-    pub(crate) cfg: Resolved,
-    /// Keys, blob names and `az://` URLs.
-    pub(crate) root: Root,
-    pub(crate) client: Client,
-    /// For requests outside a transfer (stat, list, delete, copy, GET).
-    pub(crate) retry: RetryPolicy,
-    /// Journals of staged uploads of files (resume after a crash).
-    pub(crate) state_dir: Option<std::path::PathBuf>,
-    /// The configured defaults of the server-side upload options.
-    pub(crate) defaults: PutOptions,
-}
+use crate::store::{AzureStore, etag_text};
 
 /// The server-side upload options Azure honours, added to `c`.
 fn server_options(mut c: Capabilities) -> Capabilities {
@@ -140,10 +124,6 @@ impl AzureStore {
             .await
     }
 
-    pub(crate) fn blob(&self, full: &str) -> BlobClient {
-        self.client.container.blob_client(full)
-    }
-
     /// The blob's URL with the SAS the store authorizes with (a copy source).
     fn authorized_url(&self, full: &str) -> String {
         let mut url = self.blob(full).url().clone();
@@ -224,11 +204,6 @@ impl AzureStore {
             }
         }
     }
-}
-
-/// An etag as the store reports it, quotes removed.
-pub(crate) fn etag_text(e: &Etag) -> String {
-    e.to_string().trim_matches('"').to_string()
 }
 
 fn lower_keys(m: HashMap<String, String>) -> BTreeMap<String, String> {

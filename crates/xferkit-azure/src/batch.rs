@@ -29,10 +29,10 @@ use azure_core::http::{Context, Method, PipelineSendOptions, Request, Url};
 use futures::{StreamExt, stream};
 use xferkit_core::{Error, ErrorKind, FileTransferHandler, Result, validate_key};
 
-use crate::backend::AzureStore;
 use crate::config::Credential;
 use crate::error::{AzureError, Op, answer, map};
 use crate::sas::SasSource;
+use crate::store::AzureStore;
 
 /// Subrequests one batch takes at most (the service's limit).
 pub(crate) const MAX_SUBREQUESTS: usize = 256;

@@ -31,10 +31,10 @@ use xferkit_core::journal::JournalPart;
 use xferkit_core::parts::{Acked, Body, Held, Part, PartStore, Plan, Stored};
 use xferkit_core::{Error, ErrorKind, PutOptions, RemoteObject, Result};
 
-use crate::backend::{AzureStore, etag_text};
 use crate::client::ContentMd5;
 use crate::config::{MAX_BLOCK_SIZE, MAX_BLOCKS};
 use crate::error::{Op, map};
+use crate::store::{AzureStore, etag_text};
 
 /// The options of the request that makes the blob (Put Blob, Put Block
 /// List): content type, metadata, the four headers, tier, encryption scope,

@@ -19,7 +19,7 @@ use xferkit::{
     ShareRequestExt, TransferManager, TransferRequest, TransferStatus,
 };
 
-use crate::commands::Ctx;
+use crate::ctx::Ctx;
 use crate::fail::{EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Failure, one_line};
 use crate::output::line;
 use crate::target::shown;

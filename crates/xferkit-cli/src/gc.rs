@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use xferkit::{DynHandler, PendingUpload, Registry};
 
-use crate::commands::Ctx;
+use crate::ctx::Ctx;
 use crate::fail::Failure;
 use crate::output::{line, time};
 use crate::target;

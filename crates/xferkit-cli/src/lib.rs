@@ -8,10 +8,12 @@
 mod batch;
 mod cli;
 mod commands;
+mod ctx;
 mod fail;
 mod gc;
 mod output;
 mod share;
+mod single;
 mod sync;
 mod target;
 mod transfer;
@@ -81,7 +83,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     if let Some(rate) = cli.bwlimit {
         kit.set_bandwidth_limit(rate.0);
     }
-    let cx = commands::Ctx {
+    let cx = ctx::Ctx {
         kit,
         config: cli.config,
         json: cli.json,

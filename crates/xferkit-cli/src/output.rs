@@ -7,6 +7,7 @@ use bytesize::ByteSize;
 use serde_json::{Value, json};
 use xferkit::{Capabilities, Error, RemoteObject};
 
+use crate::ctx::Ctx;
 use crate::fail::Failure;
 
 /// Last second `humantime` can format (end of year 9999).
@@ -22,6 +23,19 @@ pub fn line(text: impl std::fmt::Display) -> Result<(), Failure> {
             std::io::ErrorKind::BrokenPipe => Failure::stdout_closed(),
             _ => Failure::from(Error::from_io("stdout", e)),
         })
+}
+
+/// Print `obj` as JSON, or as `text(obj)`.
+pub fn print_object(
+    cx: &Ctx,
+    obj: &RemoteObject,
+    text: impl FnOnce(&RemoteObject) -> String,
+) -> Result<(), Failure> {
+    if cx.json {
+        line(object_json(obj))
+    } else {
+        line(text(obj))
+    }
 }
 
 /// RFC 3339 (UTC, seconds), or `None` for times it cannot represent

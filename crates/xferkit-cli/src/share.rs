@@ -7,7 +7,7 @@ use serde_json::json;
 use xferkit::{FileInfo, ShareInfo};
 use xferkit_serve::{ServeOptions, Server, router};
 
-use crate::commands::Ctx;
+use crate::ctx::Ctx;
 use crate::fail::Failure;
 use crate::output::{line, object_json};
 

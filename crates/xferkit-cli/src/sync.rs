@@ -28,7 +28,7 @@ use serde_json::json;
 use xferkit::{DynHandler, Error, ShareRequestExt, TransferRequest, validate_key};
 
 use crate::batch::{self, Job, Meta, Outcome, Problem, Work};
-use crate::commands::Ctx;
+use crate::ctx::Ctx;
 use crate::fail::Failure;
 use crate::output::{self, line};
 use crate::target::{self, Location, shown};
@@ -682,7 +682,8 @@ pub async fn rm_r(
 /// the source's size and, where both sides have one of the same algorithm,
 /// its checksum, then delete the source.
 pub async fn mv(cx: &Ctx, src: &OsStr, dst: &OsStr, force: bool) -> Result<(), Failure> {
-    use crate::commands::{check_source, destination, key_from_file_name, print_object};
+    use crate::output::print_object;
+    use crate::single::{check_source, destination, key_from_file_name};
     let reg = cx.kit.registry();
     match (target::classify(src)?, target::classify(dst)?) {
         (Location::Path(s), Location::Path(d)) => Err(Failure::usage(format!(
@@ -694,7 +695,7 @@ pub async fn mv(cx: &Ctx, src: &OsStr, dst: &OsStr, force: bool) -> Result<(), F
             check_source(&s)?;
             let (store, key) = destination(reg, &d, || key_from_file_name(&s))?;
             let request = TransferRequest::upload(&s, "").without_thumbnail();
-            crate::commands::upload(cx, &s, &store, &key, request).await?;
+            crate::single::upload(cx, &s, &store, &key, request).await?;
             let copy = store.stat(&key).await?;
             verify_file(&s, &s.display().to_string(), &copy).await?;
             std::fs::remove_file(&s).map_err(|e| Error::from_io(s.display().to_string(), e))?;
@@ -726,7 +727,7 @@ pub async fn mv(cx: &Ctx, src: &OsStr, dst: &OsStr, force: bool) -> Result<(), F
                 validate_key(&to_key)?;
                 from.copy(&from_key, &to_key).await?;
             } else {
-                crate::commands::relay(cx, &from, &from_key, &s, &to, &to_key).await?;
+                crate::single::relay(cx, &from, &from_key, &s, &to, &to_key).await?;
             }
             let copy = to.stat(&to_key).await?;
             verify(

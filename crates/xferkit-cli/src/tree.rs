@@ -36,9 +36,10 @@ use serde_json::json;
 use xferkit::{Direction, DynHandler, Error, ShareRequestExt, TransferRequest, validate_key};
 
 use crate::batch::{self, Job, Problem, Work};
-use crate::commands::{Ctx, is_stdio};
+use crate::ctx::Ctx;
 use crate::fail::Failure;
 use crate::output::line;
+use crate::single::is_stdio;
 use crate::target::{self, Location, shown};
 
 /// What a tree copy reads: everything under a directory or URL prefix, or
