@@ -46,7 +46,9 @@ impl ObjectUrl {
     /// the problem. Which schemes a program serves is its registry's to say
     /// ([`crate::Registry::parse`]).
     pub fn parse(input: &str) -> Result<Self> {
-        let url = url::Url::parse(input).map_err(|e| Error::invalid_url(input, e.to_string()))?;
+        // Named without a query or fragment: a link's may carry a signature or a key.
+        let url =
+            url::Url::parse(input).map_err(|e| Error::invalid_url(shown(input), e.to_string()))?;
         let scheme = url.scheme().to_ascii_lowercase();
         match scheme.as_str() {
             "http" | "https" => {
@@ -65,8 +67,10 @@ impl ObjectUrl {
             _ => {}
         }
         if url.query().is_some() {
+            // Shown without it: a presigned URL given where an object URL belongs
+            // carries its signature there.
             return Err(Error::invalid_url(
-                input,
+                shown(input),
                 "object URLs take no '?query'; percent-encode '?' in keys as %3F",
             ));
         }
@@ -271,6 +275,10 @@ mod tests {
             let e = ObjectUrl::parse(u).unwrap_err();
             assert_eq!(e.kind(), crate::ErrorKind::InvalidUrl, "{u}");
             assert!(e.to_string().contains(needle), "{u}: {e}");
+        }
+        for u in ["s3://b/k?X-Amz-Signature=hunter2", "s3://b/k?sig=hunter2#x"] {
+            let e = ObjectUrl::parse(u).unwrap_err();
+            assert!(!format!("{e} {e:?}").contains("hunter2"), "{u}: {e:?}");
         }
         let e = ObjectUrl::parse("s3://user:hunter2@b/k").unwrap_err();
         assert!(!e.to_string().contains("hunter2"), "{e}");
