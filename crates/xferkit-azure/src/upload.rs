@@ -14,10 +14,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZero;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 use std::time::SystemTime;
 
 use azure_core::Uuid;
-use azure_core::http::{ClientMethodOptions, Context, Etag, RequestContent, XmlFormat};
+use azure_core::http::{
+    Body as SdkBody, ClientMethodOptions, Context, Etag, RequestContent, XmlFormat,
+};
+use azure_core::stream::SeekableStream;
 use azure_storage_blob::BlobClient;
 use azure_storage_blob::models::{
     AccessTier, BlobClientUploadOptions, BlockBlobClientCommitBlockListOptions,
@@ -26,9 +31,12 @@ use azure_storage_blob::models::{
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use futures::StreamExt;
 use xferkit_core::journal::JournalPart;
-use xferkit_core::parts::{Acked, Body, Held, Part, PartStore, Plan, Stored};
+use xferkit_core::parts::{
+    Acked, Body, FileSpan, Held, Part, PartBody, PartDigest, PartStore, Plan, SpanReader, Stored,
+};
 use xferkit_core::{Error, ErrorKind, PutOptions, RemoteObject, Result};
 
 use crate::client::ContentMd5;
@@ -100,7 +108,7 @@ impl Blocks {
             MAX_BLOCKS,
         )
         .concurrency(cfg.concurrency)
-        .digest(md5)
+        .digest(part_md5)
         .create_only(opts.if_not_exists)
         .state_dir(store.state_dir.clone())
     }
@@ -132,10 +140,86 @@ impl Blocks {
     }
 }
 
-/// The MD5 the service checks for each block.
+/// The MD5 the service checks for a Put Blob.
 fn md5(data: &[u8]) -> Vec<u8> {
     use md5::Digest;
     md5::Md5::digest(data).to_vec()
+}
+
+/// The MD5 the service checks for each block, fed as the engine reads it.
+struct PartMd5(md5::Md5);
+
+impl PartDigest for PartMd5 {
+    fn update(&mut self, data: &[u8]) {
+        md5::Digest::update(&mut self.0, data);
+    }
+
+    fn finish(self: Box<Self>) -> Vec<u8> {
+        md5::Digest::finalize(self.0).to_vec()
+    }
+}
+
+fn part_md5() -> Box<dyn PartDigest> {
+    Box::new(PartMd5(md5::Digest::new()))
+}
+
+/// A block of a file as the SDK's body: streamed from the file. The SDK
+/// clones the request's body for each send, and a clone starts over at the
+/// span's first byte (a fresh reader), as does `reset`.
+#[derive(Debug)]
+struct SpanStream {
+    span: FileSpan,
+    reader: SpanReader,
+    chunk: Bytes,
+}
+
+impl SpanStream {
+    fn new(span: FileSpan) -> Self {
+        SpanStream {
+            reader: span.reader(),
+            span,
+            chunk: Bytes::new(),
+        }
+    }
+}
+
+impl Clone for SpanStream {
+    fn clone(&self) -> Self {
+        SpanStream::new(self.span.clone())
+    }
+}
+
+impl futures::io::AsyncRead for SpanStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        while this.chunk.is_empty() {
+            match std::task::ready!(this.reader.poll_next_unpin(cx)) {
+                None => return Poll::Ready(Ok(0)),
+                Some(Err(e)) => return Poll::Ready(Err(std::io::Error::other(e))),
+                Some(Ok(b)) => this.chunk = b,
+            }
+        }
+        let n = buf.len().min(this.chunk.len());
+        buf[..n].copy_from_slice(&this.chunk[..n]);
+        this.chunk.advance(n);
+        Poll::Ready(Ok(n))
+    }
+}
+
+#[async_trait::async_trait]
+impl SeekableStream for SpanStream {
+    async fn reset(&mut self) -> azure_core::Result<()> {
+        *self = SpanStream::new(self.span.clone());
+        Ok(())
+    }
+
+    fn len(&self) -> Option<u64> {
+        Some(self.span.len())
+    }
 }
 
 /// Block ids: the same length for every block of a blob (Azure requires it),
@@ -225,10 +309,15 @@ impl PartStore for Blocks {
             encryption_scope: self.encryption_scope.clone(),
             ..Default::default()
         };
-        let len = part.data.len() as u64;
+        let body = match &part.body {
+            PartBody::Bytes(b) => SdkBody::Bytes(b.clone()),
+            PartBody::File(span) => {
+                SdkBody::SeekableStream(Box::new(SpanStream::new(span.clone())))
+            }
+        };
         self.blob
             .block_blob_client()
-            .stage_block(&id, len, part.data.clone().into(), Some(options))
+            .stage_block(&id, part.len(), body.into(), Some(options))
             .await
             .map_err(|e| map(self.op(), "put block", e))?;
         Ok(Acked::Part(String::new()))

@@ -25,8 +25,12 @@ use xferkit_core::{
 const TARGET: &str = "mem://b/k";
 const KIB: u64 = 1024;
 
+/// Runs once, when the first part is put (after the engine checksummed it).
+type Hook = Box<dyn FnOnce() + Send>;
+
 /// A store in memory. Parts of a session that reaches `hang_from` never
-/// answer (the crash happens while they are on the wire).
+/// answer (the crash happens while they are on the wire). A part's body is
+/// read as a store's request reads it: a file's span streamed from the file.
 #[derive(Default)]
 struct Mem {
     sequential: bool,
@@ -40,6 +44,11 @@ struct Mem {
     parts_put: AtomicU32,
     log: Mutex<Vec<String>>,
     refuse_parts: AtomicBool,
+    before_first_put: Mutex<Option<Hook>>,
+    /// Read this many parts' bodies whole, then fail them (a reset
+    /// connection), so that they are sent again.
+    fail_after_read: AtomicU32,
+    bodies_read: AtomicU32,
 }
 
 impl Mem {
@@ -109,6 +118,29 @@ impl PartStore for Mem {
         if self.refuse_parts.load(Ordering::SeqCst) {
             return Err(Error::backend(TARGET, "refused", "refused"));
         }
+        self.note(format!("put {}", part.number));
+        let hook = self.before_first_put.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        // A body that fails to read fails the request, as an SDK reports
+        // it: a transient failure of the connection.
+        let data = part
+            .body
+            .to_bytes()
+            .await
+            .map_err(|e| Error::transient(TARGET, format!("request body: {}", e.chain())))?;
+        assert_eq!(data.len() as u64, part.len(), "a body is never short");
+        self.bodies_read.fetch_add(1, Ordering::SeqCst);
+        let fail = self.fail_after_read.load(Ordering::SeqCst);
+        if fail > 0
+            && self
+                .fail_after_read
+                .compare_exchange(fail, fail - 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            return Err(Error::transient(TARGET, "connection reset after the body"));
+        }
         self.parts_put.fetch_add(1, Ordering::SeqCst);
         let mut sessions = self.sessions.lock().unwrap();
         let parts = sessions
@@ -118,7 +150,7 @@ impl PartStore for Mem {
             let have: u64 = parts.values().map(|b| b.len() as u64).sum();
             assert_eq!(part.offset, have, "a chunk starts where the session ends");
         }
-        parts.insert(part.number, part.data.clone());
+        parts.insert(part.number, data);
         if let Some((size, crc)) = part.last {
             let data: Vec<u8> = parts.values().flat_map(|b| b.to_vec()).collect();
             assert_eq!((data.len() as u64, crc32c::crc32c(&data)), (size, crc));
@@ -411,4 +443,90 @@ async fn a_part_the_store_holds_at_another_length_is_sent_again() {
         "6 missing + part 2"
     );
     assert_eq!(mem.object.lock().unwrap().as_deref(), Some(data.as_slice()));
+}
+
+/// Change the source file when the first part is put, after the engine
+/// checksummed it: what a writer racing the upload does.
+fn change_at_first_put(mem: &Mem, src: &Path, change: impl FnOnce(&Path) + Send + 'static) {
+    let src = src.to_path_buf();
+    *mem.before_first_put.lock().unwrap() = Some(Box::new(move || change(&src)));
+}
+
+#[tokio::test]
+async fn a_file_that_shrinks_between_checksum_and_send_fails_and_leaves_no_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, _) = file(dir.path(), 640 * KIB, 11);
+    let mem = Arc::new(Mem::default());
+    change_at_first_put(&mem, &src, |p| {
+        let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.set_len(10 * KIB).unwrap();
+    });
+    let err = upload(&mem, Some(dir.path()), &src).await.unwrap_err();
+    assert!(err.chain().contains("changed size"), "{}", err.chain());
+    assert!(!err.is_retryable());
+    let puts: Vec<String> = mem
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("put "))
+        .cloned()
+        .collect();
+    let once: std::collections::HashSet<&String> = puts.iter().collect();
+    assert_eq!(puts.len(), once.len(), "no part was tried twice: {puts:?}");
+    assert_eq!(
+        mem.bodies_read.load(Ordering::SeqCst),
+        0,
+        "no body was read whole"
+    );
+    assert!(mem.object.lock().unwrap().is_none(), "no object");
+    assert_eq!(mem.count("complete"), 0);
+    assert_eq!(mem.count("abort s0"), 1);
+    assert!(mem.sessions.lock().unwrap().is_empty(), "nothing pending");
+    assert_no_journal(dir.path(), &src).await;
+}
+
+#[tokio::test]
+async fn a_file_rewritten_between_checksum_and_send_fails_before_its_part_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, _) = file(dir.path(), 640 * KIB, 12);
+    let mem = Arc::new(Mem::default());
+    // The same length, other bytes: every part's last byte changes.
+    change_at_first_put(&mem, &src, |p| {
+        let mut data = std::fs::read(p).unwrap();
+        for i in (0..data.len()).skip(64 * 1024 - 1).step_by(64 * 1024) {
+            data[i] ^= 0xff;
+        }
+        std::fs::write(p, data).unwrap();
+    });
+    let err = upload(&mem, None, &src).await.unwrap_err();
+    assert!(
+        err.chain().contains("changed during the upload"),
+        "{}",
+        err.chain()
+    );
+    assert!(mem.object.lock().unwrap().is_none(), "no object");
+    assert_eq!(mem.count("complete"), 0);
+    assert_eq!(mem.count("abort s0"), 1);
+}
+
+#[tokio::test]
+async fn a_file_part_sent_again_is_read_again_from_the_file() {
+    for sequential in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, data) = file(dir.path(), 640 * KIB + 3, 13);
+        let mem = Arc::new(Mem {
+            sequential,
+            ..Default::default()
+        });
+        mem.fail_after_read.store(2, Ordering::SeqCst);
+        upload(&mem, Some(dir.path()), &src).await.unwrap();
+        assert_eq!(mem.object.lock().unwrap().as_deref(), Some(data.as_slice()));
+        assert_eq!(mem.parts_put.load(Ordering::SeqCst), 11);
+        assert_eq!(
+            mem.bodies_read.load(Ordering::SeqCst),
+            13,
+            "11 parts, 2 of them read twice"
+        );
+    }
 }

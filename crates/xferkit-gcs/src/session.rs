@@ -87,7 +87,7 @@ impl Resumable {
     pub(crate) async fn put_chunk(
         &self,
         session: &ResumableUploadClient,
-        data: Bytes,
+        data: reqwest::Body,
         range: &ChunkSize,
         crc: Option<u32>,
     ) -> Result<UploadStatus> {

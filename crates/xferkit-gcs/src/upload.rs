@@ -33,8 +33,11 @@ use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::resumable_upload_client::{
     ChunkSize, ResumableUploadClient, UploadStatus,
 };
+use reqwest_middleware::reqwest;
 use xferkit_core::journal::{JournalPart, crc32c_from_base64, crc32c_label, crc32c_to_base64};
-use xferkit_core::parts::{Acked, Body, Held, Part, PartStore, Plan, Stored, exact_length};
+use xferkit_core::parts::{
+    Acked, Body, Held, Part, PartBody, PartStore, Plan, Stored, exact_length,
+};
 use xferkit_core::{ByteStream, Error, ErrorKind, PutOptions, RemoteObject, Result};
 
 use crate::client::{Gcs, ServiceError, map_sdk, to_remote};
@@ -263,7 +266,7 @@ impl PartStore for Resumable {
     async fn put_part(&self, session: &str, part: &Part, attempt: u32) -> Result<Acked> {
         let session = self.session(session);
         let map = |e| map_sdk(&self.target, e);
-        let end = part.offset + part.data.len() as u64;
+        let end = part.offset + part.len();
         let whole = part.last.map(|(_, crc)| crc);
         let mut from = part.offset;
         if attempt > 1 {
@@ -283,9 +286,14 @@ impl PartStore for Resumable {
             } else {
                 ChunkSize::new(from, end - 1, part.last.map(|(size, _)| size))
             };
-            let skip = usize::try_from(from - part.offset).unwrap_or(0);
+            let skip = from - part.offset;
+            // A file's chunk streams from the file (a fresh reader each send).
+            let data: reqwest::Body = match &part.body {
+                PartBody::Bytes(b) => b.slice(usize::try_from(skip).unwrap_or(0)..).into(),
+                PartBody::File(span) => reqwest::Body::wrap_stream(span.tail(skip).reader()),
+            };
             let status = self
-                .put_chunk(&session, part.data.slice(skip..), &range, whole)
+                .put_chunk(&session, data, &range, whole)
                 .await
                 .map_err(|e| match (whole, refused_checksum(&e)) {
                     (Some(sent), Some(msg)) => Error::ChecksumMismatch {

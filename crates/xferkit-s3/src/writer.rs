@@ -12,17 +12,30 @@
 //! store reports.
 
 use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use aws_runtime::auth::PayloadSigningOverride;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream as SdkStream, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart,
 };
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::config_bag::ConfigBag;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use futures::StreamExt;
 use xferkit_core::journal::{JournalPart, crc32c_from_base64, crc32c_to_base64};
-use xferkit_core::parts::{Acked, Body, Held, Part, PartStore, Plan, Stored};
+use xferkit_core::parts::{
+    Acked, Body, FileSpan, Held, Part, PartBody, PartDigest, PartStore, Plan, SpanReader, Stored,
+};
 use xferkit_core::{Error, ErrorKind, PutOptions, RemoteObject, Result};
 
 use crate::S3Checksum;
@@ -37,6 +50,108 @@ const MIB: u64 = 1024 * 1024;
 fn md5(data: &[u8]) -> Vec<u8> {
     use md5::Digest;
     md5::Md5::digest(data).to_vec()
+}
+
+/// What the engine computes of each part as it reads it (`Plan::digest`):
+/// the SHA256 that signs its payload (32 bytes), then, with
+/// `checksum = "md5"`, its MD5 (16 bytes).
+struct PartSums {
+    sha256: sha2::Sha256,
+    md5: Option<md5::Md5>,
+}
+
+impl PartDigest for PartSums {
+    fn update(&mut self, data: &[u8]) {
+        sha2::Digest::update(&mut self.sha256, data);
+        if let Some(m) = self.md5.as_mut() {
+            md5::Digest::update(m, data);
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Vec<u8> {
+        let mut out = sha2::Digest::finalize(self.sha256).to_vec();
+        if let Some(m) = self.md5 {
+            out.extend_from_slice(&md5::Digest::finalize(m));
+        }
+        out
+    }
+}
+
+fn part_sha256() -> Box<dyn PartDigest> {
+    Box::new(PartSums {
+        sha256: sha2::Digest::new(),
+        md5: None,
+    })
+}
+
+fn part_sha256_md5() -> Box<dyn PartDigest> {
+    Box::new(PartSums {
+        sha256: sha2::Digest::new(),
+        md5: Some(md5::Digest::new()),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Signs a request with the SHA256 of its body computed beforehand (the
+/// engine's pass over the part): a part streamed from its file is a signed
+/// payload that the store checks, as a body in memory is (the SDK signs a
+/// streamed body `UNSIGNED-PAYLOAD`, and a store that checks no CRC32C
+/// header, like s3s-fs, would then keep bytes corrupted on the way).
+#[derive(Debug)]
+struct SignedPayload(String);
+
+impl Intercept for SignedPayload {
+    fn name(&self) -> &'static str {
+        "SignedPayload"
+    }
+
+    fn modify_before_signing(
+        &self,
+        _context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> std::result::Result<(), BoxError> {
+        cfg.interceptor_state()
+            .store_put(PayloadSigningOverride::Precomputed(self.0.clone()));
+        Ok(())
+    }
+}
+
+/// A part of a file as the SDK's body: streamed from the file, a fresh
+/// reader each time the SDK sends it.
+fn span_body(span: &FileSpan) -> SdkStream {
+    let span = span.clone();
+    SdkStream::new(SdkBody::retryable(move || {
+        SdkBody::from_body_1_x(SpanBody(span.reader()))
+    }))
+}
+
+struct SpanBody(SpanReader);
+
+impl http_body::Body for SpanBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>>>> {
+        let reader = &mut self.get_mut().0;
+        reader
+            .poll_next_unpin(cx)
+            .map(|c| c.map(|r| r.map(http_body::Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.remaining() == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.remaining())
+    }
 }
 
 /// The MD5 of a one-request body: a file is read once more (from the page
@@ -122,8 +237,8 @@ impl Upload {
         .create_only(opts.if_not_exists)
         .state_dir(state_dir);
         match core.checksum {
-            S3Checksum::Md5 => plan.digest(md5),
-            _ => plan,
+            S3Checksum::Md5 => plan.digest(part_sha256_md5),
+            _ => plan.digest(part_sha256),
         }
     }
 
@@ -287,6 +402,14 @@ impl PartStore for Upload {
     }
 
     async fn put_part(&self, session: &str, part: &Part, _attempt: u32) -> Result<Acked> {
+        // `Plan::digest`: the SHA256 to sign, then the MD5 (`checksum = "md5"`).
+        let (sha256, md5) = match part.digest.as_deref() {
+            Some(d) if d.len() >= 32 => {
+                let (sha, md5) = d.split_at(32);
+                (Some(sha), (!md5.is_empty()).then_some(md5))
+            }
+            _ => (None, None),
+        };
         let req = self
             .core
             .client
@@ -295,12 +418,19 @@ impl PartStore for Upload {
             .key(&self.full)
             .upload_id(session)
             .part_number(i32::try_from(part.number).unwrap_or(i32::MAX))
-            .content_length(part.data.len() as i64)
+            .content_length(i64::try_from(part.len()).unwrap_or(i64::MAX))
             // Already computed: sent as a header, the SDK computes no other.
             .set_checksum_crc32_c(self.crc32c().then(|| crc32c_to_base64(part.crc32c)))
-            .set_content_md5(part.digest.as_ref().map(|d| BASE64.encode(d)))
-            .body(SdkStream::from(part.data.clone()));
-        let out = sse_c!(req, self.sse_c.as_ref())
+            .set_content_md5(md5.map(|d| BASE64.encode(d)))
+            .body(match &part.body {
+                PartBody::Bytes(b) => SdkStream::from(b.clone()),
+                PartBody::File(span) => span_body(span),
+            });
+        let mut req = sse_c!(req, self.sse_c.as_ref()).customize();
+        if let Some(sha) = sha256 {
+            req = req.interceptor(SignedPayload(hex(sha)));
+        }
+        let out = req
             .send()
             .await
             .map_err(self.map("UploadPart", Mode::Plain))?;

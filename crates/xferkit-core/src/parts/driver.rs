@@ -96,8 +96,8 @@ pub async fn upload(
             // Buffer up to the threshold: a stream that ends by then is one request.
             ctx.cancellable(&target, chunker.fill(limit.saturating_add(1)))
                 .await?;
-            if chunker.buf.len() <= limit {
-                let data = chunker.buf.split().freeze();
+            if chunker.held() <= limit {
+                let data = chunker.take_all();
                 let n = data.len() as u64;
                 return single(store.as_ref(), Body::Bytes(data), n, ctx).await;
             }

@@ -9,9 +9,11 @@
 //!
 //! - **choosing** one request or parts (`Plan::threshold`), and the part
 //!   size (raised to fit the store's part limit);
-//! - **scheduling**: up to `Plan::concurrency` parts in flight, each read
-//!   from the file with a positional read into a buffer the upload reuses
-//!   (memory is bounded by `concurrency × part size`), or cut from a stream;
+//! - **scheduling**: up to `Plan::concurrency` parts in flight. A part of a
+//!   file is checksummed through a small reused buffer and goes to the store
+//!   as a [`FileSpan`] that its request streams from the file, so a file's
+//!   upload holds no part in memory; a part of a stream is cut into a buffer
+//!   the upload reuses (memory bounded by `concurrency × part size`).
 //!   [`Layout::Sequential`] stores (GCS) take one chunk at a time, in order;
 //! - **per-part retry, bandwidth and progress**: each request runs under
 //!   the transfer's retry policy on its own, so a failure resends one part;
@@ -42,7 +44,7 @@ use crate::journal::JournalPart;
 use crate::{RemoteObject, Result};
 
 pub use driver::{ABORT_BUDGET, upload};
-pub use source::exact_length;
+pub use source::{FileSpan, SpanReader, exact_length};
 
 /// How a store takes the parts of one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +58,15 @@ pub enum Layout {
     Sequential,
 }
 
-/// A digest computed for each part while its bytes are read (e.g. MD5).
-pub type Digest = fn(&[u8]) -> Vec<u8>;
+/// A digest computed over each part's bytes, fed in order, besides its
+/// CRC32C (e.g. MD5).
+pub trait PartDigest: Send {
+    fn update(&mut self, data: &[u8]);
+    fn finish(self: Box<Self>) -> Vec<u8>;
+}
+
+/// Makes the [`PartDigest`] of one part.
+pub type Digest = fn() -> Box<dyn PartDigest>;
 
 /// How one store wants its uploads cut and sent.
 #[derive(Debug, Clone)]
@@ -149,6 +158,39 @@ pub enum Body {
     File(PathBuf),
 }
 
+/// The bytes of a part.
+#[derive(Debug, Clone)]
+pub enum PartBody {
+    /// In memory (a part of a stream).
+    Bytes(Bytes),
+    /// A span of the source file (a part of a file), checksummed by the
+    /// engine; the request streams it ([`FileSpan::reader`], a fresh one
+    /// for each try).
+    File(FileSpan),
+}
+
+impl PartBody {
+    pub fn len(&self) -> u64 {
+        match self {
+            PartBody::Bytes(b) => b.len() as u64,
+            PartBody::File(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes in memory (a span is read: for a store that needs them
+    /// whole, and tests).
+    pub async fn to_bytes(&self) -> Result<Bytes> {
+        match self {
+            PartBody::Bytes(b) => Ok(b.clone()),
+            PartBody::File(s) => s.read().await,
+        }
+    }
+}
+
 /// One part to put.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -156,15 +198,27 @@ pub struct Part {
     /// From 1, in the order of the object's bytes.
     pub number: u32,
     pub offset: u64,
-    pub data: Bytes,
+    pub body: PartBody,
+    /// The CRC32C of the body's bytes.
     pub crc32c: u32,
-    /// `Plan::digest` of `data`.
+    /// `Plan::digest` of the body's bytes.
     pub digest: Option<Vec<u8>>,
     /// The object's size, when known before its end (a file, a stream of
     /// declared size).
     pub total: Option<u64>,
     /// `Sequential` only, on the last chunk: the object's size and CRC32C.
     pub last: Option<(u64, u32)>,
+}
+
+impl Part {
+    /// The part's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
 }
 
 /// What the store returned for an upload that completed.
@@ -225,7 +279,11 @@ pub trait PartStore: Send + Sync {
     async fn start(&self, size: Option<u64>) -> Result<String>;
 
     /// Put one part; `attempt` counts from 1 (a store that can ask what a
-    /// failed try left, like GCS, does so before trying again).
+    /// failed try left, like GCS, does so before trying again). A
+    /// [`PartBody::File`] is sent with a fresh [`FileSpan::reader`] on each
+    /// try, with the part's length declared: a reader fails rather than end
+    /// short, and the engine reports a failure the file caused (it shrank
+    /// or changed) as such, not retried.
     async fn put_part(&self, session: &str, part: &Part, attempt: u32) -> Result<Acked>;
 
     /// What the store holds of `session` (an upload of `size` bytes);

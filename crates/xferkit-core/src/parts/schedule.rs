@@ -5,13 +5,12 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::task::JoinSet;
 
 use super::driver::combine;
 use super::resume::Journaled;
 use super::source::{Pool, Source};
-use super::{Acked, Part, PartStore, Plan, Stored};
+use super::{Acked, Part, PartBody, PartStore, Plan, Stored};
 use crate::journal::JournalPart;
 use crate::{Error, Result, TransferCtx};
 
@@ -28,15 +27,15 @@ pub(crate) async fn parallel(
     let target = store.target();
     let skip: HashSet<u32> = done.iter().map(|p| p.number).collect();
     let session: Arc<str> = Arc::from(session);
-    let pool = Pool::default();
+    let pool = Pool::new(plan.concurrency);
     // Dropped on a stop or failure: the parts in flight are aborted.
-    let mut tasks: JoinSet<Result<(JournalPart, Bytes)>> = JoinSet::new();
+    let mut tasks: JoinSet<Result<(JournalPart, PartBody)>> = JoinSet::new();
     let total = src.size();
     let mut number = 0u32;
     let mut exhausted = false;
     loop {
         while !exhausted && tasks.len() < plan.concurrency {
-            let Some((piece, _)) = src.next().await? else {
+            let Some((piece, _)) = src.next(&pool).await? else {
                 exhausted = true;
                 break;
             };
@@ -52,7 +51,7 @@ pub(crate) async fn parallel(
                 let part = Part {
                     number,
                     offset: l.offset,
-                    data: l.data,
+                    body: l.body,
                     crc32c: l.crc32c,
                     digest: l.digest,
                     total,
@@ -62,18 +61,17 @@ pub(crate) async fn parallel(
                     Acked::Part(etag) => etag,
                     Acked::Done(_) => return Err(early(store.target())),
                 };
-                let len = part.data.len() as u64;
-                let jp = JournalPart::new(number, part.offset, len, etag, part.crc32c);
-                Ok((jp, part.data))
+                let jp = JournalPart::new(number, part.offset, part.len(), etag, part.crc32c);
+                Ok((jp, part.body))
             });
         }
         let Some(joined) = tasks.join_next().await else {
             return Ok(());
         };
-        let (jp, data) =
+        let (jp, body) =
             joined.map_err(|e| Error::backend(target, "a part upload task failed", e))??;
         ctx.add_progress(jp.len);
-        pool.give(data, plan.concurrency);
+        pool.give(body);
         if let Some(j) = journal.as_deref_mut() {
             j.record(jp.clone()).await;
         }
@@ -92,7 +90,7 @@ pub(crate) async fn sequential(
     ctx: &TransferCtx,
 ) -> Result<(Stored, u32)> {
     let target = store.target();
-    let pool = Pool::default();
+    let pool = Pool::new(1);
     let mut crc = combine(done);
     let mut total: u64 = done.iter().map(|p| p.len).sum();
     let mut number = done.last().map_or(0, |p| p.number);
@@ -101,15 +99,16 @@ pub(crate) async fn sequential(
     // while chunk N+1 is on the wire, not before it is sent. A crash in
     // between loses nothing: the resume asks the store for its offset.
     let mut unrecorded: Option<JournalPart> = None;
-    while let Some((piece, last)) = src.next().await? {
+    while let Some((piece, last)) = src.next(&pool).await? {
         number = next_number(number, plan, target)?;
         let l = piece.load(&pool, plan.digest).await?;
-        let len = l.data.len() as u64;
-        let whole = crc32c::crc32c_combine(crc, l.crc32c, l.data.len());
+        let len = l.body.len();
+        let whole =
+            crc32c::crc32c_combine(crc, l.crc32c, usize::try_from(len).unwrap_or(usize::MAX));
         let part = Part {
             number,
             offset: l.offset,
-            data: l.data,
+            body: l.body,
             crc32c: l.crc32c,
             digest: l.digest,
             total: size,
@@ -134,7 +133,7 @@ pub(crate) async fn sequential(
                 let jp = JournalPart::new(number, part.offset, len, etag, part.crc32c);
                 done.push(jp.clone());
                 unrecorded = Some(jp);
-                pool.give(part.data, 1);
+                pool.give(part.body);
             }
             (Acked::Done(stored), false) => {
                 // Not all of it: delete what became visible.
@@ -171,7 +170,10 @@ pub(crate) async fn sequential(
     ))
 }
 
-/// Throttle, then put one part under the transfer's retry policy.
+/// Throttle, then put one part under the transfer's retry policy. A try
+/// of a file's part that failed because the file shrank or changed (its
+/// reader failed, wrapped by the SDK as whatever it makes of a body error)
+/// fails with that error, not retried.
 async fn put_part(
     store: &dyn PartStore,
     session: &str,
@@ -179,10 +181,21 @@ async fn put_part(
     ctx: &TransferCtx,
 ) -> Result<Acked> {
     let target = store.target();
-    ctx.throttle(target, part.data.len() as u64).await?;
+    ctx.throttle(target, part.len()).await?;
     let what = format!("{target} part {}", part.number);
-    ctx.retry(&what, |attempt| store.put_part(session, part, attempt))
-        .await
+    ctx.retry(&what, |attempt| async move {
+        let r = store.put_part(session, part, attempt).await;
+        match (&r, &part.body) {
+            (Err(e), PartBody::File(span)) if e.kind() != crate::ErrorKind::Cancelled => {
+                match span.changed().await {
+                    Some(changed) => Err(changed),
+                    None => r,
+                }
+            }
+            _ => r,
+        }
+    })
+    .await
 }
 
 fn next_number(number: u32, plan: &Plan, target: &str) -> Result<u32> {
