@@ -383,11 +383,11 @@ async fn serve_config_errors_name_the_key() {
     let cases = [
         (
             LocalConfig::with_root(dir.path()).with_serve("http://h", Secret::new("short")),
-            "stores.s.signing_key is too short",
+            "signing_key is too short",
         ),
         (
             LocalConfig::with_root(dir.path()).with_serve("ftp://h", Secret::new(KEY)),
-            "stores.s.serve_url",
+            "serve_url",
         ),
         (
             LocalConfig::with_root(dir.path()).with_serve("http://h/?x=1", Secret::new(KEY)),
