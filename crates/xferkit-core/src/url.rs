@@ -33,7 +33,7 @@ pub fn encode_path(key: &str) -> String {
 pub struct ObjectUrl {
     /// Lower-case scheme: `s3`, `file`, `http`, ... (any scheme).
     pub scheme: String,
-    /// Bucket (s3, gs), account (az), host[:port] (http) or empty (file).
+    /// Bucket (s3, gs), account (az), `host[:port]` (http) or empty (file).
     pub authority: String,
     /// The decoded path without its leading `/` (for `file`: the absolute path, with it).
     pub path: String,
