@@ -908,7 +908,7 @@ impl FileTransferHandler for LocalStore {
     }
 
     /// The temp files that uploads of dead processes left under
-    /// `ROOT/.xferkit/tmp` (stale by the rule in [`crate::tmp`]; a live
+    /// `ROOT/.xferkit/tmp` (stale by the rule in the `tmp` module; a live
     /// upload's file is never listed): key `.xferkit/tmp/NAME`, upload id
     /// `NAME`, initiated = the file's last write. A temp file does not know
     /// the key it was for, so only a prefix of `.xferkit/tmp/` (e.g. the
