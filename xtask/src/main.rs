@@ -6,7 +6,7 @@
 //! cargo xtask emulators stop      stop the ones `start` left running
 //! cargo xtask test [ARGS...]      install + start emulators, `cargo test --workspace
 //!                                 --all-features ARGS...`, stop them, print the conformance summary
-//! cargo xtask ci                  fmt check, clippy -D warnings, the test flow, the package step
+//! cargo xtask ci                  fmt check, clippy -D warnings, rustdoc -D warnings, the test flow, the package step
 //! cargo xtask package             license files in every package, cargo package (verified)
 //! ```
 //!
@@ -128,7 +128,7 @@ usage:
   cargo xtask emulators stop      stop the emulators started by `emulators start`
   cargo xtask test [ARGS...]      run `cargo test --workspace --all-features ARGS...` against
                                   freshly started emulators, then stop them
-  cargo xtask ci                  fmt --check, clippy -D warnings, test, cargo xtask package
+  cargo xtask ci                  fmt --check, clippy -D warnings, doc -D warnings, test, cargo xtask package
   cargo xtask package             license files in every package, then `cargo package` verified
                                   (each published crate built from its .crate file)
   cargo xtask bench [--backend s3|gcs|azure|all] [--size 1GiB] [--runs 3] [--small-files 2000]
@@ -1128,6 +1128,15 @@ fn ci(ws: &Workspace) -> Result<ExitCode> {
         cargo()
             .args(["clippy", "--workspace", "--all-targets", "--all-features"])
             .args(["--", "-D", "warnings"])
+            .current_dir(&ws.root),
+    )?;
+    // Broken intra-doc links and links to private items are docs.rs
+    // warnings a reader meets as dead links; refuse them here.
+    step(
+        "cargo doc",
+        cargo()
+            .args(["doc", "--workspace", "--no-deps", "--all-features"])
+            .env("RUSTDOCFLAGS", "-D warnings")
             .current_dir(&ws.root),
     )?;
     header("cargo xtask test");
