@@ -25,6 +25,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use xferkit::Key;
 
 use common::{MIB, Rng, Spawn, big_file, same_content, store_config, xfer_in};
 use xferkit::journal::JournalFile;
@@ -88,7 +89,7 @@ impl Bed {
         let fig = xferkit::figment_for(Some(&d.join("xferkit.toml"))).unwrap();
         let kit = Xferkit::from_figment(&fig).await.unwrap();
         let store = kit.registry().get("remote").unwrap();
-        let url = store.url_for(KEY);
+        let url = store.url_for(&Key::new(KEY).unwrap());
         Bed {
             dir,
             lists_pending: t.lists_pending,
@@ -162,7 +163,7 @@ impl Bed {
     async fn check_clean(&self, what: &str) -> usize {
         let back = self.path("verify.bin");
         self.store
-            .download_to_path(KEY, &back, None, &TransferCtx::none())
+            .download_to_path(&Key::new(KEY).unwrap(), &back, None, &TransferCtx::none())
             .await
             .unwrap_or_else(|e| panic!("{what}: cannot download the object: {e}"));
         assert!(
@@ -266,7 +267,7 @@ async fn crash_target(t: Target) {
     finish(bed.upload().spawn_or_panic(), "the calibration upload");
     let full = started.elapsed();
     assert_eq!(bed.check_clean("calibration").await, 0);
-    bed.store.delete(KEY).await.unwrap();
+    bed.store.delete(&Key::new(KEY).unwrap()).await.unwrap();
 
     let (mut killed, mut resumed, mut pending) = (0, 0, 0);
     for i in 0..KILLS {
@@ -290,7 +291,7 @@ async fn crash_target(t: Target) {
         );
         pending += bed.check_clean(&what).await;
         resumed += 1;
-        bed.store.delete(KEY).await.unwrap();
+        bed.store.delete(&Key::new(KEY).unwrap()).await.unwrap();
     }
 
     // SIGINT mid-upload: nothing visible, nothing pending, no journal.
@@ -300,7 +301,12 @@ async fn crash_target(t: Target) {
         signal(&child, "-INT");
         let status = finish(child, &format!("{}: the interrupted upload", t.label));
         if status.code() == Some(130) {
-            let gone = bed.store.stat(KEY).await.map(|_| ()).unwrap_err();
+            let gone = bed
+                .store
+                .stat(&Key::new(KEY).unwrap())
+                .await
+                .map(|_| ())
+                .unwrap_err();
             assert_eq!(
                 gone.kind(),
                 ErrorKind::NotFound,
@@ -357,8 +363,11 @@ async fn crash_target(t: Target) {
             );
         }
     }
-    bed.store.delete(SEALED_KEY).await.unwrap();
-    bed.store.delete(KEY).await.unwrap();
+    bed.store
+        .delete(&Key::new(SEALED_KEY).unwrap())
+        .await
+        .unwrap();
+    bed.store.delete(&Key::new(KEY).unwrap()).await.unwrap();
     drop(bed.kit);
 
     xferkit_conformance::report(

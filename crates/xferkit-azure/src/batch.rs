@@ -27,7 +27,7 @@ use azure_core::error::CheckSuccessOptions;
 use azure_core::http::headers::{HeaderName, Headers};
 use azure_core::http::{Context, Method, PipelineSendOptions, Request, Url};
 use futures::{StreamExt, stream};
-use xferkit_core::{Error, ErrorKind, FileTransferHandler, Result, validate_key};
+use xferkit_core::{Error, ErrorKind, FileTransferHandler, Key, Result};
 
 use crate::config::Credential;
 use crate::error::{AzureError, Op, answer, map};
@@ -52,11 +52,10 @@ type Outcomes = Vec<(usize, Result<()>)>;
 /// Each key with its result, in order. See the module's text.
 pub(crate) async fn delete_many(
     store: &AzureStore,
-    keys: &[String],
-) -> Result<Vec<(String, Result<()>)>> {
-    let mut out: Vec<(String, Result<()>)> =
-        keys.iter().map(|k| (k.clone(), validate_key(k))).collect();
-    let valid: Vec<usize> = (0..out.len()).filter(|&i| out[i].1.is_ok()).collect();
+    keys: &[Key],
+) -> Result<Vec<(Key, Result<()>)>> {
+    let mut out: Vec<(Key, Result<()>)> = keys.iter().map(|k| (k.clone(), Ok(()))).collect();
+    let valid: Vec<usize> = (0..out.len()).collect();
     let (Some(sas), Some(scope)) = (store.client.sas.as_deref(), scope(&store.cfg.credential))
     else {
         let results: Outcomes = stream::iter(valid)
@@ -149,7 +148,7 @@ struct Batch<'a> {
     store: &'a AzureStore,
     sas: &'a SasSource,
     scope: Scope,
-    keys: &'a [String],
+    keys: &'a [Key],
 }
 
 /// A batch's keys (indexes into `Batch::keys`) as its tries go.

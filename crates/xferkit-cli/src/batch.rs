@@ -15,7 +15,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use xferkit::{
-    CancellationToken, DynHandler, Error, ErrorKind, FileInfo, PutOptions, RemoteObject,
+    CancellationToken, DynHandler, Error, ErrorKind, FileInfo, Key, PutOptions, RemoteObject,
     ShareRequestExt, TransferManager, TransferRequest, TransferStatus,
 };
 
@@ -76,32 +76,33 @@ pub enum Work {
     /// A server-side copy within one store.
     Copy {
         store: DynHandler,
-        from: String,
-        to: String,
+        from: Key,
+        to: Key,
     },
     /// A copy between stores: download to a temp file, upload it (content
     /// type and metadata kept).
     Relay {
         from: DynHandler,
-        from_key: String,
+        from_key: Key,
         to: DynHandler,
-        to_key: String,
+        to_key: Key,
     },
     /// Delete an object (a missing one is fine).
-    Delete { store: DynHandler, key: String },
+    Delete { store: DynHandler, key: Key },
     /// Delete many objects of one store in one call (S3: one DeleteObjects
     /// request), each reported on its own as if it were a job.
-    DeleteMany {
-        store: DynHandler,
-        keys: Vec<String>,
-    },
+    DeleteMany { store: DynHandler, keys: Vec<Key> },
     /// Delete a local file (a missing one is fine).
     RemoveFile(PathBuf),
+    /// Nothing to do: the object's name is no valid key (one written by
+    /// another tool), so it cannot be addressed; reported as an invalid name
+    /// (`InvalidKey` naming it) when the job runs, as any job's failure is.
+    Invalid(Error),
 }
 
 /// The work that copies `from_key` of `from` to `to_key` of `to`: a
 /// server-side copy within one store that can, else through a temp file.
-pub fn copy_work(from: &DynHandler, from_key: String, to: &DynHandler, to_key: String) -> Work {
+pub fn copy_work(from: &DynHandler, from_key: Key, to: &DynHandler, to_key: Key) -> Work {
     if from.name() == to.name() && from.capabilities().copy {
         Work::Copy {
             store: from.clone(),
@@ -342,11 +343,11 @@ type Done = Result<(Meta, Option<FileInfo>), Problem>;
 /// none (keys already gone stay gone).
 async fn delete_many(
     store: &DynHandler,
-    keys: &[String],
+    keys: &[Key],
     meta: &Meta,
     stop: &CancellationToken,
 ) -> Vec<Done> {
-    let label = |k: &str| shown(&store.url_for(k));
+    let label = |k: &Key| shown(&store.url_for(k));
     let results = tokio::select! {
         r = store.delete_many(keys) => r,
         _ = stop.cancelled() => return Vec::new(),
@@ -418,6 +419,7 @@ async fn execute(
         }
         // `run` hands these to `delete_many`, which reports each key.
         Work::DeleteMany { .. } => Err(("a batch delete is not one file".into(), false)),
+        Work::Invalid(e) => Err((e.chain(), true)),
         Work::RemoveFile(path) => match std::fs::remove_file(&path) {
             Ok(()) => Ok(Some(None)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(None)),
@@ -461,12 +463,11 @@ async fn follow(
 pub async fn relay(
     manager: &TransferManager,
     from: &DynHandler,
-    from_key: &str,
+    from_key: &Key,
     to: &DynHandler,
-    to_key: &str,
+    to_key: &Key,
     stop: &CancellationToken,
 ) -> Result<Option<FileInfo>, JobError> {
-    xferkit::validate_key(to_key).map_err(|e| (e.to_string(), true))?;
     let dir = tempfile::Builder::new()
         .prefix("xfer-cp.")
         .tempdir()

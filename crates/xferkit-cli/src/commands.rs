@@ -8,7 +8,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use xferkit::url::ObjectUrl;
 use xferkit::{
-    Error, PresignMethod, PutOptions, RemoteObject, ShareRequestExt, TransferRequest, validate_key,
+    Error, Key, PresignMethod, PutOptions, RemoteObject, ShareRequestExt, TransferRequest,
 };
 
 use crate::cli::{Command, Method};
@@ -56,6 +56,7 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
                 })?,
                 None => key_from_file_name(&file)?,
             };
+            let key = Key::new(key)?;
             let mut opts = PutOptions::default();
             if let Some(ct) = content_type {
                 opts = opts.with_content_type(ct);
@@ -80,11 +81,10 @@ pub async fn run(cx: &Ctx, command: Command) -> Result<(), Failure> {
             if encrypt {
                 request = request.encrypted();
             }
-            validate_key(&key)?;
             request.url = store.url_for(&key);
             let label = file
                 .file_name()
-                .map_or_else(|| key.clone(), |n| n.to_string_lossy().into_owned());
+                .map_or_else(|| key.to_string(), |n| n.to_string_lossy().into_owned());
             let info = transfer::run_info(cx.kit.manager(), request, &label, cx.progress).await?;
             crate::share::print_upload(cx, &info)
         }
@@ -289,7 +289,7 @@ async fn ls(
     while let Some(entry) = entries.next().await {
         match entry? {
             xferkit::ListEntry::Prefix(p) => {
-                let url = store.url_for(&p);
+                let url = target::prefix_url(&store, &p);
                 if cx.json {
                     line(json!({ "prefix": p, "url": url }))?;
                 } else {
@@ -333,7 +333,6 @@ async fn cp(cx: &Ctx, src: &OsString, dst: &OsString, force: bool) -> Result<(),
             let (from, from_key) = target::object(reg, &s)?;
             let (to, to_key) = destination(reg, &d, || target::file_name_for(&s, &from_key))?;
             let obj = if from.name() == to.name() && from.capabilities().copy {
-                validate_key(&to_key)?;
                 from.copy(&from_key, &to_key).await?
             } else {
                 relay(cx, &from, &from_key, &s, &to, &to_key).await?
@@ -400,7 +399,7 @@ fn stores(cx: &Ctx) -> Result<(), Failure> {
     let mut rows = Vec::new();
     for name in reg.names() {
         let store = reg.get(&name)?;
-        let root = store.url_for("x");
+        let root = target::prefix_url(&store, "x");
         let root = root.strip_suffix('x').unwrap_or_default().to_string();
         let backend = figment
             .as_ref()

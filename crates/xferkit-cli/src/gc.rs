@@ -45,13 +45,13 @@ pub async fn run(
                 crate::note(&format!(
                     "store `{}`: {}",
                     store.name(),
-                    nothing_to_collect(&store.url_for("x"))
+                    nothing_to_collect(&target::prefix_url(&store, "x"))
                 ));
             }
             continue;
         }
         let pending = store.list_pending_uploads(&prefix).await?;
-        let dead = writer_known_dead(&store.url_for("x"));
+        let dead = writer_known_dead(&target::prefix_url(&store, "x"));
         for p in pending {
             if !dead && !is_old(p.initiated, cutoff, older_than) {
                 continue;
@@ -112,7 +112,7 @@ fn all_stores(reg: &Registry) -> Result<Vec<(DynHandler, String)>, Failure> {
     let mut out = Vec::new();
     for name in reg.names() {
         let store = reg.get(&name)?;
-        if store.url_for("x").starts_with("http") || name == "http" {
+        if target::prefix_url(&store, "x").starts_with("http") || name == "http" {
             continue;
         }
         out.push((store, String::new()));
@@ -137,7 +137,7 @@ fn nothing_to_collect(url: &str) -> &'static str {
 }
 
 fn report(cx: &Ctx, store: &DynHandler, p: &PendingUpload, action: &str) -> Result<(), Failure> {
-    let url = store.url_for(&p.key);
+    let url = target::prefix_url(store, &p.key);
     if cx.json {
         return line(json!({
             "store": store.name(),

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use xferkit::{DynHandler, Error, RemoteObject, TransferRequest, validate_key};
+use xferkit::{DynHandler, Error, Key, RemoteObject, TransferRequest};
 
 use crate::ctx::Ctx;
 use crate::fail::Failure;
@@ -59,10 +59,9 @@ pub async fn upload(
     cx: &Ctx,
     file: &Path,
     store: &DynHandler,
-    key: &str,
+    key: &Key,
     mut request: TransferRequest,
 ) -> Result<RemoteObject, Failure> {
-    validate_key(key)?;
     request.url = store.url_for(key);
     let label = file
         .file_name()
@@ -72,15 +71,15 @@ pub async fn upload(
 }
 
 /// The store and key a `cp` destination URL names; a URL ending in `/`
-/// names a prefix, to which `name()` is appended.
+/// names a prefix, to which `name()` is appended (the key checked then).
 pub fn destination(
     reg: &xferkit::Registry,
     url: &str,
     name: impl FnOnce() -> Result<String, Failure>,
-) -> Result<(DynHandler, String), Failure> {
+) -> Result<(DynHandler, Key), Failure> {
     if url.ends_with('/') {
         let (store, prefix) = target::prefix(reg, url)?;
-        Ok((store, format!("{prefix}{}", name()?)))
+        Ok((store, Key::join(&prefix, &name()?)?))
     } else {
         target::object(reg, url)
     }
@@ -90,12 +89,11 @@ pub fn destination(
 pub async fn relay(
     cx: &Ctx,
     from: &DynHandler,
-    from_key: &str,
+    from_key: &Key,
     from_url: &str,
     to: &DynHandler,
-    to_key: &str,
+    to_key: &Key,
 ) -> Result<RemoteObject, Failure> {
-    validate_key(to_key)?;
     let name = target::file_name_for(from_url, from_key).unwrap_or_else(|_| "object".into());
     let dir = tempfile::Builder::new()
         .prefix("xfer-cp.")

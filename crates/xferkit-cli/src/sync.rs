@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde_json::json;
-use xferkit::{DynHandler, Error, ShareRequestExt, TransferRequest, validate_key};
+use xferkit::{DynHandler, Error, Key, ShareRequestExt, TransferRequest};
 
 use crate::batch::{self, Job, Meta, Outcome, Problem, Work};
 use crate::ctx::Ctx;
@@ -92,7 +92,9 @@ impl End {
     fn shown(&self, rel: &str) -> String {
         match self {
             End::Dir(d) => d.join(rel).display().to_string(),
-            End::Prefix { store, prefix } => shown(&store.url_for(&format!("{prefix}{rel}"))),
+            End::Prefix { store, prefix } => {
+                shown(&target::prefix_url(store, &format!("{prefix}{rel}")))
+            }
         }
     }
 }
@@ -486,7 +488,8 @@ async fn remote_checksum(end: &End, rel: &str, e: &Entry) -> Result<Option<Strin
     if e.checksum.is_some() {
         return Ok(e.checksum.clone());
     }
-    let key = format!("{prefix}{rel}");
+    let key = Key::new(format!("{prefix}{rel}"))
+        .map_err(|err| Problem::invalid(end.shown(rel), err.to_string()))?;
     let obj = store
         .stat(&key)
         .await
@@ -559,15 +562,17 @@ fn job_for(from: &End, to: &End, rel: &str, e: &Entry, dry_run: bool) -> Result<
     let label = from.shown(rel);
     let (work, action, dst, mtime) = match (from, to) {
         (End::Dir(_), End::Prefix { store, prefix }) => {
-            let key = format!("{prefix}{rel}");
-            validate_key(&key).map_err(|err| Problem::invalid(&label, err.to_string()))?;
+            let key = Key::new(format!("{prefix}{rel}"))
+                .map_err(|err| Problem::invalid(&label, err.to_string()))?;
             let url = store.url_for(&key);
             let path = e.path.clone().unwrap_or_default();
             let request = TransferRequest::upload(path, url.clone()).without_thumbnail();
             (Work::Transfer(request), "upload", shown(&url), None)
         }
         (End::Prefix { store, prefix }, End::Dir(dir)) => {
-            let url = store.url_for(&format!("{prefix}{rel}"));
+            let key = Key::new(format!("{prefix}{rel}"))
+                .map_err(|err| Problem::invalid(&label, err.to_string()))?;
+            let url = store.url_for(&key);
             let path = download_path(dir, rel, &url, !dry_run)?;
             let request = TransferRequest::download(url, &path);
             let dst = path.display().to_string();
@@ -583,8 +588,9 @@ fn job_for(from: &End, to: &End, rel: &str, e: &Entry, dry_run: bool) -> Result<
                 prefix: pb,
             },
         ) => {
-            let (from_key, to_key) = (format!("{pa}{rel}"), format!("{pb}{rel}"));
-            validate_key(&to_key).map_err(|err| Problem::invalid(&label, err.to_string()))?;
+            let key =
+                |k: String| Key::new(k).map_err(|err| Problem::invalid(&label, err.to_string()));
+            let (from_key, to_key) = (key(format!("{pa}{rel}"))?, key(format!("{pb}{rel}"))?);
             let dst = shown(&b.url_for(&to_key));
             (batch::copy_work(a, from_key, b, to_key), "copy", dst, None)
         }
@@ -608,9 +614,12 @@ fn job_for(from: &End, to: &End, rel: &str, e: &Entry, dry_run: bool) -> Result<
 fn delete_job(to: &End, rel: &str, e: &Entry) -> Job {
     let work = match to {
         End::Dir(_) => Work::RemoveFile(e.path.clone().unwrap_or_default()),
-        End::Prefix { store, prefix } => Work::Delete {
-            store: store.clone(),
-            key: format!("{prefix}{rel}"),
+        End::Prefix { store, prefix } => match Key::new(format!("{prefix}{rel}")) {
+            Ok(key) => Work::Delete {
+                store: store.clone(),
+                key,
+            },
+            Err(e) => Work::Invalid(e),
         },
     };
     let mut job = Job::new(work, to.shown(rel), 0);
@@ -637,10 +646,13 @@ pub async fn rm_r(
         let mut objects = store.list(&prefix);
         while let Some(obj) = objects.next().await {
             let obj = obj?;
-            let shown_url = shown(&store.url_for(&obj.key));
-            let work = Work::Delete {
-                store: store.clone(),
-                key: obj.key,
+            let shown_url = shown(&target::prefix_url(&store, &obj.key));
+            let work = match obj.to_key() {
+                Ok(key) => Work::Delete {
+                    store: store.clone(),
+                    key,
+                },
+                Err(e) => Work::Invalid(e),
             };
             let mut job = Job::new(work, shown_url, obj.size);
             job.meta.action = "delete";
@@ -724,7 +736,6 @@ pub async fn mv(cx: &Ctx, src: &OsStr, dst: &OsStr, force: bool) -> Result<(), F
             }
             let original = from.stat(&from_key).await?;
             if from.name() == to.name() && from.capabilities().copy {
-                validate_key(&to_key)?;
                 from.copy(&from_key, &to_key).await?;
             } else {
                 crate::single::relay(cx, &from, &from_key, &s, &to, &to_key).await?;

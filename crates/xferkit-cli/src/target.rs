@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use percent_encoding::percent_decode_str;
 use xferkit::url::ObjectUrl;
-use xferkit::{DynHandler, Error, ErrorKind, Registry};
+use xferkit::{DynHandler, Error, ErrorKind, Key, Registry};
 
 use crate::fail::Failure;
 
@@ -35,7 +35,7 @@ pub use xferkit::url::shown;
 
 /// The store owning the object `url` and its key there. A URL naming a
 /// prefix rather than an object (e.g. ending in `/`) gets a message saying so.
-pub fn object(reg: &Registry, url: &str) -> Result<(DynHandler, String), Failure> {
+pub fn object(reg: &Registry, url: &str) -> Result<(DynHandler, Key), Failure> {
     match reg.resolve(url) {
         Ok(found) => Ok(found),
         Err(e) if e.kind() == ErrorKind::InvalidUrl => {
@@ -67,7 +67,7 @@ fn invalid_key_in(reg: &Registry, url: &str) -> Option<Error> {
         if let Ok((store, p)) = prefix(reg, parent) {
             let rest = percent_decode_str(&url[scheme_end + i + 1..]).decode_utf8_lossy();
             let key = format!("{p}{rest}");
-            return xferkit::validate_key(&key).err().map(|e| {
+            return Key::new(key.as_str()).err().map(|e| {
                 let reason = match e {
                     Error::InvalidKey { reason, .. } => reason,
                     other => other.to_string(),
@@ -124,6 +124,15 @@ pub fn prefix(reg: &Registry, url: &str) -> Result<(DynHandler, String), Failure
             ),
         ))
     })
+}
+
+/// The URL of the prefix `prefix` (a key prefix, e.g. ending in `/`) of
+/// `store`: the store's root URL with the prefix appended, as `url_for`
+/// would give a key (a prefix need not be a key, so it cannot ask it).
+pub fn prefix_url(store: &DynHandler, prefix: &str) -> String {
+    let x = Key::new("x").map(|x| store.url_for(&x)).unwrap_or_default();
+    let root = x.strip_suffix('x').unwrap_or(&x);
+    format!("{root}{}", xferkit::url::encode_path(prefix))
 }
 
 /// The file name a download of `url` (key `key`) gets by default: the last

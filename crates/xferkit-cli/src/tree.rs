@@ -33,7 +33,7 @@ use futures::StreamExt;
 use globset::{GlobBuilder, GlobMatcher};
 use percent_encoding::percent_decode_str;
 use serde_json::json;
-use xferkit::{Direction, DynHandler, Error, ShareRequestExt, TransferRequest, validate_key};
+use xferkit::{Direction, DynHandler, Error, Key, ShareRequestExt, TransferRequest};
 
 use crate::batch::{self, Job, Problem, Work};
 use crate::ctx::Ctx;
@@ -326,11 +326,9 @@ async fn upload_items(
             continue;
         }
         let shown_path = path.display().to_string();
-        match key_for(&rel).and_then(|k| {
-            let key = format!("{prefix}{k}");
-            validate_key(&key).map_err(|e| e.to_string())?;
-            Ok(key)
-        }) {
+        match key_for(&rel)
+            .and_then(|k| Key::new(format!("{prefix}{k}")).map_err(|e| e.to_string()))
+        {
             Ok(key) => {
                 let url = store.url_for(&key);
                 // A tree copy copies files, as `aws s3 cp --recursive` does:
@@ -478,7 +476,17 @@ async fn download_items(
     let mut items = Vec::new();
     let mut problems = Vec::new();
     for (obj, rel) in tree_objects(tree).await? {
-        let url = store.url_for(&obj.key);
+        let key = match obj.to_key() {
+            Ok(k) => k,
+            Err(e) => {
+                problems.push(Problem::invalid(
+                    shown(&target::prefix_url(store, &obj.key)),
+                    e.to_string(),
+                ));
+                continue;
+            }
+        };
+        let url = store.url_for(&key);
         let path = match download_path(dir, &rel, &url, !dry_run) {
             Ok(p) => p,
             Err(p) => {
@@ -520,14 +528,23 @@ async fn copy_items(
     let mut items = Vec::new();
     let mut problems = Vec::new();
     for (obj, rel) in tree_objects(tree).await? {
-        let label = shown(&from.url_for(&obj.key));
-        let to_key = format!("{prefix}{rel}");
-        if let Err(e) = validate_key(&to_key) {
-            problems.push(Problem::invalid(label, e.to_string()));
-            continue;
-        }
+        let label = shown(&target::prefix_url(from, &obj.key));
+        let keys = obj
+            .to_key()
+            .and_then(|from_key| Ok((from_key, Key::new(format!("{prefix}{rel}"))?)));
+        let (from_key, to_key) = match keys {
+            Ok(k) => k,
+            Err(e) => {
+                problems.push(Problem::invalid(label, e.to_string()));
+                continue;
+            }
+        };
         let dst = shown(&to.url_for(&to_key));
-        let mut job = Job::new(batch::copy_work(from, obj.key, to, to_key), label, obj.size);
+        let mut job = Job::new(
+            batch::copy_work(from, from_key, to, to_key),
+            label,
+            obj.size,
+        );
         job.meta.action = "copy";
         job.meta.dst = dst;
         items.push(job);

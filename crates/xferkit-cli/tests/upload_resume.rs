@@ -12,6 +12,7 @@ mod common;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use xferkit::Key;
 
 use common::{Spawn, xfer_in};
 
@@ -164,9 +165,14 @@ concurrency = 2
 
     let dest = d.join("back.bin");
     direct
-        .download_to_path("big.bin", &dest, None, &TransferCtx::none())
+        .download_to_path(
+            &Key::new("big.bin").unwrap(),
+            &dest,
+            None,
+            &TransferCtx::none(),
+        )
         .await
         .unwrap();
     assert!(std::fs::read(&dest).unwrap() == body, "object differs");
-    direct.delete("big.bin").await.unwrap();
+    direct.delete(&Key::new("big.bin").unwrap()).await.unwrap();
 }

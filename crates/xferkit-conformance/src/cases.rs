@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use xferkit_core::Key;
 use xferkit_core::url::ObjectUrl;
 use xferkit_core::{
     ByteRange, Capabilities, DynHandler, ErrorKind, FileInfo, FileTransferExt, PresignMethod,
@@ -159,6 +160,11 @@ pub static CASES: &[Case] = &[
 
 // ---------- helpers ----------
 
+/// `s` as a key, checked: an invalid one fails the case, naming it.
+fn checked(s: &str) -> Result<Key, String> {
+    Key::new(s).ctx("key")
+}
+
 trait Ctx<T> {
     fn ctx(self, what: &str) -> Result<T, String>;
 }
@@ -196,7 +202,7 @@ fn expect_kind<T: std::fmt::Debug>(r: xferkit_core::Result<T>, kind: ErrorKind, 
 async fn put(e: &Env, key: &str, body: &[u8]) -> R {
     e.handler
         .upload(
-            key,
+            &checked(key)?,
             UploadSource::from_bytes(body.to_vec()),
             &PutOptions::default(),
             &TransferCtx::none(),
@@ -208,7 +214,7 @@ async fn put(e: &Env, key: &str, body: &[u8]) -> R {
 
 async fn get(e: &Env, key: &str, r: Option<ByteRange>) -> Result<Vec<u8>, String> {
     Ok(e.handler
-        .read_bytes(key, r)
+        .read_bytes(&checked(key)?, r)
         .await
         .ctx(&format!("read {key}"))?
         .to_vec())
@@ -219,7 +225,7 @@ async fn roundtrip(e: &Env, key: &str, len: usize) -> R {
     let obj = e
         .handler
         .upload(
-            key,
+            &checked(key)?,
             UploadSource::from_bytes(body.clone()),
             &PutOptions::default(),
             &TransferCtx::none(),
@@ -242,7 +248,7 @@ async fn roundtrip(e: &Env, key: &str, len: usize) -> R {
     let dest = dir.path().join("out");
     let got = e
         .handler
-        .download_to_path(key, &dest, None, &TransferCtx::none())
+        .download_to_path(&checked(key)?, &dest, None, &TransferCtx::none())
         .await
         .ctx("download_to_path")?;
     ensure!(got.size == len as u64, "stat size {} != {len}", got.size);
@@ -283,7 +289,7 @@ async fn roundtrip_multipart_file(e: Arc<Env>, c: &'static str) -> R {
     let obj = e
         .handler
         .upload(
-            &key,
+            &checked(&key)?,
             UploadSource::Path(src),
             &PutOptions::default(),
             &TransferCtx::none(),
@@ -293,7 +299,7 @@ async fn roundtrip_multipart_file(e: Arc<Env>, c: &'static str) -> R {
     ensure!(obj.size == size as u64, "size {} != {size}", obj.size);
     let dest = dir.path().join("back.bin");
     e.handler
-        .download_to_path(&key, &dest, None, &TransferCtx::none())
+        .download_to_path(&checked(&key)?, &dest, None, &TransferCtx::none())
         .await
         .ctx("download")?;
     ensure!(
@@ -313,7 +319,7 @@ async fn roundtrip_stream_unknown_size(e: Arc<Env>, c: &'static str) -> R {
     let obj = e
         .handler
         .upload(
-            &key,
+            &checked(&key)?,
             UploadSource::Stream {
                 stream: Box::pin(futures::stream::iter(chunks)),
                 size: None,
@@ -335,7 +341,7 @@ async fn key_roundtrip(e: &Env, key: &str) -> R {
     let body = format!("content of {key}").into_bytes();
     put(e, key, &body).await?;
     ensure!(get(e, key, None).await? == body, "{key:?}: content differs");
-    let st = e.handler.stat(key).await.ctx("stat")?;
+    let st = e.handler.stat(&checked(key)?).await.ctx("stat")?;
     ensure!(st.key == key, "stat key {:?} != {key:?}", st.key);
     let listed: Vec<String> = e
         .handler
@@ -350,7 +356,7 @@ async fn key_roundtrip(e: &Env, key: &str) -> R {
         listed == vec![key.to_string()],
         "list({key:?}) gave {listed:?}"
     );
-    let url = e.handler.url_for(key);
+    let url = e.handler.url_for(&checked(key)?);
     let parsed = ObjectUrl::parse(&url).ctx("parse canonical URL")?;
     ensure!(
         e.handler.key_for_url(&parsed).as_deref() == Some(key),
@@ -375,9 +381,24 @@ async fn key_deep_prefix(e: Arc<Env>, c: &'static str) -> R {
     key_roundtrip(&e, &format!("{c}/a/b/c/d/e/f/g/h/i/j/deep.txt")).await
 }
 
+/// A store takes only [`Key`]s, so an invalid key is refused where keys are
+/// built, before any store is asked: by `Key::new` (CLI arguments, config,
+/// listings) and, for a URL naming one of this store's objects, by the
+/// registry that maps it to the store, so no transfer of it starts.
 async fn invalid_keys_refused(e: Arc<Env>, c: &'static str) -> R {
-    let _ = c;
-    for k in [
+    let mut reg = Registry::new();
+    reg.register(e.handler.clone());
+    let m = manager(e.handler.clone());
+    let dir = tempfile::tempdir().ctx("tempdir")?;
+    // This store's URLs of keys under the case's prefix: `{base}/REST`.
+    let base = e.handler.url_for(&checked(&format!("{c}/x"))?);
+    let base = base.strip_suffix("/x").ok_or(format!("url_for: {base}"))?;
+    let url_of = |rest: &str| format!("{base}/{}", xferkit_core::url::encode_path(rest));
+    // The same way to a valid key resolves to it: the refusals below are
+    // of the keys, not of how their URLs are made.
+    let (_, ok) = reg.resolve(&url_of("ok key")).ctx("resolve a valid key")?;
+    ensure!(ok == format!("{c}/ok key").as_str(), "resolved to {ok:?}");
+    for bad in [
         "",
         "../escape",
         "a/../../b",
@@ -388,35 +409,50 @@ async fn invalid_keys_refused(e: Arc<Env>, c: &'static str) -> R {
         "./x",
         "x/",
     ] {
-        expect_kind(
-            e.handler.stat(k).await,
-            ErrorKind::InvalidKey,
-            &format!("stat {k:?}"),
-        )?;
-        expect_kind(
-            e.handler
-                .upload(
-                    k,
-                    UploadSource::from_bytes(&b"x"[..]),
-                    &PutOptions::default(),
-                    &TransferCtx::none(),
-                )
-                .await,
-            ErrorKind::InvalidKey,
-            &format!("upload {k:?}"),
-        )?;
-        expect_kind(
-            e.handler.delete(k).await,
-            ErrorKind::InvalidKey,
-            &format!("delete {k:?}"),
-        )?;
+        let key = format!("{c}/{bad}");
+        match Key::new(key.as_str()) {
+            Ok(k) => return Err(format!("Key::new accepted {k:?}")),
+            Err(err) => ensure!(
+                err.kind() == ErrorKind::InvalidKey
+                    && err.to_string().contains(&format!("{key:?}")),
+                "Key::new({key:?}): {err} ({:?}), not InvalidKey naming the key",
+                err.kind()
+            ),
+        }
+        let url = url_of(bad);
+        match reg.resolve(&url) {
+            Err(err) => ensure!(
+                matches!(err.kind(), ErrorKind::InvalidUrl | ErrorKind::InvalidKey),
+                "resolve {url:?}: {err} ({:?})",
+                err.kind()
+            ),
+            // A URL parser may resolve `.`/`..` segments itself (a file
+            // URL's path): the key is then another one, inside the store.
+            // Anything else must be refused.
+            Ok((_, k)) => ensure!(
+                bad.split('/').any(|s| s == "." || s == ".."),
+                "resolve {url:?} gave the key {k:?}"
+            ),
+        }
+        let dest = dir.path().join("never");
+        let refused = match m.start(TransferRequest::download(url.clone(), &dest)) {
+            Err(err) => Some(err.kind()),
+            Ok(t) => t.wait_info().await.error_kind,
+        };
+        if !bad.split('/').any(|s| s == "." || s == "..") {
+            ensure!(
+                matches!(refused, Some(ErrorKind::InvalidUrl | ErrorKind::InvalidKey)),
+                "download of {url:?}: {refused:?}"
+            );
+        }
+        ensure!(!dest.exists(), "download of {url:?} left a file");
     }
     Ok(())
 }
 
 async fn url_round_trip(e: Arc<Env>, c: &'static str) -> R {
     let key = format!("{c}/x y#z");
-    let url = e.handler.url_for(&key);
+    let url = e.handler.url_for(&checked(&key)?);
     let parsed = ObjectUrl::parse(&url).ctx("parse")?;
     ensure!(
         e.handler.key_for_url(&parsed).as_deref() == Some(key.as_str()),
@@ -504,7 +540,7 @@ async fn stat_fields(e: Arc<Env>, c: &'static str) -> R {
     let key = format!("{c}/photo.png");
     let before = SystemTime::now() - Duration::from_secs(300);
     put(&e, &key, &data(1234, 1)).await?;
-    let st = e.handler.stat(&key).await.ctx("stat")?;
+    let st = e.handler.stat(&checked(&key)?).await.ctx("stat")?;
     ensure!(st.size == 1234, "size {}", st.size);
     ensure!(
         st.etag
@@ -524,7 +560,7 @@ async fn stat_fields(e: Arc<Env>, c: &'static str) -> R {
         "last_modified {lm:?}"
     );
     ensure!(
-        st.url == e.handler.url_for(&key),
+        st.url == e.handler.url_for(&checked(&key)?),
         "url {} != canonical",
         st.url
     );
@@ -536,14 +572,14 @@ async fn upload_result_matches_stat(e: Arc<Env>, c: &'static str) -> R {
     let up = e
         .handler
         .upload(
-            &key,
+            &checked(&key)?,
             UploadSource::from_bytes(&b"hello"[..]),
             &PutOptions::default(),
             &TransferCtx::none(),
         )
         .await
         .ctx("upload")?;
-    let st = e.handler.stat(&key).await.ctx("stat")?;
+    let st = e.handler.stat(&checked(&key)?).await.ctx("stat")?;
     ensure!(
         up.url == st.url && up.key == st.key && up.size == st.size,
         "{up:?} vs {st:?}"
@@ -632,7 +668,7 @@ async fn range_past_end_is_invalid(e: Arc<Env>, c: &'static str) -> R {
     let (key, _) = range_setup(&e, c).await?;
     expect_kind(
         e.handler
-            .read_bytes(&key, Some(ByteRange::From(10_000)))
+            .read_bytes(&checked(&key)?, Some(ByteRange::From(10_000)))
             .await,
         ErrorKind::InvalidRange,
         "range starting at the size",
@@ -640,7 +676,7 @@ async fn range_past_end_is_invalid(e: Arc<Env>, c: &'static str) -> R {
     expect_kind(
         e.handler
             .read_bytes(
-                &key,
+                &checked(&key)?,
                 Some(ByteRange::Bounded {
                     start: 50_000,
                     end: 60_000,
@@ -661,7 +697,7 @@ async fn overwrite_replaces(e: Arc<Env>, c: &'static str) -> R {
         "overwrite did not replace"
     );
     ensure!(
-        e.handler.stat(&key).await.ctx("stat")?.size == 6,
+        e.handler.stat(&checked(&key)?).await.ctx("stat")?.size == 6,
         "stale size"
     );
     Ok(())
@@ -671,7 +707,7 @@ async fn create_only_new_key(e: Arc<Env>, c: &'static str) -> R {
     let key = format!("{c}/new");
     e.handler
         .upload(
-            &key,
+            &checked(&key)?,
             UploadSource::from_bytes(&b"x"[..]),
             &PutOptions::default().create_only(),
             &TransferCtx::none(),
@@ -687,7 +723,7 @@ async fn create_only_existing_key_already_exists(e: Arc<Env>, c: &'static str) -
     let r = e
         .handler
         .upload(
-            &key,
+            &checked(&key)?,
             UploadSource::from_bytes(&b"intruder"[..]),
             &PutOptions::default().create_only(),
             &TransferCtx::none(),
@@ -704,7 +740,7 @@ async fn create_only_existing_key_already_exists(e: Arc<Env>, c: &'static str) -
     let r = e
         .handler
         .upload(
-            &key,
+            &checked(&key)?,
             UploadSource::Path(src),
             &PutOptions::default().create_only(),
             &TransferCtx::none(),
@@ -725,10 +761,16 @@ async fn create_only_existing_key_already_exists(e: Arc<Env>, c: &'static str) -
 async fn delete_twice_is_fine(e: Arc<Env>, c: &'static str) -> R {
     let key = format!("{c}/gone");
     put(&e, &key, b"x").await?;
-    e.handler.delete(&key).await.ctx("first delete")?;
-    e.handler.delete(&key).await.ctx("second delete")?;
+    e.handler
+        .delete(&checked(&key)?)
+        .await
+        .ctx("first delete")?;
+    e.handler
+        .delete(&checked(&key)?)
+        .await
+        .ctx("second delete")?;
     expect_kind(
-        e.handler.stat(&key).await,
+        e.handler.stat(&checked(&key)?).await,
         ErrorKind::NotFound,
         "stat after delete",
     )
@@ -743,27 +785,25 @@ async fn delete_many_reports_each_key_and_missing_ones_are_fine(e: Arc<Env>, c: 
     put(&e, &keep, b"kept").await?;
     let mut keys = present.clone();
     keys.insert(2, format!("{c}/missing"));
-    keys.push(format!("{c}/../bad"));
+    // (An invalid key cannot be asked for: no `Key` holds one.)
+    let keys = keys
+        .iter()
+        .map(|k| checked(k))
+        .collect::<Result<Vec<_>, _>>()?;
     let out = e.handler.delete_many(&keys).await.ctx("delete_many")?;
     ensure!(
         out.iter().map(|(k, _)| k).eq(keys.iter()),
         "keys did not come back one each, in order: {out:?}"
     );
-    let (bad, good) = out.split_last().ok_or("no results")?;
-    for (k, r) in good {
+    for (k, r) in &out {
         ensure!(
             r.is_ok(),
             "delete_many of {k:?} (missing ones included): {r:?}"
         );
     }
-    ensure!(
-        matches!(&bad.1, Err(err) if err.kind() == ErrorKind::InvalidKey),
-        "an invalid key: {:?}, not InvalidKey",
-        bad.1
-    );
     for k in &present {
         expect_kind(
-            e.handler.stat(k).await,
+            e.handler.stat(&checked(k)?).await,
             ErrorKind::NotFound,
             "stat after delete_many",
         )?;
@@ -783,15 +823,22 @@ async fn delete_many_reports_each_key_and_missing_ones_are_fine(e: Arc<Env>, c: 
 
 async fn missing_key_not_found_everywhere(e: Arc<Env>, c: &'static str) -> R {
     let key = format!("{c}/never-written");
-    expect_kind(e.handler.stat(&key).await, ErrorKind::NotFound, "stat")?;
     expect_kind(
-        e.handler.download_stream(&key, None).await.map(|(o, _)| o),
+        e.handler.stat(&checked(&key)?).await,
+        ErrorKind::NotFound,
+        "stat",
+    )?;
+    expect_kind(
+        e.handler
+            .download_stream(&checked(&key)?, None)
+            .await
+            .map(|(o, _)| o),
         ErrorKind::NotFound,
         "download_stream",
     )?;
     expect_kind(
         e.handler
-            .download_stream(&key, Some(ByteRange::From(0)))
+            .download_stream(&checked(&key)?, Some(ByteRange::From(0)))
             .await
             .map(|(o, _)| o),
         ErrorKind::NotFound,
@@ -799,13 +846,15 @@ async fn missing_key_not_found_everywhere(e: Arc<Env>, c: &'static str) -> R {
     )?;
     if e.caps.copy {
         expect_kind(
-            e.handler.copy(&key, &format!("{c}/dst")).await,
+            e.handler
+                .copy(&checked(&key)?, &checked(&format!("{c}/dst"))?)
+                .await,
             ErrorKind::NotFound,
             "copy",
         )?;
     }
     e.handler
-        .delete(&key)
+        .delete(&checked(&key)?)
         .await
         .ctx("delete of a missing key")?;
     Ok(())
@@ -816,7 +865,12 @@ async fn download_to_path_of_missing_key_leaves_no_file(e: Arc<Env>, c: &'static
     let dest = dir.path().join("never");
     let r = e
         .handler
-        .download_to_path(&format!("{c}/missing"), &dest, None, &TransferCtx::none())
+        .download_to_path(
+            &checked(&format!("{c}/missing"))?,
+            &dest,
+            None,
+            &TransferCtx::none(),
+        )
         .await;
     expect_kind(r, ErrorKind::NotFound, "download of a missing key")?;
     let left: Vec<_> = std::fs::read_dir(dir.path()).ctx("read_dir")?.collect();
@@ -828,7 +882,7 @@ async fn upload_of_missing_source_is_not_found(e: Arc<Env>, c: &'static str) -> 
     let r = e
         .handler
         .upload(
-            &format!("{c}/k"),
+            &checked(&format!("{c}/k"))?,
             UploadSource::Path("/nonexistent/xferkit/source.bin".into()),
             &PutOptions::default(),
             &TransferCtx::none(),
@@ -836,7 +890,7 @@ async fn upload_of_missing_source_is_not_found(e: Arc<Env>, c: &'static str) -> 
         .await;
     expect_kind(r, ErrorKind::NotFound, "upload of a missing file")?;
     expect_kind(
-        e.handler.stat(&format!("{c}/k")).await,
+        e.handler.stat(&checked(&format!("{c}/k"))?).await,
         ErrorKind::NotFound,
         "object after failed upload",
     )
@@ -850,14 +904,14 @@ async fn content_type_and_metadata_round_trip(e: Arc<Env>, c: &'static str) -> R
         .with_metadata("sender", "alice");
     e.handler
         .upload(
-            &key,
+            &checked(&key)?,
             UploadSource::from_bytes(&b"m"[..]),
             &opts,
             &TransferCtx::none(),
         )
         .await
         .ctx("upload")?;
-    let st = e.handler.stat(&key).await.ctx("stat")?;
+    let st = e.handler.stat(&checked(&key)?).await.ctx("stat")?;
     ensure!(
         st.content_type.as_deref() == Some("application/x-xferkit-test"),
         "content type {:?}",
@@ -875,7 +929,7 @@ async fn content_type_and_metadata_round_trip(e: Arc<Env>, c: &'static str) -> R
     );
     let (dl, _) = e
         .handler
-        .download_stream(&key, None)
+        .download_stream(&checked(&key)?, None)
         .await
         .ctx("download")?;
     ensure!(
@@ -898,20 +952,24 @@ async fn copy_check(e: &Env, from: &str, to: &str, len: usize, content_type: Opt
     }
     e.handler
         .upload(
-            from,
+            &checked(from)?,
             UploadSource::from_bytes(body.clone()),
             &opts,
             &TransferCtx::none(),
         )
         .await
         .ctx("upload")?;
-    let obj = e.handler.copy(from, to).await.ctx("copy")?;
+    let obj = e
+        .handler
+        .copy(&checked(from)?, &checked(to)?)
+        .await
+        .ctx("copy")?;
     ensure!(
         obj.key == to && obj.size == body.len() as u64,
         "copy result {obj:?}"
     );
     ensure!(get(e, to, None).await? == body, "copied content differs");
-    let st = e.handler.stat(to).await.ctx("stat copy")?;
+    let st = e.handler.stat(&checked(to)?).await.ctx("stat copy")?;
     let want = content_type.map_or_else(|| opts.content_type_for(from), str::to_string);
     ensure!(
         st.content_type.as_deref() == Some(want.as_str()),
@@ -952,7 +1010,7 @@ async fn copy_of_a_multipart_sized_object_keeps_content_and_metadata(
     let len = e.multipart_size.max(1 << 20) as usize + 1234;
     copy_check(&e, &from, &to, len, Some("application/x-xferkit-test")).await?;
     for k in [&from, &to] {
-        e.handler.delete(k).await.ctx("delete")?;
+        e.handler.delete(&checked(k)?).await.ctx("delete")?;
     }
     Ok(())
 }
@@ -974,7 +1032,11 @@ async fn presign_get_plain_http(e: Arc<Env>, c: &'static str) -> R {
     put(&e, &key, &body).await?;
     let p = e
         .handler
-        .presign(&key, PresignMethod::Get, Duration::from_secs(600))
+        .presign(
+            &checked(&key)?,
+            PresignMethod::Get,
+            Duration::from_secs(600),
+        )
         .await
         .ctx("presign")?;
     ensure!(p.expires_at > SystemTime::now(), "expiry in the past");
@@ -996,7 +1058,7 @@ async fn presign_get_plain_http(e: Arc<Env>, c: &'static str) -> R {
     expect_kind(
         e.handler
             .presign(
-                &format!("{c}/missing"),
+                &checked(&format!("{c}/missing"))?,
                 PresignMethod::Get,
                 Duration::from_secs(60),
             )
@@ -1020,7 +1082,11 @@ async fn presign_put_plain_http(e: Arc<Env>, c: &'static str) -> R {
     let body = data(100_000, 12);
     let p = e
         .handler
-        .presign(&key, PresignMethod::Put, Duration::from_secs(600))
+        .presign(
+            &checked(&key)?,
+            PresignMethod::Put,
+            Duration::from_secs(600),
+        )
         .await
         .ctx("presign")?;
     let resp = request(&http(), &p)
@@ -1046,7 +1112,7 @@ async fn presign_expired_refused(e: Arc<Env>, c: &'static str) -> R {
     put(&e, &key, b"secret content").await?;
     let p = e
         .handler
-        .presign(&key, PresignMethod::Get, Duration::from_secs(1))
+        .presign(&checked(&key)?, PresignMethod::Get, Duration::from_secs(1))
         .await
         .ctx("presign")?;
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -1074,7 +1140,11 @@ async fn presign_tampered_refused(e: Arc<Env>, c: &'static str) -> R {
     put(&e, &other, b"other content").await?;
     let p = e
         .handler
-        .presign(&key, PresignMethod::Get, Duration::from_secs(600))
+        .presign(
+            &checked(&key)?,
+            PresignMethod::Get,
+            Duration::from_secs(600),
+        )
         .await
         .ctx("presign")?;
     // Point the signed URL at another object.
@@ -1127,7 +1197,7 @@ async fn progress_monotonic_and_ends_at_size(e: Arc<Env>, c: &'static str) -> R 
     let t = m
         .start(TransferRequest::upload(
             &src,
-            e.handler.url_for(&format!("{c}/p.bin")),
+            e.handler.url_for(&checked(&format!("{c}/p.bin"))?),
         ))
         .ctx("start")?;
     let fin = t.wait_info().await;
@@ -1159,7 +1229,7 @@ async fn progress_monotonic_and_ends_at_size(e: Arc<Env>, c: &'static str) -> R 
     m2.add_listener(l2);
     let t = m2
         .start(TransferRequest::download(
-            e.handler.url_for(&format!("{c}/p.bin")),
+            e.handler.url_for(&checked(&format!("{c}/p.bin"))?),
             dir.path().join("d.bin"),
         ))
         .ctx("start download")?;
@@ -1187,7 +1257,10 @@ async fn stop_multipart_upload_leaves_nothing(e: Arc<Env>, c: &'static str) -> R
     let key = format!("{c}/stopped.bin");
     let m = manager(e.handler.clone());
     let t = m
-        .start(TransferRequest::upload(&src, e.handler.url_for(&key)))
+        .start(TransferRequest::upload(
+            &src,
+            e.handler.url_for(&checked(&key)?),
+        ))
         .ctx("start")?;
     // Stop once the first bytes are acknowledged (or after 2 s at most).
     let mut rx = t.subscribe();
@@ -1225,7 +1298,7 @@ async fn stop_multipart_upload_leaves_nothing(e: Arc<Env>, c: &'static str) -> R
         "the stopped upload's cleanup did not end within 30 s"
     );
     expect_kind(
-        e.handler.stat(&key).await,
+        e.handler.stat(&checked(&key)?).await,
         ErrorKind::NotFound,
         "object after stop",
     )?;
@@ -1252,7 +1325,7 @@ async fn twenty_callers_of_one_url_get_their_files_from_one_download(
     put(&e, &key, &body).await?;
     let counting = Counting::new(e.handler.clone());
     let m = manager(counting.clone());
-    let url = e.handler.url_for(&key);
+    let url = e.handler.url_for(&checked(&key)?);
     let dir = tempfile::tempdir().ctx("tempdir")?;
     let barrier = Arc::new(tokio::sync::Barrier::new(20));
     let mut tasks = Vec::new();
@@ -1306,7 +1379,10 @@ async fn manager_download_by_canonical_url(e: Arc<Env>, c: &'static str) -> R {
     let dir = tempfile::tempdir().ctx("tempdir")?;
     let dest = dir.path().join("got");
     let t = m
-        .start(TransferRequest::download(e.handler.url_for(&key), &dest))
+        .start(TransferRequest::download(
+            e.handler.url_for(&checked(&key)?),
+            &dest,
+        ))
         .ctx("start")?;
     let fin = t.wait_info().await;
     ensure!(
@@ -1333,7 +1409,7 @@ async fn manager_upload_carries_title_and_message(e: Arc<Env>, c: &'static str) 
     let m = manager(e.handler.clone());
     let t = m
         .start(
-            TransferRequest::upload(&src, e.handler.url_for(&key))
+            TransferRequest::upload(&src, e.handler.url_for(&checked(&key)?))
                 .with_title("A note")
                 .with_message("see attached"),
         )
@@ -1345,6 +1421,7 @@ async fn manager_upload_carries_title_and_message(e: Arc<Env>, c: &'static str) 
         fin.status,
         fin.error
     );
+    let key = checked(&key)?;
     let st = e.handler.stat(&key).await.ctx("stat")?;
     ensure!(
         st.metadata.get("title").map(String::as_str) == Some("A note"),
@@ -1391,7 +1468,7 @@ async fn upload_encrypted(e: &Env, key: &str, body: &[u8], dir: &Path) -> Result
     let src = write_temp(dir, "plain", body)?;
     let m = sharing_manager(e.handler.clone());
     let t = m
-        .start(TransferRequest::upload(&src, e.handler.url_for(key)).encrypted())
+        .start(TransferRequest::upload(&src, e.handler.url_for(&checked(key)?)).encrypted())
         .ctx("start encrypted upload")?;
     let fin = t.wait_info().await;
     ensure!(
@@ -1405,7 +1482,7 @@ async fn upload_encrypted(e: &Env, key: &str, body: &[u8], dir: &Path) -> Result
         .clone()
         .ok_or("no share_url for an encrypted upload")?;
     ensure!(
-        link.starts_with(&format!("{}#aes128gcm.", e.handler.url_for(key))),
+        link.starts_with(&format!("{}#aes128gcm.", e.handler.url_for(&checked(key)?))),
         "link is not the canonical URL with an aes128gcm fragment"
     );
     ensure!(
@@ -1662,7 +1739,7 @@ async fn header_round_trip(e: Arc<Env>, c: &'static str, name: &'static str, val
     let up = e
         .handler
         .upload(
-            &key,
+            &checked(&key)?,
             UploadSource::from_bytes(body.clone()),
             &opts,
             &TransferCtx::none(),
@@ -1674,7 +1751,7 @@ async fn header_round_trip(e: Arc<Env>, c: &'static str, name: &'static str, val
         "upload result {:?}, sent {headers:?}",
         up.headers
     );
-    let st = e.handler.stat(&key).await.ctx("stat")?;
+    let st = e.handler.stat(&checked(&key)?).await.ctx("stat")?;
     ensure!(
         st.headers == headers,
         "stat reports {:?}, sent {headers:?}",
@@ -1682,7 +1759,7 @@ async fn header_round_trip(e: Arc<Env>, c: &'static str, name: &'static str, val
     );
     let (dl, _) = e
         .handler
-        .download_stream(&key, None)
+        .download_stream(&checked(&key)?, None)
         .await
         .ctx("download")?;
     ensure!(
@@ -1723,10 +1800,10 @@ async fn storage_class_round_trips(e: Arc<Env>, c: &'static str) -> R {
     let src = UploadSource::from_bytes(&b"cold"[..]);
     let ctx = TransferCtx::none();
     e.handler
-        .upload(&key, src, &opts, &ctx)
+        .upload(&checked(&key)?, src, &opts, &ctx)
         .await
         .ctx("upload")?;
-    let st = e.handler.stat(&key).await.ctx("stat")?;
+    let st = e.handler.stat(&checked(&key)?).await.ctx("stat")?;
     ensure!(
         st.storage_class.as_deref().map(str::to_ascii_lowercase)
             == Some(class.to_ascii_lowercase()),
@@ -1744,10 +1821,10 @@ async fn sse_service_managed_is_reported(e: Arc<Env>, c: &'static str) -> R {
     let src = UploadSource::from_bytes(&b"sse"[..]);
     let ctx = TransferCtx::none();
     e.handler
-        .upload(&key, src, &opts, &ctx)
+        .upload(&checked(&key)?, src, &opts, &ctx)
         .await
         .ctx("upload")?;
-    let st = e.handler.stat(&key).await.ctx("stat")?;
+    let st = e.handler.stat(&checked(&key)?).await.ctx("stat")?;
     ensure!(
         st.encryption.is_some(),
         "stat reports no encryption: {st:?}"
@@ -1808,7 +1885,7 @@ async fn server_options_the_store_cannot_honour_are_refused(e: Arc<Env>, c: &'st
         let src = UploadSource::from_bytes(&b"x"[..]);
         let r = e
             .handler
-            .upload(&key, src, &opts, &TransferCtx::none())
+            .upload(&checked(&key)?, src, &opts, &TransferCtx::none())
             .await;
         match r {
             Err(err) if err.kind() == ErrorKind::NotSupported && err.to_string().contains(name) => {
@@ -1820,7 +1897,7 @@ async fn server_options_the_store_cannot_honour_are_refused(e: Arc<Env>, c: &'st
             }
         }
         expect_kind(
-            e.handler.stat(&key).await,
+            e.handler.stat(&checked(&key)?).await,
             ErrorKind::NotFound,
             "stat after refusal",
         )?;
@@ -1849,11 +1926,19 @@ async fn copy_keeps_object_headers(e: Arc<Env>, c: &'static str) -> R {
         let src = UploadSource::from_bytes(data(len, 3));
         let ctx = TransferCtx::none();
         e.handler
-            .upload(&from, src, &opts, &ctx)
+            .upload(&checked(&from)?, src, &opts, &ctx)
             .await
             .ctx("upload")?;
-        let copied = e.handler.copy(&from, &to).await.ctx("copy")?;
-        let st = e.handler.stat(&to).await.ctx("stat of the copy")?;
+        let copied = e
+            .handler
+            .copy(&checked(&from)?, &checked(&to)?)
+            .await
+            .ctx("copy")?;
+        let st = e
+            .handler
+            .stat(&checked(&to)?)
+            .await
+            .ctx("stat of the copy")?;
         ensure!(
             st.headers == headers && copied.headers == headers,
             "copy of {len} bytes: stat {:?}, copy result {:?}, sent {headers:?}",
@@ -1861,7 +1946,7 @@ async fn copy_keeps_object_headers(e: Arc<Env>, c: &'static str) -> R {
             copied.headers
         );
         for k in [&from, &to] {
-            e.handler.delete(k).await.ctx("delete")?;
+            e.handler.delete(&checked(k)?).await.ctx("delete")?;
         }
     }
     Ok(())

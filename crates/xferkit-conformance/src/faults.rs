@@ -39,7 +39,7 @@ use xferkit_core::{
 };
 
 use crate::fault::{Fault, FaultProxy, Rule, SeenRequest};
-use crate::testkit::{assert_exhausted, data, quick_retry, unique_prefix, write_file};
+use crate::testkit::{assert_exhausted, data, quick_retry, unique_prefix, valid_key, write_file};
 
 const MIB: usize = 1024 * 1024;
 
@@ -341,7 +341,7 @@ impl Bed {
     async fn stored_equals(&self, key: &str, body: &[u8]) -> bool {
         let dest = self.dir.path().join(format!("{key}.direct"));
         self.direct
-            .download_to_path(key, &dest, None, &TransferCtx::none())
+            .download_to_path(&valid_key(key), &dest, None, &TransferCtx::none())
             .await
             .unwrap_or_else(|e| panic!("download of {key}: {}", e.chain()));
         read(&dest) == body
@@ -354,7 +354,7 @@ impl Bed {
         for key in keys {
             let err = self
                 .direct
-                .stat(key)
+                .stat(&valid_key(key))
                 .await
                 .expect_err("nothing may be visible");
             assert_eq!(
@@ -399,7 +399,7 @@ fn read(p: &Path) -> Vec<u8> {
 }
 
 async fn delete(s: &DynHandler, key: &str) {
-    s.delete(key)
+    s.delete(&valid_key(key))
         .await
         .unwrap_or_else(|e| panic!("delete {key}: {}", e.chain()));
 }
@@ -409,9 +409,14 @@ fn retrying(attempts: u32) -> TransferCtx {
 }
 
 async fn upload(s: &DynHandler, key: &str, src: PathBuf, ctx: &TransferCtx) -> Result<u64> {
-    s.upload(key, UploadSource::Path(src), &PutOptions::default(), ctx)
-        .await
-        .map(|o| o.size)
+    s.upload(
+        &valid_key(key),
+        UploadSource::Path(src),
+        &PutOptions::default(),
+        ctx,
+    )
+    .await
+    .map(|o| o.size)
 }
 
 // ---------- faults ----------
@@ -483,7 +488,7 @@ async fn download_64mib_through_resets_and_503s_is_byte_identical(e: Arc<Env>) {
     let dest = b.dir.path().join("back.bin");
     let obj = b
         .via
-        .download_to_path("big.bin", &dest, None, &retrying(6))
+        .download_to_path(&valid_key("big.bin"), &dest, None, &retrying(6))
         .await
         .unwrap_or_else(|err| panic!("{}: download through faults: {}", e.label, err.chain()));
     assert_eq!(obj.size, body.len() as u64);
@@ -580,7 +585,7 @@ async fn a_body_corrupted_once_on_the_way_up_never_downloads_as_a_wrong_file(e: 
                 );
                 let gone = b
                     .direct
-                    .stat(key)
+                    .stat(&valid_key(key))
                     .await
                     .expect_err("a corrupted object stayed");
                 assert_eq!(gone.kind(), ErrorKind::NotFound, "{who}");
@@ -588,7 +593,11 @@ async fn a_body_corrupted_once_on_the_way_up_never_downloads_as_a_wrong_file(e: 
             }
             Ok(_) => {
                 let dest = b.dir.path().join(format!("{key}.back"));
-                match b.direct.download_to_path(key, &dest, None, &ctx).await {
+                match b
+                    .direct
+                    .download_to_path(&valid_key(key), &dest, None, &ctx)
+                    .await
+                {
                     Ok(_) => {
                         assert!(
                             read(&dest) == body,
@@ -613,7 +622,7 @@ async fn a_body_corrupted_once_on_the_way_up_never_downloads_as_a_wrong_file(e: 
         };
         eprintln!("{who}: {outcome:?}");
         assert_eq!(outcome, shape.corrupted_once, "{who}");
-        let _ = b.direct.delete(key).await;
+        let _ = b.direct.delete(&valid_key(key)).await;
     }
     if let Some(h) = e.f.checksum_header {
         let bodies: Vec<_> = b.proxy.requests()[start..]
@@ -694,7 +703,7 @@ async fn a_byte_corrupted_on_the_way_down_fails_a_ranged_download(e: Arc<Env>) {
     let dest = down.path().join("back.bin");
     let err = b
         .via
-        .download_to_path("big.bin", &dest, None, &TransferCtx::none())
+        .download_to_path(&valid_key("big.bin"), &dest, None, &TransferCtx::none())
         .await
         .expect_err("a corrupted range must fail the download");
     assert_eq!(b.proxy.stats().corruptions, 1);
@@ -709,7 +718,7 @@ async fn a_byte_corrupted_on_the_way_down_fails_a_ranged_download(e: Arc<Env>) {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     b.proxy.clear();
     b.via
-        .download_to_path("big.bin", &dest, None, &TransferCtx::none())
+        .download_to_path(&valid_key("big.bin"), &dest, None, &TransferCtx::none())
         .await
         .unwrap_or_else(|err| panic!("{}: download: {}", e.label, err.chain()));
     assert!(read(&dest) == body);
@@ -747,11 +756,11 @@ async fn upload_then_crash(
             .rule(Fault::Stall(Duration::from_secs(3600)))
             .after(parts as u64),
     ]);
-    let journal = JournalFile::for_upload(state, &s.url_for(key), src);
+    let journal = JournalFile::for_upload(state, &s.url_for(&valid_key(key)), src);
     let (k, p) = (key.to_string(), src.to_path_buf());
     let task = tokio::spawn(async move {
         s.upload(
-            &k,
+            &valid_key(&k),
             UploadSource::Path(p),
             &PutOptions::default(),
             &TransferCtx::none(),
@@ -818,11 +827,12 @@ async fn a_crashed_upload_resumes_sending_only_the_missing_parts(e: Arc<Env>) {
     let direct = e.store(e.spec(&e.f.upstream, &prefix)).await;
     let dest = dir.path().join("back.bin");
     direct
-        .download_to_path("big.bin", &dest, None, &TransferCtx::none())
+        .download_to_path(&valid_key("big.bin"), &dest, None, &TransferCtx::none())
         .await
         .unwrap_or_else(|err| panic!("{}: download: {}", e.label, err.chain()));
     assert!(read(&dest) == body, "{}: resumed object differs", e.label);
-    let journal = JournalFile::for_upload(state.path(), &again.url_for("big.bin"), &src);
+    let journal =
+        JournalFile::for_upload(state.path(), &again.url_for(&valid_key("big.bin")), &src);
     assert!(
         journal.load().await.is_none(),
         "journal removed after success"
@@ -872,7 +882,7 @@ async fn a_changed_source_starts_over(e: Arc<Env>) {
     let direct = e.store(e.spec(&e.f.upstream, &prefix)).await;
     let dest = dir.path().join("back.bin");
     direct
-        .download_to_path("k.bin", &dest, None, &TransferCtx::none())
+        .download_to_path(&valid_key("k.bin"), &dest, None, &TransferCtx::none())
         .await
         .unwrap_or_else(|err| panic!("{}: download: {}", e.label, err.chain()));
     assert!(read(&dest) == body, "{}: not the new bytes", e.label);

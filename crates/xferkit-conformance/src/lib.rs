@@ -415,7 +415,10 @@ pub fn run(targets: Vec<Target>) -> ExitCode {
             let mut keys = Vec::new();
             let mut s = handler.list("");
             while let Some(o) = s.next().await {
-                keys.push(o?.key);
+                // A name no key can address cannot be deleted either.
+                if let Ok(k) = o?.to_key() {
+                    keys.push(k);
+                }
             }
             futures::stream::iter(keys)
                 .map(|k| {

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use sha2::{Digest, Sha256};
+use xferkit_core::Key;
 use xferkit_core::url::{ObjectUrl, object_url};
 use xferkit_core::{
     ByteRange, ByteStream, Capabilities, DownloadOptions, Error, FileTransferHandler,
@@ -121,7 +122,7 @@ impl RangeStore {
         v.sort();
         v
     }
-    pub fn record(&self, key: &str) -> RemoteObject {
+    pub fn record(&self, key: &Key) -> RemoteObject {
         let data = self.data.lock().unwrap().clone();
         let mut o = RemoteObject::new(self.url_for(key), key, data.len() as u64);
         o.etag = Some(self.etag.lock().unwrap().clone());
@@ -148,15 +149,19 @@ impl FileTransferHandler for RangeStore {
     fn schemes(&self) -> &[&str] {
         &["s3"]
     }
-    fn url_for(&self, key: &str) -> String {
+    fn url_for(&self, key: &Key) -> String {
         object_url("s3", "mem", key)
     }
-    fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
-        (url.scheme == "s3" && url.authority == "mem").then(|| url.path.clone())
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<Key> {
+        if url.scheme == "s3" && url.authority == "mem" {
+            Key::new(url.path.as_str()).ok()
+        } else {
+            None
+        }
     }
     async fn upload(
         &self,
-        _key: &str,
+        _key: &Key,
         _source: UploadSource,
         _opts: &PutOptions,
         _ctx: &TransferCtx,
@@ -165,7 +170,7 @@ impl FileTransferHandler for RangeStore {
     }
     async fn download_stream(
         &self,
-        key: &str,
+        key: &Key,
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
         let n = self.get_count.fetch_add(1, Ordering::SeqCst) + 1;
@@ -213,21 +218,21 @@ impl FileTransferHandler for RangeStore {
         }
         Ok((obj, Box::pin(futures::stream::iter(items).inspect(count))))
     }
-    async fn stat(&self, key: &str) -> Result<RemoteObject> {
+    async fn stat(&self, key: &Key) -> Result<RemoteObject> {
         Ok(self.record(key))
     }
     fn list(&self, _prefix: &str) -> BoxStream<'static, Result<RemoteObject>> {
         Box::pin(futures::stream::empty())
     }
-    async fn delete(&self, _key: &str) -> Result<()> {
+    async fn delete(&self, _key: &Key) -> Result<()> {
         Ok(())
     }
-    async fn copy(&self, _from: &str, _to: &str) -> Result<RemoteObject> {
+    async fn copy(&self, _from: &Key, _to: &Key) -> Result<RemoteObject> {
         Err(Error::not_supported("mem", "copy"))
     }
     async fn presign(
         &self,
-        _key: &str,
+        _key: &Key,
         _method: PresignMethod,
         _expires_in: Duration,
     ) -> Result<PresignedUrl> {

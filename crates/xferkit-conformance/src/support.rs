@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use sha2::{Digest, Sha256};
+use xferkit_core::Key;
 use xferkit_core::url::ObjectUrl;
 use xferkit_core::{
     ByteRange, ByteStream, Capabilities, DynHandler, FileTransferHandler, PendingUpload,
@@ -75,15 +76,15 @@ impl FileTransferHandler for Counting {
     fn schemes(&self) -> &[&str] {
         self.inner.schemes()
     }
-    fn url_for(&self, key: &str) -> String {
+    fn url_for(&self, key: &Key) -> String {
         self.inner.url_for(key)
     }
-    fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<Key> {
         self.inner.key_for_url(url)
     }
     async fn upload(
         &self,
-        key: &str,
+        key: &Key,
         source: UploadSource,
         opts: &PutOptions,
         ctx: &TransferCtx,
@@ -93,30 +94,30 @@ impl FileTransferHandler for Counting {
     }
     async fn download_stream(
         &self,
-        key: &str,
+        key: &Key,
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
         self.downloads.fetch_add(1, Ordering::SeqCst);
         self.inner.download_stream(key, range).await
     }
-    async fn stat(&self, key: &str) -> Result<RemoteObject> {
+    async fn stat(&self, key: &Key) -> Result<RemoteObject> {
         self.inner.stat(key).await
     }
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<RemoteObject>> {
         self.inner.list(prefix)
     }
-    async fn delete(&self, key: &str) -> Result<()> {
+    async fn delete(&self, key: &Key) -> Result<()> {
         self.inner.delete(key).await
     }
-    async fn delete_many(&self, keys: &[String]) -> Result<Vec<(String, Result<()>)>> {
+    async fn delete_many(&self, keys: &[Key]) -> Result<Vec<(Key, Result<()>)>> {
         self.inner.delete_many(keys).await
     }
-    async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
+    async fn copy(&self, from: &Key, to: &Key) -> Result<RemoteObject> {
         self.inner.copy(from, to).await
     }
     async fn presign(
         &self,
-        key: &str,
+        key: &Key,
         method: PresignMethod,
         expires_in: Duration,
     ) -> Result<PresignedUrl> {
@@ -128,7 +129,7 @@ impl FileTransferHandler for Counting {
     async fn abort_pending_upload(&self, pending: &PendingUpload) -> Result<()> {
         self.inner.abort_pending_upload(pending).await
     }
-    async fn check_ranged_download(&self, key: &str, file: &std::fs::File) -> Result<()> {
+    async fn check_ranged_download(&self, key: &Key, file: &std::fs::File) -> Result<()> {
         self.inner.check_ranged_download(key, file).await
     }
     fn list_with(

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use xferkit_core::{Error, RetryPolicy};
+use xferkit_core::{Error, Key, RetryPolicy};
 
 pub use crate::support::data;
 
@@ -27,6 +27,12 @@ pub fn quick_retry(attempts: u32) -> RetryPolicy {
         .with_initial_backoff(Duration::from_millis(10))
         .with_max_backoff(Duration::from_millis(100))
         .with_attempt_timeout(Duration::from_secs(60))
+}
+
+/// `k` as a [`Key`]; panics naming the rule it breaks (test helper, for
+/// keys a test spells out).
+pub fn valid_key(k: &str) -> Key {
+    Key::new(k).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Write `bytes` to `dir/name`; panics on failure (test helper).

@@ -55,7 +55,9 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::{ByteRange, Error, ErrorKind, FileTransferHandler, RemoteObject, Result, TransferCtx};
+use crate::{
+    ByteRange, Error, ErrorKind, FileTransferHandler, Key, RemoteObject, Result, TransferCtx,
+};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -141,7 +143,7 @@ pub trait FileTransferExt: FileTransferHandler {
     /// never leaves a file under `dest`.
     async fn download_to_path(
         &self,
-        key: &str,
+        key: &Key,
         dest: &Path,
         range: Option<ByteRange>,
         ctx: &TransferCtx,
@@ -154,7 +156,7 @@ pub trait FileTransferExt: FileTransferHandler {
     /// see the module docs for how it runs.
     async fn download_to_path_with(
         &self,
-        key: &str,
+        key: &Key,
         dest: &Path,
         range: Option<ByteRange>,
         opts: &DownloadOptions,
@@ -164,7 +166,7 @@ pub trait FileTransferExt: FileTransferHandler {
     }
 
     /// Read a whole object (or a range) into memory. For small objects.
-    async fn read_bytes(&self, key: &str, range: Option<ByteRange>) -> Result<Bytes> {
+    async fn read_bytes(&self, key: &Key, range: Option<ByteRange>) -> Result<Bytes> {
         let (_, mut stream) = self.download_stream(key, range).await?;
         let mut buf = BytesMut::new();
         while let Some(chunk) = stream.next().await {
@@ -189,7 +191,7 @@ pub(crate) type Deliver = Arc<dyn Fn(&Path) -> Result<()> + Send + Sync>;
 /// over `dest`.
 pub(crate) async fn download_file<H: FileTransferHandler + ?Sized>(
     h: &H,
-    key: &str,
+    key: &Key,
     dest: &Path,
     range: Option<ByteRange>,
     opts: &DownloadOptions,
@@ -855,7 +857,7 @@ fn part_spans(size: u64, part_size: u64) -> Vec<Range<u64>> {
 
 async fn download_ranges<H: FileTransferHandler + ?Sized>(
     h: &H,
-    key: &str,
+    key: &Key,
     dest: &Path,
     obj: RemoteObject,
     opts: &DownloadOptions,
@@ -1114,7 +1116,7 @@ struct RangeProgress {
 /// CRC32C of the span.
 async fn fetch_range<H: FileTransferHandler + ?Sized>(
     h: &H,
-    key: &str,
+    key: &Key,
     target: &str,
     expect: &RemoteObject,
     span: Range<u64>,
@@ -1138,7 +1140,7 @@ async fn fetch_range<H: FileTransferHandler + ?Sized>(
 #[allow(clippy::too_many_arguments)]
 async fn fetch_range_once<H: FileTransferHandler + ?Sized>(
     h: &H,
-    key: &str,
+    key: &Key,
     target: &str,
     expect: &RemoteObject,
     span: Range<u64>,

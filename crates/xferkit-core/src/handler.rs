@@ -7,8 +7,8 @@ use futures::stream::BoxStream;
 
 use crate::url::ObjectUrl;
 use crate::{
-    ByteRange, ByteStream, Capabilities, PendingUpload, PresignMethod, PresignedUrl, PutOptions,
-    RemoteObject, Result, TransferCtx, UploadSource,
+    ByteRange, ByteStream, Capabilities, Key, PendingUpload, PresignMethod, PresignedUrl,
+    PutOptions, RemoteObject, Result, TransferCtx, UploadSource,
 };
 
 /// Deletes the default [`FileTransferHandler::delete_many`] runs at once.
@@ -26,10 +26,13 @@ const DELETE_MANY_CONCURRENCY: usize = 16;
 /// `xferkit-conformance` suite checks each point against every backend.
 ///
 /// **Keys.** `key` arguments are keys *within the store* (the store's
-/// configured prefix is added by the handler). Every method first checks the
-/// key with [`crate::validate_key`] and fails with `InvalidKey` without
-/// touching the store. A handler may refuse more (e.g. a store length limit),
-/// also with `InvalidKey`.
+/// configured prefix is added by the handler), as [`Key`]s: checked against
+/// the portable rules once, when the caller built them, so a handler never
+/// checks them again. A handler may refuse more (e.g. a store length limit,
+/// a path through a symlink), with `InvalidKey` naming the key, without
+/// touching the store. List *prefixes* (`list`, `list_with`,
+/// `list_pending_uploads`) are plain `&str`: a prefix may be empty, end in
+/// `/` or stop mid-segment, which no key may.
 ///
 /// **URLs.** [`url_for`](Self::url_for) gives the canonical URL of a key, in
 /// one of the store's [`schemes`](Self::schemes), and
@@ -67,9 +70,9 @@ const DELETE_MANY_CONCURRENCY: usize = 16;
 /// [`abort_pending_upload`](Self::abort_pending_upload) aborts one upload as
 /// [`list_pending_uploads`](Self::list_pending_uploads) returned it and frees
 /// its parts: afterwards it is no longer listed. Aborting one that is already
-/// gone (completed or aborted meanwhile) is `Ok`. The key is not re-checked
-/// with [`crate::validate_key`]: orphans left by other tools must be
-/// removable too. Stores without such uploads keep the default, which is
+/// gone (completed or aborted meanwhile) is `Ok`. Its key is a plain
+/// string, not a [`Key`]: orphans left by other tools under names outside
+/// the portable rules must be removable too. Stores without such uploads keep the default, which is
 /// `NotSupported`.
 ///
 /// **Errors.** Failures map to [`crate::Error`] kinds; retryable ones
@@ -89,15 +92,15 @@ pub trait FileTransferHandler: Send + Sync + std::fmt::Debug {
     fn schemes(&self) -> &[&str];
 
     /// Canonical URL of `key`.
-    fn url_for(&self, key: &str) -> String;
+    fn url_for(&self, key: &Key) -> String;
 
     /// The key that `url` addresses in this store, if this store owns it.
-    fn key_for_url(&self, url: &ObjectUrl) -> Option<String>;
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<Key>;
 
     /// Upload `source` to `key`.
     async fn upload(
         &self,
-        key: &str,
+        key: &Key,
         source: UploadSource,
         opts: &PutOptions,
         ctx: &TransferCtx,
@@ -106,12 +109,12 @@ pub trait FileTransferHandler: Send + Sync + std::fmt::Debug {
     /// Open `key` (or a range of it) for reading.
     async fn download_stream(
         &self,
-        key: &str,
+        key: &Key,
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)>;
 
     /// Metadata of `key`.
-    async fn stat(&self, key: &str) -> Result<RemoteObject>;
+    async fn stat(&self, key: &Key) -> Result<RemoteObject>;
 
     /// Every object whose key starts with `prefix`, in ascending byte order
     /// of keys.
@@ -132,17 +135,16 @@ pub trait FileTransferHandler: Send + Sync + std::fmt::Debug {
     }
 
     /// Delete `key`; deleting a missing key succeeds.
-    async fn delete(&self, key: &str) -> Result<()>;
+    async fn delete(&self, key: &Key) -> Result<()>;
 
     /// Delete every key of `keys`, as [`delete`](Self::delete) deletes one:
     /// each key comes back with its own result, in the order given (a
-    /// missing key is `Ok`, an invalid one `InvalidKey`, and one failure
-    /// does not stop the others). The outer `Err` is for a failure of the
+    /// missing key is `Ok`, and one failure does not stop the others). The outer `Err` is for a failure of the
     /// whole batch, where no key's fate is known (e.g. the store refused the
     /// request). Stores whose service deletes many keys in one request
     /// override it (S3: DeleteObjects, 1000 keys a request); the default
     /// calls `delete`, 16 keys at once.
-    async fn delete_many(&self, keys: &[String]) -> Result<Vec<(String, Result<()>)>> {
+    async fn delete_many(&self, keys: &[Key]) -> Result<Vec<(Key, Result<()>)>> {
         use futures::StreamExt;
         Ok(futures::stream::iter(keys.iter().cloned())
             .map(|key| async move {
@@ -155,12 +157,12 @@ pub trait FileTransferHandler: Send + Sync + std::fmt::Debug {
     }
 
     /// Server-side copy of `from` to `to` (content type and metadata kept).
-    async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject>;
+    async fn copy(&self, from: &Key, to: &Key) -> Result<RemoteObject>;
 
     /// A URL for `method` on `key`, valid for `expires_in`.
     async fn presign(
         &self,
-        key: &str,
+        key: &Key,
         method: PresignMethod,
         expires_in: Duration,
     ) -> Result<PresignedUrl>;
@@ -172,7 +174,7 @@ pub trait FileTransferHandler: Send + Sync + std::fmt::Debug {
     /// (the digest of an end-to-end encrypted link: xferkit-share's `e2e`);
     /// a one-stream download is checked by the stream itself, which ends in
     /// an error instead. Default: nothing to check.
-    async fn check_ranged_download(&self, key: &str, file: &std::fs::File) -> Result<()> {
+    async fn check_ranged_download(&self, key: &Key, file: &std::fs::File) -> Result<()> {
         let _ = (key, file);
         Ok(())
     }

@@ -32,8 +32,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::{
-    DynHandler, Error, Extensions, PutOptions, RemoteObject, Result, TransferCtx, TransferRequest,
-    UploadSource, async_trait,
+    DynHandler, Error, Extensions, Key, PutOptions, RemoteObject, Result, TransferCtx,
+    TransferRequest, UploadSource, async_trait,
 };
 
 /// A layer above core in the manager's transfers; see the [module docs](self).
@@ -69,7 +69,7 @@ pub struct Upload<'a> {
     /// sending; stat, presign or store more through it.
     pub store: DynHandler,
     /// The key to store under; a layer may change it before sending.
-    pub key: String,
+    pub key: Key,
     /// The options sent; a layer may change them before sending.
     pub options: PutOptions,
     request: &'a TransferRequest,
@@ -96,7 +96,7 @@ impl<'a> Upload<'a> {
     pub(crate) fn new(
         request: &'a TransferRequest,
         store: DynHandler,
-        key: String,
+        key: Key,
         file: Option<PathBuf>,
         source: UploadSource,
         ctx: &'a TransferCtx,

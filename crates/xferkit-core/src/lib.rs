@@ -31,7 +31,7 @@ pub use ext::{
 };
 pub use extensions::{Extension, Extensions};
 pub use handler::FileTransferHandler;
-pub use key::{MAX_KEY_LEN, validate_key};
+pub use key::{Key, MAX_KEY_LEN};
 pub use layer::TransferLayer;
 pub use list::{ListEntry, ListOptions};
 pub use manager::{

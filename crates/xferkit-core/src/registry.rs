@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::layer::TransferLayer;
 use crate::url::ObjectUrl;
-use crate::{Error, FileTransferHandler, Result};
+use crate::{Error, FileTransferHandler, Key, Result};
 
 /// A shared handler.
 pub type DynHandler = Arc<dyn FileTransferHandler>;
@@ -117,11 +117,11 @@ impl Registry {
     }
 
     /// The store owning `url` and the key it addresses there.
-    pub fn resolve(&self, url: &str) -> Result<(DynHandler, String)> {
+    pub fn resolve(&self, url: &str) -> Result<(DynHandler, Key)> {
         let parsed = self.parse(url)?;
         // Several stores may share a bucket with different prefixes: the
         // one with the longest canonical prefix (shortest key) wins.
-        let mut best: Option<(DynHandler, String)> = None;
+        let mut best: Option<(DynHandler, Key)> = None;
         for h in self.stores.values() {
             if let Some(key) = h.key_for_url(&parsed)
                 && best.as_ref().is_none_or(|(_, k)| key.len() < k.len())

@@ -64,7 +64,7 @@ pub fn endpoint(key: &str, value: &str) -> Result<Url> {
 pub fn prefix(key: &str, value: &str) -> Result<String> {
     let prefix = value.trim_matches('/');
     if !prefix.is_empty()
-        && let Err(e) = crate::validate_key(prefix)
+        && let Err(e) = crate::Key::new(prefix)
     {
         return Err(invalid(
             key,

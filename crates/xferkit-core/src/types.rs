@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use futures::Stream;
 
-use crate::{Error, Result};
+use crate::{Error, Key, Result};
 
 /// A stream of bytes, as uploaded from or downloaded to.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send + 'static>>;
@@ -21,6 +21,14 @@ pub struct RemoteObject {
     /// Canonical URL (`s3://bucket/prefix/key`, `file:///root/key`, ...).
     pub url: String,
     /// Key within the store (the store's own prefix removed).
+    ///
+    /// A plain `String`, not a [`Key`]: a listing returns what the store
+    /// holds, and objects written by other tools can have names outside the
+    /// portable key rules (`a//b`, a folder marker ending in `/`); callers
+    /// such as `xfer gc` and `xfer sync` must still see and report them.
+    /// [`to_key`](Self::to_key) is the one way to address such an object
+    /// again: it checks the name and refuses one outside the rules, naming
+    /// the object.
     pub key: String,
     /// Size in bytes.
     pub size: u64,
@@ -58,6 +66,22 @@ impl RemoteObject {
             size,
             ..Default::default()
         }
+    }
+
+    /// [`key`](Self::key) as a [`Key`], to address this object again (stat,
+    /// download, delete, copy). `InvalidKey` naming the key, the rule it
+    /// breaks and the object's URL, for a name outside the portable rules.
+    pub fn to_key(&self) -> Result<Key> {
+        Key::new(self.key.as_str()).map_err(|e| match e {
+            Error::InvalidKey { key, reason } => Error::invalid_key(
+                key,
+                format!(
+                    "{reason} (the object {} has a name no xferkit key can address)",
+                    crate::url::shown(&self.url)
+                ),
+            ),
+            e => e,
+        })
     }
 }
 
@@ -325,6 +349,24 @@ impl PendingUpload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listed_name_becomes_a_key_or_an_error_naming_the_object() {
+        let ok = RemoteObject::new("s3://b/a/b", "a/b", 1);
+        assert_eq!(ok.to_key().unwrap(), "a/b");
+        let odd = RemoteObject::new("s3://b/dir//x?sig=secret", "dir//x", 1);
+        let e = odd.to_key().unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::InvalidKey);
+        let shown = e.to_string();
+        assert!(
+            shown.contains("\"dir//x\"") && shown.contains("empty segment"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("s3://b/dir//x?") && !shown.contains("secret"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn ranges_resolve_like_http() {

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use xferkit_core::Key;
 
 use futures::stream::BoxStream;
 use xferkit_conformance::range_store::*;
@@ -26,7 +27,13 @@ async fn multi_range_download_is_byte_identical_and_leaves_only_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big.bin");
     let obj = store
-        .download_to_path_with("big.bin", &dest, None, &opts(MIB, 4), &TransferCtx::none())
+        .download_to_path_with(
+            &Key::new("big.bin").unwrap(),
+            &dest,
+            None,
+            &opts(MIB, 4),
+            &TransferCtx::none(),
+        )
         .await
         .unwrap();
     assert_eq!(obj.size, data.len() as u64);
@@ -55,7 +62,13 @@ async fn failed_range_is_retried_alone_from_the_bytes_it_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("f");
     store
-        .download_to_path_with("f", &dest, None, &opts(4 * MIB, 3), &fast_retries())
+        .download_to_path_with(
+            &Key::new("f").unwrap(),
+            &dest,
+            None,
+            &opts(4 * MIB, 3),
+            &fast_retries(),
+        )
         .await
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
@@ -83,7 +96,7 @@ async fn resume_fetches_only_the_missing_parts() {
     std::fs::write(&dest, b"old version").unwrap();
     let o = opts(MIB, 1);
     let e = store
-        .download_to_path_with("r.bin", &dest, None, &o, &no_retries())
+        .download_to_path_with(&Key::new("r.bin").unwrap(), &dest, None, &o, &no_retries())
         .await
         .unwrap_err();
     assert!(
@@ -107,7 +120,13 @@ async fn resume_fetches_only_the_missing_parts() {
     let before = store.served();
     store.gets.lock().unwrap().clear();
     store
-        .download_to_path_with("r.bin", &dest, None, &o, &TransferCtx::none())
+        .download_to_path_with(
+            &Key::new("r.bin").unwrap(),
+            &dest,
+            None,
+            &o,
+            &TransferCtx::none(),
+        )
         .await
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
@@ -129,7 +148,7 @@ async fn a_changed_etag_restarts_from_zero() {
     let dest = dir.path().join("c.bin");
     let o = opts(MIB, 1);
     store
-        .download_to_path_with("c.bin", &dest, None, &o, &no_retries())
+        .download_to_path_with(&Key::new("c.bin").unwrap(), &dest, None, &o, &no_retries())
         .await
         .unwrap_err();
     assert!(dir.path().join(".c.bin.xferkit-partial.json").exists());
@@ -139,7 +158,13 @@ async fn a_changed_etag_restarts_from_zero() {
     store.gets.lock().unwrap().clear();
     let before = store.served();
     store
-        .download_to_path_with("c.bin", &dest, None, &o, &TransferCtx::none())
+        .download_to_path_with(
+            &Key::new("c.bin").unwrap(),
+            &dest,
+            None,
+            &o,
+            &TransferCtx::none(),
+        )
         .await
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), newer);
@@ -156,7 +181,13 @@ async fn an_object_changing_mid_download_fails_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("m.bin");
     let e = store
-        .download_to_path_with("m.bin", &dest, None, &opts(MIB, 1), &fast_retries())
+        .download_to_path_with(
+            &Key::new("m.bin").unwrap(),
+            &dest,
+            None,
+            &opts(MIB, 1),
+            &fast_retries(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PreconditionFailed, "{}", e.chain());
@@ -175,7 +206,13 @@ async fn a_checksum_mismatch_is_an_error_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("x.bin");
         let e = store
-            .download_to_path_with("x.bin", &dest, None, &opts(part, 2), &TransferCtx::none())
+            .download_to_path_with(
+                &Key::new("x.bin").unwrap(),
+                &dest,
+                None,
+                &opts(part, 2),
+                &TransferCtx::none(),
+            )
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ChecksumMismatch, "{}", e.chain());
@@ -194,7 +231,13 @@ async fn sha256_is_verified_in_one_stream_and_a_mismatch_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("s.bin");
     store
-        .download_to_path_with("s.bin", &dest, None, &opts(MIB, 4), &TransferCtx::none())
+        .download_to_path_with(
+            &Key::new("s.bin").unwrap(),
+            &dest,
+            None,
+            &opts(MIB, 4),
+            &TransferCtx::none(),
+        )
         .await
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
@@ -207,11 +250,17 @@ async fn sha256_is_verified_in_one_stream_and_a_mismatch_leaves_nothing() {
     // The stored digest is of the old bytes; the data changed under it.
     std::fs::remove_file(&dest).unwrap();
     let wrong = RangeStore::new(data, Sum::Sha256);
-    let stale = wrong.record("s.bin").checksum;
+    let stale = wrong.record(&Key::new("s.bin").unwrap()).checksum;
     let wrong = WrongSum(wrong, stale);
     wrong.0.replace(random_bytes(3 * MIB, 10), "v1");
     let e = wrong
-        .download_to_path_with("s.bin", &dest, None, &opts(MIB, 4), &TransferCtx::none())
+        .download_to_path_with(
+            &Key::new("s.bin").unwrap(),
+            &dest,
+            None,
+            &opts(MIB, 4),
+            &TransferCtx::none(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ChecksumMismatch, "{}", e.chain());
@@ -230,7 +279,13 @@ async fn a_store_without_ranges_gets_one_stream() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("n.bin");
     store
-        .download_to_path_with("n.bin", &dest, None, &opts(MIB, 4), &TransferCtx::none())
+        .download_to_path_with(
+            &Key::new("n.bin").unwrap(),
+            &dest,
+            None,
+            &opts(MIB, 4),
+            &TransferCtx::none(),
+        )
         .await
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
@@ -245,7 +300,13 @@ async fn a_stopped_download_leaves_nothing() {
     let ctx = TransferCtx::none();
     ctx.token().cancel();
     let e = store
-        .download_to_path_with("stop.bin", &dest, None, &opts(MIB, 2), &ctx)
+        .download_to_path_with(
+            &Key::new("stop.bin").unwrap(),
+            &dest,
+            None,
+            &opts(MIB, 2),
+            &ctx,
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Cancelled, "{}", e.chain());
@@ -271,15 +332,15 @@ impl FileTransferHandler for WrongSum {
     fn schemes(&self) -> &[&str] {
         self.0.schemes()
     }
-    fn url_for(&self, key: &str) -> String {
+    fn url_for(&self, key: &Key) -> String {
         self.0.url_for(key)
     }
-    fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<Key> {
         self.0.key_for_url(url)
     }
     async fn upload(
         &self,
-        key: &str,
+        key: &Key,
         source: UploadSource,
         opts: &PutOptions,
         ctx: &TransferCtx,
@@ -288,14 +349,14 @@ impl FileTransferHandler for WrongSum {
     }
     async fn download_stream(
         &self,
-        key: &str,
+        key: &Key,
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
         let (mut o, s) = self.0.download_stream(key, range).await?;
         o.checksum = self.1.clone();
         Ok((o, s))
     }
-    async fn stat(&self, key: &str) -> Result<RemoteObject> {
+    async fn stat(&self, key: &Key) -> Result<RemoteObject> {
         let mut o = self.0.stat(key).await?;
         o.checksum = self.1.clone();
         Ok(o)
@@ -303,15 +364,15 @@ impl FileTransferHandler for WrongSum {
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<RemoteObject>> {
         self.0.list(prefix)
     }
-    async fn delete(&self, key: &str) -> Result<()> {
+    async fn delete(&self, key: &Key) -> Result<()> {
         self.0.delete(key).await
     }
-    async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
+    async fn copy(&self, from: &Key, to: &Key) -> Result<RemoteObject> {
         self.0.copy(from, to).await
     }
     async fn presign(
         &self,
-        key: &str,
+        key: &Key,
         method: PresignMethod,
         expires_in: Duration,
     ) -> Result<PresignedUrl> {
@@ -334,7 +395,7 @@ async fn a_download_dropped_mid_way_leaves_nothing() {
     let ctx = TransferCtx::none();
     let r = tokio::time::timeout(
         Duration::from_millis(300),
-        store.download_to_path_with("d.bin", &dest, None, &o, &ctx),
+        store.download_to_path_with(&Key::new("d.bin").unwrap(), &dest, None, &o, &ctx),
     )
     .await;
     assert!(r.is_err(), "the download should still hang");
@@ -360,7 +421,7 @@ async fn a_second_download_to_the_same_destination_leaves_the_first_ones_file_al
         let (first, dest, o, ctx) = (first.clone(), dest.clone(), o.clone(), ctx.clone());
         tokio::spawn(async move {
             first
-                .download_to_path_with("same.bin", &dest, None, &o, &ctx)
+                .download_to_path_with(&Key::new("same.bin").unwrap(), &dest, None, &o, &ctx)
                 .await
         })
     };
@@ -375,7 +436,13 @@ async fn a_second_download_to_the_same_destination_leaves_the_first_ones_file_al
     }
     let second = RangeStore::new(random_bytes(4 * MIB, 15), Sum::None);
     let e = second
-        .download_to_path_with("same.bin", &dest, None, &o, &TransferCtx::none())
+        .download_to_path_with(
+            &Key::new("same.bin").unwrap(),
+            &dest,
+            None,
+            &o,
+            &TransferCtx::none(),
+        )
         .await
         .unwrap_err();
     assert!(

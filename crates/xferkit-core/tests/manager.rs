@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use xferkit_core::Key;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -76,15 +77,17 @@ impl FileTransferHandler for MemStore {
     fn schemes(&self) -> &[&str] {
         &["s3"]
     }
-    fn url_for(&self, key: &str) -> String {
+    fn url_for(&self, key: &Key) -> String {
         object_url("s3", "mem", key)
     }
-    fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
-        (url.scheme == "s3" && url.authority == "mem").then(|| url.path.clone())
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<Key> {
+        (url.scheme == "s3" && url.authority == "mem")
+            .then(|| Key::new(url.path.as_str()).ok())
+            .flatten()
     }
     async fn upload(
         &self,
-        key: &str,
+        key: &Key,
         source: UploadSource,
         _opts: &PutOptions,
         ctx: &TransferCtx,
@@ -126,7 +129,7 @@ impl FileTransferHandler for MemStore {
     }
     async fn download_stream(
         &self,
-        key: &str,
+        key: &Key,
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
         self.downloads.fetch_add(1, Ordering::SeqCst);
@@ -135,7 +138,7 @@ impl FileTransferHandler for MemStore {
             .objects
             .lock()
             .unwrap()
-            .get(key)
+            .get(key.as_str())
             .cloned()
             .ok_or_else(|| Error::not_found(self.url_for(key)))?;
         let mut obj = RemoteObject::new(self.url_for(key), key, data.len() as u64);
@@ -169,12 +172,12 @@ impl FileTransferHandler for MemStore {
         });
         Ok((obj, Box::pin(stream)))
     }
-    async fn stat(&self, key: &str) -> Result<RemoteObject> {
+    async fn stat(&self, key: &Key) -> Result<RemoteObject> {
         let len = self
             .objects
             .lock()
             .unwrap()
-            .get(key)
+            .get(key.as_str())
             .map(Bytes::len)
             .ok_or_else(|| Error::not_found(self.url_for(key)))?;
         let mut obj = RemoteObject::new(self.url_for(key), key, len as u64);
@@ -184,13 +187,13 @@ impl FileTransferHandler for MemStore {
     fn list(&self, _prefix: &str) -> BoxStream<'static, Result<RemoteObject>> {
         futures::stream::empty().boxed()
     }
-    async fn delete(&self, _key: &str) -> Result<()> {
+    async fn delete(&self, _key: &Key) -> Result<()> {
         Ok(())
     }
-    async fn copy(&self, from: &str, _to: &str) -> Result<RemoteObject> {
+    async fn copy(&self, from: &Key, _to: &Key) -> Result<RemoteObject> {
         Err(Error::not_supported(from, "copy"))
     }
-    async fn presign(&self, k: &str, _m: PresignMethod, _e: Duration) -> Result<PresignedUrl> {
+    async fn presign(&self, k: &Key, _m: PresignMethod, _e: Duration) -> Result<PresignedUrl> {
         Err(Error::not_supported(k, "presign"))
     }
     async fn list_pending_uploads(&self, _p: &str) -> Result<Vec<PendingUpload>> {
@@ -242,7 +245,7 @@ fn recorder(m: &TransferManager) -> Arc<Mutex<Vec<FileInfo>>> {
 async fn hundred_callers_of_one_url_each_get_their_file_from_one_download() {
     let store = Arc::new(MemStore::new(Duration::from_millis(5)).with("big", 1 << 20));
     let m = manager(store.clone(), 4);
-    let url = store.url_for("big");
+    let url = store.url_for(&Key::new("big").unwrap());
     let dir = tempfile::tempdir().unwrap();
     let barrier = Arc::new(tokio::sync::Barrier::new(100));
     let mut tasks = Vec::new();
@@ -287,7 +290,12 @@ async fn the_same_url_and_destination_is_the_same_handle() {
     let store = Arc::new(MemStore::new(Duration::from_millis(5)).with("k", 300_000));
     let m = manager(store.clone(), 4);
     let dir = tempfile::tempdir().unwrap();
-    let req = || TransferRequest::download(store.url_for("k"), dir.path().join("one"));
+    let req = || {
+        TransferRequest::download(
+            store.url_for(&Key::new("k").unwrap()),
+            dir.path().join("one"),
+        )
+    };
     let a = m.start(req()).unwrap();
     let b = m.start(req()).unwrap();
     assert_eq!(a.id(), b.id());
@@ -301,7 +309,7 @@ async fn a_caller_that_stops_leaves_the_others_their_download() {
     let store = Arc::new(MemStore::new(Duration::from_millis(10)).with("k", 4 << 20));
     let m = manager(store.clone(), 4);
     let dir = tempfile::tempdir().unwrap();
-    let url = store.url_for("k");
+    let url = store.url_for(&Key::new("k").unwrap());
     let (a, b) = two_callers(&m, &url, dir.path()).await;
     // The first caller (whose destination names the temp files) stops.
     a.stop();
@@ -339,7 +347,7 @@ async fn one_unwritable_destination_fails_only_its_caller() {
     let store = Arc::new(MemStore::new(Duration::from_millis(2)).with("k", 200_000));
     let m = manager(store.clone(), 4);
     let dir = tempfile::tempdir().unwrap();
-    let url = store.url_for("k");
+    let url = store.url_for(&Key::new("k").unwrap());
     let good = m
         .start(TransferRequest::download(&url, dir.path().join("good")))
         .unwrap();
@@ -364,7 +372,10 @@ async fn stop_mid_transfer_is_cancelled_within_a_second_and_leaves_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("slow.bin");
     let t = m
-        .start(TransferRequest::download(store.url_for("slow"), &dest))
+        .start(TransferRequest::download(
+            store.url_for(&Key::new("slow").unwrap()),
+            &dest,
+        ))
         .unwrap();
     until_transferred(&t, 1).await;
     let at = Instant::now();
@@ -392,7 +403,7 @@ async fn listeners_see_ordered_monotonic_progress_ending_at_size() {
     let dir = tempfile::tempdir().unwrap();
     let t = m
         .start(TransferRequest::download(
-            store.url_for("k"),
+            store.url_for(&Key::new("k").unwrap()),
             dir.path().join("k"),
         ))
         .unwrap();
@@ -437,7 +448,7 @@ async fn concurrency_cap_is_respected() {
     let ts: Vec<_> = (0..6)
         .map(|i| {
             m.start(TransferRequest::download(
-                store.url_for(&format!("o{i}")),
+                store.url_for(&Key::new(format!("o{i}")).unwrap()),
                 dir.path().join(format!("o{i}")),
             ))
             .unwrap()
@@ -463,7 +474,8 @@ async fn queued_transfers_start_by_priority_and_stop_while_queued() {
     assert!(!m.is_enabled());
     let dir = tempfile::tempdir().unwrap();
     let req = |k: &str, p| {
-        TransferRequest::download(store.url_for(k), dir.path().join(k)).with_priority(p)
+        TransferRequest::download(store.url_for(&Key::new(k).unwrap()), dir.path().join(k))
+            .with_priority(p)
     };
     let low = m.start(req("low", 1)).unwrap();
     let never = m.start(req("never", 9)).unwrap();
@@ -490,7 +502,7 @@ async fn failures_are_reported_with_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let t = m
         .start(TransferRequest::download(
-            store.url_for("missing"),
+            store.url_for(&Key::new("missing").unwrap()),
             dir.path().join("x"),
         ))
         .unwrap();
@@ -524,13 +536,22 @@ async fn same_upload_source_and_destination_is_one_transfer() {
     let src = dir.path().join("s");
     std::fs::write(&src, vec![1u8; 200_000]).unwrap();
     let a = m
-        .start(TransferRequest::upload(&src, store.url_for("dst")))
+        .start(TransferRequest::upload(
+            &src,
+            store.url_for(&Key::new("dst").unwrap()),
+        ))
         .unwrap();
     let b = m
-        .start(TransferRequest::upload(&src, store.url_for("dst")))
+        .start(TransferRequest::upload(
+            &src,
+            store.url_for(&Key::new("dst").unwrap()),
+        ))
         .unwrap();
     let c = m
-        .start(TransferRequest::upload(&src, store.url_for("other")))
+        .start(TransferRequest::upload(
+            &src,
+            store.url_for(&Key::new("other").unwrap()),
+        ))
         .unwrap();
     assert_eq!(a.id(), b.id());
     assert_ne!(a.id(), c.id());
@@ -584,7 +605,7 @@ async fn a_listener_may_call_info_start_and_stop_on_its_own_transfer() {
     });
     let t = m
         .file_instance(TransferRequest::download(
-            store.url_for("k"),
+            store.url_for(&Key::new("k").unwrap()),
             dir.path().join("a"),
         ))
         .unwrap();
@@ -600,7 +621,7 @@ async fn a_listener_may_call_info_start_and_stop_on_its_own_transfer() {
     on_first_progress(&m, slot.clone(), |t| t.stop());
     let t = m
         .file_instance(TransferRequest::download(
-            store.url_for("k"),
+            store.url_for(&Key::new("k").unwrap()),
             dir.path().join("b"),
         ))
         .unwrap();
@@ -628,7 +649,7 @@ async fn a_listener_may_start_and_stop_other_transfers_and_add_listeners() {
     let m = manager(store.clone(), 4);
     let victim = m
         .start(TransferRequest::download(
-            store.url_for("victim"),
+            store.url_for(&Key::new("victim").unwrap()),
             dir.path().join("victim"),
         ))
         .unwrap();
@@ -636,7 +657,10 @@ async fn a_listener_may_start_and_stop_other_transfers_and_add_listeners() {
     let added = Arc::new(AtomicUsize::new(0));
     let slot = Arc::new(std::sync::OnceLock::new());
     let (m2, st2, add2, v2) = (m.clone(), started.clone(), added.clone(), victim.clone());
-    let other = TransferRequest::download(store.url_for("other"), dir.path().join("other"));
+    let other = TransferRequest::download(
+        store.url_for(&Key::new("other").unwrap()),
+        dir.path().join("other"),
+    );
     on_first_progress(&m, slot.clone(), move |_| {
         // Start another transfer, stop a third, and add a listener.
         st2.set(m2.start(other.clone()).unwrap()).unwrap();
@@ -648,7 +672,7 @@ async fn a_listener_may_start_and_stop_other_transfers_and_add_listeners() {
     });
     let t = m
         .file_instance(TransferRequest::download(
-            store.url_for("k"),
+            store.url_for(&Key::new("k").unwrap()),
             dir.path().join("k"),
         ))
         .unwrap();
@@ -682,7 +706,7 @@ async fn wait_returns_after_every_listener_saw_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let t = m
         .start(TransferRequest::download(
-            store.url_for("k"),
+            store.url_for(&Key::new("k").unwrap()),
             dir.path().join("k"),
         ))
         .unwrap();
@@ -699,7 +723,7 @@ async fn a_panicking_listener_does_not_stop_the_transfer() {
     let dir = tempfile::tempdir().unwrap();
     let t = m
         .start(TransferRequest::download(
-            store.url_for("k"),
+            store.url_for(&Key::new("k").unwrap()),
             dir.path().join("k"),
         ))
         .unwrap();
@@ -717,7 +741,7 @@ async fn wait_gives_the_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     let t = m
         .start(TransferRequest::download(
-            store.url_for("missing"),
+            store.url_for(&Key::new("missing").unwrap()),
             dir.path().join("x"),
         ))
         .unwrap();
@@ -737,7 +761,7 @@ async fn bytes_streams_and_readers_upload_through_the_manager() {
     let a = m
         .start(TransferRequest::upload_bytes(
             vec![1u8; 100_000],
-            store.url_for("bytes"),
+            store.url_for(&Key::new("bytes").unwrap()),
         ))
         .unwrap();
     let chunks: Vec<Result<Bytes>> = (0..10)
@@ -747,21 +771,21 @@ async fn bytes_streams_and_readers_upload_through_the_manager() {
         .start(TransferRequest::upload_stream(
             Box::pin(futures::stream::iter(chunks)),
             None,
-            store.url_for("stream"),
+            store.url_for(&Key::new("stream").unwrap()),
         ))
         .unwrap();
     let c = m
         .start(TransferRequest::upload_reader(
             std::io::Cursor::new(vec![3u8; 70_000]),
             Some(70_000),
-            store.url_for("reader"),
+            store.url_for(&Key::new("reader").unwrap()),
         ))
         .unwrap();
     // The same bytes to the same URL twice are two transfers.
     let d = m
         .start(TransferRequest::upload_bytes(
             vec![1u8; 100_000],
-            store.url_for("bytes"),
+            store.url_for(&Key::new("bytes").unwrap()),
         ))
         .unwrap();
     assert_ne!(a.id(), d.id());
@@ -793,7 +817,10 @@ async fn stop_returns_at_once_and_the_slow_cleanup_finishes_in_the_background() 
     let src = dir.path().join("s");
     std::fs::write(&src, vec![1u8; 4 << 20]).unwrap();
     let t = m
-        .start(TransferRequest::upload(&src, store.url_for("up")))
+        .start(TransferRequest::upload(
+            &src,
+            store.url_for(&Key::new("up").unwrap()),
+        ))
         .unwrap();
     until_transferred(&t, 1).await;
     let at = Instant::now();
@@ -810,7 +837,7 @@ async fn stop_returns_at_once_and_the_slow_cleanup_finishes_in_the_background() 
     let next = m
         .start(TransferRequest::upload_bytes(
             vec![0u8; 10],
-            store.url_for("next"),
+            store.url_for(&Key::new("next").unwrap()),
         ))
         .unwrap();
     assert_eq!(next.info().status, TransferStatus::Queued);
@@ -823,7 +850,7 @@ async fn stop_returns_at_once_and_the_slow_cleanup_finishes_in_the_background() 
     let late = m
         .start(TransferRequest::upload_bytes(
             vec![0u8; 10],
-            store.url_for("late"),
+            store.url_for(&Key::new("late").unwrap()),
         ))
         .unwrap();
     assert_eq!(late.info().status, TransferStatus::Cancelled);
@@ -862,7 +889,10 @@ async fn a_paused_download_resumes_from_what_it_kept() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big");
     let t = m
-        .start(TransferRequest::download(store.url_for("big"), &dest))
+        .start(TransferRequest::download(
+            store.url_for(&Key::new("big").unwrap()),
+            &dest,
+        ))
         .unwrap();
     until_transferred(&t, 3 << 20).await;
     t.pause();
@@ -914,7 +944,7 @@ async fn stopping_a_paused_download_throws_away_what_it_kept() {
     let dir = tempfile::tempdir().unwrap();
     let t = m
         .start(TransferRequest::download(
-            store.url_for("big"),
+            store.url_for(&Key::new("big").unwrap()),
             dir.path().join("big"),
         ))
         .unwrap();
@@ -934,7 +964,7 @@ async fn pausing_one_caller_leaves_the_others_running_and_an_upload_pauses_too()
     let store = Arc::new(MemStore::new(Duration::from_millis(4)).with("k", 2 << 20));
     let m = manager(store.clone(), 2);
     let dir = tempfile::tempdir().unwrap();
-    let url = store.url_for("k");
+    let url = store.url_for(&Key::new("k").unwrap());
     let (a, b) = two_callers(&m, &url, dir.path()).await;
     a.pause();
     b.wait().await.unwrap();
@@ -948,7 +978,10 @@ async fn pausing_one_caller_leaves_the_others_running_and_an_upload_pauses_too()
     let src = dir.path().join("src");
     std::fs::write(&src, vec![5u8; 2 << 20]).unwrap();
     let u = m
-        .start(TransferRequest::upload(&src, store.url_for("up")))
+        .start(TransferRequest::upload(
+            &src,
+            store.url_for(&Key::new("up").unwrap()),
+        ))
         .unwrap();
     until_transferred(&u, 1).await;
     u.pause();
@@ -974,8 +1007,11 @@ async fn a_transfer_under_both_caps_goes_no_faster_than_the_lower() {
     let at = Instant::now();
     let t = m
         .start(
-            TransferRequest::download(store.url_for("big"), dir.path().join("big"))
-                .with_bandwidth_limit(4 << 20),
+            TransferRequest::download(
+                store.url_for(&Key::new("big").unwrap()),
+                dir.path().join("big"),
+            )
+            .with_bandwidth_limit(4 << 20),
         )
         .unwrap();
     t.wait().await.unwrap();
@@ -1015,7 +1051,7 @@ async fn a_stop_during_the_commit_is_too_late_and_the_transfer_completes() {
     let t = m
         .start(TransferRequest::upload_bytes(
             vec![1u8; 100_000],
-            store.url_for("late"),
+            store.url_for(&Key::new("late").unwrap()),
         ))
         .unwrap();
     while !store.committing.load(Ordering::SeqCst) {
@@ -1035,7 +1071,7 @@ async fn a_stop_during_the_commit_is_too_late_and_the_transfer_completes() {
     let t = m
         .start(TransferRequest::upload_bytes(
             vec![1u8; 1_000_000],
-            slow.url_for("early"),
+            slow.url_for(&Key::new("early").unwrap()),
         ))
         .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1075,8 +1111,8 @@ impl xferkit_core::TransferLayer for Renaming {
     }
 
     async fn upload(&self, up: &mut xferkit_core::layer::Upload<'_>) -> Result<RemoteObject> {
-        up.key = format!("renamed/{}", up.key);
-        let renamed_to = up.key.clone();
+        up.key = Key::new(format!("renamed/{}", up.key))?;
+        let renamed_to = up.key.to_string();
         up.extensions_mut().insert(Renamed { renamed_to });
         if up.key.ends_with("known")
             && let Ok(obj) = up.store.stat(&up.key).await
@@ -1102,14 +1138,14 @@ async fn a_layer_chooses_the_key_and_its_extensions_reach_the_final_info() {
     let t = m
         .start(TransferRequest::upload_bytes(
             vec![1u8; 200_000],
-            store.url_for("a"),
+            store.url_for(&Key::new("a").unwrap()),
         ))
         .unwrap();
     let fin = t.wait().await.unwrap();
     assert!(store.objects.lock().unwrap().contains_key("renamed/a"));
     assert_eq!(
         fin.url,
-        store.url_for("renamed/a"),
+        store.url_for(&Key::new("renamed/a").unwrap()),
         "listeners see the layer's key"
     );
     assert_eq!(fin.transferred, 200_000);
@@ -1139,7 +1175,10 @@ async fn an_upload_a_layer_finds_stored_moves_nothing_and_says_so() {
     let src = dir.path().join("f");
     std::fs::write(&src, vec![9u8; 5000]).unwrap();
     let fin = m
-        .start(TransferRequest::upload(&src, store.url_for("known")))
+        .start(TransferRequest::upload(
+            &src,
+            store.url_for(&Key::new("known").unwrap()),
+        ))
         .unwrap()
         .wait()
         .await
@@ -1157,19 +1196,29 @@ async fn a_layer_prepares_requests_before_they_are_identified() {
     let store = Arc::new(MemStore::new(Duration::from_millis(20)).with("x", 1 << 20));
     let m = layered(store.clone());
     let e = m
-        .file_instance(TransferRequest::download(store.url_for("refuse"), "/tmp/x"))
+        .file_instance(TransferRequest::download(
+            store.url_for(&Key::new("refuse").unwrap()),
+            "/tmp/x",
+        ))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{e}");
     // The same URL and destination, told apart by the layer: two handles and
     // two network transfers; asked again, the same handle.
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("x");
-    let plain = TransferRequest::download(store.url_for("x"), &dest);
-    let twin = TransferRequest::download(format!("{}#twin", store.url_for("x")), &dest);
+    let plain = TransferRequest::download(store.url_for(&Key::new("x").unwrap()), &dest);
+    let twin = TransferRequest::download(
+        format!("{}#twin", store.url_for(&Key::new("x").unwrap())),
+        &dest,
+    );
     let a = m.file_instance(plain.clone()).unwrap();
     let b = m.file_instance(twin.clone()).unwrap();
     assert_ne!(a.id(), b.id());
-    assert_eq!(b.info().url, store.url_for("x"), "the layer's url");
+    assert_eq!(
+        b.info().url,
+        store.url_for(&Key::new("x").unwrap()),
+        "the layer's url"
+    );
     assert_eq!(m.file_instance(twin).unwrap().id(), b.id());
     assert_eq!(m.file_instance(plain).unwrap().id(), a.id());
     a.start();

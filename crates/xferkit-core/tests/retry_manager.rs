@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+use xferkit_core::Key;
 
 use futures::stream::BoxStream;
 use xferkit_core::url::{ObjectUrl, object_url};
@@ -35,15 +36,17 @@ impl FileTransferHandler for Flaky {
     fn schemes(&self) -> &[&str] {
         &["s3"]
     }
-    fn url_for(&self, key: &str) -> String {
+    fn url_for(&self, key: &Key) -> String {
         object_url("s3", "flaky", key)
     }
-    fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
-        (url.scheme == "s3" && url.authority == "flaky").then(|| url.path.clone())
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<Key> {
+        (url.scheme == "s3" && url.authority == "flaky")
+            .then(|| Key::new(url.path.as_str()).ok())
+            .flatten()
     }
     async fn upload(
         &self,
-        key: &str,
+        key: &Key,
         _source: UploadSource,
         _opts: &PutOptions,
         ctx: &TransferCtx,
@@ -66,24 +69,24 @@ impl FileTransferHandler for Flaky {
     }
     async fn download_stream(
         &self,
-        key: &str,
+        key: &Key,
         _range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
         Err(Error::not_found(key))
     }
-    async fn stat(&self, key: &str) -> Result<RemoteObject> {
+    async fn stat(&self, key: &Key) -> Result<RemoteObject> {
         Err(Error::not_found(key))
     }
     fn list(&self, _prefix: &str) -> BoxStream<'static, Result<RemoteObject>> {
         Box::pin(futures::stream::empty())
     }
-    async fn delete(&self, _key: &str) -> Result<()> {
+    async fn delete(&self, _key: &Key) -> Result<()> {
         Ok(())
     }
-    async fn copy(&self, from: &str, _to: &str) -> Result<RemoteObject> {
+    async fn copy(&self, from: &Key, _to: &Key) -> Result<RemoteObject> {
         Err(Error::not_found(from))
     }
-    async fn presign(&self, _: &str, _: PresignMethod, _: Duration) -> Result<PresignedUrl> {
+    async fn presign(&self, _: &Key, _: PresignMethod, _: Duration) -> Result<PresignedUrl> {
         Err(Error::not_supported("flaky", "presign"))
     }
     async fn list_pending_uploads(&self, _prefix: &str) -> Result<Vec<PendingUpload>> {

@@ -29,6 +29,7 @@
 
 use xferkit_conformance::fault::{Fault, FaultProxy, Rule};
 use xferkit_conformance::testkit::{data, quick_retry, unique_prefix, write_file};
+use xferkit_core::Key;
 use xferkit_core::{
     Error, ErrorKind, FileTransferExt, FileTransferHandler, PutOptions, TransferCtx, UploadSource,
 };
@@ -117,9 +118,9 @@ async fn fake_gcs_server_completes_a_session_on_a_status_query() {
         "emulator finalized on a status query"
     );
     let s = store(&emu, "", 2 * MIB).await;
-    let obj = s.stat(&name).await.unwrap();
+    let obj = s.stat(&Key::new(&name).unwrap()).await.unwrap();
     assert_eq!(obj.size, 256 * 1024, "a truncated object became visible");
-    s.delete(&name).await.unwrap();
+    s.delete(&Key::new(&name).unwrap()).await.unwrap();
 }
 
 /// The CRC32C as GCS writes it in `X-Goog-Hash` and object resources.
@@ -163,7 +164,12 @@ async fn a_corrupted_one_request_stream_upload_is_sent_again_and_stored_intact()
         size: Some(body.len() as u64),
     };
     let obj = via
-        .upload(key, source, &PutOptions::default(), &ctx)
+        .upload(
+            &Key::new(key).unwrap(),
+            source,
+            &PutOptions::default(),
+            &ctx,
+        )
         .await
         .unwrap_or_else(|e| panic!("upload of {key} through one corruption: {}", e.chain()));
     assert_eq!(obj.size, body.len() as u64);
@@ -178,14 +184,14 @@ async fn a_corrupted_one_request_stream_upload_is_sent_again_and_stored_intact()
     // Read back without the proxy: the bytes sent, not the flipped ones.
     let dest = dir.path().join(format!("back-{key}"));
     direct
-        .download_to_path(key, &dest, None, &TransferCtx::none())
+        .download_to_path(&Key::new(key).unwrap(), &dest, None, &TransferCtx::none())
         .await
         .unwrap();
     assert!(
         std::fs::read(&dest).unwrap() == body,
         "{key}: stored bytes differ"
     );
-    direct.delete(key).await.unwrap();
+    direct.delete(&Key::new(key).unwrap()).await.unwrap();
 }
 
 /// A resumable upload (4 chunks of at most 2 MiB) whose second chunk is
@@ -213,7 +219,7 @@ async fn a_corrupted_resumable_upload_fails_with_checksum_mismatch_leaving_nothi
     let ctx = TransferCtx::none().with_retry_policy(quick_retry(3));
     let e = via
         .upload(
-            "big.bin",
+            &Key::new("big.bin").unwrap(),
             UploadSource::Path(src),
             &PutOptions::default(),
             &ctx,
@@ -252,7 +258,7 @@ async fn a_corrupted_resumable_upload_fails_with_checksum_mismatch_leaving_nothi
 
     proxy.clear();
     let e = direct
-        .stat("big.bin")
+        .stat(&Key::new("big.bin").unwrap())
         .await
         .expect_err("no corrupted object may stay visible");
     assert_eq!(e.kind(), ErrorKind::NotFound, "{}", e.chain());
@@ -273,7 +279,7 @@ async fn the_last_resumable_chunk_carries_the_objects_crc32c() {
     let src = write_file(dir.path(), "big.bin", &body);
     let obj = via
         .upload(
-            "big.bin",
+            &Key::new("big.bin").unwrap(),
             UploadSource::Path(src),
             &PutOptions::default(),
             &TransferCtx::none(),
@@ -297,7 +303,7 @@ async fn the_last_resumable_chunk_carries_the_objects_crc32c() {
         rest.iter().all(|r| r.header("x-goog-hash").is_none()),
         "{rest:?}"
     );
-    via.delete("big.bin").await.unwrap();
+    via.delete(&Key::new("big.bin").unwrap()).await.unwrap();
 }
 
 /// A download, whole or ranged, is one GET (its headers carry the record);
@@ -314,7 +320,7 @@ async fn a_download_is_one_get_and_empty_objects_keep_range_semantics() {
         let via = &via;
         async move {
             (via.upload(
-                k,
+                &Key::new(k).unwrap(),
                 UploadSource::from_bytes(b),
                 &PutOptions::default(),
                 &TransferCtx::none(),
@@ -333,7 +339,10 @@ async fn a_download_is_one_get_and_empty_objects_keep_range_semantics() {
             .count()
     };
     let before = gets();
-    let (obj, _) = via.download_stream("k.bin", None).await.unwrap();
+    let (obj, _) = via
+        .download_stream(&Key::new("k.bin").unwrap(), None)
+        .await
+        .unwrap();
     assert_eq!(
         (obj.size, &obj.etag, &obj.version),
         (1000, &up.etag, &up.version)
@@ -345,25 +354,30 @@ async fn a_download_is_one_get_and_empty_objects_keep_range_semantics() {
         "{obj:?}"
     );
     let got = via
-        .read_bytes("k.bin", Some(ByteRange::Suffix(10)))
+        .read_bytes(&Key::new("k.bin").unwrap(), Some(ByteRange::Suffix(10)))
         .await
         .unwrap();
     assert_eq!(&got[..], &body[990..]);
     let (obj, _) = via
-        .download_stream("k.bin", Some(ByteRange::From(10)))
+        .download_stream(&Key::new("k.bin").unwrap(), Some(ByteRange::From(10)))
         .await
         .unwrap();
     assert_eq!((obj.size, &obj.etag), (1000, &up.etag));
     assert_eq!(gets() - before, 3, "one GET per download");
     let got = via
-        .read_bytes("empty", Some(ByteRange::Suffix(5)))
+        .read_bytes(&Key::new("empty").unwrap(), Some(ByteRange::Suffix(5)))
         .await
         .unwrap();
     assert!(got.is_empty());
     let e = via
-        .read_bytes("empty", Some(ByteRange::From(0)))
+        .read_bytes(&Key::new("empty").unwrap(), Some(ByteRange::From(0)))
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidRange, "{}", e.chain());
-    assert!(via.read_bytes("empty", None).await.unwrap().is_empty());
+    assert!(
+        via.read_bytes(&Key::new("empty").unwrap(), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

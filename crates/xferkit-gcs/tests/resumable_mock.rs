@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use xferkit_core::Key;
 
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -217,7 +218,7 @@ async fn create_only_conflict_at_completion_is_already_exists_and_cancels() {
     let data = vec![7u8; 700 * KIB];
     let err = s
         .upload(
-            "k/big.bin",
+            &Key::new("k/big.bin").unwrap(),
             UploadSource::from_bytes(data),
             &PutOptions::default().create_only(),
             &TransferCtx::none(),
@@ -284,7 +285,7 @@ async fn unpersisted_bytes_are_sent_again() {
     let ctx = TransferCtx::new(progress.clone(), Default::default());
     let obj = s
         .upload(
-            "k/x.bin",
+            &Key::new("k/x.bin").unwrap(),
             UploadSource::from_bytes(data.clone()),
             &PutOptions::default(),
             &ctx,
@@ -364,7 +365,7 @@ async fn a_failed_chunk_resumes_from_the_session_offset() {
     let ctx = TransferCtx::new(progress.clone(), Default::default()).with_retry_policy(quick(4));
     let obj = s
         .upload(
-            "k/r.bin",
+            &Key::new("k/r.bin").unwrap(),
             UploadSource::from_bytes(data.clone()),
             &PutOptions::default(),
             &ctx,
@@ -410,7 +411,7 @@ async fn server_error_on_a_chunk_is_transient_and_cancels() {
     let s = store(&base, 256 * KIB).await;
     let err = s
         .upload(
-            "k/y.bin",
+            &Key::new("k/y.bin").unwrap(),
             UploadSource::from_bytes(vec![1u8; 600 * KIB]),
             &PutOptions::default(),
             &TransferCtx::none().with_retry_policy(quick(3)),
@@ -500,12 +501,15 @@ async fn a_crashed_upload_continues_from_the_session_offset() {
     };
 
     let s = store_with_state().await;
-    let journal =
-        xferkit_core::journal::JournalFile::for_upload(state.path(), &s.url_for("k/c.bin"), &src);
+    let journal = xferkit_core::journal::JournalFile::for_upload(
+        state.path(),
+        &s.url_for(&Key::new("k/c.bin").unwrap()),
+        &src,
+    );
     let p = src.clone();
     let task = tokio::spawn(async move {
         s.upload(
-            "k/c.bin",
+            &Key::new("k/c.bin").unwrap(),
             UploadSource::Path(p),
             &PutOptions::default(),
             &TransferCtx::none(),
@@ -537,7 +541,7 @@ async fn a_crashed_upload_continues_from_the_session_offset() {
     let ctx = TransferCtx::new(progress.clone(), Default::default());
     let obj = s
         .upload(
-            "k/c.bin",
+            &Key::new("k/c.bin").unwrap(),
             UploadSource::Path(src.clone()),
             &PutOptions::default(),
             &ctx,
@@ -602,7 +606,7 @@ async fn a_last_chunk_refused_for_its_crc32c_is_checksum_mismatch_and_cancels() 
     let data: Vec<u8> = (0..600 * KIB).map(|i| (i % 233) as u8).collect();
     let err = s
         .upload(
-            "k/z.bin",
+            &Key::new("k/z.bin").unwrap(),
             UploadSource::from_bytes(data.clone()),
             &PutOptions::default(),
             &TransferCtx::none().with_retry_policy(quick(3)),
@@ -667,7 +671,7 @@ async fn an_in_memory_upload_sends_its_crc32c_and_a_refusal_is_sent_again() {
     let data: Vec<u8> = (0..100 * KIB).map(|i| (i % 229) as u8).collect();
     let obj = s
         .upload(
-            "k/m.bin",
+            &Key::new("k/m.bin").unwrap(),
             UploadSource::from_bytes(data.clone()),
             &PutOptions::default(),
             &TransferCtx::none().with_retry_policy(quick(3)),
@@ -714,7 +718,7 @@ async fn cmek_key_name_storage_class_and_headers_are_sent() {
     let s = GcsStore::new("mock", c).await.unwrap();
     let got = s
         .upload(
-            "k/a.txt",
+            &Key::new("k/a.txt").unwrap(),
             UploadSource::from_bytes(data),
             &PutOptions::default(),
             &TransferCtx::none(),

@@ -10,9 +10,9 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use xferkit_core::url::{ObjectUrl, file_url};
 use xferkit_core::{
-    ByteRange, ByteStream, Capabilities, Error, FileTransferHandler, PendingUpload, PresignMethod,
-    PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx, UploadSource, async_trait,
-    validate_key,
+    ByteRange, ByteStream, Capabilities, Error, FileTransferHandler, Key, PendingUpload,
+    PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx, UploadSource,
+    async_trait,
 };
 
 use crate::tmp::{self, Sweep, Temp};
@@ -201,7 +201,7 @@ impl LocalStore {
     /// used.
     pub fn presign_put_with_limit(
         &self,
-        key: &str,
+        key: &Key,
         expires_in: Duration,
         max_size: u64,
     ) -> Result<PresignedUrl> {
@@ -256,10 +256,10 @@ impl LocalStore {
         file_url(&format!("{}/{key}", self.root_str))
     }
 
-    /// Check `key` and map it to a path under the root, refusing any path
-    /// that goes through a symlink.
-    fn path_for(&self, key: &str) -> Result<PathBuf> {
-        validate_key(key)?;
+    /// Map `key` to a path under the root, refusing what this store refuses
+    /// beyond the portable key rules: the reserved `.xferkit/`, over-long
+    /// segments and any path that goes through a symlink.
+    fn path_for(&self, key: &Key) -> Result<PathBuf> {
         if key == RESERVED || key.starts_with(&format!("{RESERVED}/")) {
             return Err(Error::invalid_key(
                 key,
@@ -362,7 +362,7 @@ impl LocalStore {
         obj
     }
 
-    fn stat_sync(&self, key: &str) -> Result<RemoteObject> {
+    fn stat_sync(&self, key: &Key) -> Result<RemoteObject> {
         let path = self.path_for(key)?;
         let m = std::fs::metadata(&path).map_err(|e| Error::from_io(self.url(key), e))?;
         if !m.is_file() {
@@ -374,7 +374,7 @@ impl LocalStore {
     /// Create parent directories of `path` (below the root), refusing
     /// symlinks. Returns the directories it created, deepest last, so that
     /// a write that fails afterwards can take them away again.
-    fn make_parents(&self, key: &str, path: &Path) -> Result<Vec<PathBuf>> {
+    fn make_parents(&self, key: &Key, path: &Path) -> Result<Vec<PathBuf>> {
         let mut created = Vec::new();
         if let Some(parent) = path.parent() {
             let mut missing = parent;
@@ -452,7 +452,7 @@ impl LocalStore {
     /// failure leaves the store as it was: every step that can fail for a
     /// reason of the key's runs before the object is renamed into place, and
     /// the parent directories made for it are removed again.
-    fn commit(&self, key: &str, tmp: Temp, crc: u32, opts: &PutOptions) -> Result<RemoteObject> {
+    fn commit(&self, key: &Key, tmp: Temp, crc: u32, opts: &PutOptions) -> Result<RemoteObject> {
         let path = self.path_for(key)?;
         let created = self.make_parents(key, &path)?;
         let placed = self.place(key, &path, tmp, crc, opts);
@@ -532,7 +532,7 @@ impl LocalStore {
         };
         let mut start = self.root.clone();
         if !dir_part.is_empty() {
-            if validate_key(dir_part).is_err() {
+            if Key::new(dir_part).is_err() {
                 return Ok(Vec::new());
             }
             start.push(dir_part);
@@ -567,7 +567,7 @@ impl LocalStore {
                     {
                         stack.push((entry.path(), key));
                     }
-                } else if ft.is_file() && key.starts_with(prefix) && validate_key(&key).is_ok() {
+                } else if ft.is_file() && key.starts_with(prefix) && Key::new(&key).is_ok() {
                     let m = entry.metadata().map_err(|e| Error::from_io(&key, e))?;
                     out.push(self.record(&key, &m));
                 }
@@ -714,22 +714,21 @@ impl FileTransferHandler for LocalStore {
     fn schemes(&self) -> &[&str] {
         &[crate::SCHEME]
     }
-    fn url_for(&self, key: &str) -> String {
+    fn url_for(&self, key: &Key) -> String {
         self.url(key)
     }
 
-    fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<Key> {
         if url.scheme != crate::SCHEME {
             return None;
         }
         let key = url.path.strip_prefix(&self.root_str)?.strip_prefix('/')?;
-        validate_key(key).ok()?;
-        Some(key.to_string())
+        Key::new(key).ok()
     }
 
     async fn upload(
         &self,
-        key: &str,
+        key: &Key,
         source: UploadSource,
         opts: &PutOptions,
         ctx: &TransferCtx,
@@ -760,7 +759,7 @@ impl FileTransferHandler for LocalStore {
                 }
                 let crc = self.copy_path(&src, &file, &url, ctx).await?;
                 ctx.check(&url)?;
-                let key = key.to_string();
+                let key = key.clone();
                 let opts = opts.clone();
                 return self
                     .blocking(move |s| s.commit(&key, tmp, crc, &opts))
@@ -788,7 +787,7 @@ impl FileTransferHandler for LocalStore {
             }
         }
         ctx.check(&url)?;
-        let key = key.to_string();
+        let key = key.clone();
         let opts = opts.clone();
         self.blocking(move |s| s.commit(&key, tmp, crc, &opts))
             .await
@@ -796,7 +795,7 @@ impl FileTransferHandler for LocalStore {
 
     async fn download_stream(
         &self,
-        key: &str,
+        key: &Key,
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
         let url = self.url(key);
@@ -829,8 +828,8 @@ impl FileTransferHandler for LocalStore {
         Ok((obj, Box::pin(stream)))
     }
 
-    async fn stat(&self, key: &str) -> Result<RemoteObject> {
-        let key = key.to_string();
+    async fn stat(&self, key: &Key) -> Result<RemoteObject> {
+        let key = key.clone();
         self.blocking(move |s| s.stat_sync(&key)).await
     }
 
@@ -845,7 +844,7 @@ impl FileTransferHandler for LocalStore {
             .boxed()
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
+    async fn delete(&self, key: &Key) -> Result<()> {
         let path = self.path_for(key)?;
         let key = key.to_string();
         self.blocking(move |s| {
@@ -872,7 +871,7 @@ impl FileTransferHandler for LocalStore {
         .await
     }
 
-    async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
+    async fn copy(&self, from: &Key, to: &Key) -> Result<RemoteObject> {
         let src = self.stat(from).await?;
         let src_path = self.path_for(from)?;
         self.path_for(to)?;
@@ -890,7 +889,7 @@ impl FileTransferHandler for LocalStore {
 
     async fn presign(
         &self,
-        key: &str,
+        key: &Key,
         method: PresignMethod,
         expires_in: Duration,
     ) -> Result<PresignedUrl> {

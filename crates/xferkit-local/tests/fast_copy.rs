@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns panic on failure by design
 
+use xferkit_core::Key;
 use xferkit_core::{
     ErrorKind, FileTransferExt, FileTransferHandler, PutOptions, TransferCtx, UploadSource,
 };
@@ -39,7 +40,7 @@ async fn a_path_upload_is_byte_identical_and_records_its_crc32c() {
     std::fs::write(&src, &data).unwrap();
     let obj = s
         .upload(
-            "big/src.bin",
+            &Key::new("big/src.bin").unwrap(),
             UploadSource::Path(src),
             &PutOptions::default(),
             &TransferCtx::none(),
@@ -52,9 +53,14 @@ async fn a_path_upload_is_byte_identical_and_records_its_crc32c() {
     assert_eq!(std::fs::read(s.root().join("big/src.bin")).unwrap(), data);
 
     let dest = dir.path().join("back.bin");
-    s.download_to_path("big/src.bin", &dest, None, &TransferCtx::none())
-        .await
-        .unwrap();
+    s.download_to_path(
+        &Key::new("big/src.bin").unwrap(),
+        &dest,
+        None,
+        &TransferCtx::none(),
+    )
+    .await
+    .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
 }
 
@@ -65,7 +71,7 @@ async fn a_stored_file_that_rotted_fails_verification_and_leaves_nothing() {
     let src = dir.path().join("src.bin");
     std::fs::write(&src, &data).unwrap();
     s.upload(
-        "rot.bin",
+        &Key::new("rot.bin").unwrap(),
         UploadSource::Path(src),
         &PutOptions::default(),
         &TransferCtx::none(),
@@ -85,12 +91,23 @@ async fn a_stored_file_that_rotted_fails_verification_and_leaves_nothing() {
         .unwrap()
         .set_modified(mtime)
         .unwrap();
-    assert!(s.stat("rot.bin").await.unwrap().checksum.is_some());
+    assert!(
+        s.stat(&Key::new("rot.bin").unwrap())
+            .await
+            .unwrap()
+            .checksum
+            .is_some()
+    );
 
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let e = s
-        .download_to_path("rot.bin", &out.join("rot.bin"), None, &TransferCtx::none())
+        .download_to_path(
+            &Key::new("rot.bin").unwrap(),
+            &out.join("rot.bin"),
+            None,
+            &TransferCtx::none(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ChecksumMismatch, "{}", e.chain());
@@ -108,7 +125,7 @@ async fn rot_in_a_large_file_fails_the_ranged_download() {
     let src = dir.path().join("src.bin");
     std::fs::write(&src, &data).unwrap();
     s.upload(
-        "big.bin",
+        &Key::new("big.bin").unwrap(),
         UploadSource::Path(src),
         &PutOptions::default(),
         &TransferCtx::none(),
@@ -128,7 +145,12 @@ async fn rot_in_a_large_file_fails_the_ranged_download() {
         .unwrap();
     let dest = dir.path().join("back.bin");
     let e = s
-        .download_to_path("big.bin", &dest, None, &TransferCtx::none())
+        .download_to_path(
+            &Key::new("big.bin").unwrap(),
+            &dest,
+            None,
+            &TransferCtx::none(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ChecksumMismatch, "{}", e.chain());
@@ -144,7 +166,7 @@ async fn an_older_sha256_sidecar_is_still_read_and_verified() {
     let src = dir.path().join("src.bin");
     std::fs::write(&src, &data).unwrap();
     s.upload(
-        "old.bin",
+        &Key::new("old.bin").unwrap(),
         UploadSource::Path(src),
         &PutOptions::default(),
         &TransferCtx::none(),
@@ -164,11 +186,11 @@ async fn an_older_sha256_sidecar_is_still_read_and_verified() {
     let sha = "0".repeat(64); // deliberately wrong, to see it is verified
     obj.insert("sha256".into(), serde_json::Value::String(sha.clone()));
     std::fs::write(&side, serde_json::to_vec(&json).unwrap()).unwrap();
-    let st = s.stat("old.bin").await.unwrap();
+    let st = s.stat(&Key::new("old.bin").unwrap()).await.unwrap();
     assert_eq!(st.checksum, Some(format!("sha256:{sha}")));
     let e = s
         .download_to_path(
-            "old.bin",
+            &Key::new("old.bin").unwrap(),
             &dir.path().join("o.bin"),
             None,
             &TransferCtx::none(),

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use xferkit_core::Key;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -54,13 +55,24 @@ async fn traversal_attempts_are_refused_and_touch_nothing() {
         "a/\u{0}",
         "",
     ];
+    let mut reached_the_store = 0;
     for k in forms {
         let what = format!("{k:?}");
-        let e = s.stat(k).await.expect_err(&what);
+        // Outside the portable rules: no `Key` holds it, so no store sees it.
+        let k = match Key::new(k) {
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::InvalidKey, "Key::new {what}: {e}");
+                continue;
+            }
+            Ok(k) => k,
+        };
+        // A portable key this store refuses (symlinks, its own files).
+        reached_the_store += 1;
+        let e = s.stat(&k).await.expect_err(&what);
         assert_eq!(e.kind(), ErrorKind::InvalidKey, "stat {what}: {e}");
         let e = s
             .upload(
-                k,
+                &k,
                 put_bytes(b"pwned"),
                 &PutOptions::default(),
                 &TransferCtx::none(),
@@ -69,14 +81,18 @@ async fn traversal_attempts_are_refused_and_touch_nothing() {
             .expect_err(&what);
         assert_eq!(e.kind(), ErrorKind::InvalidKey, "upload {what}: {e}");
         let e = s
-            .download_stream(k, None)
+            .download_stream(&k, None)
             .await
             .map(|_| ())
             .expect_err(&what);
         assert_eq!(e.kind(), ErrorKind::InvalidKey, "download {what}: {e}");
-        let e = s.delete(k).await.expect_err(&what);
+        let e = s.delete(&k).await.expect_err(&what);
         assert_eq!(e.kind(), ErrorKind::InvalidKey, "delete {what}: {e}");
     }
+    assert_eq!(
+        reached_the_store, 3,
+        "the symlinks and .xferkit/ are valid keys"
+    );
     assert_eq!(
         std::fs::read(dir.path().join("outside.txt")).unwrap(),
         b"secret"
@@ -92,7 +108,7 @@ async fn stopped_upload_leaves_nothing_under_the_final_name() {
     let s = Arc::new(s);
     // Keep an older version to prove it survives.
     s.upload(
-        "doc",
+        &Key::new("doc").unwrap(),
         put_bytes(b"old"),
         &PutOptions::default(),
         &TransferCtx::none(),
@@ -104,7 +120,10 @@ async fn stopped_upload_leaves_nothing_under_the_final_name() {
     token.cancel();
     let e = task.await.unwrap().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Cancelled);
-    assert_eq!(&s.read_bytes("doc", None).await.unwrap()[..], b"old");
+    assert_eq!(
+        &s.read_bytes(&Key::new("doc").unwrap(), None).await.unwrap()[..],
+        b"old"
+    );
     let tmp: Vec<_> = std::fs::read_dir(s.root().join(".xferkit/tmp"))
         .unwrap()
         .collect();
@@ -198,7 +217,7 @@ async fn hundred_mib_round_trip_is_byte_identical() {
     std::fs::write(&src, &body).unwrap();
     let obj = s
         .upload(
-            "big/файл.bin",
+            &Key::new("big/файл.bin").unwrap(),
             UploadSource::Path(src),
             &PutOptions::default(),
             &TransferCtx::none(),
@@ -207,9 +226,14 @@ async fn hundred_mib_round_trip_is_byte_identical() {
         .unwrap();
     assert_eq!(obj.size, 100 << 20);
     let dest = dir.path().join("back.bin");
-    s.download_to_path("big/файл.bin", &dest, None, &TransferCtx::none())
-        .await
-        .unwrap();
+    s.download_to_path(
+        &Key::new("big/файл.bin").unwrap(),
+        &dest,
+        None,
+        &TransferCtx::none(),
+    )
+    .await
+    .unwrap();
     assert!(
         std::fs::read(&dest).unwrap() == body,
         "100 MiB round trip differs"
@@ -222,10 +246,15 @@ async fn sidecar_keeps_type_and_metadata_and_foreign_files_still_stat() {
     let opts = PutOptions::default()
         .with_content_type("text/x-note")
         .with_metadata("title", "hi");
-    s.upload("n.txt", put_bytes(b"x"), &opts, &TransferCtx::none())
-        .await
-        .unwrap();
-    let st = s.stat("n.txt").await.unwrap();
+    s.upload(
+        &Key::new("n.txt").unwrap(),
+        put_bytes(b"x"),
+        &opts,
+        &TransferCtx::none(),
+    )
+    .await
+    .unwrap();
+    let st = s.stat(&Key::new("n.txt").unwrap()).await.unwrap();
     assert_eq!(st.content_type.as_deref(), Some("text/x-note"));
     assert_eq!(st.metadata.get("title").map(String::as_str), Some("hi"));
     assert_eq!(
@@ -234,14 +263,14 @@ async fn sidecar_keeps_type_and_metadata_and_foreign_files_still_stat() {
     );
     // A file dropped in by another program is still an object.
     std::fs::write(s.root().join("dropped.png"), b"png").unwrap();
-    let st = s.stat("dropped.png").await.unwrap();
+    let st = s.stat(&Key::new("dropped.png").unwrap()).await.unwrap();
     assert_eq!(
         (st.size, st.content_type.as_deref()),
         (3, Some("image/png"))
     );
     // Overwriting behind the store's back makes the sidecar stale, not wrong.
     std::fs::write(s.root().join("n.txt"), b"changed").unwrap();
-    let st = s.stat("n.txt").await.unwrap();
+    let st = s.stat(&Key::new("n.txt").unwrap()).await.unwrap();
     assert_eq!(st.size, 7);
     assert!(st.checksum.is_none(), "stale checksum reported");
 }
@@ -249,18 +278,18 @@ async fn sidecar_keeps_type_and_metadata_and_foreign_files_still_stat() {
 #[tokio::test]
 async fn urls_map_both_ways_and_empty_dirs_are_pruned() {
     let (_dir, s) = store().await;
-    let url = s.url_for("a b/c#d");
+    let url = s.url_for(&Key::new("a b/c#d").unwrap());
     let parsed = xferkit_core::url::ObjectUrl::parse(&url).unwrap();
     assert_eq!(s.key_for_url(&parsed).as_deref(), Some("a b/c#d"));
     s.upload(
-        "x/y/z",
+        &Key::new("x/y/z").unwrap(),
         put_bytes(b"1"),
         &PutOptions::default(),
         &TransferCtx::none(),
     )
     .await
     .unwrap();
-    s.delete("x/y/z").await.unwrap();
+    s.delete(&Key::new("x/y/z").unwrap()).await.unwrap();
     assert!(!s.root().join("x").exists(), "empty parents not pruned");
     assert!(s.root().exists());
 }
@@ -281,7 +310,7 @@ fn stalled_upload(
     let s2 = s.clone();
     let task = tokio::spawn(async move {
         s2.upload(
-            "doc",
+            &Key::new("doc").unwrap(),
             UploadSource::Stream {
                 stream: Box::pin(stream),
                 size: None,

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns panic on failure by design
 
 use std::path::{Path, PathBuf};
+use xferkit_core::Key;
 
 use xferkit_core::{ErrorKind, FileTransferHandler, PutOptions, TransferCtx, UploadSource};
 use xferkit_local::{LocalConfig, LocalStore};
@@ -25,7 +26,7 @@ async fn store() -> (tempfile::TempDir, LocalStore) {
 
 async fn put(s: &LocalStore, key: &str, data: &'static [u8], ty: &str) -> xferkit_core::Result<()> {
     s.upload(
-        key,
+        &Key::new(key).unwrap(),
         UploadSource::from_bytes(data),
         &PutOptions::default().with_content_type(ty),
         &TransferCtx::none(),
@@ -59,7 +60,10 @@ fn tree(root: &Path) -> Vec<String> {
 
 async fn read(s: &LocalStore, key: &str) -> Vec<u8> {
     use futures::TryStreamExt as _;
-    let (_, body) = s.download_stream(key, None).await.unwrap();
+    let (_, body) = s
+        .download_stream(&Key::new(key).unwrap(), None)
+        .await
+        .unwrap();
     let chunks: Vec<bytes::Bytes> = body.try_collect().await.unwrap();
     chunks.concat()
 }
@@ -80,7 +84,7 @@ async fn a_key_named_like_a_sidecar_does_not_collide_in_either_order() {
             ("K", &b"short"[..], "text/x-short"),
             ("K.json/x", b"long", "text/x-long"),
         ] {
-            let st = s.stat(key).await.unwrap();
+            let st = s.stat(&Key::new(key).unwrap()).await.unwrap();
             assert_eq!(
                 st.content_type.as_deref(),
                 Some(ty),
@@ -92,8 +96,8 @@ async fn a_key_named_like_a_sidecar_does_not_collide_in_either_order() {
         // Both can be written again, and deleted.
         put(&s, "K", b"short2", "text/x-short").await.unwrap();
         put(&s, "K.json/x", b"long2", "text/x-long").await.unwrap();
-        s.delete("K.json/x").await.unwrap();
-        s.delete("K").await.unwrap();
+        s.delete(&Key::new("K.json/x").unwrap()).await.unwrap();
+        s.delete(&Key::new("K").unwrap()).await.unwrap();
         assert_eq!(tree(s.root()), Vec::<String>::new());
     }
 }
@@ -111,7 +115,7 @@ async fn a_failed_put_leaves_the_store_as_it_was() {
     let e = put(&s, "a/b/c/d", b"abcd", "text/plain").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidKey, "{e}");
     assert_eq!(tree(s.root()), before);
-    assert!(s.stat("a/b/c/d").await.is_err());
+    assert!(s.stat(&Key::new("a/b/c/d").unwrap()).await.is_err());
     // The sidecar of `a` was never written: a later object `a` (once `a/b` is
     // gone) has its own metadata only.
     assert!(!s.sidecar_path("a").exists());
@@ -154,7 +158,7 @@ async fn legacy_sidecars_are_read_and_replaced_on_the_next_write() {
     v.as_object_mut().unwrap().remove("key");
     std::fs::write(&legacy, serde_json::to_vec(&v).unwrap()).unwrap();
     std::fs::remove_file(&new_side).unwrap();
-    let st = s.stat("old/doc.txt").await.unwrap();
+    let st = s.stat(&Key::new("old/doc.txt").unwrap()).await.unwrap();
     assert_eq!(st.content_type.as_deref(), Some("text/x-old"));
     assert!(st.checksum.is_some());
     put(&s, "old/doc.txt", b"hello again", "text/x-new")
@@ -162,7 +166,7 @@ async fn legacy_sidecars_are_read_and_replaced_on_the_next_write() {
         .unwrap();
     assert!(!legacy.exists(), "legacy sidecar kept after a new write");
     assert!(new_side.is_file());
-    let st = s.stat("old/doc.txt").await.unwrap();
+    let st = s.stat(&Key::new("old/doc.txt").unwrap()).await.unwrap();
     assert_eq!(st.content_type.as_deref(), Some("text/x-new"));
 }
 
@@ -173,7 +177,7 @@ async fn over_long_segments_are_invalid_keys() {
     let e = put(&s, &key, b"x", "text/plain").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidKey, "{e}");
     assert_eq!(
-        s.stat(&key).await.unwrap_err().kind(),
+        s.stat(&Key::new(&key).unwrap()).await.unwrap_err().kind(),
         ErrorKind::InvalidKey
     );
     // 255 bytes is a valid file name.
@@ -194,7 +198,7 @@ async fn max_upload_size_refuses_larger_uploads_and_leaves_nothing() {
     ]);
     let e = s
         .upload(
-            "big",
+            &Key::new("big").unwrap(),
             UploadSource::Stream {
                 stream: Box::pin(stream),
                 size: None,
@@ -210,7 +214,7 @@ async fn max_upload_size_refuses_larger_uploads_and_leaves_nothing() {
     std::fs::write(&src, b"123456").unwrap();
     let e = s
         .upload(
-            "big",
+            &Key::new("big").unwrap(),
             UploadSource::Path(src),
             &PutOptions::default(),
             &TransferCtx::none(),

@@ -14,9 +14,9 @@ use tokio::io::AsyncReadExt;
 use xferkit_core::key::Root;
 use xferkit_core::url::ObjectUrl;
 use xferkit_core::{
-    Backend, BuildContext, ByteRange, ByteStream, Capabilities, Error, FileTransferHandler,
+    Backend, BuildContext, ByteRange, ByteStream, Capabilities, Error, FileTransferHandler, Key,
     PendingUpload, PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx,
-    UploadSource, async_trait, validate_key,
+    UploadSource, async_trait,
 };
 
 use crate::{MemoryConfig, SCHEME};
@@ -207,8 +207,8 @@ impl MemoryStore {
     }
 
     /// The object at `key`, or `NotFound` naming its URL.
-    fn object(&self, key: &str) -> Result<Arc<Object>> {
-        let (_, url) = self.root.locate(key)?;
+    fn object(&self, key: &Key) -> Result<Arc<Object>> {
+        let (_, url) = self.root.locate(key);
         self.objects.get(key).ok_or_else(|| Error::not_found(url))
     }
 
@@ -217,7 +217,7 @@ impl MemoryStore {
     /// lock).
     fn put(
         &self,
-        key: &str,
+        key: &Key,
         data: Bytes,
         mut record: RemoteObject,
         create_only: bool,
@@ -232,7 +232,7 @@ impl MemoryStore {
         record.checksum = Some(xferkit_core::journal::crc32c_label(crc));
         record.last_modified = Some(SystemTime::now());
         let mut map = self.objects.lock();
-        if create_only && map.contains_key(key) {
+        if create_only && map.contains_key(key.as_str()) {
             return Err(Error::already_exists(record.url));
         }
         map.insert(
@@ -280,22 +280,22 @@ impl FileTransferHandler for MemoryStore {
         self.root.schemes()
     }
 
-    fn url_for(&self, key: &str) -> String {
+    fn url_for(&self, key: &Key) -> String {
         self.root.url(key)
     }
 
-    fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<Key> {
         self.root.key_for_url(url)
     }
 
     async fn upload(
         &self,
-        key: &str,
+        key: &Key,
         source: UploadSource,
         opts: &PutOptions,
         ctx: &TransferCtx,
     ) -> Result<RemoteObject> {
-        let (_, url) = self.root.locate(key)?;
+        let (_, url) = self.root.locate(key);
         let opts = opts.or_defaults(&self.defaults);
         opts.check_server_options(&self.name, &url, &capabilities())?;
         if opts.if_not_exists && self.objects.get(key).is_some() {
@@ -318,7 +318,7 @@ impl FileTransferHandler for MemoryStore {
 
     async fn download_stream(
         &self,
-        key: &str,
+        key: &Key,
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
         let obj = self.object(key)?;
@@ -333,7 +333,7 @@ impl FileTransferHandler for MemoryStore {
         Ok((obj.record.clone(), stream))
     }
 
-    async fn stat(&self, key: &str) -> Result<RemoteObject> {
+    async fn stat(&self, key: &Key) -> Result<RemoteObject> {
         Ok(self.object(key)?.record.clone())
     }
 
@@ -348,25 +348,23 @@ impl FileTransferHandler for MemoryStore {
         futures::stream::iter(listed).boxed()
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
-        validate_key(key)?;
-        self.objects.lock().remove(key);
+    async fn delete(&self, key: &Key) -> Result<()> {
+        self.objects.lock().remove(key.as_str());
         Ok(())
     }
 
-    async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
-        validate_key(to)?;
+    async fn copy(&self, from: &Key, to: &Key) -> Result<RemoteObject> {
         let src = self.object(from)?;
         self.put(to, src.data.clone(), src.record.clone(), false)
     }
 
     async fn presign(
         &self,
-        key: &str,
+        key: &Key,
         _method: PresignMethod,
         _expires_in: Duration,
     ) -> Result<PresignedUrl> {
-        validate_key(key)?;
+        let _ = key;
         Err(Error::not_supported(
             &self.name,
             "presign (a memory store has no URL that another program can fetch)",
@@ -392,7 +390,10 @@ mod tests {
             assert!(e.to_string().contains("cannot be the host"), "{bad}: {e}");
         }
         let s = MemoryStore::new("t-1.x_y", MemoryConfig::default().with_prefix("/p/q/")).unwrap();
-        assert_eq!(s.url_for("a b"), "mem://t-1.x_y/p/q/a%20b");
+        assert_eq!(
+            s.url_for(&Key::new("a b").unwrap()),
+            "mem://t-1.x_y/p/q/a%20b"
+        );
     }
 
     #[test]

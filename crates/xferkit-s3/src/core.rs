@@ -570,6 +570,7 @@ impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xferkit_core::Key;
 
     #[test]
     fn only_full_object_crc32cs_become_checksums() {
@@ -747,7 +748,7 @@ mod tests {
                     .with_max_backoff(Duration::from_millis(1)),
             );
         let t0 = std::time::Instant::now();
-        let e = store.stat("k").await.unwrap_err();
+        let e = store.stat(&Key::new("k").unwrap()).await.unwrap_err();
         let took = t0.elapsed();
         assert_eq!(proxy.stats().statuses, 2, "two tries");
         let Error::RetriesExhausted {

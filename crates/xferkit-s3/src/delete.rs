@@ -10,7 +10,7 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use futures::future::BoxFuture;
 use futures::{StreamExt, stream};
 use xferkit_core::status::Answer;
-use xferkit_core::{Error, ErrorKind, Result, RetryPolicy, validate_key};
+use xferkit_core::{Error, ErrorKind, Key, Result, RetryPolicy};
 
 use crate::S3Checksum;
 use crate::core::{Core, Mode, S3Failure, map_sdk};
@@ -21,20 +21,19 @@ pub(crate) const MAX_KEYS: usize = 1000;
 /// DeleteObject requests at once where there is no DeleteObjects.
 const ONE_BY_ONE: usize = 16;
 
-/// Each key of `keys` with its result, in order: invalid keys are refused
-/// without a request, the others deleted `MAX_KEYS` to a request. A failed
+/// Each key of `keys` with its result, in order, deleted `MAX_KEYS` to a
+/// request. A failed
 /// request is the outer error when it is the first (no key's fate known);
 /// after that its keys fail one by one. `one` deletes a single key (the
 /// store's `delete`), for a service that has no DeleteObjects.
 pub(crate) async fn delete_many<'a>(
     core: &Core,
     retry: &RetryPolicy,
-    keys: &[String],
-    one: &(dyn Fn(String) -> BoxFuture<'a, Result<()>> + Sync),
-) -> Result<Vec<(String, Result<()>)>> {
-    let mut out: Vec<(String, Result<()>)> =
-        keys.iter().map(|k| (k.clone(), validate_key(k))).collect();
-    let valid: Vec<usize> = (0..out.len()).filter(|&i| out[i].1.is_ok()).collect();
+    keys: &[Key],
+    one: &(dyn Fn(Key) -> BoxFuture<'a, Result<()>> + Sync),
+) -> Result<Vec<(Key, Result<()>)>> {
+    let mut out: Vec<(Key, Result<()>)> = keys.iter().map(|k| (k.clone(), Ok(()))).collect();
+    let valid: Vec<usize> = (0..out.len()).collect();
     if core.checksum != S3Checksum::Crc32c {
         one_by_one(&mut out, &valid, one).await;
         return Ok(out);
@@ -66,9 +65,9 @@ pub(crate) async fn delete_many<'a>(
 
 /// `out[i]`'s key deleted with `one`, for each `i` of `which`, a few at once.
 async fn one_by_one<'a>(
-    out: &mut [(String, Result<()>)],
+    out: &mut [(Key, Result<()>)],
     which: &[usize],
-    one: &(dyn Fn(String) -> BoxFuture<'a, Result<()>> + Sync),
+    one: &(dyn Fn(Key) -> BoxFuture<'a, Result<()>> + Sync),
 ) {
     let results: Vec<(usize, Result<()>)> = stream::iter(which.iter().copied())
         .map(|i| {
@@ -88,7 +87,7 @@ async fn one_by_one<'a>(
 async fn request(
     core: &Core,
     retry: &RetryPolicy,
-    keys: &[String],
+    keys: &[Key],
     chunk: &[usize],
 ) -> Result<Vec<(usize, Error)>> {
     let full: Vec<String> = chunk.iter().map(|&i| core.root.full(&keys[i])).collect();

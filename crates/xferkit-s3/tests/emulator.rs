@@ -5,6 +5,7 @@
 //! fails instead under `CI=true` or `XFERKIT_REQUIRE_EMULATORS=1`).
 
 use std::time::Duration;
+use xferkit_core::Key;
 
 use bytes::Bytes;
 use xferkit_core::{
@@ -106,7 +107,7 @@ async fn wrong_secret_is_permission_denied_and_never_shown() {
     c.secret_access_key = Some(Secret::new("not-the-secret-xyzzy"));
     let s = S3Store::new("emulator", c).await.expect("store");
     let e = s
-        .stat("k")
+        .stat(&Key::new("k").unwrap())
         .await
         .expect_err("a wrong secret must be refused");
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{}", e.chain());
@@ -122,10 +123,13 @@ async fn missing_bucket_is_not_found() {
         let mut c = config(&emu, "no-bucket");
         c.bucket = "xferkit-no-such-bucket".into();
         let s = S3Store::new("emulator", c).await.expect("store");
-        let e = s.stat("k").await.expect_err("stat in a missing bucket");
+        let e = s
+            .stat(&Key::new("k").unwrap())
+            .await
+            .expect_err("stat in a missing bucket");
         assert_eq!(e.kind(), ErrorKind::NotFound, "{}", e.chain());
         let e = s
-            .read_bytes("k", None)
+            .read_bytes(&Key::new("k").unwrap(), None)
             .await
             .expect_err("get in a missing bucket");
         assert_eq!(e.kind(), ErrorKind::NotFound, "{}", e.chain());
@@ -139,7 +143,7 @@ async fn known_size_stream_above_threshold_is_multipart() {
         let body: Vec<u8> = (0..11 * MIB).map(|i| (i % 251) as u8).collect();
         let obj = s
             .upload(
-                "big",
+                &Key::new("big").unwrap(),
                 stream_of(body.clone(), Some(body.len() as u64)),
                 &PutOptions::default(),
                 &TransferCtx::none(),
@@ -149,8 +153,13 @@ async fn known_size_stream_above_threshold_is_multipart() {
         // A multipart ETag ends in -PARTS: 11 MiB in 5 MiB parts is 3.
         let etag = obj.etag.clone().unwrap_or_default();
         assert!(etag.ends_with("-3"), "{}: etag {etag:?}", emu.endpoint);
-        assert_eq!(s.read_bytes("big", None).await.expect("read"), body);
-        s.delete("big").await.expect("delete");
+        assert_eq!(
+            s.read_bytes(&Key::new("big").unwrap(), None)
+                .await
+                .expect("read"),
+            body
+        );
+        s.delete(&Key::new("big").unwrap()).await.expect("delete");
     }
 }
 
@@ -161,7 +170,7 @@ async fn short_stream_aborts_the_multipart_upload() {
     let body = vec![7u8; 12 * MIB];
     let e = s
         .upload(
-            "short",
+            &Key::new("short").unwrap(),
             stream_of(body, Some(20 * MIB as u64)),
             &PutOptions::default(),
             &TransferCtx::none(),
@@ -170,7 +179,10 @@ async fn short_stream_aborts_the_multipart_upload() {
         .expect_err("a stream shorter than declared must fail");
     assert_eq!(e.kind(), ErrorKind::Backend, "{}", e.chain());
     assert_eq!(
-        s.stat("short").await.unwrap_err().kind(),
+        s.stat(&Key::new("short").unwrap())
+            .await
+            .unwrap_err()
+            .kind(),
         ErrorKind::NotFound
     );
     let pending = s.list_pending_uploads("").await.expect("list pending");
@@ -188,7 +200,7 @@ async fn failing_stream_aborts_the_multipart_upload() {
     ];
     let e = s
         .upload(
-            "broken",
+            &Key::new("broken").unwrap(),
             UploadSource::Stream {
                 stream: Box::pin(futures::stream::iter(chunks)),
                 size: None,
@@ -202,7 +214,10 @@ async fn failing_stream_aborts_the_multipart_upload() {
     let pending = s.list_pending_uploads("").await.expect("list pending");
     assert!(pending.is_empty(), "{pending:?}");
     assert_eq!(
-        s.stat("broken").await.unwrap_err().kind(),
+        s.stat(&Key::new("broken").unwrap())
+            .await
+            .unwrap_err()
+            .kind(),
         ErrorKind::NotFound
     );
 }
@@ -215,7 +230,7 @@ async fn empty_object_ranges() {
     let Some(emu) = moto() else { return };
     let s = store(config(&emu, "empty-ranges")).await;
     s.upload(
-        "empty",
+        &Key::new("empty").unwrap(),
         UploadSource::from_bytes(Vec::new()),
         &PutOptions::default(),
         &TransferCtx::none(),
@@ -223,26 +238,32 @@ async fn empty_object_ranges() {
     .await
     .expect("upload");
     let got = s
-        .read_bytes("empty", Some(ByteRange::Suffix(5)))
+        .read_bytes(&Key::new("empty").unwrap(), Some(ByteRange::Suffix(5)))
         .await
         .expect("suffix of an empty object");
     assert!(got.is_empty());
-    let (obj, _) = s.download_stream("empty", None).await.expect("get");
+    let (obj, _) = s
+        .download_stream(&Key::new("empty").unwrap(), None)
+        .await
+        .expect("get");
     assert_eq!(obj.size, 0);
     for r in [ByteRange::From(0), ByteRange::Bounded { start: 0, end: 1 }] {
         let e = s
-            .read_bytes("empty", Some(r))
+            .read_bytes(&Key::new("empty").unwrap(), Some(r))
             .await
             .expect_err("past the end");
         assert_eq!(e.kind(), ErrorKind::InvalidRange, "{r}: {}", e.chain());
     }
     // Never sendable ranges are refused without a request.
     let e = s
-        .read_bytes("empty", Some(ByteRange::Bounded { start: 5, end: 5 }))
+        .read_bytes(
+            &Key::new("empty").unwrap(),
+            Some(ByteRange::Bounded { start: 5, end: 5 }),
+        )
         .await
         .expect_err("empty range");
     assert_eq!(e.kind(), ErrorKind::InvalidRange);
-    s.delete("empty").await.expect("delete");
+    s.delete(&Key::new("empty").unwrap()).await.expect("delete");
 }
 
 #[tokio::test]
@@ -251,7 +272,7 @@ async fn presigned_url_is_signed_but_debug_hides_the_signature() {
     let s = store(config(&emu, "presign-headers")).await;
     let p = s
         .presign(
-            "k",
+            &Key::new("k").unwrap(),
             xferkit_core::PresignMethod::Put,
             Duration::from_secs(60),
         )
@@ -274,22 +295,33 @@ async fn non_ascii_metadata_round_trips() {
             .with_metadata("message", "two\nlines");
         let up = s
             .upload(
-                "m",
+                &Key::new("m").unwrap(),
                 UploadSource::from_bytes(&b"x"[..]),
                 &opts,
                 &TransferCtx::none(),
             )
             .await
             .expect("upload");
-        let st = s.stat("m").await.expect("stat");
+        let st = s.stat(&Key::new("m").unwrap()).await.expect("stat");
         assert_eq!(st.metadata, opts.metadata, "{}", emu.endpoint);
         assert_eq!(up.metadata, opts.metadata);
-        let (dl, _) = s.download_stream("m", None).await.expect("get");
+        let (dl, _) = s
+            .download_stream(&Key::new("m").unwrap(), None)
+            .await
+            .expect("get");
         assert_eq!(dl.metadata, opts.metadata);
-        s.copy("m", "m2").await.expect("copy");
-        assert_eq!(s.stat("m2").await.expect("stat").metadata, opts.metadata);
+        s.copy(&Key::new("m").unwrap(), &Key::new("m2").unwrap())
+            .await
+            .expect("copy");
+        assert_eq!(
+            s.stat(&Key::new("m2").unwrap())
+                .await
+                .expect("stat")
+                .metadata,
+            opts.metadata
+        );
         for k in ["m", "m2"] {
-            s.delete(k).await.expect("delete");
+            s.delete(&Key::new(k).unwrap()).await.expect("delete");
         }
     }
 }
@@ -311,14 +343,24 @@ async fn sse_c_store_writes_and_reads_with_its_key() {
     for (k, body) in [("small", b"secret".to_vec()), ("big", big)] {
         let ctx = TransferCtx::none();
         let src = UploadSource::from_bytes(body.clone());
-        s.upload(k, src, &PutOptions::default(), &ctx)
+        s.upload(&Key::new(k).unwrap(), src, &PutOptions::default(), &ctx)
             .await
             .expect("upload");
-        s.stat(k).await.expect("stat");
-        assert!(s.read_bytes(k, None).await.expect("get") == body);
-        s.copy(k, &format!("{k}-copy")).await.expect("copy");
+        s.stat(&Key::new(k).unwrap()).await.expect("stat");
+        assert!(
+            s.read_bytes(&Key::new(k).unwrap(), None)
+                .await
+                .expect("get")
+                == body
+        );
+        s.copy(
+            &Key::new(k).unwrap(),
+            &Key::new(format!("{k}-copy")).unwrap(),
+        )
+        .await
+        .expect("copy");
         let copied = s
-            .read_bytes(&format!("{k}-copy"), None)
+            .read_bytes(&Key::new(format!("{k}-copy")).unwrap(), None)
             .await
             .expect("get copy");
         assert!(copied == body, "copy of {k} differs");
@@ -337,10 +379,10 @@ async fn sse_kms_is_reported_by_moto() {
     let s = store(c).await;
     let opts = PutOptions::default().with_tag("team", "a b");
     let src = UploadSource::from_bytes(&b"kms"[..]);
-    s.upload("k", src, &opts, &TransferCtx::none())
+    s.upload(&Key::new("k").unwrap(), src, &opts, &TransferCtx::none())
         .await
         .expect("upload");
-    let st = s.stat("k").await.expect("stat");
+    let st = s.stat(&Key::new("k").unwrap()).await.expect("stat");
     assert_eq!(st.encryption.as_deref(), Some("aws:kms"), "{st:?}");
     assert_eq!(
         st.encryption_key.as_deref(),

@@ -25,6 +25,7 @@ use xferkit_conformance::fault::{Fault, FaultProxy, Rule};
 use xferkit_conformance::testkit::{
     data, manager_over, quick_retry, unique_prefix, until_transferred, write_file,
 };
+use xferkit_core::Key;
 use xferkit_core::{
     ErrorKind, FileTransferExt, FileTransferHandler, PutOptions, Secret, TransferCtx, UploadSource,
 };
@@ -131,7 +132,7 @@ async fn every_upload_carries_crc32cs_and_stat_reports_the_whole_objects() {
             let body = data(len, 21);
             let src = write_file(dir.path(), key, &body);
             via.upload(
-                key,
+                &Key::new(key).unwrap(),
                 UploadSource::Path(src),
                 &PutOptions::default(),
                 &TransferCtx::none(),
@@ -139,7 +140,7 @@ async fn every_upload_carries_crc32cs_and_stat_reports_the_whole_objects() {
             .await
             .unwrap_or_else(|e| panic!("{}: {key}: {}", emu.name, e.chain()));
             let want = format!("crc32c:{:08x}", crc32c::crc32c(&body));
-            let stat = via.stat(key).await.unwrap();
+            let stat = via.stat(&Key::new(key).unwrap()).await.unwrap();
             // s3s-fs 0.14 keeps no checksum for a multipart object.
             let kept = !(emu.name == "s3s-fs" && key == "multi.bin");
             let expected = kept.then_some(want.as_str());
@@ -177,7 +178,7 @@ async fn every_upload_carries_crc32cs_and_stat_reports_the_whole_objects() {
         assert_eq!(complete.header("x-amz-checksum-type"), Some("FULL_OBJECT"));
         assert!(complete.header("x-amz-checksum-crc32c").is_some());
         for key in ["single.bin", "streamed.bin", "multi.bin"] {
-            via.delete(key).await.unwrap();
+            via.delete(&Key::new(key).unwrap()).await.unwrap();
         }
     }
 }
@@ -208,7 +209,7 @@ async fn md5_and_no_checksum_uploads_are_taken_and_download_intact() {
                 let src = write_file(dir.path(), key, &body);
                 let what = format!("{} {checksum:?} {key}", emu.name);
                 via.upload(
-                    key,
+                    &Key::new(key).unwrap(),
                     UploadSource::Path(src),
                     &PutOptions::default(),
                     &TransferCtx::none(),
@@ -226,7 +227,7 @@ async fn md5_and_no_checksum_uploads_are_taken_and_download_intact() {
                     );
                 }
                 let dest = dir.path().join(format!("{key}.down"));
-                via.download_to_path(key, &dest, None, &TransferCtx::none())
+                via.download_to_path(&Key::new(key).unwrap(), &dest, None, &TransferCtx::none())
                     .await
                     .unwrap_or_else(|e| panic!("{what}: {}", e.chain()));
                 assert!(std::fs::read(&dest).unwrap() == body, "{what}");
@@ -261,7 +262,7 @@ async fn md5_and_no_checksum_uploads_are_taken_and_download_intact() {
                 assert_eq!(sent_md5, parts_md5, "{}", emu.name);
             }
             for key in ["single.bin", "streamed.bin", "multi.bin"] {
-                via.delete(key).await.unwrap();
+                via.delete(&Key::new(key).unwrap()).await.unwrap();
             }
         }
     }
@@ -294,24 +295,40 @@ async fn copies_above_the_threshold_go_in_ranged_part_copies() {
         for (key, bytes) in [("big", &body[..]), ("small", &body[..5 * MIB])] {
             let src = format!("{key}.src");
             let source = UploadSource::from_bytes(bytes.to_vec());
-            via.upload(&src, source, &opts, &TransferCtx::none())
-                .await
-                .unwrap();
+            via.upload(
+                &Key::new(&src).unwrap(),
+                source,
+                &opts,
+                &TransferCtx::none(),
+            )
+            .await
+            .unwrap();
             let before = proxy.requests().len();
-            let copied = via.copy(&src, &format!("{key}.dst")).await;
+            let copied = via
+                .copy(
+                    &Key::new(&src).unwrap(),
+                    &Key::new(format!("{key}.dst")).unwrap(),
+                )
+                .await;
             let copied = copied.unwrap_or_else(|e| panic!("{} {key}: {}", emu.name, e.chain()));
             assert_eq!(copied.size, bytes.len() as u64);
-            let st = via.stat(&format!("{key}.dst")).await.unwrap();
+            let st = via
+                .stat(&Key::new(format!("{key}.dst")).unwrap())
+                .await
+                .unwrap();
             // The source's full-object CRC32C is kept (s3s-fs 0.14 keeps none
             // for a multipart object).
-            let src_crc = via.stat(&src).await.unwrap().checksum;
+            let src_crc = via.stat(&Key::new(&src).unwrap()).await.unwrap().checksum;
             assert!(src_crc.is_some(), "{} {key}", emu.name);
             let kept = !(emu.name == "s3s-fs" && key == "big");
             let want = if kept { src_crc } else { None };
             assert_eq!(st.checksum, want, "{} {key}", emu.name);
             assert_eq!(st.content_type.as_deref(), Some("application/x-part-copy"));
             assert_eq!(st.metadata.get("who").map(String::as_str), Some("üser"));
-            let got = via.read_bytes(&format!("{key}.dst"), None).await.unwrap();
+            let got = via
+                .read_bytes(&Key::new(format!("{key}.dst")).unwrap(), None)
+                .await
+                .unwrap();
             assert!(got == bytes, "{} {key}: content differs", emu.name);
             let seen = proxy.requests().split_off(before);
             let ranges: Vec<&str> = seen
@@ -355,7 +372,7 @@ async fn copies_above_the_threshold_go_in_ranged_part_copies() {
             }
         }
         for k in ["big.src", "big.dst", "small.src", "small.dst"] {
-            via.delete(k).await.unwrap();
+            via.delete(&Key::new(k).unwrap()).await.unwrap();
         }
     }
 }
@@ -375,21 +392,28 @@ async fn stat_works_when_the_checksum_may_not_be_read() {
     let src = write_file(dir.path(), "k.bin", &data(MIB, 5));
     direct
         .upload(
-            "k.bin",
+            &Key::new("k.bin").unwrap(),
             UploadSource::Path(src),
             &PutOptions::default(),
             &TransferCtx::none(),
         )
         .await
         .unwrap();
-    assert!(direct.stat("k.bin").await.unwrap().checksum.is_some());
+    assert!(
+        direct
+            .stat(&Key::new("k.bin").unwrap())
+            .await
+            .unwrap()
+            .checksum
+            .is_some()
+    );
     proxy.set_rules(vec![
         Rule::new(Fault::Status(403))
             .method("HEAD")
             .with_header("x-amz-checksum-mode"),
     ]);
     let st = via
-        .stat("k.bin")
+        .stat(&Key::new("k.bin").unwrap())
         .await
         .unwrap_or_else(|e| panic!("{}", e.chain()));
     assert_eq!(st.size, MIB as u64);
@@ -403,9 +427,12 @@ async fn stat_works_when_the_checksum_may_not_be_read() {
     assert_eq!(heads, vec![true, false], "asked again without the mode");
     // A HEAD refused without the checksum mode is still refused.
     proxy.set_rules(vec![Rule::new(Fault::Status(403)).method("HEAD")]);
-    let e = via.stat("k.bin").await.expect_err("refused");
+    let e = via
+        .stat(&Key::new("k.bin").unwrap())
+        .await
+        .expect_err("refused");
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{}", e.chain());
-    direct.delete("k.bin").await.unwrap();
+    direct.delete(&Key::new("k.bin").unwrap()).await.unwrap();
 }
 
 /// An upload of `mib` MiB of a file to `key` through a transfer manager over
@@ -435,7 +462,7 @@ impl Managed {
         let dir = tempfile::tempdir().unwrap();
         let body = data(mib * MIB, mib as u64);
         let src = write_file(dir.path(), "src.bin", &body);
-        let url = via.url_for(key);
+        let url = via.url_for(&Key::new(key).unwrap());
         let m = manager_over(std::sync::Arc::new(via));
         Managed {
             proxy,
@@ -463,7 +490,7 @@ impl Managed {
     async fn assert_stored(&self, key: &str) {
         let back = self.dir.path().join("back.bin");
         self.direct
-            .download_to_path(key, &back, None, &TransferCtx::none())
+            .download_to_path(&Key::new(key).unwrap(), &back, None, &TransferCtx::none())
             .await
             .unwrap();
         assert!(
@@ -517,7 +544,11 @@ async fn a_stopped_upload_finishes_its_slow_abort_in_the_background() {
     let pending = u.direct.list_pending_uploads("").await.unwrap();
     assert!(pending.is_empty(), "multipart uploads left: {pending:?}");
     assert_eq!(
-        u.direct.stat("stopped.bin").await.unwrap_err().kind(),
+        u.direct
+            .stat(&Key::new("stopped.bin").unwrap())
+            .await
+            .unwrap_err()
+            .kind(),
         ErrorKind::NotFound
     );
 }

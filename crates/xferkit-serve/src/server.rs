@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use xferkit_core::{
-    ByteRange, DynHandler, Error, ErrorKind, PresignMethod, PutOptions, TransferCtx, UploadSource,
-    validate_key,
+    ByteRange, DynHandler, Error, ErrorKind, Key, PresignMethod, PutOptions, TransferCtx,
+    UploadSource,
 };
 use xferkit_local::signed::{MAX_SIZE_PARAM, UrlSigner};
 
@@ -299,9 +299,10 @@ async fn handle(
             return text(StatusCode::FORBIDDEN, refusal.to_string());
         }
     };
-    if let Err(e) = validate_key(&key) {
-        return text(StatusCode::BAD_REQUEST, e.to_string());
-    }
+    let key = match Key::new(key) {
+        Ok(k) => k,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     let response = match signed_as {
         PresignMethod::Get => get(state, &key, &headers, method == Method::HEAD).await,
         PresignMethod::Put => {
@@ -312,7 +313,7 @@ async fn handle(
             put(state, &key, &headers, body, limit).await
         }
     };
-    tracing::info!(%method, key, status = response.status().as_u16(), "served");
+    tracing::info!(%method, %key, status = response.status().as_u16(), "served");
     response
 }
 
@@ -320,7 +321,7 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn get(state: &State, key: &str, headers: &HeaderMap, head_only: bool) -> Response {
+async fn get(state: &State, key: &Key, headers: &HeaderMap, head_only: bool) -> Response {
     let requested = header_str(headers, header::RANGE).and_then(range::parse);
     // One store call describes the object and opens exactly the bytes sent,
     // so the headers always match the body.
@@ -407,7 +408,7 @@ async fn get(state: &State, key: &str, headers: &HeaderMap, head_only: bool) -> 
         .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "bad response header"))
 }
 
-async fn unsatisfiable(state: &State, key: &str, requested: Option<ByteRange>) -> Response {
+async fn unsatisfiable(state: &State, key: &Key, requested: Option<ByteRange>) -> Response {
     let shown = requested.map(|r| r.to_string()).unwrap_or_default();
     let mut resp = text(
         StatusCode::RANGE_NOT_SATISFIABLE,
@@ -562,7 +563,7 @@ fn too_large(key: &str, max: u64) -> Response {
 
 async fn put(
     state: &State,
-    key: &str,
+    key: &Key,
     headers: &HeaderMap,
     body: Body,
     limit: Option<u64>,

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use xferkit_core::Key;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -81,7 +82,7 @@ impl Fixture {
     async fn put_object(&self, key: &str, data: Vec<u8>, ty: &str) {
         self.store
             .upload(
-                key,
+                &Key::new(key).unwrap(),
                 UploadSource::from_bytes(data),
                 &PutOptions::default().with_content_type(ty),
                 &TransferCtx::none(),
@@ -90,7 +91,7 @@ impl Fixture {
             .unwrap();
     }
 
-    async fn presign(&self, key: &str, m: PresignMethod) -> String {
+    async fn presign(&self, key: &Key, m: PresignMethod) -> String {
         self.store
             .presign(key, m, Duration::from_secs(300))
             .await
@@ -150,7 +151,9 @@ async fn get_status(f: &Fixture, url: &str) -> Option<u16> {
 async fn half_sent_heads_and_idle_connections_are_closed_after_the_header_timeout() {
     let f = fixture(|o| o.header_timeout = Duration::from_secs(1)).await;
     f.put_object("a.txt", b"hello".to_vec(), "text/plain").await;
-    let url = f.presign("a.txt", PresignMethod::Get).await;
+    let url = f
+        .presign(&Key::new("a.txt").unwrap(), PresignMethod::Get)
+        .await;
     let mut socks = Vec::new();
     for i in 0..12 {
         let mut s = f.connect().await;
@@ -192,7 +195,9 @@ async fn connections_over_the_cap_are_refused_at_once_and_slots_come_back() {
     })
     .await;
     f.put_object("a.txt", b"hello".to_vec(), "text/plain").await;
-    let url = f.presign("a.txt", PresignMethod::Get).await;
+    let url = f
+        .presign(&Key::new("a.txt").unwrap(), PresignMethod::Get)
+        .await;
     let mut holders = Vec::new();
     for _ in 0..4 {
         let mut s = f.connect().await;
@@ -252,15 +257,15 @@ impl FileTransferHandler for Pulled {
     fn schemes(&self) -> &[&str] {
         self.inner.schemes()
     }
-    fn url_for(&self, key: &str) -> String {
+    fn url_for(&self, key: &Key) -> String {
         self.inner.url_for(key)
     }
-    fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<Key> {
         self.inner.key_for_url(url)
     }
     async fn upload(
         &self,
-        key: &str,
+        key: &Key,
         source: UploadSource,
         opts: &PutOptions,
         ctx: &TransferCtx,
@@ -269,7 +274,7 @@ impl FileTransferHandler for Pulled {
     }
     async fn download_stream(
         &self,
-        key: &str,
+        key: &Key,
         range: Option<ByteRange>,
     ) -> xferkit_core::Result<(RemoteObject, ByteStream)> {
         let (obj, stream) = self.inner.download_stream(key, range).await?;
@@ -284,21 +289,21 @@ impl FileTransferHandler for Pulled {
         });
         Ok((obj, Box::pin(counted)))
     }
-    async fn stat(&self, key: &str) -> xferkit_core::Result<RemoteObject> {
+    async fn stat(&self, key: &Key) -> xferkit_core::Result<RemoteObject> {
         self.inner.stat(key).await
     }
     fn list(&self, prefix: &str) -> BoxStream<'static, xferkit_core::Result<RemoteObject>> {
         self.inner.list(prefix)
     }
-    async fn delete(&self, key: &str) -> xferkit_core::Result<()> {
+    async fn delete(&self, key: &Key) -> xferkit_core::Result<()> {
         self.inner.delete(key).await
     }
-    async fn copy(&self, from: &str, to: &str) -> xferkit_core::Result<RemoteObject> {
+    async fn copy(&self, from: &Key, to: &Key) -> xferkit_core::Result<RemoteObject> {
         self.inner.copy(from, to).await
     }
     async fn presign(
         &self,
-        key: &str,
+        key: &Key,
         method: PresignMethod,
         expires_in: Duration,
     ) -> xferkit_core::Result<PresignedUrl> {
@@ -333,7 +338,9 @@ async fn a_client_that_stops_reading_holds_a_bounded_amount_and_is_cut_off() {
     .await;
     f.put_object("big.bin", vec![7u8; SIZE], "application/octet-stream")
         .await;
-    let url = f.presign("big.bin", PresignMethod::Get).await;
+    let url = f
+        .presign(&Key::new("big.bin").unwrap(), PresignMethod::Get)
+        .await;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(16 * 1024).unwrap();
     let mut s = sock.connect(f.addr).await.unwrap();
@@ -370,7 +377,9 @@ async fn a_client_that_stops_reading_holds_a_bounded_amount_and_is_cut_off() {
 async fn http2_over_cleartext_is_not_served() {
     let f = fixture(|_| {}).await;
     f.put_object("a.txt", b"hello".to_vec(), "text/plain").await;
-    let url = f.presign("a.txt", PresignMethod::Get).await;
+    let url = f
+        .presign(&Key::new("a.txt").unwrap(), PresignMethod::Get)
+        .await;
     let mut s = f.connect().await;
     // Client preface and an empty SETTINGS frame.
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
@@ -401,7 +410,7 @@ async fn http2_over_cleartext_is_not_served() {
 // ---------------------------------------------------------- stored content
 
 async fn put_as(f: &Fixture, key: &str, ty: &str, body: &'static str) {
-    let url = f.presign(key, PresignMethod::Put).await;
+    let url = f.presign(&Key::new(key).unwrap(), PresignMethod::Put).await;
     let r = f
         .http
         .put(&url)
@@ -414,7 +423,7 @@ async fn put_as(f: &Fixture, key: &str, ty: &str, body: &'static str) {
 }
 
 async fn headers_of(f: &Fixture, key: &str) -> reqwest::header::HeaderMap {
-    let url = f.presign(key, PresignMethod::Get).await;
+    let url = f.presign(&Key::new(key).unwrap(), PresignMethod::Get).await;
     let r = f.http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
     r.headers().clone()
@@ -492,7 +501,7 @@ async fn a_signed_size_limit_refuses_larger_bodies_and_cannot_be_removed() {
     let f = fixture(|_| {}).await;
     let url = f
         .store
-        .presign_put_with_limit("lim.bin", Duration::from_secs(300), 10)
+        .presign_put_with_limit(&Key::new("lim.bin").unwrap(), Duration::from_secs(300), 10)
         .unwrap()
         .url;
     assert!(url.contains("max_size=10"), "{url}");
@@ -510,7 +519,7 @@ async fn a_signed_size_limit_refuses_larger_bodies_and_cannot_be_removed() {
         .unwrap();
     assert_eq!(r.status(), 413);
     assert_eq!(f.files(), before, "a refused body left something behind");
-    assert!(f.store.stat("lim.bin").await.is_err());
+    assert!(f.store.stat(&Key::new("lim.bin").unwrap()).await.is_err());
     for tampered in [
         url.replace("&max_size=10", ""),
         url.replace("max_size=10", "max_size=1000000"),
@@ -549,7 +558,9 @@ async fn the_store_wide_max_upload_size_refuses_larger_puts() {
         |s| s,
     )
     .await;
-    let url = f.presign("m.bin", PresignMethod::Put).await;
+    let url = f
+        .presign(&Key::new("m.bin").unwrap(), PresignMethod::Put)
+        .await;
     let before = f.files();
     let r = f.http.put(&url).body("123456789").send().await.unwrap();
     assert_eq!(r.status(), 413);
@@ -570,7 +581,9 @@ async fn the_store_wide_max_upload_size_refuses_larger_puts() {
 #[tokio::test]
 async fn a_store_limit_the_server_does_not_know_still_answers_413() {
     let f = fixture_with(|_| {}, |c| c.with_max_upload_size(4), |s| s).await;
-    let url = f.presign("s.bin", PresignMethod::Put).await;
+    let url = f
+        .presign(&Key::new("s.bin").unwrap(), PresignMethod::Put)
+        .await;
     let r = f
         .http
         .put(&url)
@@ -579,7 +592,7 @@ async fn a_store_limit_the_server_does_not_know_still_answers_413() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
-    assert!(f.store.stat("s.bin").await.is_err());
+    assert!(f.store.stat(&Key::new("s.bin").unwrap()).await.is_err());
 }
 
 /// A PUT whose body stops arriving is answered 408 after the idle timeout
@@ -587,7 +600,9 @@ async fn a_store_limit_the_server_does_not_know_still_answers_413() {
 #[tokio::test]
 async fn a_put_body_that_stops_arriving_is_cut_after_the_idle_timeout() {
     let f = fixture(|o| o.idle_timeout = Duration::from_secs(1)).await;
-    let url = f.presign("slow.bin", PresignMethod::Put).await;
+    let url = f
+        .presign(&Key::new("slow.bin").unwrap(), PresignMethod::Put)
+        .await;
     let before = f.files();
     let mut s = f.connect().await;
     let req = format!(

@@ -6,6 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use xferkit_core::Key;
 
 use xferkit_core::{FileTransferHandler, PresignMethod, PutOptions, Secret, TransferCtx};
 use xferkit_local::signed::UrlSigner;
@@ -58,7 +59,7 @@ impl Fixture {
     async fn put_object(&self, key: &str, data: &[u8]) {
         self.store
             .upload(
-                key,
+                &Key::new(key).unwrap(),
                 xferkit_core::UploadSource::from_bytes(data.to_vec()),
                 &PutOptions::default().with_content_type("text/plain"),
                 &TransferCtx::none(),
@@ -69,7 +70,7 @@ impl Fixture {
 
     async fn presign(&self, key: &str, m: PresignMethod) -> String {
         self.store
-            .presign(key, m, Duration::from_secs(300))
+            .presign(&Key::new(key).unwrap(), m, Duration::from_secs(300))
             .await
             .unwrap()
             .url
@@ -224,7 +225,11 @@ async fn expired_urls_are_refused() {
     f.put_object("e.txt", b"x").await;
     let url = f
         .store
-        .presign("e.txt", PresignMethod::Get, Duration::from_secs(1))
+        .presign(
+            &Key::new("e.txt").unwrap(),
+            PresignMethod::Get,
+            Duration::from_secs(1),
+        )
         .await
         .unwrap()
         .url;
@@ -259,7 +264,11 @@ async fn signed_put_stores_atomically_and_create_only_is_honoured() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let obj = f.store.stat("up/new.bin").await.unwrap();
+    let obj = f
+        .store
+        .stat(&Key::new("up/new.bin").unwrap())
+        .await
+        .unwrap();
     assert_eq!(obj.size, data.len() as u64);
     assert_eq!(obj.content_type.as_deref(), Some("application/x-test"));
     assert_eq!(std::fs::read(f.root.join("up/new.bin")).unwrap(), data);
@@ -303,7 +312,11 @@ async fn a_put_cut_short_leaves_nothing_visible() {
         .unwrap()
         .collect();
     assert!(tmp.is_empty(), "temp files left: {tmp:?}");
-    let e = f.store.stat("cut.bin").await.unwrap_err();
+    let e = f
+        .store
+        .stat(&Key::new("cut.bin").unwrap())
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), xferkit_core::ErrorKind::NotFound);
 }
 
@@ -371,7 +384,11 @@ async fn a_store_without_serve_config_cannot_presign() {
         .unwrap();
     assert!(!store.capabilities().presign_get);
     let e = store
-        .presign("k", PresignMethod::Get, Duration::from_secs(60))
+        .presign(
+            &Key::new("k").unwrap(),
+            PresignMethod::Get,
+            Duration::from_secs(60),
+        )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("stores.plain.serve_url"), "{e}");

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use xferkit_core::{Error, Result, TransferCtx};
+use xferkit_core::{Error, Key, Result, TransferCtx};
 
 /// How a store names uploaded objects (config `stores.NAME.dedupe`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -33,8 +33,9 @@ impl Dedupe {
 
 /// The content-addressed key for content with SHA-256 `hex`, keeping the
 /// requested key's extension (so content types and receivers' file names
-/// stay right): `sha256/HEX.ext`.
-pub fn content_key(requested: &str, hex: &str) -> String {
+/// stay right): `sha256/HEX.ext`. Checked as every key is (it cannot fail
+/// for a hex digest).
+pub fn content_key(requested: &Key, hex: &str) -> Result<Key> {
     let name = requested.rsplit('/').next().unwrap_or(requested);
     let ext = name
         .rsplit_once('.')
@@ -46,7 +47,7 @@ pub fn content_key(requested: &str, hex: &str) -> String {
         })
         .map(|(_, ext)| format!(".{ext}"))
         .unwrap_or_default();
-    format!("sha256/{hex}{ext}")
+    Key::new(format!("sha256/{hex}{ext}"))
 }
 
 /// SHA-256 of a file, hex; reads on a blocking thread, stops when `ctx` is
@@ -83,16 +84,14 @@ mod tests {
     #[test]
     fn content_keys_keep_a_sane_extension() {
         let h = "ab".repeat(32);
-        assert_eq!(content_key("photos/Cat.JPG", &h), format!("sha256/{h}.jpg"));
-        assert_eq!(content_key("notes", &h), format!("sha256/{h}"));
-        assert_eq!(content_key(".bashrc", &h), format!("sha256/{h}"));
-        assert_eq!(content_key("a.tar.gz", &h), format!("sha256/{h}.gz"));
-        assert_eq!(content_key("x.not an ext", &h), format!("sha256/{h}"));
-        assert_eq!(
-            content_key("x.verylongextension", &h),
-            format!("sha256/{h}")
-        );
-        xferkit_core::validate_key(&content_key("é/ü.png", &h)).unwrap();
+        let ck = |k: &str| content_key(&Key::new(k).unwrap(), &h).unwrap();
+        assert_eq!(ck("photos/Cat.JPG"), format!("sha256/{h}.jpg").as_str());
+        assert_eq!(ck("notes"), format!("sha256/{h}").as_str());
+        assert_eq!(ck(".bashrc"), format!("sha256/{h}").as_str());
+        assert_eq!(ck("a.tar.gz"), format!("sha256/{h}.gz").as_str());
+        assert_eq!(ck("x.not an ext"), format!("sha256/{h}").as_str());
+        assert_eq!(ck("x.verylongextension"), format!("sha256/{h}").as_str());
+        assert_eq!(ck("é/ü.png"), format!("sha256/{h}.png").as_str());
     }
 
     #[test]

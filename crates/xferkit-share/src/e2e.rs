@@ -58,9 +58,9 @@ use sha2::{Digest, Sha256};
 
 use xferkit_core::url::ObjectUrl;
 use xferkit_core::{
-    ByteRange, ByteStream, Capabilities, DynHandler, Error, FileTransferHandler, PendingUpload,
-    PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx, UploadSource,
-    async_trait,
+    ByteRange, ByteStream, Capabilities, DynHandler, Error, FileTransferHandler, Key,
+    PendingUpload, PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx,
+    UploadSource, async_trait,
 };
 
 /// The content coding, and the first word of a link's fragment.
@@ -476,7 +476,7 @@ impl Encrypted {
     }
 
     /// The file keys, from the object's header (fetched once).
-    async fn keys(&self, key: &str) -> Result<Arc<Keys>> {
+    async fn keys(&self, key: &Key) -> Result<Arc<Keys>> {
         let Mode::Open { secret, keys, .. } = &self.mode else {
             return Err(self.wrong_mode("decrypting with an upload's handler"));
         };
@@ -644,17 +644,17 @@ impl FileTransferHandler for Encrypted {
     fn schemes(&self) -> &[&str] {
         self.inner.schemes()
     }
-    fn url_for(&self, key: &str) -> String {
+    fn url_for(&self, key: &Key) -> String {
         self.inner.url_for(key)
     }
 
-    fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<Key> {
         self.inner.key_for_url(url)
     }
 
     async fn upload(
         &self,
-        key: &str,
+        key: &Key,
         source: UploadSource,
         opts: &PutOptions,
         ctx: &TransferCtx,
@@ -720,7 +720,7 @@ impl FileTransferHandler for Encrypted {
 
     async fn download_stream(
         &self,
-        key: &str,
+        key: &Key,
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
         let Mode::Open { secret, hashes, .. } = &self.mode else {
@@ -805,7 +805,7 @@ impl FileTransferHandler for Encrypted {
         Ok((obj, Box::pin(stream)))
     }
 
-    async fn check_ranged_download(&self, key: &str, file: &std::fs::File) -> Result<()> {
+    async fn check_ranged_download(&self, key: &Key, file: &std::fs::File) -> Result<()> {
         let Mode::Open { secret, hashes, .. } = &self.mode else {
             return Ok(());
         };
@@ -857,7 +857,7 @@ impl FileTransferHandler for Encrypted {
         Ok(())
     }
 
-    async fn stat(&self, key: &str) -> Result<RemoteObject> {
+    async fn stat(&self, key: &Key) -> Result<RemoteObject> {
         self.plain(self.inner.stat(key).await?)
     }
 
@@ -873,21 +873,21 @@ impl FileTransferHandler for Encrypted {
         self.inner.list_with(prefix, opts)
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
+    async fn delete(&self, key: &Key) -> Result<()> {
         self.inner.delete(key).await
     }
 
-    async fn delete_many(&self, keys: &[String]) -> Result<Vec<(String, Result<()>)>> {
+    async fn delete_many(&self, keys: &[Key]) -> Result<Vec<(Key, Result<()>)>> {
         self.inner.delete_many(keys).await
     }
 
-    async fn copy(&self, from: &str, to: &str) -> Result<RemoteObject> {
+    async fn copy(&self, from: &Key, to: &Key) -> Result<RemoteObject> {
         self.plain(self.inner.copy(from, to).await?)
     }
 
     async fn presign(
         &self,
-        key: &str,
+        key: &Key,
         method: PresignMethod,
         expires_in: Duration,
     ) -> Result<PresignedUrl> {

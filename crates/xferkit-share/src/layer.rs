@@ -155,7 +155,7 @@ impl TransferLayer for Sharing {
         let mut existing = None;
         if let (Dedupe::Content, Some(path)) = (dedupe, &path) {
             let hex = sha256_file(path, up.ctx()).await?;
-            up.key = content_key(&up.key, &hex);
+            up.key = content_key(&up.key, &hex)?;
             info.checksum = Some(format!("sha256:{hex}"));
             up.options.if_not_exists = true;
             if up.options.content_type.is_none() {
@@ -204,18 +204,21 @@ impl TransferLayer for Sharing {
                 None => {}
                 Some(Err(e)) => info.thumbnail_error = Some(e.to_string()),
                 Some(Ok(jpeg)) => {
-                    let tkey = thumbnail_key(&key);
                     let topts = PutOptions::default().with_content_type("image/jpeg");
-                    let stored = h
-                        .upload(
-                            &tkey,
-                            UploadSource::from_bytes(jpeg),
-                            &topts,
-                            &TransferCtx::none(),
-                        )
-                        .await;
+                    let stored = match thumbnail_key(&key) {
+                        Ok(tkey) => h
+                            .upload(
+                                &tkey,
+                                UploadSource::from_bytes(jpeg),
+                                &topts,
+                                &TransferCtx::none(),
+                            )
+                            .await
+                            .map(|obj| (tkey, obj)),
+                        Err(e) => Err(e),
+                    };
                     match stored {
-                        Ok(obj) => {
+                        Ok((tkey, obj)) => {
                             info.thumbnail_url = Some(obj.url);
                             if let Some(d) = opts.share_for {
                                 match h.presign(&tkey, PresignMethod::Get, d).await {

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use xferkit_core::{Error, Result};
+use xferkit_core::{Error, Key, Result};
 
 /// Makes a small JPEG preview of an image file. The `xferkit` facade's
 /// `thumbnail` feature implements it with the `image` crate; this crate has
@@ -15,9 +15,10 @@ pub trait Thumbnailer: Send + Sync {
     fn thumbnail(&self, path: &Path, content_type: &str) -> Option<Result<Vec<u8>>>;
 }
 
-/// The key of a thumbnail stored next to `key`.
-pub fn thumbnail_key(key: &str) -> String {
-    format!("{key}.thumb.jpg")
+/// The key of a thumbnail stored next to `key`; `InvalidKey` if the suffix
+/// makes it longer than [`xferkit_core::MAX_KEY_LEN`].
+pub fn thumbnail_key(key: &Key) -> Result<Key> {
+    Key::new(format!("{key}.thumb.jpg"))
 }
 
 /// Run `t` on a blocking thread.
@@ -41,6 +42,10 @@ mod tests {
 
     #[test]
     fn thumbnails_live_next_to_their_object() {
-        assert_eq!(thumbnail_key("a/b.png"), "a/b.png.thumb.jpg");
+        let key = Key::new("a/b.png").unwrap();
+        assert_eq!(thumbnail_key(&key).unwrap(), "a/b.png.thumb.jpg");
+        let long = Key::new("x".repeat(xferkit_core::MAX_KEY_LEN - 4)).unwrap();
+        let e = thumbnail_key(&long).unwrap_err();
+        assert_eq!(e.kind(), xferkit_core::ErrorKind::InvalidKey);
     }
 }

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns panic on failure by design
 
 use std::sync::Arc;
+use xferkit_core::Key;
 
 use xferkit_conformance::range_store::*;
 use xferkit_core::{ErrorKind, FileTransferExt, TransferCtx};
@@ -40,7 +41,7 @@ async fn an_encrypted_download_resumes_checking_resumed_records_on_disk() {
     let o = opts(MIB, 1);
     let first = Encrypted::opening(store.clone(), secret.clone());
     let e = first
-        .download_to_path_with("e.bin", &dest, None, &o, &no_retries())
+        .download_to_path_with(&Key::new("e.bin").unwrap(), &dest, None, &o, &no_retries())
         .await
         .unwrap_err();
     assert!(
@@ -55,7 +56,13 @@ async fn an_encrypted_download_resumes_checking_resumed_records_on_disk() {
     // A new process: a new handler, knowing nothing of the first run.
     let second = Encrypted::opening(store.clone(), secret);
     second
-        .download_to_path_with("e.bin", &dest, None, &o, &TransferCtx::none())
+        .download_to_path_with(
+            &Key::new("e.bin").unwrap(),
+            &dest,
+            None,
+            &o,
+            &TransferCtx::none(),
+        )
         .await
         .unwrap();
     assert!(std::fs::read(&dest).unwrap() == data, "content differs");
@@ -78,7 +85,7 @@ async fn a_partial_file_changed_between_runs_fails_the_digest_and_leaves_nothing
     let o = opts(MIB, 1);
     let first = Encrypted::opening(store.clone(), secret.clone());
     first
-        .download_to_path_with("e.bin", &dest, None, &o, &no_retries())
+        .download_to_path_with(&Key::new("e.bin").unwrap(), &dest, None, &o, &no_retries())
         .await
         .unwrap_err();
     // One byte of the kept part 0 changes on disk.
@@ -88,7 +95,13 @@ async fn a_partial_file_changed_between_runs_fails_the_digest_and_leaves_nothing
     std::fs::write(&partial, bytes).unwrap();
     let second = Encrypted::opening(store.clone(), secret);
     let e = second
-        .download_to_path_with("e.bin", &dest, None, &o, &TransferCtx::none())
+        .download_to_path_with(
+            &Key::new("e.bin").unwrap(),
+            &dest,
+            None,
+            &o,
+            &TransferCtx::none(),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ChecksumMismatch, "{e}");

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use url::Url;
+use xferkit_core::Key;
 use xferkit_core::body;
 use xferkit_core::status::{self, Answer};
 use xferkit_core::url::{ObjectUrl, shown};
@@ -30,7 +31,8 @@ fn refusal_in(e: &reqwest::Error) -> Option<String> {
     None
 }
 
-/// The store that owns every `http://` and `https://` URL; keys are the URLs.
+/// The store that owns every `http://` and `https://` URL; its keys are
+/// [`Key::for_link`]s, which carry the URL.
 ///
 /// Every request follows a [`LinkPolicy`]: by default a link may not reach
 /// this machine or its network, at most 5 redirects are followed (each
@@ -159,6 +161,17 @@ impl HttpStore {
         }
     }
 
+    /// The link `key` carries; `InvalidKey` for a key not made by
+    /// [`Key::for_link`] (a name in some store's namespace).
+    fn link(key: &Key) -> Result<&str> {
+        key.link().ok_or_else(|| {
+            Error::invalid_key(
+                key.as_str(),
+                "not a link: this store serves http(s) URLs only",
+            )
+        })
+    }
+
     /// Refuse an object larger than `max_size`.
     fn check_size(&self, link: &str, size: u64) -> Result<()> {
         if size <= self.policy.max_size {
@@ -220,29 +233,30 @@ impl FileTransferHandler for HttpStore {
     fn schemes(&self) -> &[&str] {
         &["http", "https"]
     }
-    fn url_for(&self, key: &str) -> String {
-        key.to_string()
+    fn url_for(&self, key: &Key) -> String {
+        key.link().unwrap_or(key.as_str()).to_string()
     }
-    fn key_for_url(&self, url: &ObjectUrl) -> Option<String> {
-        url.is_http().then(|| url.raw.clone())
+    fn key_for_url(&self, url: &ObjectUrl) -> Option<Key> {
+        Key::for_link(url)
     }
     async fn upload(
         &self,
-        key: &str,
+        key: &Key,
         _source: UploadSource,
         _opts: &PutOptions,
         _ctx: &TransferCtx,
     ) -> Result<RemoteObject> {
         Err(Error::not_supported(
-            shown(key),
+            shown(&self.url_for(key)),
             "upload to a plain http(s) link",
         ))
     }
     async fn download_stream(
         &self,
-        key: &str,
+        key: &Key,
         range: Option<ByteRange>,
     ) -> Result<(RemoteObject, ByteStream)> {
+        let key = Self::link(key)?;
         let resp = self.get(key, range.map(|r| r.to_http_header())).await?;
         let status = resp.status();
         if !status.is_success() {
@@ -277,9 +291,10 @@ impl FileTransferHandler for HttpStore {
             _ => Ok((obj, Box::pin(stream))),
         }
     }
-    async fn stat(&self, key: &str) -> Result<RemoteObject> {
+    async fn stat(&self, key: &Key) -> Result<RemoteObject> {
         // GET of the first byte, not HEAD: a presigned URL is signed for GET
         // only, and S3-style stores refuse a HEAD with it.
+        let key = Self::link(key)?;
         let resp = self.get(key, Some("bytes=0-0".into())).await?;
         let status = resp.status();
         if status.as_u16() == 416 {
@@ -299,26 +314,26 @@ impl FileTransferHandler for HttpStore {
         let e = Error::not_supported(shown(prefix), "listing a plain http(s) link");
         futures::stream::iter([Err(e)]).boxed()
     }
-    async fn delete(&self, key: &str) -> Result<()> {
+    async fn delete(&self, key: &Key) -> Result<()> {
         Err(Error::not_supported(
-            shown(key),
+            shown(&self.url_for(key)),
             "delete of a plain http(s) link",
         ))
     }
-    async fn copy(&self, from: &str, _to: &str) -> Result<RemoteObject> {
+    async fn copy(&self, from: &Key, _to: &Key) -> Result<RemoteObject> {
         Err(Error::not_supported(
-            shown(from),
+            shown(&self.url_for(from)),
             "copy of a plain http(s) link",
         ))
     }
     async fn presign(
         &self,
-        key: &str,
+        key: &Key,
         _method: PresignMethod,
         _expires_in: Duration,
     ) -> Result<PresignedUrl> {
         Err(Error::not_supported(
-            shown(key),
+            shown(&self.url_for(key)),
             "presign of a plain http(s) link",
         ))
     }
@@ -331,6 +346,10 @@ impl FileTransferHandler for HttpStore {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    fn link_key(link: &str) -> Key {
+        Key::for_link(&ObjectUrl::parse(link).unwrap()).unwrap()
+    }
 
     /// A link's answers go through the shared status table, and a
     /// `Retry-After` reaches the error the retry layer reads.
@@ -351,7 +370,7 @@ mod tests {
             proxy.set_rules(vec![Rule::new(fault)]);
             async {
                 store
-                    .download_stream(&link, None)
+                    .download_stream(&link_key(&link), None)
                     .await
                     .map(|_| ())
                     .unwrap_err()
@@ -381,7 +400,7 @@ mod tests {
         assert!(e.chain().contains("HTTP 503"), "{}", e.chain());
         // stat reads the same way.
         proxy.set_rules(vec![Rule::new(Fault::StatusRetryAfter(429, 2))]);
-        let e = store.stat(&link).await.unwrap_err();
+        let e = store.stat(&link_key(&link)).await.unwrap_err();
         assert!(
             matches!(e, Error::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(2)),
             "{e:?}"

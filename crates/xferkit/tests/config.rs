@@ -4,6 +4,7 @@
 
 use figment::Jail;
 use xferkit::ErrorKind;
+use xferkit::Key;
 use xferkit::config::{Settings, build_registry, figment_for};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -36,11 +37,17 @@ fn no_config_gives_an_embedded_local_store() {
         let store = reg.default_store().unwrap();
         assert_eq!(store.name(), "local");
         assert!(
-            store.url_for("a").starts_with("file://"),
+            store
+                .url_for(&Key::new("a").unwrap())
+                .starts_with("file://"),
             "{}",
-            store.url_for("a")
+            store.url_for(&Key::new("a").unwrap())
         );
-        assert!(store.url_for("a").contains("/data/xferkit/files/"));
+        assert!(
+            store
+                .url_for(&Key::new("a").unwrap())
+                .contains("/data/xferkit/files/")
+        );
         Ok(())
     });
 }
@@ -61,13 +68,17 @@ fn file_then_env_override() {
         let reg = load(jail, Some("x.toml")).unwrap();
         let media = reg.default_store().unwrap();
         assert_eq!(media.name(), "media");
-        assert!(media.url_for("k").contains("/media-root/k"));
+        assert!(
+            media
+                .url_for(&Key::new("k").unwrap())
+                .contains("/media-root/k")
+        );
         jail.set_env("XFERKIT_STORES__MEDIA__ROOT", "env-root");
         let reg = load(jail, Some("x.toml")).unwrap();
         assert!(
             reg.get("media")
                 .unwrap()
-                .url_for("k")
+                .url_for(&Key::new("k").unwrap())
                 .contains("/env-root/k")
         );
         // XFERKIT_CONFIG is honoured when no --config is given.

@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
+use xferkit::Key;
 
 use xferkit::backends::s3::{S3Config, S3Store};
 use xferkit::{Registry, Secret, TransferManager, TransferRequest, TransferStatus};
@@ -124,7 +125,7 @@ async fn thousand_transfers_through_one_manager_with_bounded_fds() {
     }
     let url = |i: usize| {
         use xferkit::FileTransferHandler;
-        store.url_for(&format!("d/f{i:04}.bin"))
+        store.url_for(&Key::new(format!("d/f{i:04}.bin")).unwrap())
     };
 
     // One warm-up transfer opens the HTTP client's first connection and
@@ -200,6 +201,9 @@ async fn thousand_transfers_through_one_manager_with_bounded_fds() {
 
     for i in 0..TRANSFERS {
         use xferkit::FileTransferHandler;
-        store.delete(&format!("d/f{i:04}.bin")).await.unwrap();
+        store
+            .delete(&Key::new(format!("d/f{i:04}.bin")).unwrap())
+            .await
+            .unwrap();
     }
 }

@@ -11,6 +11,7 @@
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use xferkit::Key;
 
 use xferkit_example_share::Message;
 
@@ -170,7 +171,7 @@ async fn dedupe_through(handler: xferkit::DynHandler) {
         let t = m
             .start(TransferRequest::upload(
                 &file,
-                handler.url_for(&format!("x/{attempt}")),
+                handler.url_for(&Key::new(format!("x/{attempt}")).unwrap()),
             ))
             .unwrap();
         let info = t.wait_info().await;
@@ -209,7 +210,7 @@ async fn dedupe_through(handler: xferkit::DynHandler) {
         transfers.push(
             m.start(TransferRequest::upload(
                 &p,
-                handler.url_for(&format!("y/copy{i}.bin")),
+                handler.url_for(&Key::new(format!("y/copy{i}.bin")).unwrap()),
             ))
             .unwrap(),
         );

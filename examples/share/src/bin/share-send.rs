@@ -72,10 +72,11 @@ async fn send(a: Args) -> Result<(), String> {
         .to_string();
     let checksum = sha256_file(&a.file).map_err(|e| format!("{}: {e}", a.file.display()))?;
     // One key per share; the hash keeps keys of different files apart.
-    let key = format!(
+    let key = xferkit::Key::new(format!(
         "shared/{}/{name}",
         &checksum["sha256:".len().."sha256:".len() + 16]
-    );
+    ))
+    .map_err(|e| e.to_string())?;
     kit.manager().add_listener(progress());
     let t = kit
         .manager()
