@@ -20,7 +20,7 @@
 //! outside the git tree, and reused when the pinned version is already there.
 //!
 //! Only std (plus serde_json for `cargo metadata`): no signal handling crate, so cleanup after
-//! Ctrl-C or a hard kill of xtask is done by a small `sh` watchdog process (see [`Watchdog`]).
+//! Ctrl-C or a hard kill of xtask is done by a small `sh` watchdog process (see `Watchdog`).
 
 use std::env;
 use std::ffi::OsStr;
@@ -1135,7 +1135,7 @@ fn ci(ws: &Workspace) -> Result<ExitCode> {
     step(
         "cargo doc",
         cargo()
-            .args(["doc", "--workspace", "--no-deps", "--all-features"])
+            .args(["doc", "--workspace", "--exclude", "xtask", "--no-deps", "--all-features"])
             .env("RUSTDOCFLAGS", "-D warnings")
             .current_dir(&ws.root),
     )?;
