@@ -491,13 +491,17 @@ async fn a_file_rewritten_between_checksum_and_send_fails_before_its_part_is_who
     let dir = tempfile::tempdir().unwrap();
     let (src, _) = file(dir.path(), 640 * KIB, 12);
     let mem = Arc::new(Mem::default());
-    // The same length, other bytes: every part's last byte changes.
+    // The same length, other bytes: every part's last byte changes. In
+    // place, never truncated (`fs::write` would be), so a part read while
+    // this runs sees other bytes and never a shorter file.
     change_at_first_put(&mem, &src, |p| {
+        use std::io::Write;
         let mut data = std::fs::read(p).unwrap();
         for i in (0..data.len()).skip(64 * 1024 - 1).step_by(64 * 1024) {
             data[i] ^= 0xff;
         }
-        std::fs::write(p, data).unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.write_all(&data).unwrap();
     });
     let err = upload(&mem, None, &src).await.unwrap_err();
     assert!(
