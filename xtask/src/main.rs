@@ -1135,7 +1135,14 @@ fn ci(ws: &Workspace) -> Result<ExitCode> {
     step(
         "cargo doc",
         cargo()
-            .args(["doc", "--workspace", "--exclude", "xtask", "--no-deps", "--all-features"])
+            .args([
+                "doc",
+                "--workspace",
+                "--exclude",
+                "xtask",
+                "--no-deps",
+                "--all-features",
+            ])
             .env("RUSTDOCFLAGS", "-D warnings")
             .current_dir(&ws.root),
     )?;
