@@ -49,6 +49,10 @@ struct Mem {
     /// connection), so that they are sent again.
     fail_after_read: AtomicU32,
     bodies_read: AtomicU32,
+    /// A whole put answers "exists" early, as s3s-fs does for a create-only
+    /// put: the connection closes while the body is written (the client
+    /// sees a broken pipe, transient), never a 412.
+    early_close_if_exists: AtomicBool,
 }
 
 impl Mem {
@@ -89,6 +93,18 @@ impl PartStore for Mem {
 
     async fn put_whole(&self, body: &Body, _size: u64, _crc32c: u32) -> Result<Stored> {
         self.note("put_whole");
+        let hook = self.before_first_put.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        if self.early_close_if_exists.load(Ordering::SeqCst)
+            && self.object.lock().unwrap().is_some()
+        {
+            return Err(Error::transient(
+                TARGET,
+                "error writing a body to connection: Broken pipe",
+            ));
+        }
         let data = match body {
             Body::Bytes(b) => b.to_vec(),
             Body::File(p) => std::fs::read(p).unwrap(),
@@ -512,6 +528,41 @@ async fn a_file_rewritten_between_checksum_and_send_fails_before_its_part_is_who
     assert!(mem.object.lock().unwrap().is_none(), "no object");
     assert_eq!(mem.count("complete"), 0);
     assert_eq!(mem.count("abort s0"), 1);
+}
+
+#[tokio::test]
+async fn a_create_only_put_that_loses_the_race_mid_body_is_already_exists() {
+    // Another writer's object lands while this whole put is on the wire;
+    // the store closes the connection instead of answering 412, on every
+    // try. The retry looks first and answers as the condition would.
+    for size in [100 * KIB, 1536 * KIB] {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, _) = file(dir.path(), size, 14);
+        let mem = Arc::new(Mem {
+            early_close_if_exists: AtomicBool::new(true),
+            ..Default::default()
+        });
+        let theirs = mem.clone();
+        *mem.before_first_put.lock().unwrap() = Some(Box::new(move || {
+            *theirs.object.lock().unwrap() = Some(b"theirs".to_vec());
+        }));
+        let plan = Plan::new(4096 * KIB, 4096 * KIB, 8192 * KIB, 10_000).create_only(true);
+        let err = parts::upload(mem.clone(), &plan, UploadSource::Path(src), &quick())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::AlreadyExists,
+            "{size}: {}",
+            err.chain()
+        );
+        assert_eq!(mem.count("put_whole"), 1, "{size}: not sent again");
+        assert_eq!(
+            mem.object.lock().unwrap().as_deref(),
+            Some(&b"theirs"[..]),
+            "the other writer's object stays"
+        );
+    }
 }
 
 #[tokio::test]

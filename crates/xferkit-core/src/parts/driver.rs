@@ -78,7 +78,7 @@ pub async fn upload(
                 } else {
                     Body::File(path)
                 };
-                return single(store.as_ref(), body, size, ctx).await;
+                return single(store.as_ref(), body, size, plan.create_only, ctx).await;
             }
             let src = Source::file(path, size, plan.part_size_for(Some(size)));
             in_parts(store, plan, src, ctx).await
@@ -99,7 +99,7 @@ pub async fn upload(
             if chunker.held() <= limit {
                 let data = chunker.take_all();
                 let n = data.len() as u64;
-                return single(store.as_ref(), Body::Bytes(data), n, ctx).await;
+                return single(store.as_ref(), Body::Bytes(data), n, plan.create_only, ctx).await;
             }
             let part_size = usize::try_from(plan.part_size_for(size)).map_err(|_| {
                 Error::invalid_config(format!(
@@ -120,10 +120,19 @@ pub async fn upload(
 
 /// One request, retried as a whole, also when what the store holds is not
 /// what was sent.
+///
+/// A create-only put that failed in transit looks before it is sent again:
+/// a store may answer "exists" as soon as it has the headers and close the
+/// connection while the body is still being written (s3s-fs does), which
+/// the client sees as a broken pipe, a transient error, on every try. An
+/// object found then is `AlreadyExists`, as the conditional put would have
+/// answered (also when it is this upload's own first try that landed and
+/// only its answer was lost: the retry's condition would refuse it too).
 async fn single(
     store: &dyn PartStore,
     body: Body,
     size: u64,
+    create_only: bool,
     ctx: &TransferCtx,
 ) -> Result<RemoteObject> {
     let target = store.target();
@@ -135,22 +144,28 @@ async fn single(
     };
     ctx.throttle(target, size).await?;
     let obj = ctx
-        .retry(target, |_| async {
-            let stored = store.put_whole(&body, size, crc).await?;
-            verify(store, stored, crc, ctx.retry_policy())
-                .await
-                .map_err(|e| match e {
-                    Error::ChecksumMismatch {
-                        expected, actual, ..
-                    } => Error::transient(
-                        target,
-                        format!(
-                            "the store's checksum did not match what was sent (corrupted \
+        .retry(target, |attempt| {
+            let body = &body;
+            async move {
+                if create_only && attempt > 1 && store.exists().await? {
+                    return Err(Error::already_exists(target));
+                }
+                let stored = store.put_whole(body, size, crc).await?;
+                verify(store, stored, crc, ctx.retry_policy())
+                    .await
+                    .map_err(|e| match e {
+                        Error::ChecksumMismatch {
+                            expected, actual, ..
+                        } => Error::transient(
+                            target,
+                            format!(
+                                "the store's checksum did not match what was sent (corrupted \
                              in transit): sent {expected}, stored {actual}; the object was deleted"
+                            ),
                         ),
-                    ),
-                    e => e,
-                })
+                        e => e,
+                    })
+            }
         })
         .await?;
     ctx.add_progress(size);
