@@ -33,6 +33,7 @@
 mod driver;
 mod resume;
 mod schedule;
+mod session;
 mod source;
 
 use std::collections::HashMap;
@@ -43,7 +44,8 @@ use bytes::Bytes;
 use crate::journal::JournalPart;
 use crate::{RemoteObject, Result};
 
-pub use driver::{ABORT_BUDGET, upload};
+pub use driver::upload;
+pub use session::ABORT_BUDGET;
 pub use source::{FileSpan, SpanReader, exact_length};
 
 /// How a store takes the parts of one object.

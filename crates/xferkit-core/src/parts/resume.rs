@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::driver::{abort, verify};
+use super::session::{abort, verify};
 use super::{Held, PartStore};
 use crate::journal::{JournalFile, JournalPart, SourceFingerprint, UploadJournal, crc32c_of_range};
 use crate::{RemoteObject, TransferCtx};

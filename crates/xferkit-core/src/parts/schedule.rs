@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use super::driver::combine;
 use super::resume::Journaled;
+use super::session::combine;
 use super::source::{Pool, Source};
 use super::{Acked, Part, PartBody, PartStore, Plan, Stored};
 use crate::journal::JournalPart;
