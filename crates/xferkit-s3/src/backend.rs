@@ -16,7 +16,7 @@ use xferkit_core::{
 };
 
 use crate::S3Config;
-use crate::core::{Core, Mode, SCHEME, body_error, full_object_crc32c, map_sdk};
+use crate::core::{Core, Mode, SCHEME, body_error, capabilities, full_object_crc32c, map_sdk};
 use crate::writer::Upload;
 
 /// An S3 bucket (or a prefix of one) as a store: Amazon S3 or any
@@ -343,28 +343,6 @@ impl xferkit_core::Backend for S3Store {
             .with_retry_policy(ctx.retry.clone())
             .with_state_dir(ctx.state_dir.clone()))
     }
-}
-
-/// What every S3 store supports.
-pub(crate) fn capabilities() -> Capabilities {
-    let mut c = Capabilities::default();
-    c.presign_get = true;
-    c.presign_put = true;
-    c.presign_verified = true;
-    c.range = true;
-    c.conditional_create = true;
-    c.multipart = true;
-    c.list_pending_uploads = true;
-    c.copy = true;
-    c.metadata = true;
-    c.list_native = true;
-    c.storage_class = true;
-    c.object_headers = true;
-    c.tags = true;
-    c.sse_service_managed = true;
-    c.sse_kms = true;
-    c.sse_customer_key = true;
-    c
 }
 
 #[async_trait]

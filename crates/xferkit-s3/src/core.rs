@@ -251,7 +251,7 @@ impl Core {
             builder =
                 builder.request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
         }
-        let defaults = config.upload.put_options(&crate::backend::capabilities())?;
+        let defaults = config.upload.put_options(&capabilities())?;
         Ok(Core {
             client: Client::from_conf(builder.build()),
             bucket: config.bucket.clone(),
@@ -565,6 +565,28 @@ impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
     fn header(&self, name: &str) -> Option<&str> {
         self.headers().get(name)
     }
+}
+
+/// What every S3 store supports.
+pub(crate) fn capabilities() -> xferkit_core::Capabilities {
+    let mut c = xferkit_core::Capabilities::default();
+    c.presign_get = true;
+    c.presign_put = true;
+    c.presign_verified = true;
+    c.range = true;
+    c.conditional_create = true;
+    c.multipart = true;
+    c.list_pending_uploads = true;
+    c.copy = true;
+    c.metadata = true;
+    c.list_native = true;
+    c.storage_class = true;
+    c.object_headers = true;
+    c.tags = true;
+    c.sse_service_managed = true;
+    c.sse_kms = true;
+    c.sse_customer_key = true;
+    c
 }
 
 #[cfg(test)]
