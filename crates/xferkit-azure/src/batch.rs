@@ -27,7 +27,7 @@ use azure_core::error::CheckSuccessOptions;
 use azure_core::http::headers::{HeaderName, Headers};
 use azure_core::http::{Context, Method, PipelineSendOptions, Request, Url};
 use futures::{StreamExt, stream};
-use xferkit_core::{Error, ErrorKind, FileTransferHandler, Key, Result};
+use xferkit_core::{Error, ErrorKind, Key, Result};
 
 use crate::config::Credential;
 use crate::error::{AzureError, Op, answer, map};
@@ -40,9 +40,6 @@ pub(crate) const MAX_SUBREQUESTS: usize = 256;
 /// Batches of one `delete_many` call in flight at once.
 const IN_FLIGHT: usize = 4;
 
-/// Delete Blob requests at once where there is no batch (Entra ID).
-const ONE_BY_ONE: usize = 16;
-
 /// What the batch request is named by in errors and the retry layer.
 const OPERATION: &str = "blob batch delete";
 
@@ -54,20 +51,12 @@ pub(crate) async fn delete_many(
     store: &AzureStore,
     keys: &[Key],
 ) -> Result<Vec<(Key, Result<()>)>> {
-    let mut out: Vec<(Key, Result<()>)> = keys.iter().map(|k| (k.clone(), Ok(()))).collect();
-    let valid: Vec<usize> = (0..out.len()).collect();
     let (Some(sas), Some(scope)) = (store.client.sas.as_deref(), scope(&store.cfg.credential))
     else {
-        let results: Outcomes = stream::iter(valid)
-            .map(|i| async move { (i, store.delete(&keys[i]).await) })
-            .buffered(ONE_BY_ONE)
-            .collect()
-            .await;
-        for (i, r) in results {
-            out[i].1 = r;
-        }
-        return Ok(out);
+        return Ok(xferkit_core::delete_each(store, keys).await);
     };
+    let mut out: Vec<(Key, Result<()>)> = keys.iter().map(|k| (k.clone(), Ok(()))).collect();
+    let valid: Vec<usize> = (0..out.len()).collect();
     let batch = Batch {
         store,
         sas,

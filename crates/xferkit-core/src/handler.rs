@@ -145,15 +145,7 @@ pub trait FileTransferHandler: Send + Sync + std::fmt::Debug {
     /// override it (S3: DeleteObjects, 1000 keys a request); the default
     /// calls `delete`, 16 keys at once.
     async fn delete_many(&self, keys: &[Key]) -> Result<Vec<(Key, Result<()>)>> {
-        use futures::StreamExt;
-        Ok(futures::stream::iter(keys.iter().cloned())
-            .map(|key| async move {
-                let r = self.delete(&key).await;
-                (key, r)
-            })
-            .buffered(DELETE_MANY_CONCURRENCY)
-            .collect()
-            .await)
+        Ok(delete_each(self, keys).await)
     }
 
     /// Server-side copy of `from` to `to` (content type and metadata kept).
@@ -193,4 +185,23 @@ pub trait FileTransferHandler: Send + Sync + std::fmt::Debug {
             "aborting pending uploads",
         ))
     }
+}
+
+/// Each of `keys` deleted with `store.delete`, 16 at once, with its own
+/// result, in the order given: the default
+/// [`FileTransferHandler::delete_many`], and the fallback of a store whose
+/// batch delete cannot be used (Azure with Entra ID credentials).
+pub async fn delete_each<H: FileTransferHandler + ?Sized>(
+    store: &H,
+    keys: &[Key],
+) -> Vec<(Key, Result<()>)> {
+    use futures::StreamExt;
+    futures::stream::iter(keys.iter().cloned())
+        .map(|key| async move {
+            let r = store.delete(&key).await;
+            (key, r)
+        })
+        .buffered(DELETE_MANY_CONCURRENCY)
+        .collect()
+        .await
 }

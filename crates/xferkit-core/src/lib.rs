@@ -30,7 +30,7 @@ pub use ext::{
     DownloadOptions, FileTransferExt, RANGE_WRITE_BUFFER, write_stream_atomically,
 };
 pub use extensions::{Extension, Extensions};
-pub use handler::FileTransferHandler;
+pub use handler::{FileTransferHandler, delete_each};
 pub use key::{Key, MAX_KEY_LEN};
 pub use layer::TransferLayer;
 pub use list::{ListEntry, ListOptions};
