@@ -56,6 +56,15 @@ impl xferkit_core::Backend for AzureStore {
     const KIND: &'static str = "azure";
     type Config = AzureConfig;
 
+    /// `endpoint`, else the connection string's `BlobEndpoint` (Azurite's
+    /// for `UseDevelopmentStorage=true`), else the account's public one.
+    fn endpoints(config: &AzureConfig) -> Vec<String> {
+        config
+            .resolve()
+            .map(|r| vec![r.endpoint.to_string()])
+            .unwrap_or_default()
+    }
+
     fn upload_options() -> Capabilities {
         server_options(Capabilities::default())
     }

@@ -84,6 +84,17 @@ pub trait Backend: FileTransferHandler + Sized + 'static {
         keys
     }
 
+    /// The service endpoints a store of this table sends its requests to
+    /// (an emulator's, a private endpoint, `xfer serve`'s URL), as URLs.
+    /// The facade's link policy trusts their hosts: a link to a store this
+    /// process talks to anyway is not a stranger's, even on a private
+    /// address. Default: none (the service's public endpoint needs no
+    /// trust). Called on a table that may not build; return what it names.
+    fn endpoints(config: &Self::Config) -> Vec<String> {
+        let _ = config;
+        Vec::new()
+    }
+
     /// The store called `name`, from its table. An `InvalidConfig` error
     /// names the key relative to the table (`bucket is missing (...)`), or
     /// speaks of the whole table; see the [module](self).

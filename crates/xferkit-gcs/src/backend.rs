@@ -78,6 +78,10 @@ impl xferkit_core::Backend for GcsStore {
     const KIND: &'static str = "gcs";
     type Config = GcsConfig;
 
+    fn endpoints(config: &GcsConfig) -> Vec<String> {
+        config.endpoint.iter().cloned().collect()
+    }
+
     fn upload_options() -> Capabilities {
         server_options(Capabilities::default())
     }

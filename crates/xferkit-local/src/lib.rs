@@ -31,6 +31,11 @@ impl Backend for LocalStore {
     const KIND: &'static str = "local";
     type Config = LocalConfig;
 
+    /// `serve_url`: where `xfer serve` answers for this store.
+    fn endpoints(config: &LocalConfig) -> Vec<String> {
+        config.serve_url.iter().cloned().collect()
+    }
+
     async fn build(name: &str, mut config: LocalConfig, _: &BuildContext) -> Result<Self> {
         if config.root.is_none() {
             config.root = Some(default_root());

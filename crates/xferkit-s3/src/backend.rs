@@ -328,6 +328,10 @@ impl xferkit_core::Backend for S3Store {
     const KIND: &'static str = "s3";
     type Config = S3Config;
 
+    fn endpoints(config: &S3Config) -> Vec<String> {
+        config.endpoint.iter().cloned().collect()
+    }
+
     fn upload_options() -> Capabilities {
         capabilities()
     }

@@ -39,6 +39,9 @@ pub const STORE_KEYS: &[&str] = &["backend", "dedupe"];
 /// Builds the store called NAME from `stores.NAME` (a row of [`backends!`]).
 type Build = for<'a> fn(&'a Figment, &'a str) -> BoxFuture<'a, Result<DynHandler>>;
 
+/// [`Backend::endpoints`] of store `NAME`'s table, as a row of the table.
+type Endpoints = fn(&Figment, &str) -> Vec<String>;
+
 /// The one table of backends: `"KIND" => crate::StoreType as module`: the
 /// `backend = "KIND"` value (also the name of its Cargo feature), the type
 /// implementing [`Backend`] for it, and the name its crate is re-exported
@@ -50,8 +53,12 @@ macro_rules! backends {
         pub const ALL_BACKENDS: &[&str] = &[$($kind),*];
 
         /// The backends compiled in, by [`Backend::KIND`].
-        const BUILDERS: &[(&str, Build)] = &[
-            $(#[cfg(feature = $kind)] (<$krate::$store as Backend>::KIND, build_with::<$krate::$store>),)*
+        const BUILDERS: &[(&str, Build, Endpoints)] = &[
+            $(#[cfg(feature = $kind)] (
+                <$krate::$store as Backend>::KIND,
+                build_with::<$krate::$store>,
+                endpoints_with::<$krate::$store>,
+            ),)*
         ];
 
         /// Re-exports of the compiled-in backends.
@@ -642,8 +649,8 @@ pub async fn build_store(figment: &Figment, name: &str) -> Result<DynHandler> {
             ALL_BACKENDS.join(", ")
         ))
     })?;
-    match BUILDERS.iter().find(|(kind, _)| *kind == backend) {
-        Some((_, build)) => build(figment, name).await,
+    match BUILDERS.iter().find(|(kind, ..)| *kind == backend) {
+        Some((_, build, _)) => build(figment, name).await,
         None if ALL_BACKENDS.contains(&backend.as_str()) => Err(Error::invalid_config(format!(
             "{key} = {backend:?} (in {}): this build lacks backend `{backend}`; rebuild with feature `{backend}`",
             origin(figment, &key)
@@ -666,6 +673,15 @@ fn build_with<'a, B: Backend>(
         let store: DynHandler = std::sync::Arc::new(build_backend::<B>(figment, name).await?);
         Ok(store)
     })
+}
+
+/// [`Backend::endpoints`] of `stores.NAME`; none for a table that does not
+/// read (building it reports why).
+#[allow(dead_code)] // in a build without any backend feature
+fn endpoints_with<B: Backend>(figment: &Figment, name: &str) -> Vec<String> {
+    extract::<B::Config>(figment, name)
+        .map(|c| B::endpoints(&c))
+        .unwrap_or_default()
 }
 
 /// Store `name` of backend `B`: the keys of `stores.NAME` checked against
@@ -787,34 +803,70 @@ pub fn link_policy(figment: &Figment, settings: &Settings) -> crate::LinkPolicy 
         ..Default::default()
     };
     for name in &settings.store_names {
-        let value = |key: &str| {
-            figment
-                .extract_inner::<String>(&format!("stores.{name}.{key}"))
-                .ok()
-        };
-        for key in ["endpoint", "endpoint_url", "storage_endpoint", "serve_url"] {
-            if let Some(endpoint) = value(key) {
+        let backend: Option<String> = figment
+            .extract_inner(&format!("stores.{name}.backend"))
+            .ok();
+        if let Some((.., endpoints)) = BUILDERS
+            .iter()
+            .find(|(kind, ..)| Some(*kind) == backend.as_deref())
+        {
+            for endpoint in endpoints(figment, name) {
                 policy = policy.trust_endpoint(&endpoint);
-            }
-        }
-        // An Azure connection string names its endpoint (or the emulator's).
-        if let Some(cs) = value("connection_string") {
-            for part in cs.split(';') {
-                match part
-                    .split_once('=')
-                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v))
-                {
-                    Some((k, v)) if k == "blobendpoint" => policy = policy.trust_endpoint(v.trim()),
-                    Some((k, v))
-                        if k == "usedevelopmentstorage"
-                            && v.trim().eq_ignore_ascii_case("true") =>
-                    {
-                        policy = policy.trust_endpoint("http://127.0.0.1:10000")
-                    }
-                    _ => {}
-                }
             }
         }
     }
     policy
+}
+
+#[cfg(all(
+    test,
+    feature = "http",
+    feature = "s3",
+    feature = "gcs",
+    feature = "azure",
+    feature = "memory"
+))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use figment::providers::{Format, Toml};
+
+    /// Each backend names its endpoints (`Backend::endpoints`); the facade
+    /// knows none of their keys.
+    #[test]
+    fn the_link_policy_trusts_what_each_backend_names() {
+        let toml = r#"
+            default_store = "m"
+            [stores.m]
+            backend = "memory"
+            [stores.s]
+            backend = "s3"
+            bucket = "b"
+            endpoint_url = "http://127.0.0.1:9000"
+            [stores.g]
+            backend = "gcs"
+            bucket = "b"
+            storage_endpoint = "http://127.0.0.1:4443"
+            [stores.a]
+            backend = "azure"
+            container = "files"
+            connection_string = "UseDevelopmentStorage=true"
+            [stores.l]
+            backend = "local"
+            root = "/tmp/x"
+            serve_url = "http://127.0.0.1:8080/files"
+        "#;
+        let figment = super::defaults().merge(Toml::string(toml));
+        let settings = super::Settings::from_figment(&figment).unwrap();
+        let mut trusted = super::link_policy(&figment, &settings).trusted;
+        trusted.sort();
+        assert_eq!(
+            trusted,
+            [
+                "127.0.0.1:10000",
+                "127.0.0.1:4443",
+                "127.0.0.1:8080",
+                "127.0.0.1:9000"
+            ]
+        );
+    }
 }
