@@ -283,6 +283,8 @@ pub(crate) fn run(ws: &Workspace, args: &[&str]) -> Result<ExitCode> {
         peers,
         runs: opts.runs,
     };
+    // Left by an interrupted run: deleted now, before the jobs, not between their runs.
+    let _ = fs::remove_dir_all(b.parked());
     for &backend in &opts.backends {
         header(format!("backend {}", backend.name()));
         let files = Files {
@@ -304,6 +306,7 @@ pub(crate) fn run(ws: &Workspace, args: &[&str]) -> Result<ExitCode> {
     }
     let out = dir.join("results.md");
     fs::write(&out, &report)?;
+    let _ = fs::remove_dir_all(b.parked());
     header("summary");
     println!("{report}");
     say(format!("written to {}", out.display()));
@@ -439,6 +442,20 @@ fn small_files(dir: &Path, n: usize) -> Result<()> {
     }
     fs::write(&marker, "")?;
     Ok(())
+}
+
+/// Move the tree `from` (if any) to `to`, out of the next run's way (see [`Bench::parked`]).
+fn park(from: &Path, to: &Path) {
+    if !from.exists() {
+        return;
+    }
+    if let Some(p) = to.parent() {
+        let _ = fs::create_dir_all(p);
+    }
+    let _ = fs::remove_dir_all(to);
+    if fs::rename(from, to).is_err() {
+        let _ = fs::remove_dir_all(from);
+    }
 }
 
 /// The files of a [`small_files`] tree, relative to it, sorted (its marker left out).
@@ -797,6 +814,16 @@ struct Bench {
 impl Bench {
     fn logs(&self) -> PathBuf {
         self.dir.join("logs")
+    }
+
+    /// Where the many-file download's trees go after each run, deleted once the whole bench
+    /// is over. On ext4 every file created within 60 s (360 s while its inode table block is
+    /// dirty) of 2000 deletions in its block group pays a scan past each recently deleted
+    /// inode (`find_inode_bit` → `recently_deleted`, on a file system without a journal, as
+    /// this machine's): deleting each run's 2000 files before the next tool's run made that
+    /// tool pay for its predecessors, by 1–2 s of system time that grew over the runs.
+    fn parked(&self) -> PathBuf {
+        self.dir.join("parked")
     }
 
     /// Run every tool `runs` times, interleaved; a failing tool gets an error cell.
@@ -1261,9 +1288,14 @@ impl Bench {
             let dest = |tool: &str| out.join(format!("many-{tool}"));
             let check = |tool: &'static str| {
                 let d = dest(tool);
-                Box::new(move |_| {
+                let parked = self.parked();
+                Box::new(move |run| {
                     let got = count_files(&d);
-                    let _ = fs::remove_dir_all(&d);
+                    // Parked, not deleted: see `Bench::parked`.
+                    park(
+                        &d,
+                        &parked.join(format!("{}-many-{tool}-{run}", backend.name())),
+                    );
                     match got? {
                         n if n == want => Ok(()),
                         n => bail!("{tool} left {n} files under {}, not {want}", d.display()),
