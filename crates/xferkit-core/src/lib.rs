@@ -26,8 +26,9 @@ pub use backend::{Backend, BuildContext};
 pub use ctx::{Bandwidth, ProgressSink, TransferCtx};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use ext::{
-    DEFAULT_DOWNLOAD_CONCURRENCY, DEFAULT_DOWNLOAD_PART_SIZE, DEFAULT_PARALLEL_THRESHOLD,
-    DownloadOptions, FileTransferExt, RANGE_WRITE_BUFFER, write_stream_atomically,
+    AUTO_DOWNLOAD_PARTS, DEFAULT_DOWNLOAD_CONCURRENCY, DEFAULT_DOWNLOAD_PART_SIZE,
+    DEFAULT_PARALLEL_THRESHOLD, DownloadOptions, FileTransferExt, MAX_AUTO_DOWNLOAD_PART_SIZE,
+    RANGE_WRITE_BUFFER, write_stream_atomically,
 };
 pub use extensions::{Extension, Extensions};
 pub use handler::{FileTransferHandler, delete_each};

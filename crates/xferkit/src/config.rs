@@ -114,8 +114,10 @@ pub struct Settings {
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct DownloadSettings {
-    /// Bytes per ranged GET (at least 64 KiB).
-    pub part_size: u64,
+    /// Bytes per ranged GET (at least 64 KiB). Unset: 16 MiB, grown for big
+    /// objects (see [`xferkit_core::DownloadOptions::auto_part_size`]); set:
+    /// exactly this.
+    pub part_size: Option<u64>,
     /// Ranged GETs in flight per download (1..=64).
     pub concurrency: usize,
     /// Objects at least this big are fetched in ranges; smaller ones in one GET.
@@ -126,7 +128,7 @@ impl Default for DownloadSettings {
     fn default() -> Self {
         let d = xferkit_core::DownloadOptions::default();
         DownloadSettings {
-            part_size: d.part_size,
+            part_size: None,
             concurrency: d.concurrency,
             parallel_threshold: d.parallel_threshold,
         }
@@ -136,17 +138,22 @@ impl Default for DownloadSettings {
 impl DownloadSettings {
     /// The engine options these settings stand for.
     pub fn options(&self) -> xferkit_core::DownloadOptions {
-        xferkit_core::DownloadOptions::default()
-            .with_part_size(self.part_size)
-            .with_concurrency(self.concurrency)
-            .with_parallel_threshold(self.parallel_threshold)
+        let d = xferkit_core::DownloadOptions::default();
+        match self.part_size {
+            Some(bytes) => d.with_part_size(bytes),
+            None => d,
+        }
+        .with_concurrency(self.concurrency)
+        .with_parallel_threshold(self.parallel_threshold)
     }
 
     fn check(&self, figment: &Figment) -> Result<()> {
-        if self.part_size < 64 * 1024 {
+        if let Some(part_size) = self.part_size
+            && part_size < 64 * 1024
+        {
             return Err(Error::invalid_config(format!(
                 "download.part_size = {} (in {}) must be at least 65536 bytes",
-                self.part_size,
+                part_size,
                 origin(figment, "download.part_size")
             )));
         }

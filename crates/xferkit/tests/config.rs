@@ -231,6 +231,14 @@ fn download_settings_reach_the_manager_and_bad_values_are_named() {
             (opts.part_size, opts.concurrency, opts.parallel_threshold),
             (4_194_304, 3, 1_048_576)
         );
+        // A part size that was asked for is kept exactly; unset, big objects grow theirs.
+        assert!(!opts.auto_part_size);
+        jail.create_file("c.toml", "[download]\nconcurrency = 3\n")?;
+        let fig = figment_for(Some(&jail.directory().join("c.toml"))).unwrap();
+        let kit = rt().block_on(xferkit::Xferkit::from_figment(&fig)).unwrap();
+        let opts = kit.manager().download_options();
+        assert!(opts.auto_part_size);
+        assert_eq!(opts.part_size, xferkit_core::DEFAULT_DOWNLOAD_PART_SIZE);
         for (body, want) in [
             ("[download]\npart_size = 100\n", "download.part_size = 100"),
             ("[download]\nconcurrency = 0\n", "download.concurrency = 0"),
