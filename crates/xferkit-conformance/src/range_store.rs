@@ -250,6 +250,22 @@ pub fn opts(part: usize, concurrency: usize) -> DownloadOptions {
         .with_parallel_threshold(0)
 }
 
+/// The download tests' one call: `store.download_to_path_with` of the
+/// whole object `key` (which must be valid) to `dest`.
+pub async fn fetch<H: FileTransferHandler + ?Sized>(
+    store: &H,
+    key: &str,
+    dest: &Path,
+    opts: &DownloadOptions,
+    ctx: &TransferCtx,
+) -> Result<RemoteObject> {
+    use xferkit_core::FileTransferExt;
+    let key = Key::new(key).expect("a test key is valid");
+    store
+        .download_to_path_with(&key, dest, None, opts, ctx)
+        .await
+}
+
 pub fn fast_retries() -> TransferCtx {
     TransferCtx::none().with_retry_policy(
         RetryPolicy::default()

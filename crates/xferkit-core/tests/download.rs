@@ -15,9 +15,9 @@ use futures::stream::BoxStream;
 use xferkit_conformance::range_store::*;
 use xferkit_core::url::ObjectUrl;
 use xferkit_core::{
-    ByteRange, ByteStream, Capabilities, ErrorKind, FileTransferExt, FileTransferHandler,
-    PendingUpload, PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx,
-    UploadSource, async_trait,
+    ByteRange, ByteStream, Capabilities, ErrorKind, FileTransferHandler, PendingUpload,
+    PresignMethod, PresignedUrl, PutOptions, RemoteObject, Result, TransferCtx, UploadSource,
+    async_trait,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,16 +26,15 @@ async fn multi_range_download_is_byte_identical_and_leaves_only_the_file() {
     let store = RangeStore::new(data.clone(), Sum::Crc32c);
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big.bin");
-    let obj = store
-        .download_to_path_with(
-            &Key::new("big.bin").unwrap(),
-            &dest,
-            None,
-            &opts(MIB, 4),
-            &TransferCtx::none(),
-        )
-        .await
-        .unwrap();
+    let obj = fetch(
+        &store,
+        "big.bin",
+        &dest,
+        &opts(MIB, 4),
+        &TransferCtx::none(),
+    )
+    .await
+    .unwrap();
     assert_eq!(obj.size, data.len() as u64);
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     let gets = store.range_gets();
@@ -61,14 +60,7 @@ async fn failed_range_is_retried_alone_from_the_bytes_it_wrote() {
     store.cut(4 * MIB, 2 * MIB + 512 * KIB);
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("f");
-    store
-        .download_to_path_with(
-            &Key::new("f").unwrap(),
-            &dest,
-            None,
-            &opts(4 * MIB, 3),
-            &fast_retries(),
-        )
+    fetch(&store, "f", &dest, &opts(4 * MIB, 3), &fast_retries())
         .await
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
@@ -95,8 +87,7 @@ async fn resume_fetches_only_the_missing_parts() {
     let dest = dir.path().join("r.bin");
     std::fs::write(&dest, b"old version").unwrap();
     let o = opts(MIB, 1);
-    let e = store
-        .download_to_path_with(&Key::new("r.bin").unwrap(), &dest, None, &o, &no_retries())
+    let e = fetch(&store, "r.bin", &dest, &o, &no_retries())
         .await
         .unwrap_err();
     assert!(
@@ -119,14 +110,7 @@ async fn resume_fetches_only_the_missing_parts() {
 
     let before = store.served();
     store.gets.lock().unwrap().clear();
-    store
-        .download_to_path_with(
-            &Key::new("r.bin").unwrap(),
-            &dest,
-            None,
-            &o,
-            &TransferCtx::none(),
-        )
+    fetch(&store, "r.bin", &dest, &o, &TransferCtx::none())
         .await
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
@@ -147,8 +131,7 @@ async fn a_changed_etag_restarts_from_zero() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("c.bin");
     let o = opts(MIB, 1);
-    store
-        .download_to_path_with(&Key::new("c.bin").unwrap(), &dest, None, &o, &no_retries())
+    fetch(&store, "c.bin", &dest, &o, &no_retries())
         .await
         .unwrap_err();
     assert!(dir.path().join(".c.bin.xferkit-partial.json").exists());
@@ -157,14 +140,7 @@ async fn a_changed_etag_restarts_from_zero() {
     store.replace(newer.clone(), "v2");
     store.gets.lock().unwrap().clear();
     let before = store.served();
-    store
-        .download_to_path_with(
-            &Key::new("c.bin").unwrap(),
-            &dest,
-            None,
-            &o,
-            &TransferCtx::none(),
-        )
+    fetch(&store, "c.bin", &dest, &o, &TransferCtx::none())
         .await
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), newer);
@@ -180,14 +156,7 @@ async fn an_object_changing_mid_download_fails_and_leaves_nothing() {
     *store.change_at_get.lock().unwrap() = Some((3, random_bytes(4 * MIB, 7)));
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("m.bin");
-    let e = store
-        .download_to_path_with(
-            &Key::new("m.bin").unwrap(),
-            &dest,
-            None,
-            &opts(MIB, 1),
-            &fast_retries(),
-        )
+    let e = fetch(&store, "m.bin", &dest, &opts(MIB, 1), &fast_retries())
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PreconditionFailed, "{}", e.chain());
@@ -205,14 +174,7 @@ async fn a_checksum_mismatch_is_an_error_and_leaves_nothing() {
         let store = RangeStore::new(random_bytes(3 * MIB, 8), sum);
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("x.bin");
-        let e = store
-            .download_to_path_with(
-                &Key::new("x.bin").unwrap(),
-                &dest,
-                None,
-                &opts(part, 2),
-                &TransferCtx::none(),
-            )
+        let e = fetch(&store, "x.bin", &dest, &opts(part, 2), &TransferCtx::none())
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ChecksumMismatch, "{}", e.chain());
@@ -230,14 +192,7 @@ async fn sha256_is_verified_in_one_stream_and_a_mismatch_leaves_nothing() {
     let store = RangeStore::new(data.clone(), Sum::Sha256);
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("s.bin");
-    store
-        .download_to_path_with(
-            &Key::new("s.bin").unwrap(),
-            &dest,
-            None,
-            &opts(MIB, 4),
-            &TransferCtx::none(),
-        )
+    fetch(&store, "s.bin", &dest, &opts(MIB, 4), &TransferCtx::none())
         .await
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
@@ -253,14 +208,7 @@ async fn sha256_is_verified_in_one_stream_and_a_mismatch_leaves_nothing() {
     let stale = wrong.record(&Key::new("s.bin").unwrap()).checksum;
     let wrong = WrongSum(wrong, stale);
     wrong.0.replace(random_bytes(3 * MIB, 10), "v1");
-    let e = wrong
-        .download_to_path_with(
-            &Key::new("s.bin").unwrap(),
-            &dest,
-            None,
-            &opts(MIB, 4),
-            &TransferCtx::none(),
-        )
+    let e = fetch(&wrong, "s.bin", &dest, &opts(MIB, 4), &TransferCtx::none())
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ChecksumMismatch, "{}", e.chain());
@@ -278,14 +226,7 @@ async fn a_store_without_ranges_gets_one_stream() {
     store.range = false;
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("n.bin");
-    store
-        .download_to_path_with(
-            &Key::new("n.bin").unwrap(),
-            &dest,
-            None,
-            &opts(MIB, 4),
-            &TransferCtx::none(),
-        )
+    fetch(&store, "n.bin", &dest, &opts(MIB, 4), &TransferCtx::none())
         .await
         .unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), data);
@@ -299,14 +240,7 @@ async fn a_stopped_download_leaves_nothing() {
     let dest = dir.path().join("stop.bin");
     let ctx = TransferCtx::none();
     ctx.token().cancel();
-    let e = store
-        .download_to_path_with(
-            &Key::new("stop.bin").unwrap(),
-            &dest,
-            None,
-            &opts(MIB, 2),
-            &ctx,
-        )
+    let e = fetch(&store, "stop.bin", &dest, &opts(MIB, 2), &ctx)
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Cancelled, "{}", e.chain());
@@ -395,7 +329,7 @@ async fn a_download_dropped_mid_way_leaves_nothing() {
     let ctx = TransferCtx::none();
     let r = tokio::time::timeout(
         Duration::from_millis(300),
-        store.download_to_path_with(&Key::new("d.bin").unwrap(), &dest, None, &o, &ctx),
+        fetch(&store, "d.bin", &dest, &o, &ctx),
     )
     .await;
     assert!(r.is_err(), "the download should still hang");
@@ -419,11 +353,7 @@ async fn a_second_download_to_the_same_destination_leaves_the_first_ones_file_al
     let ctx = TransferCtx::none();
     let running = {
         let (first, dest, o, ctx) = (first.clone(), dest.clone(), o.clone(), ctx.clone());
-        tokio::spawn(async move {
-            first
-                .download_to_path_with(&Key::new("same.bin").unwrap(), &dest, None, &o, &ctx)
-                .await
-        })
+        tokio::spawn(async move { fetch(&*first, "same.bin", &dest, &o, &ctx).await })
     };
     // Wait until the first one has its partial file.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -435,14 +365,7 @@ async fn a_second_download_to_the_same_destination_leaves_the_first_ones_file_al
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let second = RangeStore::new(random_bytes(4 * MIB, 15), Sum::None);
-    let e = second
-        .download_to_path_with(
-            &Key::new("same.bin").unwrap(),
-            &dest,
-            None,
-            &o,
-            &TransferCtx::none(),
-        )
+    let e = fetch(&second, "same.bin", &dest, &o, &TransferCtx::none())
         .await
         .unwrap_err();
     assert!(

@@ -6,10 +6,9 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns panic on failure by design
 
 use std::sync::Arc;
-use xferkit_core::Key;
 
 use xferkit_conformance::range_store::*;
-use xferkit_core::{ErrorKind, FileTransferExt, TransferCtx};
+use xferkit_core::{ErrorKind, TransferCtx};
 
 /// `plain` sealed as an encrypted attachment, in a store that serves the
 /// ciphertext; the link's secret.
@@ -40,8 +39,7 @@ async fn an_encrypted_download_resumes_checking_resumed_records_on_disk() {
     let dest = dir.path().join("e.bin");
     let o = opts(MIB, 1);
     let first = Encrypted::opening(store.clone(), secret.clone());
-    let e = first
-        .download_to_path_with(&Key::new("e.bin").unwrap(), &dest, None, &o, &no_retries())
+    let e = fetch(&first, "e.bin", &dest, &o, &no_retries())
         .await
         .unwrap_err();
     assert!(
@@ -55,14 +53,7 @@ async fn an_encrypted_download_resumes_checking_resumed_records_on_disk() {
     store.gets.lock().unwrap().clear();
     // A new process: a new handler, knowing nothing of the first run.
     let second = Encrypted::opening(store.clone(), secret);
-    second
-        .download_to_path_with(
-            &Key::new("e.bin").unwrap(),
-            &dest,
-            None,
-            &o,
-            &TransferCtx::none(),
-        )
+    fetch(&second, "e.bin", &dest, &o, &TransferCtx::none())
         .await
         .unwrap();
     assert!(std::fs::read(&dest).unwrap() == data, "content differs");
@@ -84,8 +75,7 @@ async fn a_partial_file_changed_between_runs_fails_the_digest_and_leaves_nothing
     let dest = dir.path().join("e.bin");
     let o = opts(MIB, 1);
     let first = Encrypted::opening(store.clone(), secret.clone());
-    first
-        .download_to_path_with(&Key::new("e.bin").unwrap(), &dest, None, &o, &no_retries())
+    fetch(&first, "e.bin", &dest, &o, &no_retries())
         .await
         .unwrap_err();
     // One byte of the kept part 0 changes on disk.
@@ -94,14 +84,7 @@ async fn a_partial_file_changed_between_runs_fails_the_digest_and_leaves_nothing
     bytes[1000] ^= 1;
     std::fs::write(&partial, bytes).unwrap();
     let second = Encrypted::opening(store.clone(), secret);
-    let e = second
-        .download_to_path_with(
-            &Key::new("e.bin").unwrap(),
-            &dest,
-            None,
-            &o,
-            &TransferCtx::none(),
-        )
+    let e = fetch(&second, "e.bin", &dest, &o, &TransferCtx::none())
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ChecksumMismatch, "{e}");
