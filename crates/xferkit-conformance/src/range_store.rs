@@ -65,18 +65,9 @@ pub struct RangeStore {
     pub hang_at: Mutex<Option<u64>>,
 }
 
+/// [`testkit::data`](crate::testkit::data) as `Bytes`.
 pub fn random_bytes(n: usize, seed: u64) -> Bytes {
-    // xorshift: deterministic, no dependency
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(n);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
-    v.into()
+    crate::support::data(n, seed).into()
 }
 
 impl RangeStore {

@@ -4,24 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns panic on failure by design
 
+use xferkit_conformance::testkit::data as random;
 use xferkit_core::Key;
 use xferkit_core::{
     ErrorKind, FileTransferExt, FileTransferHandler, PutOptions, TransferCtx, UploadSource,
 };
 use xferkit_local::{LocalConfig, LocalStore};
-
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
-    v
-}
 
 async fn store() -> (tempfile::TempDir, LocalStore) {
     let dir = tempfile::tempdir().unwrap();
