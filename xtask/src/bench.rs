@@ -1215,6 +1215,28 @@ impl Bench {
         let small_jobs = opts.small_files > 0 && opts.wants("small");
         if small_jobs {
             let src = format!("{}/", small.display());
+            // fake-gcs-server's per-object cost grows with the objects it holds (each upload run
+            // took longer than the one before, whichever tool ran it), so on GCS each run's tree
+            // is deleted (untimed) and every run starts at the same fill: the seed plus xfer's
+            // first tree, which the download job reads. Not on S3 (s3s-fs keeps objects as
+            // files: deleting them slows the next run's file creation, see `Bench::parked`) or
+            // Azure (Azurite's time does not grow with its objects).
+            let uploaded = |tool: &'static str| {
+                let (config, logs) = (&config, &logs);
+                let url = &url;
+                Box::new(move |r: usize| {
+                    if backend != Backend::Gcs || (tool == "xfer" && r == 0) {
+                        return Ok(());
+                    }
+                    plain(
+                        &self
+                            .xfer(config)
+                            .args(["rm", "-r", "--force"])
+                            .arg(url(&format!("small/{tool}-{r}/"))),
+                        &logs.join("rm.log"),
+                    )
+                }) as Box<dyn Fn(usize) -> Result<()> + '_>
+            };
             let mut tools: Vec<Tool<'_>> = vec![Tool {
                 name: "xfer",
                 cmd: Box::new(|r| {
@@ -1223,7 +1245,7 @@ impl Bench {
                         .arg(&src)
                         .arg(url(&format!("small/xfer-{r}/")))
                 }),
-                after: Box::new(nothing),
+                after: uploaded("xfer"),
             }];
             if backend == Backend::S3 {
                 tools.push(Tool {
@@ -1255,7 +1277,7 @@ impl Bench {
                         .arg(&src)
                         .arg(format!("{rclone_remote}/small/rclone-{r}"))
                 }),
-                after: Box::new(nothing),
+                after: uploaded("rclone"),
             });
             results.push(self.job(
                 backend.name(),
