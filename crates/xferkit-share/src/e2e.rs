@@ -46,14 +46,12 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::aead::generic_array::GenericArray;
-use aes_gcm::{Aes128Gcm, KeyInit};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use ring::aead::{AES_128_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use sha2::{Digest, Sha256};
 
 use xferkit_core::url::ObjectUrl;
@@ -78,6 +76,8 @@ pub const METADATA: &str = "encryption";
 const HEADER: u64 = 21;
 /// Plaintext records encrypted per blocking task while uploading (1 MiB).
 const BATCH: u64 = 16;
+/// GCM tag bytes.
+const TAG: usize = 16;
 
 /// The secret a link carries: the file key and the digest of the stored
 /// ciphertext. Its `Debug` shows neither.
@@ -181,7 +181,7 @@ pub fn plain_size(sealed: u64) -> Option<u64> {
 
 /// The keys of one file: AES-128-GCM with the content key, and the nonce base.
 struct Keys {
-    cipher: Aes128Gcm,
+    cipher: LessSafeKey,
     nonce: [u8; 12],
     header: [u8; HEADER as usize],
 }
@@ -199,8 +199,9 @@ impl Keys {
         let mut header = [0u8; HEADER as usize];
         header[..16].copy_from_slice(&salt);
         header[16..20].copy_from_slice(&u32::try_from(rs).unwrap_or(u32::MAX).to_be_bytes());
+        let cek = UnboundKey::new(&AES_128_GCM, &cek).expect("16 bytes is AES-128's key length");
         Keys {
-            cipher: Aes128Gcm::new(GenericArray::from_slice(&cek)),
+            cipher: LessSafeKey::new(cek),
             nonce,
             header,
         }
@@ -242,17 +243,29 @@ impl Keys {
     fn seal(&self, seq: u64, plain: &[u8], last: bool) -> Vec<u8> {
         let mut buf = Vec::with_capacity(plain.len() + OVERHEAD as usize);
         buf.extend_from_slice(plain);
-        buf.push(if last { 2 } else { 1 });
-        let tag = self
-            .cipher
-            .encrypt_in_place_detached(GenericArray::from_slice(&self.nonce(seq)), b"", &mut buf)
-            .expect("a record is far below GCM's length limit");
-        buf.extend_from_slice(&tag);
+        self.seal_tail(seq, &mut buf, 0, last);
         buf
     }
 
-    /// The plaintext of record `seq`, which must be the last one if `last`.
-    fn open(&self, seq: u64, record: &[u8], last: bool, target: &str) -> Result<Vec<u8>> {
+    /// Make the plaintext `out` holds from `start` record `seq` (the last
+    /// one if `last`): append its delimiter, encrypt it where it lies and
+    /// append the tag.
+    fn seal_tail(&self, seq: u64, out: &mut Vec<u8>, start: usize, last: bool) {
+        out.push(if last { 2 } else { 1 });
+        let tag = self
+            .cipher
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(self.nonce(seq)),
+                Aad::empty(),
+                &mut out[start..],
+            )
+            .expect("a record is far below GCM's length limit");
+        out.extend_from_slice(tag.as_ref());
+    }
+
+    /// Decrypt record `seq` where it lies, which must be the last one if
+    /// `last`: the length of its plaintext, now at the start of `record`.
+    fn open(&self, seq: u64, record: &mut [u8], last: bool, target: &str) -> Result<usize> {
         let fail = |actual: &str| Error::ChecksumMismatch {
             target: target.to_string(),
             expected: format!("record {seq} authentic under the link's key"),
@@ -263,14 +276,17 @@ impl Keys {
                 "a record too short to hold its tag (truncated content)",
             ));
         }
-        let (body, tag) = record.split_at(record.len() - 16);
-        let mut buf = body.to_vec();
-        self.cipher
-            .decrypt_in_place_detached(
-                GenericArray::from_slice(&self.nonce(seq)),
-                b"",
-                &mut buf,
-                GenericArray::from_slice(tag),
+        let (body, tag) = record.split_at_mut(record.len() - TAG);
+        let mut t = [0u8; TAG];
+        t.copy_from_slice(tag);
+        let buf = self
+            .cipher
+            .open_in_place_separate_tag(
+                Nonce::assume_unique_for_key(self.nonce(seq)),
+                Aad::empty(),
+                Tag::from(t),
+                body,
+                0..,
             )
             .map_err(|_| {
                 fail(
@@ -278,8 +294,8 @@ impl Keys {
                      or a wrong key)",
                 )
             })?;
-        match (buf.pop(), last) {
-            (Some(2), true) | (Some(1), false) => Ok(buf),
+        match (buf.last(), last) {
+            (Some(2), true) | (Some(1), false) => Ok(buf.len() - 1),
             (Some(1), true) => Err(fail("a record that is not the last (truncated content)")),
             _ => Err(fail("a record with padding or a wrong delimiter")),
         }
@@ -297,16 +313,52 @@ fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(b)
 }
 
+/// Where an upload's plaintext comes from.
+enum Plain {
+    /// A file of `size` bytes, read straight into its records' places.
+    File {
+        file: Arc<std::fs::File>,
+        path: Arc<std::path::Path>,
+        size: u64,
+    },
+    /// A stream, gathered a batch of records at a time.
+    Stream(ByteStream),
+}
+
+/// Records `seq..` holding `len` plaintext bytes, the object's last record
+/// among them if `ended`, and the SHA-256 of each: `put(from, n, out)`
+/// appends plaintext bytes `from..from + n` of the batch to `out`, where
+/// they are encrypted in place (one copy of each byte, into the records).
+fn seal_batch(
+    keys: &Keys,
+    seq: u64,
+    len: usize,
+    ended: bool,
+    mut put: impl FnMut(usize, usize, &mut Vec<u8>) -> Result<()>,
+) -> Result<(Bytes, Vec<[u8; 32]>)> {
+    let per = PLAIN_PER_RECORD as usize;
+    let n = len.div_ceil(per).max(1);
+    let mut out = Vec::with_capacity(len + n * OVERHEAD as usize);
+    let mut hashes = Vec::with_capacity(n);
+    for i in 0..n {
+        let from = i * per;
+        let start = out.len();
+        put(from, (len - from).min(per), &mut out)?;
+        keys.seal_tail(seq + i as u64, &mut out, start, ended && i + 1 == n);
+        hashes.push(sha256(&out[start..]));
+    }
+    Ok((Bytes::from(out), hashes))
+}
+
 /// The ciphertext of `plain` (header, then records), as a stream, and the
 /// digest once the stream has ended.
-fn seal_stream(
-    keys: Arc<Keys>,
-    plain: ByteStream,
-    digest: Arc<Mutex<Option<[u8; 32]>>>,
-) -> ByteStream {
+fn seal_stream(keys: Arc<Keys>, plain: Plain, digest: Arc<Mutex<Option<[u8; 32]>>>) -> ByteStream {
     struct St {
-        input: ByteStream,
+        input: Plain,
+        /// A stream's bytes received and not sealed yet.
         buf: BytesMut,
+        /// A file's bytes sealed so far.
+        pos: u64,
         seq: u64,
         outer: Sha256,
         ended: bool,
@@ -318,6 +370,7 @@ fn seal_stream(
     let st = St {
         input: plain,
         buf: BytesMut::new(),
+        pos: 0,
         seq: 0,
         outer,
         ended: false,
@@ -330,41 +383,55 @@ fn seal_stream(
             if st.done {
                 return None;
             }
-            // Gather a batch, keeping at least one byte past it (or the end)
-            // so the last record is known when it is sealed.
-            while !st.ended && st.buf.len() <= batch {
-                match st.input.next().await {
-                    Some(Ok(chunk)) => st.buf.extend_from_slice(&chunk),
-                    Some(Err(e)) => return Some((Err(e), St { done: true, ..st })),
-                    None => st.ended = true,
+            let seq = st.seq;
+            let task = match &mut st.input {
+                Plain::File { file, path, size } => {
+                    // Up to a batch of records, read where they go.
+                    let left = *size - st.pos;
+                    let take = left.min(BATCH * PLAIN_PER_RECORD);
+                    let (file, path, at) = (file.clone(), path.clone(), st.pos);
+                    st.pos += take;
+                    st.ended = st.pos == *size;
+                    let ended = st.ended;
+                    tokio::task::spawn_blocking(move || {
+                        let len = usize::try_from(take).unwrap_or(usize::MAX);
+                        seal_batch(&keys, seq, len, ended, |from, n, out| {
+                            let start = out.len();
+                            out.resize(start + n, 0);
+                            file.read_exact_at(&mut out[start..], at + from as u64)
+                                .map_err(|e| xferkit_core::parts::read_error(&path, e))
+                        })
+                    })
                 }
-            }
-            let per = PLAIN_PER_RECORD as usize;
-            let take = if st.ended {
-                st.buf.len()
-            } else {
-                (st.buf.len() - 1) / per * per
+                Plain::Stream(input) => {
+                    // Gather a batch, keeping at least one byte past it (or
+                    // the end) so the last record is known when it is sealed.
+                    while !st.ended && st.buf.len() <= batch {
+                        match input.next().await {
+                            Some(Ok(chunk)) => st.buf.extend_from_slice(&chunk),
+                            Some(Err(e)) => return Some((Err(e), St { done: true, ..st })),
+                            None => st.ended = true,
+                        }
+                    }
+                    let per = PLAIN_PER_RECORD as usize;
+                    let take = if st.ended {
+                        st.buf.len()
+                    } else {
+                        (st.buf.len() - 1) / per * per
+                    };
+                    let chunk = st.buf.split_to(take).freeze();
+                    let ended = st.ended;
+                    tokio::task::spawn_blocking(move || {
+                        seal_batch(&keys, seq, chunk.len(), ended, |from, n, out| {
+                            out.extend_from_slice(&chunk[from..from + n]);
+                            Ok(())
+                        })
+                    })
+                }
             };
-            let chunk = st.buf.split_to(take).freeze();
-            let (seq, ended) = (st.seq, st.ended);
-            let sealed = tokio::task::spawn_blocking(move || {
-                let mut out = Vec::with_capacity(chunk.len() + chunk.len() / per * 17 + 17);
-                let mut hashes = Vec::new();
-                let mut pieces: Vec<&[u8]> = chunk.chunks(per).collect();
-                if pieces.is_empty() {
-                    pieces.push(&[]);
-                }
-                let n = pieces.len();
-                for (i, p) in pieces.into_iter().enumerate() {
-                    let rec = keys.seal(seq + i as u64, p, ended && i + 1 == n);
-                    hashes.push(sha256(&rec));
-                    out.extend_from_slice(&rec);
-                }
-                (Bytes::from(out), hashes)
-            })
-            .await;
-            let (bytes, hashes) = match sealed {
-                Ok(s) => s,
+            let (bytes, hashes) = match task.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Some((Err(e), St { done: true, ..st })),
                 Err(e) => {
                     let e = Error::backend("e2e", "encryption task failed", e);
                     return Some((Err(e), St { done: true, ..st }));
@@ -587,7 +654,7 @@ impl Opener {
                     }
                 }
             }
-            let piece = self.buf.split_to(need);
+            let mut piece = self.buf.split_to(need);
             let Some(keys) = self.keys.clone() else {
                 let keys = Keys::from_header(&self.ikm, &piece, &self.target)?;
                 if let Some((_, outer)) = &mut self.whole {
@@ -597,8 +664,11 @@ impl Opener {
                 continue;
             };
             let last = self.seq + 1 == self.count;
-            let plain = keys.open(self.seq, &piece, last, &self.target)?;
+            // The hash is of the stored bytes, which decryption overwrites.
             let hash = sha256(&piece);
+            let len = keys.open(self.seq, &mut piece, last, &self.target)?;
+            piece.truncate(len);
+            let plain = piece.freeze();
             if let Some((_, outer)) = &mut self.whole {
                 outer.update(hash);
             }
@@ -625,7 +695,7 @@ impl Opener {
             }
             self.seq += 1;
             if n > 0 {
-                return Ok(Some(Bytes::from(plain).slice(from..from + n)));
+                return Ok(Some(plain.slice(from..from + n)));
             }
         }
     }
@@ -673,11 +743,11 @@ impl FileTransferHandler for Encrypted {
                     .await
                     .map_err(|e| Error::from_io(&shown, e))?
                     .len();
-                let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
-                    .map(move |r| r.map_err(|e| Error::from_io(&shown, e)));
-                (Box::pin(stream) as ByteStream, Some(size))
+                let file = Arc::new(file.into_std().await);
+                let path = Arc::from(p.as_path());
+                (Plain::File { file, path, size }, Some(size))
             }
-            UploadSource::Stream { stream, size } => (stream, size),
+            UploadSource::Stream { stream, size } => (Plain::Stream(stream), size),
         };
         let keys = Arc::new(Keys::derive(ikm, random()?, RECORD_SIZE));
         *digest.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -951,9 +1021,17 @@ mod tests {
         salt.copy_from_slice(&stored[..16]);
         let keys = Keys::derive(&ikm, salt, 4096);
         assert_eq!(&stored[..21], &keys.header[..]);
-        let plain = keys.open(0, &stored[21..], true, "t").unwrap();
+        let plain = open(&keys, 0, &stored[21..], true).unwrap();
         assert_eq!(plain, b"I am the walrus");
         assert_eq!(keys.seal(0, b"I am the walrus", true), &stored[21..]);
+    }
+
+    /// The plaintext of a record (decrypted in a copy).
+    fn open(keys: &Keys, seq: u64, record: &[u8], last: bool) -> Result<Vec<u8>> {
+        let mut buf = record.to_vec();
+        let n = keys.open(seq, &mut buf, last, "t")?;
+        buf.truncate(n);
+        Ok(buf)
     }
 
     #[test]
@@ -968,6 +1046,93 @@ mod tests {
         assert!(!seen(&[(0, 4), (0, 4), (5, 10)]).covers(10));
         assert!(!seen(&[(3, 10)]).covers(10));
         assert!(seen(&[]).covers(0));
+    }
+
+    /// The stored bytes and digest `seal_stream` makes of `plain`.
+    async fn sealed(keys: &Arc<Keys>, plain: Plain) -> Result<(Vec<u8>, [u8; 32])> {
+        let digest = Arc::new(Mutex::new(None));
+        let mut s = seal_stream(keys.clone(), plain, digest.clone());
+        let mut out = Vec::new();
+        while let Some(b) = s.next().await {
+            out.extend_from_slice(&b?);
+        }
+        let d = digest
+            .lock()
+            .unwrap()
+            .expect("a digest once the stream ended");
+        Ok((out, d))
+    }
+
+    /// A file's records are read into their places and sealed there, a
+    /// stream's gathered and copied in: both must be the records one by one
+    /// (`seal`, checked against RFC 8188 above), at every batch boundary.
+    #[tokio::test]
+    async fn files_and_streams_seal_to_the_same_records_and_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Arc::new(Keys::derive(&[3; 16], [4; 16], RECORD_SIZE));
+        let per = PLAIN_PER_RECORD as usize;
+        let batch = BATCH as usize * per;
+        for len in [
+            0,
+            1,
+            per,
+            per + 1,
+            batch - 1,
+            batch,
+            batch + 1,
+            2 * batch + per + 7,
+        ] {
+            let body: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+            let mut want = keys.header.to_vec();
+            let mut outer = Sha256::new();
+            outer.update(keys.header);
+            let n = records(len as u64) as usize;
+            for i in 0..n {
+                let p = &body[(i * per).min(len)..((i + 1) * per).min(len)];
+                let rec = keys.seal(i as u64, p, i + 1 == n);
+                outer.update(sha256(&rec));
+                want.extend_from_slice(&rec);
+            }
+            let want_digest: [u8; 32] = outer.finalize().into();
+
+            let path = dir.path().join(format!("p{len}"));
+            std::fs::write(&path, &body).unwrap();
+            let file = Plain::File {
+                file: Arc::new(std::fs::File::open(&path).unwrap()),
+                path: Arc::from(path.as_path()),
+                size: len as u64,
+            };
+            let (got, d) = sealed(&keys, file).await.unwrap();
+            assert!(got == want, "file of {len} bytes");
+            assert_eq!(d, want_digest, "file of {len} bytes");
+
+            // Chunks that straddle records and batches.
+            let chunks: Vec<Result<Bytes>> = body
+                .chunks(40_000)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            let stream = Plain::Stream(Box::pin(futures::stream::iter(chunks)));
+            let (got, d) = sealed(&keys, stream).await.unwrap();
+            assert!(got == want, "stream of {len} bytes");
+            assert_eq!(d, want_digest, "stream of {len} bytes");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_that_shrinks_during_the_upload_fails_it_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Arc::new(Keys::derive(&[3; 16], [4; 16], RECORD_SIZE));
+        let path = dir.path().join("shrinks");
+        std::fs::write(&path, vec![1u8; 100_000]).unwrap();
+        let file = Plain::File {
+            file: Arc::new(std::fs::File::open(&path).unwrap()),
+            path: Arc::from(path.as_path()),
+            // Its size when the upload began.
+            size: 3 * PLAIN_PER_RECORD,
+        };
+        let e = sealed(&keys, file).await.unwrap_err();
+        assert!(e.to_string().contains("changed size"), "{e}");
+        assert!(e.to_string().contains("shrinks"), "{e}");
     }
 
     #[test]
@@ -989,20 +1154,20 @@ mod tests {
         let keys = Keys::derive(&[7; 16], [9; 16], RECORD_SIZE);
         let a = keys.seal(0, b"first", false);
         let b = keys.seal(1, b"second", true);
-        assert_eq!(keys.open(0, &a, false, "t").unwrap(), b"first");
-        assert_eq!(keys.open(1, &b, true, "t").unwrap(), b"second");
+        assert_eq!(open(&keys, 0, &a, false).unwrap(), b"first");
+        assert_eq!(open(&keys, 1, &b, true).unwrap(), b"second");
         let mut flipped = a.clone();
         flipped[2] ^= 1;
-        let e = keys.open(0, &flipped, false, "t").unwrap_err();
+        let e = open(&keys, 0, &flipped, false).unwrap_err();
         assert!(e.to_string().contains("does not authenticate"), "{e}");
         // Swapped: each record is bound to its sequence number.
-        assert!(keys.open(0, &b, false, "t").is_err());
-        assert!(keys.open(1, &a, true, "t").is_err());
+        assert!(open(&keys, 0, &b, false).is_err());
+        assert!(open(&keys, 1, &a, true).is_err());
         // Cut after the first record: it is not a last record.
-        let e = keys.open(0, &a, true, "t").unwrap_err();
+        let e = open(&keys, 0, &a, true).unwrap_err();
         assert!(e.to_string().contains("truncated"), "{e}");
         let other = Keys::derive(&[8; 16], [9; 16], RECORD_SIZE);
-        assert!(other.open(0, &a, false, "t").is_err());
+        assert!(open(&other, 0, &a, false).is_err());
     }
 
     #[test]

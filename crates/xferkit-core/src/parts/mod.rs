@@ -46,7 +46,7 @@ use crate::{RemoteObject, Result};
 
 pub use driver::upload;
 pub use session::ABORT_BUDGET;
-pub use source::{FileSpan, SpanReader, exact_length};
+pub use source::{FileSpan, SpanReader, exact_length, read_error};
 
 /// How a store takes the parts of one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -396,7 +396,10 @@ fn shown_of(path: &Path) -> String {
     path.display().to_string()
 }
 
-fn read_error(path: &Path, e: std::io::Error) -> Error {
+/// The error for a failed read of an upload's source file: a short read
+/// (`UnexpectedEof`, the file ended before its size) is the file having
+/// shrunk during the upload.
+pub fn read_error(path: &Path, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         shrank(path)
     } else {
